@@ -1,0 +1,261 @@
+//! `lens`: Candlelens from the command line (headless runs, inspection, benchmarks).
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use candle_core::{DType, IndexOp};
+use candlelens::load::registry::{Source, REGISTRY};
+use candlelens::prelude::*;
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(name = "lens", version, about = "Candlelens: mechanistic interpretability in Rust")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a prompt: top-k next-token logits and the residual stream per layer.
+    Run(RunArgs),
+    /// Architecture summary and every hook name with its shape.
+    Inspect {
+        /// Alias, local folder, .gguf path, or hub repo id.
+        #[arg(long)]
+        model: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the registered model aliases.
+    Models,
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Args)]
+struct Input {
+    /// Alias, local folder, .gguf path, or hub repo id.
+    #[arg(long)]
+    model: String,
+    /// Prompt text.
+    #[arg(long, conflicts_with = "tokens", required_unless_present = "tokens")]
+    prompt: Option<String>,
+    /// Comma-separated token ids (used as given; no BOS added).
+    #[arg(long, value_delimiter = ',')]
+    tokens: Option<Vec<u32>>,
+    /// Prepend BOS (default: the model's tokenizer default).
+    #[arg(long, conflicts_with = "no_bos")]
+    bos: bool,
+    /// Do not prepend BOS.
+    #[arg(long)]
+    no_bos: bool,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    input: Input,
+    /// How many top logits to show.
+    #[arg(long, default_value_t = 20)]
+    top_k: usize,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Median forward time over N runs after a warm-up.
+    Forward {
+        #[command(flatten)]
+        input: Input,
+        /// Timed runs.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+impl Input {
+    fn prepend_bos(&self) -> Option<bool> {
+        if self.bos {
+            Some(true)
+        } else if self.no_bos {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    fn tokens(&self, model: &HookedTransformer) -> candlelens::Result<Tokens> {
+        match (&self.prompt, &self.tokens) {
+            (_, Some(ids)) => model.tokens_from_ids(ids.clone()),
+            (Some(p), None) => model.to_tokens(p.as_str(), self.prepend_bos()),
+            (None, None) => Err(LensError::EmptyPrompt),
+        }
+    }
+}
+
+fn rss_mb(field: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn run(args: &RunArgs) -> candlelens::Result<()> {
+    let model = HookedTransformer::from_pretrained(&args.input.model)?;
+    let tokens = args.input.tokens(&model)?;
+    let filter = HookFilter::suffix("hook_resid_pre")?;
+    let (logits, cache) = model.run_with_cache(&tokens, Some(filter))?;
+    let last = tokens.max_len() - 1;
+    let row: Vec<f32> = logits.i((0, last))?.to_dtype(DType::F32)?.to_vec1()?;
+    let mut order: Vec<usize> = (0..row.len()).collect();
+    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+    let ids = tokens.row(0).to_vec();
+    let str_tokens = model.ids_to_str_tokens(&ids)?;
+    let mut top = Vec::new();
+    for &i in order.iter().take(args.top_k) {
+        top.push((i as u32, model.ids_to_str_tokens(&[i as u32])?.remove(0), row[i]));
+    }
+    let mut resid = Vec::new();
+    for l in 0..model.cfg.n_layers {
+        let v: Vec<f32> = cache
+            .at(HookPoint::ResidPre(l))?
+            .i((0, last))?
+            .to_dtype(DType::F32)?
+            .to_vec1()?;
+        let l2 = v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        resid.push((l, l2, v[..16.min(v.len())].to_vec()));
+    }
+    if args.json {
+        let out = json!({
+            "model": model.cfg.name,
+            "token_ids": ids,
+            "str_tokens": str_tokens,
+            "top_k": top.iter().map(|(id, t, lg)| json!({"id": id, "token": t, "logit": lg})).collect::<Vec<_>>(),
+            "resid_pre_last": resid.iter().map(|(l, n, f)| json!({"layer": l, "l2": n, "first16": f})).collect::<Vec<_>>(),
+        });
+        println!("{out}");
+    } else {
+        println!("model: {}", model.cfg.name);
+        println!("tokens ({}): {:?}", ids.len(), str_tokens);
+        println!("\n{:>4}  {:>8}  {:>10}  token", "rank", "id", "logit");
+        for (r, (id, t, lg)) in top.iter().enumerate() {
+            println!("{:>4}  {:>8}  {:>10.4}  {:?}", r, id, lg, t);
+        }
+        println!("\nresidual stream entering each block, last position:");
+        println!("{:>5}  {:>10}  first dims", "layer", "L2");
+        for (l, n, f) in &resid {
+            let head: Vec<String> = f.iter().take(4).map(|x| format!("{x:.4}")).collect();
+            println!("{:>5}  {:>10.4}  [{}, ...]", l, n, head.join(", "));
+        }
+    }
+    Ok(())
+}
+
+fn inspect(model_name: &str, as_json: bool) -> candlelens::Result<()> {
+    let model = HookedTransformer::from_pretrained(model_name)?;
+    let cfg = &model.cfg;
+    let hooks = HookPoint::all_for(cfg);
+    if as_json {
+        let out = json!({
+            "config": cfg,
+            "n_params": cfg.n_params(),
+            "hooks": hooks.iter().map(|(h, s)| json!({"name": h.to_string(), "shape": s})).collect::<Vec<_>>(),
+        });
+        println!("{out}");
+        return Ok(());
+    }
+    println!("{}  ({} architecture, {:.1}M parameters)", cfg.name, cfg.architecture, cfg.n_params() as f64 / 1e6);
+    println!("  n_layers {}  d_model {}  n_heads {}  n_kv_heads {}  d_head {}  d_mlp {}  d_vocab {}  n_ctx {}",
+        cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_mlp, cfg.d_vocab, cfg.n_ctx);
+    println!("  norm {:?} (eps {:e})  act {:?}  gated_mlp {}  qk_norm {}  post_norms {}",
+        cfg.norm, cfg.norm_eps, cfg.act, cfg.gated_mlp, cfg.qk_norm, cfg.post_norms);
+    println!("  positional {:?}", cfg.positional);
+    println!("  attn_scale {:.6}  attn_softcap {:?}  final_softcap {:?}  embed_scale {:?}  tied {}",
+        cfg.attn_scale, cfg.attn_softcap, cfg.final_softcap, cfg.embed_scale, cfg.tied_embeddings);
+    let kinds: Vec<String> = cfg.layer_attention.iter().map(|k| match k {
+        candlelens::config::AttentionKind::Global => "G".to_string(),
+        candlelens::config::AttentionKind::Local { window } => format!("L{window}"),
+    }).collect();
+    println!("  layer attention {}", kinds.join(" "));
+    println!("  BOS {:?} (prepended by default: {})  EOS {:?}  pad {}", cfg.bos_token_id, cfg.default_prepend_bos, cfg.eos_token_id, cfg.pad_token_id);
+    println!("\nhook points ({}):", hooks.len());
+    for (h, s) in hooks.iter().filter(|(h, _)| h.layer().is_none_or(|l| l == 0)) {
+        println!("  {:<40} {}", h.to_string(), s);
+    }
+    println!("  ... and the same block hooks for blocks 1..{}", cfg.n_layers - 1);
+    Ok(())
+}
+
+fn bench_forward(input: &Input, runs: usize, as_json: bool) -> candlelens::Result<()> {
+    let t0 = Instant::now();
+    let model = HookedTransformer::from_pretrained(&input.model)?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let tokens = input.tokens(&model)?;
+    model.forward(&tokens)?; // warm-up
+    let mut ms = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        let t = Instant::now();
+        let logits = model.forward(&tokens)?;
+        logits.i((0, 0, 0))?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    ms.sort_by(f64::total_cmp);
+    let median = ms[ms.len() / 2];
+    let out = json!({
+        "model": model.cfg.name,
+        "n_tokens": tokens.max_len(),
+        "runs": ms.len(),
+        "median_ms": median,
+        "min_ms": ms[0],
+        "load_s": load_s,
+        "rss_mb": rss_mb("VmRSS:"),
+        "peak_rss_mb": rss_mb("VmHWM:"),
+        "threads": candle_core::utils::get_num_threads(),
+    });
+    if as_json {
+        println!("{out}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match &cli.cmd {
+        Cmd::Run(a) => run(a),
+        Cmd::Inspect { model, json } => inspect(model, *json),
+        Cmd::Models => {
+            for e in REGISTRY {
+                let src = match e.source {
+                    Source::Embedded { .. } => "embedded".to_string(),
+                    Source::Hub { repo } => format!("hub: {repo}"),
+                };
+                println!("{:<18} {:<40} {}", e.alias, src, e.about);
+            }
+            Ok(())
+        }
+        Cmd::Bench(BenchCmd::Forward { input, runs, json }) => bench_forward(input, *runs, *json),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! # Candlelens
+//!
+//! Mechanistic interpretability in Rust: load a transformer with one call, cache every
+//! activation under its TransformerLens name, hook and patch, and analyse — on
+//! [candle](https://github.com/huggingface/candle) tensors.
+//!
+//! ```no_run
+//! use candlelens::prelude::*;
+//! # fn main() -> candlelens::Result<()> {
+//! let model = HookedTransformer::from_pretrained("smollm2-135m")?;
+//! let tokens = model.to_tokens("The Eiffel Tower is in the city of", None)?;
+//! let (logits, cache) = model.run_with_cache(&tokens, None)?;
+//! let resid = cache.get("blocks.5.hook_resid_pre")?; // [batch, pos, d_model]
+//! # Ok(()) }
+//! ```
+
+pub mod arch;
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod hooks;
+pub mod load;
+pub mod model;
+pub mod tokenizer;
+pub mod tokens;
+pub mod weights;
+
+pub use cache::ActivationCache;
+pub use config::ModelConfig;
+pub use error::{LensError, Result};
+pub use hooks::{HookFilter, HookPoint, Hooks};
+pub use load::LoadOptions;
+pub use model::{HookedTransformer, LogitsAt};
+pub use tokens::Tokens;
+
+/// Everything a notebook needs, in one `use candlelens::prelude::*;`.
+pub mod prelude {
+    pub use crate::cache::ActivationCache;
+    pub use crate::config::ModelConfig;
+    pub use crate::error::{LensError, Result};
+    pub use crate::hooks::{HookFilter, HookPoint, Hooks};
+    pub use crate::load::LoadOptions;
+    pub use crate::model::{HookedTransformer, LogitsAt};
+    pub use crate::tokens::Tokens;
+    pub use crate::Prompts;
+    pub use candle_core::{DType, Device, IndexOp, Tensor, D};
+}
+
+/// One prompt or several: what `to_tokens` accepts.
+pub trait Prompts {
+    /// The prompts as string slices.
+    fn prompts(&self) -> Vec<&str>;
+}
+
+impl Prompts for &str {
+    fn prompts(&self) -> Vec<&str> {
+        vec![self]
+    }
+}
+
+impl Prompts for String {
+    fn prompts(&self) -> Vec<&str> {
+        vec![self.as_str()]
+    }
+}
+
+impl Prompts for &String {
+    fn prompts(&self) -> Vec<&str> {
+        vec![self.as_str()]
+    }
+}
+
+impl Prompts for &[&str] {
+    fn prompts(&self) -> Vec<&str> {
+        self.to_vec()
+    }
+}
+
+impl<const N: usize> Prompts for [&str; N] {
+    fn prompts(&self) -> Vec<&str> {
+        self.to_vec()
+    }
+}
+
+impl Prompts for Vec<&str> {
+    fn prompts(&self) -> Vec<&str> {
+        self.clone()
+    }
+}
+
+impl Prompts for &[String] {
+    fn prompts(&self) -> Vec<&str> {
+        self.iter().map(String::as_str).collect()
+    }
+}
+
+impl Prompts for Vec<String> {
+    fn prompts(&self) -> Vec<&str> {
+        self.iter().map(String::as_str).collect()
+    }
+}

@@ -1,0 +1,246 @@
+//! Loading a model from a name: an alias, a local folder, a `.gguf` file, or a hub repo id.
+
+pub mod gguf;
+pub mod hub;
+pub mod registry;
+pub mod safetensors;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+
+use crate::arch::{config_from_hf, llama_like_weights};
+use crate::error::{did_you_mean, LensError, Result};
+use crate::model::HookedTransformer;
+use crate::tokenizer::LensTokenizer;
+use registry::Source;
+
+/// How to load: device and compute dtype.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Where the weights live and the forward runs (CPU by default).
+    pub device: Device,
+    /// Compute dtype; f32 by default (bf16/f16 checkpoints are converted on load).
+    pub dtype: DType,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            device: Device::Cpu,
+            dtype: DType::F32,
+        }
+    }
+}
+
+/// What a name resolved to.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Resolved {
+    /// A GGUF file.
+    Gguf(PathBuf),
+    /// A local checkpoint folder.
+    Folder(PathBuf),
+    /// A hub repository id.
+    Hub(String),
+}
+
+/// Resolves a model name without loading anything.
+///
+/// # Errors
+/// [`LensError::ModelNotFetched`] for an embedded model whose file is absent,
+/// [`LensError::UnknownModel`] with a did-you-mean for anything else unrecognised.
+pub fn resolve(name: &str) -> Result<Resolved> {
+    resolve_in(name, &registry::models_dir())
+}
+
+/// [`resolve`] with an explicit folder for the embedded models.
+///
+/// # Errors
+/// As [`resolve`].
+pub fn resolve_in(name: &str, models_dir: &Path) -> Result<Resolved> {
+    if let Some(e) = registry::lookup(name) {
+        return match e.source {
+            Source::Embedded { dir, file } => {
+                let path = models_dir.join(dir).join(file);
+                if path.exists() {
+                    Ok(Resolved::Gguf(path))
+                } else {
+                    Err(LensError::ModelNotFetched {
+                        alias: e.alias.to_string(),
+                        path,
+                        command: format!("scripts/fetch-models {}", e.alias),
+                    })
+                }
+            }
+            Source::Hub { repo } => Ok(Resolved::Hub(repo.to_string())),
+        };
+    }
+    let path = Path::new(name);
+    if path.is_file() {
+        return if path.extension().is_some_and(|x| x.eq_ignore_ascii_case("gguf")) {
+            Ok(Resolved::Gguf(path.to_path_buf()))
+        } else {
+            Err(LensError::UnknownModel {
+                name: name.into(),
+                hint: " (a file that is not .gguf)".into(),
+            })
+        };
+    }
+    if path.is_dir() {
+        if path.join("config.json").exists() {
+            return Ok(Resolved::Folder(path.to_path_buf()));
+        }
+        let ggufs: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| LensError::io(path, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "gguf"))
+            .collect();
+        if ggufs.len() == 1 {
+            return Ok(Resolved::Gguf(ggufs[0].clone()));
+        }
+        return Err(LensError::MissingFile {
+            path: path.join("config.json"),
+            fix: "A model folder needs config.json + safetensors + tokenizer.json, or exactly one .gguf file".into(),
+        });
+    }
+    let looks_like_repo = name.split('/').count() == 2
+        && !name.starts_with('.')
+        && !name.starts_with('/')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+    if looks_like_repo {
+        return Ok(Resolved::Hub(name.to_string()));
+    }
+    Err(LensError::UnknownModel {
+        name: name.into(),
+        hint: did_you_mean(name, registry::REGISTRY.iter().map(|e| e.alias)),
+    })
+}
+
+impl HookedTransformer {
+    /// Loads a model by alias (`"smollm2-135m"`), local folder, `.gguf` path or hub repo id,
+    /// on the CPU in f32.
+    ///
+    /// # Errors
+    /// See [`resolve`]; missing, corrupt or unsupported checkpoints; hub errors.
+    pub fn from_pretrained(name: &str) -> Result<Self> {
+        Self::from_pretrained_with(name, &LoadOptions::default())
+    }
+
+    /// [`Self::from_pretrained`] with a device and dtype.
+    ///
+    /// # Errors
+    /// As [`Self::from_pretrained`].
+    pub fn from_pretrained_with(name: &str, opts: &LoadOptions) -> Result<Self> {
+        let display = registry::lookup(name).map_or(name, |e| e.alias);
+        match resolve(name)? {
+            Resolved::Gguf(path) => {
+                let (cfg, w, tok) = gguf::load(&path, display, opts.dtype, &opts.device)?;
+                HookedTransformer::from_parts(cfg, w, tok, opts.device.clone())
+            }
+            Resolved::Folder(dir) => {
+                let files = FolderFiles {
+                    config: dir.join("config.json"),
+                    tokenizer: dir.join("tokenizer.json"),
+                    shards: safetensors::shard_paths(&dir)?,
+                };
+                load_folder(&files, display, opts)
+            }
+            Resolved::Hub(repo) => {
+                let hub = hub::HubRepo::new(&repo)?;
+                let config = hub.get("config.json")?;
+                let tokenizer = hub.get("tokenizer.json")?;
+                let shards = match hub.get("model.safetensors.index.json") {
+                    Ok(index) => {
+                        let dir = index.parent().map(Path::to_path_buf).unwrap_or_default();
+                        let names = safetensors::shard_paths(&dir)?;
+                        names
+                            .iter()
+                            .map(|p| {
+                                let f = p.file_name().and_then(|f| f.to_str()).unwrap_or_default();
+                                hub.get(f)
+                            })
+                            .collect::<Result<Vec<_>>>()?
+                    }
+                    Err(_) => vec![hub.get("model.safetensors")?],
+                };
+                load_folder(
+                    &FolderFiles {
+                        config,
+                        tokenizer,
+                        shards,
+                    },
+                    display,
+                    opts,
+                )
+            }
+        }
+    }
+}
+
+struct FolderFiles {
+    config: PathBuf,
+    tokenizer: PathBuf,
+    shards: Vec<PathBuf>,
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => LensError::MissingFile {
+            path: path.to_path_buf(),
+            fix: "The checkpoint folder needs this file".into(),
+        },
+        _ => LensError::io(path, e),
+    })?;
+    serde_json::from_str(&text).map_err(|e| LensError::Json {
+        what: path.display().to_string(),
+        detail: e.to_string(),
+    })
+}
+
+fn load_folder(files: &FolderFiles, name: &str, opts: &LoadOptions) -> Result<HookedTransformer> {
+    let json = read_json(&files.config)?;
+    let (family, mut cfg) = config_from_hf(&json, name)?;
+    let tok = LensTokenizer::from_file(&files.tokenizer, cfg.bos_token_id, false)?;
+    // The tokenizer's own post-processor says whether it adds BOS.
+    let probe = tok
+        .inner()
+        .encode("a", true)
+        .map_err(|e| LensError::Tokenizer(e.to_string()))?;
+    let adds_bos = cfg
+        .bos_token_id
+        .is_some_and(|b| probe.get_ids().first() == Some(&b));
+    cfg.default_prepend_bos = adds_bos;
+    let tok = LensTokenizer::new(tok.inner().clone(), cfg.bos_token_id, adds_bos);
+    let mut src = safetensors::SafetensorsSource::open(&files.shards)?;
+    let w = llama_like_weights(family, &cfg, &mut src, opts.dtype, &opts.device)?;
+    HookedTransformer::from_parts(cfg, w, tok, opts.device.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_names_get_a_suggestion() {
+        let e = resolve("smollm2-135").unwrap_err();
+        assert!(e.to_string().contains("did you mean 'smollm2-135m'"), "{e}");
+        assert!(matches!(resolve("???"), Err(LensError::UnknownModel { .. })));
+    }
+
+    #[test]
+    fn repo_ids_go_to_the_hub() {
+        assert_eq!(
+            resolve("google/gemma-3-270m").unwrap(),
+            Resolved::Hub("google/gemma-3-270m".into())
+        );
+    }
+
+    #[test]
+    fn missing_embedded_model_names_the_fetch_command() {
+        let dir = std::env::temp_dir().join("candlelens-empty-models-dir");
+        let msg = resolve_in("gemma-3-270m", &dir).unwrap_err().to_string();
+        assert!(msg.contains("scripts/fetch-models gemma-3-270m"), "{msg}");
+    }
+}

