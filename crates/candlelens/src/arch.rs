@@ -104,14 +104,8 @@ fn hidden_act(j: &Json, key: &str, default: &str) -> Result<Activation> {
     }
 }
 
-fn rope_scaling(j: &Json) -> Result<Option<RopeScaling>> {
-    let Some(rs) = j.v.get("rope_scaling").filter(|v| !v.is_null()) else {
-        return Ok(None);
-    };
-    let r = Json {
-        v: rs,
-        what: j.what,
-    };
+fn rope_scaling_from(rs: &Value, what: &str) -> Result<Option<RopeScaling>> {
+    let r = Json { v: rs, what };
     let kind = r.str("rope_type").or(r.str("type")).unwrap_or("default");
     match kind {
         "default" => Ok(None),
@@ -125,11 +119,41 @@ fn rope_scaling(j: &Json) -> Result<Option<RopeScaling>> {
             original_max_position_embeddings: r.f64_or("original_max_position_embeddings", 8192.0),
         })),
         other => Err(LensError::UnsupportedConfig {
-            field: "rope_scaling.rope_type".into(),
+            field: "rope_type".into(),
             value: other.into(),
             fix: "supported: default, linear, llama3".into(),
         }),
     }
+}
+
+/// Rotary parameters from either config format: transformers 4 (`rope_theta`, `rope_scaling`,
+/// `rope_local_base_freq`) or transformers 5 (`rope_parameters`, per layer type for Gemma 3).
+/// Returns `(global base, global scaling, local base)`.
+fn rope_params(j: &Json, default_base: f64) -> Result<(f64, Option<RopeScaling>, Option<f64>)> {
+    if let Some(rp) = j.v.get("rope_parameters").filter(|v| v.is_object()) {
+        let (global, local) = match rp.get("full_attention") {
+            Some(g) => (g, rp.get("sliding_attention")),
+            None => (rp, None),
+        };
+        let base = global
+            .get("rope_theta")
+            .and_then(Value::as_f64)
+            .unwrap_or(default_base);
+        let scaling = rope_scaling_from(global, j.what)?;
+        let local_base = local
+            .and_then(|l| l.get("rope_theta"))
+            .and_then(Value::as_f64);
+        return Ok((base, scaling, local_base));
+    }
+    let scaling = match j.v.get("rope_scaling").filter(|v| !v.is_null()) {
+        Some(rs) => rope_scaling_from(rs, j.what)?,
+        None => None,
+    };
+    Ok((
+        j.f64_or("rope_theta", default_base),
+        scaling,
+        j.opt_f64("rope_local_base_freq"),
+    ))
 }
 
 /// Gemma 3's layer pattern: every `pattern`-th layer global, the rest sliding.
@@ -167,7 +191,12 @@ pub fn config_from_hf(v: &Value, name: &str) -> Result<(Family, ModelConfig)> {
     let n_layers = j.usize("num_hidden_layers")?;
     let d_head = j.usize_or("head_dim", d_model / n_heads);
     let n_kv_heads = j.usize_or("num_key_value_heads", n_heads);
-    let base = j.f64_or("rope_theta", 10000.0);
+    let default_base = if family == Family::Gemma3 {
+        1_000_000.0
+    } else {
+        10_000.0
+    };
+    let (base, scaling, local_base) = rope_params(&j, default_base)?;
     let mut cfg = ModelConfig {
         architecture: model_type.clone(),
         name: name.to_string(),
@@ -185,7 +214,7 @@ pub fn config_from_hf(v: &Value, name: &str) -> Result<(Family, ModelConfig)> {
             dim: d_head,
             base,
             local_base: None,
-            scaling: rope_scaling(&j)?,
+            scaling,
         }),
         act: hidden_act(&j, "hidden_act", "silu")?,
         gated_mlp: true,
@@ -204,11 +233,8 @@ pub fn config_from_hf(v: &Value, name: &str) -> Result<(Family, ModelConfig)> {
         default_prepend_bos: true,
     };
     match family {
-        Family::Llama => {
-            if j.bool_or("attention_bias", false) || j.bool_or("mlp_bias", false) {
-                // handled: biases are read if present
-            }
-        }
+        // biases (attention_bias, mlp_bias) are read when the checkpoint has them
+        Family::Llama => {}
         Family::Gemma3 => {
             cfg.act = hidden_act(&j, "hidden_activation", "gelu_pytorch_tanh")?;
             cfg.qk_norm = true;
@@ -235,8 +261,7 @@ pub fn config_from_hf(v: &Value, name: &str) -> Result<(Family, ModelConfig)> {
                 None => gemma3_layers(n_layers, j.usize_or("sliding_window_pattern", 6), window),
             };
             if let Positional::Rotary(r) = &mut cfg.positional {
-                r.base = j.f64_or("rope_theta", 1_000_000.0);
-                r.local_base = Some(j.f64_or("rope_local_base_freq", 10_000.0));
+                r.local_base = Some(local_base.unwrap_or(10_000.0));
             }
         }
     }
@@ -287,26 +312,68 @@ pub fn llama_like_weights(
         };
         let (ln1_post, ln2, ln2_post) = if cfg.post_norms {
             (
-                Some(norm(src, &format!("{pre}.post_attention_layernorm.weight"), p1, dtype, dev)?),
-                norm(src, &format!("{pre}.pre_feedforward_layernorm.weight"), p1, dtype, dev)?,
-                Some(norm(src, &format!("{pre}.post_feedforward_layernorm.weight"), p1, dtype, dev)?),
+                Some(norm(
+                    src,
+                    &format!("{pre}.post_attention_layernorm.weight"),
+                    p1,
+                    dtype,
+                    dev,
+                )?),
+                norm(
+                    src,
+                    &format!("{pre}.pre_feedforward_layernorm.weight"),
+                    p1,
+                    dtype,
+                    dev,
+                )?,
+                Some(norm(
+                    src,
+                    &format!("{pre}.post_feedforward_layernorm.weight"),
+                    p1,
+                    dtype,
+                    dev,
+                )?),
             )
         } else {
             (
                 None,
-                norm(src, &format!("{pre}.post_attention_layernorm.weight"), p1, dtype, dev)?,
+                norm(
+                    src,
+                    &format!("{pre}.post_attention_layernorm.weight"),
+                    p1,
+                    dtype,
+                    dev,
+                )?,
                 None,
             )
         };
         let (q_norm, k_norm) = if cfg.qk_norm {
-            let q = norm(src, &format!("{pre}.self_attn.q_norm.weight"), p1, dtype, dev)?;
-            let k = norm(src, &format!("{pre}.self_attn.k_norm.weight"), p1, dtype, dev)?;
+            let q = norm(
+                src,
+                &format!("{pre}.self_attn.q_norm.weight"),
+                p1,
+                dtype,
+                dev,
+            )?;
+            let k = norm(
+                src,
+                &format!("{pre}.self_attn.k_norm.weight"),
+                p1,
+                dtype,
+                dev,
+            )?;
             (Some(q.w), Some(k.w))
         } else {
             (None, None)
         };
         layers.push(LayerWeights {
-            ln1: norm(src, &format!("{pre}.input_layernorm.weight"), p1, dtype, dev)?,
+            ln1: norm(
+                src,
+                &format!("{pre}.input_layernorm.weight"),
+                p1,
+                dtype,
+                dev,
+            )?,
             ln1_post,
             ln2,
             ln2_post,

@@ -159,7 +159,7 @@ impl ModelConfig {
                 "all must be positive",
             );
         }
-        if self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
+        if self.n_kv_heads == 0 || !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(
                 "n_kv_heads",
                 self.n_kv_heads.to_string(),

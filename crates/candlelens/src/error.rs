@@ -11,7 +11,9 @@ pub enum LensError {
     UnknownModel { name: String, hint: String },
 
     /// An embedded model whose files have not been fetched yet.
-    #[error("model '{alias}' is not on this machine (looked for {path}). Fetch it with: {command}")]
+    #[error(
+        "model '{alias}' is not on this machine (looked for {path}). Fetch it with: {command}"
+    )]
     ModelNotFetched {
         alias: String,
         path: PathBuf,
@@ -132,7 +134,10 @@ impl LensError {
 }
 
 /// " (did you mean 'x'?)" for the closest candidate within a small edit distance, else "".
-pub(crate) fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> String {
+pub(crate) fn did_you_mean<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> String {
     let mut best: Option<(usize, &str)> = None;
     for c in candidates {
         let d = strsim::levenshtein(name, c);

@@ -73,7 +73,10 @@ pub enum HookPoint {
 }
 
 /// Block-level hook suffixes, in forward order, with their constructors.
-const BLOCK_HOOKS: &[(&str, fn(usize) -> HookPoint)] = &[
+/// Builds a layer's hook point.
+type MakeHook = fn(usize) -> HookPoint;
+
+const BLOCK_HOOKS: &[(&str, MakeHook)] = &[
     ("hook_resid_pre", HookPoint::ResidPre),
     ("ln1.hook_scale", HookPoint::Ln1Scale),
     ("ln1.hook_normalized", HookPoint::Ln1Normalized),
@@ -489,7 +492,10 @@ mod tests {
     fn typo_suggests_the_right_name() {
         let err = HookPoint::parse("blocks.3.hook_resid_pr").unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("did you mean 'blocks.3.hook_resid_pre'"), "{msg}");
+        assert!(
+            msg.contains("did you mean 'blocks.3.hook_resid_pre'"),
+            "{msg}"
+        );
         let err = HookPoint::parse("blocks.x.hook_resid_pre").unwrap_err();
         assert!(matches!(err, LensError::UnknownHook { .. }));
         let err = HookPoint::parse("ln_final.hook_scal").unwrap_err();

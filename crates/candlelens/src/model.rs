@@ -107,7 +107,7 @@ fn inv_freq(dim: usize, base: f64, scaling: Option<&RopeScaling>) -> Vec<f32> {
             for x in f.iter_mut() {
                 let wl = 2.0 * std::f32::consts::PI / *x;
                 let scaled = if wl > low_wl { *x / factor } else { *x };
-                let medium = !(wl < high_wl) && !(wl > low_wl);
+                let medium = wl >= high_wl && wl <= low_wl;
                 *x = if medium {
                     let s = (old / wl - low) / (high - low);
                     (1.0 - s) * scaled / factor + s * scaled
@@ -209,7 +209,11 @@ impl HookedTransformer {
     ///
     /// # Errors
     /// [`LensError::EmptyPrompt`], [`LensError::PromptTooLong`].
-    pub fn to_tokens<P: crate::Prompts>(&self, prompts: P, prepend_bos: Option<bool>) -> Result<Tokens> {
+    pub fn to_tokens<P: crate::Prompts>(
+        &self,
+        prompts: P,
+        prepend_bos: Option<bool>,
+    ) -> Result<Tokens> {
         let rows = prompts
             .prompts()
             .iter()
@@ -387,7 +391,12 @@ impl HookedTransformer {
     ///
     /// # Errors
     /// As [`Self::forward`].
-    pub fn forward_with(&self, tokens: &Tokens, at: LogitsAt, sink: &mut dyn HookSink) -> Result<Tensor> {
+    pub fn forward_with(
+        &self,
+        tokens: &Tokens,
+        at: LogitsAt,
+        sink: &mut dyn HookSink,
+    ) -> Result<Tensor> {
         self.check_tokens(tokens)?;
         let ctx = self.context(tokens.max_len())?;
         let mut x = self.embed(tokens, sink)?;
@@ -502,7 +511,11 @@ impl HookedTransformer {
         let (cos, sin) = (cos.narrow(0, 0, seq)?, sin.narrow(0, 0, seq)?);
         let d_head = x.dim(3)?;
         if dim == d_head {
-            return Ok(candle_nn::rotary_emb::rope_thd(&x.contiguous()?, &cos, &sin)?);
+            return Ok(candle_nn::rotary_emb::rope_thd(
+                &x.contiguous()?,
+                &cos,
+                &sin,
+            )?);
         }
         let rot = x.narrow(3, 0, dim)?.contiguous()?;
         let pass = x.narrow(3, dim, d_head - dim)?;
@@ -514,11 +527,21 @@ impl HookedTransformer {
     ///
     /// # Errors
     /// Tensor errors, hook errors.
-    pub fn run_block(&self, l: usize, x: Tensor, ctx: &ForwardCtx, sink: &mut dyn HookSink) -> Result<Tensor> {
-        let w = self.weights.layers.get(l).ok_or(LensError::LayerOutOfRange {
-            layer: l,
-            n_layers: self.cfg.n_layers,
-        })?;
+    pub fn run_block(
+        &self,
+        l: usize,
+        x: Tensor,
+        ctx: &ForwardCtx,
+        sink: &mut dyn HookSink,
+    ) -> Result<Tensor> {
+        let w = self
+            .weights
+            .layers
+            .get(l)
+            .ok_or(LensError::LayerOutOfRange {
+                layer: l,
+                n_layers: self.cfg.n_layers,
+            })?;
         let resid_pre = hook(sink, HookPoint::ResidPre(l), x)?;
         let n1 = self.norm(
             &w.ln1,
@@ -561,7 +584,11 @@ impl HookedTransformer {
                 (activation(self.cfg.act, &pre)? * lin)?
             }
             None => {
-                let pre = hook(sink, HookPoint::MlpPre(l), linear(x, &w.w_in, w.b_in.as_ref())?)?;
+                let pre = hook(
+                    sink,
+                    HookPoint::MlpPre(l),
+                    linear(x, &w.w_in, w.b_in.as_ref())?,
+                )?;
                 activation(self.cfg.act, &pre)?
             }
         };
@@ -574,7 +601,13 @@ impl HookedTransformer {
         hook(sink, HookPoint::MlpOut(l), out)
     }
 
-    fn attention(&self, l: usize, x: &Tensor, ctx: &ForwardCtx, sink: &mut dyn HookSink) -> Result<Tensor> {
+    fn attention(
+        &self,
+        l: usize,
+        x: &Tensor,
+        ctx: &ForwardCtx,
+        sink: &mut dyn HookSink,
+    ) -> Result<Tensor> {
         let cfg = &self.cfg;
         let w = &self.weights.layers[l];
         let (b, p, _) = x.dims3()?;
@@ -600,7 +633,10 @@ impl HookedTransformer {
                 };
                 let q = self.rotate(&q, &tables.0, &tables.1, r.dim)?;
                 let k = self.rotate(&k, &tables.0, &tables.1, r.dim)?;
-                (hook(sink, HookPoint::RotQ(l), q)?, hook(sink, HookPoint::RotK(l), k)?)
+                (
+                    hook(sink, HookPoint::RotQ(l), q)?,
+                    hook(sink, HookPoint::RotK(l), k)?,
+                )
             }
             Positional::Learned => (q, k),
         };
@@ -612,8 +648,7 @@ impl HookedTransformer {
                 return Ok(t.contiguous()?);
             }
             let g = h / kv;
-            Ok(t
-                .unsqueeze(2)?
+            Ok(t.unsqueeze(2)?
                 .expand((b, kv, g, p, dh))?
                 .reshape((b, h, p, dh))?)
         };
@@ -635,7 +670,8 @@ impl HookedTransformer {
             mask.narrow(0, 0, p)?.narrow(1, 0, p)?
         };
         let scores = hook(sink, HookPoint::AttnScores(l), scores.broadcast_add(&mask)?)?;
-        let pattern = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(self.dtype)?;
+        let pattern = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?
+            .to_dtype(self.dtype)?;
         let pattern = hook(sink, HookPoint::Pattern(l), pattern)?;
         // z: [b, p, h, dh]
         let z = pattern.matmul(&vt)?.transpose(1, 2)?.contiguous()?;
@@ -664,7 +700,13 @@ impl HookedTransformer {
     ///
     /// # Errors
     /// Tensor errors.
-    pub fn unembed(&self, x: &Tensor, tokens: &Tokens, at: LogitsAt, sink: &mut dyn HookSink) -> Result<Tensor> {
+    pub fn unembed(
+        &self,
+        x: &Tensor,
+        tokens: &Tokens,
+        at: LogitsAt,
+        sink: &mut dyn HookSink,
+    ) -> Result<Tensor> {
         let n = self.norm(
             &self.weights.ln_final,
             x,

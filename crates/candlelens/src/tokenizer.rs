@@ -218,12 +218,10 @@ fn byte_level_from_gguf(v: GgufVocab) -> Result<LensTokenizer> {
     let byte_level = ByteLevel::new(false, true, true);
     // The SmolLM / StarCoder vocabularies split every digit (their tokenizer.json does).
     let pre: PreTokenizerWrapper = match v.pre.as_deref() {
-        Some("smollm") | Some("starcoder") | Some("refact") => Sequence::new(vec![
-            Digits::new(true).into(),
-            byte_level.clone().into(),
-        ])
-        .into(),
-        _ => byte_level.clone().into(),
+        Some("smollm") | Some("starcoder") | Some("refact") => {
+            Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into()
+        }
+        _ => byte_level.into(),
     };
     tk.with_pre_tokenizer(Some(pre));
     tk.with_decoder(Some(DecoderWrapper::from(ByteLevelDecoder::default())));
@@ -252,7 +250,11 @@ fn rebuild_merges(tokens: &[String], vocab: &Vocab) -> Vec<(String, String)> {
             .collect();
         // longest left piece first (then longest right, which is the same order here)
         local.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(b.1.len().cmp(&a.1.len())));
-        merges.extend(local.into_iter().map(|(l, r)| (l.to_string(), r.to_string())));
+        merges.extend(
+            local
+                .into_iter()
+                .map(|(l, r)| (l.to_string(), r.to_string())),
+        );
     }
     merges
 }
@@ -296,8 +298,8 @@ fn sentencepiece_from_gguf(v: GgufVocab) -> Result<LensTokenizer> {
     let mut tk = Tokenizer::new(bpe);
     tk.with_normalizer(Some(Replace::new(" ", "\u{2581}").map_err(tok_err)?))
         .map_err(tok_err)?;
-    let split = Split::new(" ", SplitDelimiterBehavior::MergedWithPrevious, false)
-        .map_err(tok_err)?;
+    let split =
+        Split::new(" ", SplitDelimiterBehavior::MergedWithPrevious, false).map_err(tok_err)?;
     tk.with_pre_tokenizer(Some(split));
     tk.with_decoder(Some(DecoderSequence::new(vec![
         tokenizers::decoders::DecoderWrapper::Replace(

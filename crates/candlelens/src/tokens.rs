@@ -84,7 +84,11 @@ impl Tokens {
         let flat: Vec<u32> = self
             .rows
             .iter()
-            .flat_map(|r| r.iter().copied().chain(std::iter::repeat_n(self.pad, n - r.len())))
+            .flat_map(|r| {
+                r.iter()
+                    .copied()
+                    .chain(std::iter::repeat_n(self.pad, n - r.len()))
+            })
             .collect();
         Ok(Tensor::from_vec(flat, (self.batch(), n), device)?)
     }
@@ -123,7 +127,13 @@ mod tests {
 
     #[test]
     fn empty_is_an_error() {
-        assert!(matches!(Tokens::single(vec![]), Err(LensError::EmptyPrompt)));
-        assert!(matches!(Tokens::new(vec![], 0), Err(LensError::EmptyPrompt)));
+        assert!(matches!(
+            Tokens::single(vec![]),
+            Err(LensError::EmptyPrompt)
+        ));
+        assert!(matches!(
+            Tokens::new(vec![], 0),
+            Err(LensError::EmptyPrompt)
+        ));
     }
 }

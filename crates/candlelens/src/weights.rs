@@ -128,7 +128,11 @@ impl Weights {
         if self.layers.len() != cfg.n_layers {
             return Err(LensError::BadWeight {
                 name: "blocks".into(),
-                problem: format!("has {} layers, config says {}", self.layers.len(), cfg.n_layers),
+                problem: format!(
+                    "has {} layers, config says {}",
+                    self.layers.len(),
+                    cfg.n_layers
+                ),
             });
         }
         for (l, w) in self.layers.iter().enumerate() {

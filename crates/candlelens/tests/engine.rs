@@ -20,12 +20,20 @@ fn cache_has_every_hook_with_its_shape() {
         }
         let t = cache.at(hp).unwrap_or_else(|e| panic!("{e}"));
         let want: Vec<usize> = match hp {
-            HookPoint::Q(_) | HookPoint::RotQ(_) | HookPoint::Z(_) => vec![b, p, cfg.n_heads, cfg.d_head],
-            HookPoint::K(_) | HookPoint::V(_) | HookPoint::RotK(_) => vec![b, p, cfg.n_kv_heads, cfg.d_head],
+            HookPoint::Q(_) | HookPoint::RotQ(_) | HookPoint::Z(_) => {
+                vec![b, p, cfg.n_heads, cfg.d_head]
+            }
+            HookPoint::K(_) | HookPoint::V(_) | HookPoint::RotK(_) => {
+                vec![b, p, cfg.n_kv_heads, cfg.d_head]
+            }
             HookPoint::AttnScores(_) | HookPoint::Pattern(_) => vec![b, cfg.n_heads, p, p],
             HookPoint::Result(_) => vec![b, p, cfg.n_heads, cfg.d_model],
-            HookPoint::Ln1Scale(_) | HookPoint::Ln2Scale(_) | HookPoint::LnFinalScale => vec![b, p, 1],
-            HookPoint::MlpPre(_) | HookPoint::MlpPreLinear(_) | HookPoint::MlpPost(_) => vec![b, p, cfg.d_mlp],
+            HookPoint::Ln1Scale(_) | HookPoint::Ln2Scale(_) | HookPoint::LnFinalScale => {
+                vec![b, p, 1]
+            }
+            HookPoint::MlpPre(_) | HookPoint::MlpPreLinear(_) | HookPoint::MlpPost(_) => {
+                vec![b, p, cfg.d_mlp]
+            }
             _ => vec![b, p, cfg.d_model],
         };
         assert_eq!(t.dims(), want.as_slice(), "{hp}");
@@ -57,7 +65,10 @@ fn filtered_cache_holds_only_what_was_asked() {
     let m = model("smollm2-135m");
     let tokens = m.to_tokens("Hello world", None).unwrap();
     let (_, cache) = m
-        .run_with_cache(&tokens, Some(HookFilter::suffix("hook_resid_post").unwrap()))
+        .run_with_cache(
+            &tokens,
+            Some(HookFilter::suffix("hook_resid_post").unwrap()),
+        )
         .unwrap();
     assert_eq!(cache.len(), m.cfg.n_layers);
     let err = cache.get("blocks.0.hook_resid_pre").unwrap_err();
@@ -83,18 +94,28 @@ fn hooks_read_and_replace() {
     let same = to_vec(&m.run_with_hooks(&tokens, &mut hooks).unwrap());
     drop(hooks);
     assert_eq!(same, clean);
-    assert_eq!(seen, vec![("blocks.2.hook_resid_pre".to_string(), vec![1, tokens.max_len(), m.cfg.d_model])]);
+    assert_eq!(
+        seen,
+        vec![(
+            "blocks.2.hook_resid_pre".to_string(),
+            vec![1, tokens.max_len(), m.cfg.d_model]
+        )]
+    );
 
     // zero-ablating the MLP of layer 0 changes the logits
     let mut hooks = Hooks::new();
     hooks
-        .add("blocks.0.hook_mlp_out", |act, _| Ok(Some(act.zeros_like()?)))
+        .add("blocks.0.hook_mlp_out", |act, _| {
+            Ok(Some(act.zeros_like()?))
+        })
         .unwrap();
     let ablated = to_vec(&m.run_with_hooks(&tokens, &mut hooks).unwrap());
     assert!(max_abs(&ablated, &clean) > 0.1);
 
     // patching the whole residual stream with a cached one reproduces that run
-    let other = m.to_tokens(PET.replace("Rachel", "Alice").as_str(), None).unwrap();
+    let other = m
+        .to_tokens(PET.replace("Rachel", "Alice").as_str(), None)
+        .unwrap();
     assert_eq!(other.max_len(), tokens.max_len());
     let (other_logits, other_cache) = m
         .run_with_cache(&other, Some(HookPoint::ResidPre(5).into()))
@@ -102,7 +123,9 @@ fn hooks_read_and_replace() {
     let donor = other_cache.at(HookPoint::ResidPre(5)).unwrap().clone();
     let mut hooks = Hooks::new();
     hooks
-        .add("blocks.5.hook_resid_pre", move |_, _| Ok(Some(donor.clone())))
+        .add("blocks.5.hook_resid_pre", move |_, _| {
+            Ok(Some(donor.clone()))
+        })
         .unwrap();
     let patched = to_vec(&m.run_with_hooks(&tokens, &mut hooks).unwrap());
     assert!(max_abs(&patched, &to_vec(&other_logits)) < 1e-4);
@@ -118,13 +141,26 @@ fn hook_errors_are_typed() {
         hooks.add("blocks.0.hook_resid_pree", |_, _| Ok(None)),
         Err(LensError::UnknownHook { .. })
     ));
-    hooks.add("blocks.99.hook_resid_pre", |_, _| Ok(None)).unwrap();
+    hooks
+        .add("blocks.99.hook_resid_pre", |_, _| Ok(None))
+        .unwrap();
     let err = m.run_with_hooks(&tokens, &mut hooks).unwrap_err();
-    assert!(matches!(err, LensError::LayerOutOfRange { layer: 99, n_layers: 30 }), "{err}");
+    assert!(
+        matches!(
+            err,
+            LensError::LayerOutOfRange {
+                layer: 99,
+                n_layers: 30
+            }
+        ),
+        "{err}"
+    );
 
     let mut hooks = Hooks::new();
     hooks
-        .add("blocks.0.hook_resid_pre", |act, _| Ok(Some(act.narrow(1, 0, 1)?)))
+        .add("blocks.0.hook_resid_pre", |act, _| {
+            Ok(Some(act.narrow(1, 0, 1)?))
+        })
         .unwrap();
     let err = m.run_with_hooks(&tokens, &mut hooks).unwrap_err();
     assert!(matches!(err, LensError::HookShape { .. }), "{err}");
@@ -153,7 +189,10 @@ fn padded_batch_equals_single_runs() {
             let want = to_vec(&m.last_logits(&single).unwrap());
             let got = to_vec(&last.i(i).unwrap());
             let d = max_abs(&got, &want);
-            assert!(d < 1e-4, "{alias} prompt {i}: batched last logits differ by {d}");
+            assert!(
+                d < 1e-4,
+                "{alias} prompt {i}: batched last logits differ by {d}"
+            );
             let pos = batch.last_positions()[i];
             let got_full = to_vec(&full.i((i, pos)).unwrap());
             assert!(max_abs(&got_full, &want) < 1e-4);
@@ -164,8 +203,13 @@ fn padded_batch_equals_single_runs() {
 #[test]
 fn tokens_helpers() {
     let m = model("gemma-3-270m");
-    let s = m.to_str_tokens("Is Paris the capital of France?\n", None).unwrap();
-    assert_eq!(s, ["<bos>", "Is", " Paris", " the", " capital", " of", " France", "?", "\n"]);
+    let s = m
+        .to_str_tokens("Is Paris the capital of France?\n", None)
+        .unwrap();
+    assert_eq!(
+        s,
+        ["<bos>", "Is", " Paris", " the", " capital", " of", " France", "?", "\n"]
+    );
     let s = m.to_str_tokens("Is Paris", Some(false)).unwrap();
     assert_eq!(s, ["Is", " Paris"]);
     let paris = m.to_single_token(" Paris").unwrap();
@@ -176,20 +220,35 @@ fn tokens_helpers() {
 
     let smol = model("smollm2-135m");
     assert_eq!(smol.to_str_tokens("Hi", None).unwrap(), ["Hi"]); // SmolLM2 adds no BOS
-    assert_eq!(smol.to_str_tokens("Hi", Some(true)).unwrap(), ["<|im_start|>", "Hi"]);
+    assert_eq!(
+        smol.to_str_tokens("Hi", Some(true)).unwrap(),
+        ["<|im_start|>", "Hi"]
+    );
 }
 
 #[test]
 fn bad_inputs_get_typed_errors() {
     let m = model("smollm2-135m");
     assert!(matches!(m.to_tokens("", None), Err(LensError::EmptyPrompt)));
-    assert!(matches!(m.tokens_from_ids(vec![]), Err(LensError::EmptyPrompt)));
+    assert!(matches!(
+        m.tokens_from_ids(vec![]),
+        Err(LensError::EmptyPrompt)
+    ));
     let long = vec![1u32; m.cfg.n_ctx + 1];
-    assert!(matches!(m.tokens_from_ids(long), Err(LensError::PromptTooLong { .. })));
+    assert!(matches!(
+        m.tokens_from_ids(long),
+        Err(LensError::PromptTooLong { .. })
+    ));
     let err = m.tokens_from_ids(vec![1, 999_999]).unwrap_err();
-    assert!(matches!(err, LensError::TokenOutOfRange { id: 999_999, .. }), "{err}");
+    assert!(
+        matches!(err, LensError::TokenOutOfRange { id: 999_999, .. }),
+        "{err}"
+    );
     let t = m.to_tokens("Hello", None).unwrap();
-    assert!(matches!(t.resolve_pos(0, 5), Err(LensError::PositionOutOfRange { .. })));
+    assert!(matches!(
+        t.resolve_pos(0, 5),
+        Err(LensError::PositionOutOfRange { .. })
+    ));
     assert!(m.loss(&m.tokens_from_ids(vec![5]).unwrap()).is_err());
 }
 
@@ -199,30 +258,51 @@ fn bad_files_get_typed_errors() {
     std::fs::create_dir_all(&dir).unwrap();
 
     let missing = dir.join("nope.gguf");
-    let err = HookedTransformer::from_pretrained(missing.to_str().unwrap()).err().unwrap();
-    assert!(matches!(err, LensError::UnknownModel { .. } | LensError::MissingFile { .. }), "{err}");
+    let err = HookedTransformer::from_pretrained(missing.to_str().unwrap())
+        .err()
+        .unwrap();
+    assert!(
+        matches!(
+            err,
+            LensError::UnknownModel { .. } | LensError::MissingFile { .. }
+        ),
+        "{err}"
+    );
 
     let garbage = dir.join("garbage.gguf");
     std::fs::write(&garbage, b"this is not a gguf file at all").unwrap();
-    let err = HookedTransformer::from_pretrained(garbage.to_str().unwrap()).err().unwrap();
+    let err = HookedTransformer::from_pretrained(garbage.to_str().unwrap())
+        .err()
+        .unwrap();
     assert!(matches!(err, LensError::CorruptFile { .. }), "{err}");
 
     // a truncated download: the header parses, the tensors do not fit
     let real = candlelens::load::resolve("smollm2-135m").unwrap();
-    let candlelens::load::Resolved::Gguf(real) = real else { panic!() };
+    let candlelens::load::Resolved::Gguf(real) = real else {
+        panic!()
+    };
     let bytes = std::fs::read(&real).unwrap();
     let cut = dir.join("truncated.gguf");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
-    let err = HookedTransformer::from_pretrained(cut.to_str().unwrap()).err().unwrap();
+    let err = HookedTransformer::from_pretrained(cut.to_str().unwrap())
+        .err()
+        .unwrap();
     assert!(matches!(err, LensError::CorruptFile { .. }), "{err}");
     assert!(err.to_string().contains("truncated"), "{err}");
 
-    let err = HookedTransformer::from_pretrained("gemma-3-207m").err().unwrap();
-    assert!(err.to_string().contains("did you mean 'gemma-3-270m'"), "{err}");
+    let err = HookedTransformer::from_pretrained("gemma-3-207m")
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("did you mean 'gemma-3-270m'"),
+        "{err}"
+    );
 
     let empty_dir = dir.join("empty");
     std::fs::create_dir_all(&empty_dir).unwrap();
-    let err = HookedTransformer::from_pretrained(empty_dir.to_str().unwrap()).err().unwrap();
+    let err = HookedTransformer::from_pretrained(empty_dir.to_str().unwrap())
+        .err()
+        .unwrap();
     assert!(matches!(err, LensError::MissingFile { .. }), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -10,12 +10,16 @@ use common::*;
 fn check_model(alias: &'static str) {
     let fx = read_fixture(&format!("reference/{alias}.json"));
     let model = model(alias);
+    let (mut worst_logit, mut worst_resid, mut worst_pattern) = (0f32, 0f64, 0f32);
     for p in fx["prompts"].as_array().unwrap() {
         let text = p["text"].as_str().unwrap();
         let ids = u32s(&p["token_ids"]);
         let tokens = model.tokens_from_ids(ids.clone()).unwrap();
         let filter = HookFilter::Predicate(Box::new(|hp| {
-            matches!(hp, HookPoint::ResidPre(_) | HookPoint::Pattern(0) | HookPoint::LnFinalNormalized)
+            matches!(
+                hp,
+                HookPoint::ResidPre(_) | HookPoint::Pattern(0) | HookPoint::LnFinalNormalized
+            )
         }));
         let (logits, cache) = model.run_with_cache(&tokens, Some(filter)).unwrap();
         let last = ids.len() - 1;
@@ -23,31 +27,58 @@ fn check_model(alias: &'static str) {
 
         // top-20 raw logits at the final position
         let top = p["top_k"].as_array().unwrap();
-        let want: Vec<f32> = top.iter().map(|t| t["logit"].as_f64().unwrap() as f32).collect();
-        let got: Vec<f32> = top.iter().map(|t| row[t["id"].as_u64().unwrap() as usize]).collect();
+        let want: Vec<f32> = top
+            .iter()
+            .map(|t| t["logit"].as_f64().unwrap() as f32)
+            .collect();
+        let got: Vec<f32> = top
+            .iter()
+            .map(|t| row[t["id"].as_u64().unwrap() as usize])
+            .collect();
         let d = max_abs(&got, &want);
         assert!(d <= 1e-3, "{alias} {text:?}: top-20 logits differ by {d}");
+        worst_logit = worst_logit.max(d);
         let argmax = row
             .iter()
             .enumerate()
             .max_by(|a, b| a.1.total_cmp(b.1))
             .unwrap()
             .0;
-        assert_eq!(argmax as u64, top[0]["id"].as_u64().unwrap(), "{alias} {text:?}: top-1");
+        assert_eq!(
+            argmax as u64,
+            top[0]["id"].as_u64().unwrap(),
+            "{alias} {text:?}: top-1"
+        );
         let lse = {
             let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
             m + row.iter().map(|x| (*x as f64 - m).exp()).sum::<f64>().ln()
         };
         let want_lse = p["logsumexp_last"].as_f64().unwrap();
-        assert!((lse - want_lse).abs() <= 1e-3, "{alias} {text:?}: logsumexp {lse} vs {want_lse}");
+        assert!(
+            (lse - want_lse).abs() <= 1e-3,
+            "{alias} {text:?}: logsumexp {lse} vs {want_lse}"
+        );
 
         // residual stream entering every block, last position
         for (l, want) in p["resid_pre"].as_array().unwrap().iter().enumerate() {
-            let got = to_vec(&cache.at(HookPoint::ResidPre(l)).unwrap().i((0, last)).unwrap());
+            let got = to_vec(
+                &cache
+                    .at(HookPoint::ResidPre(l))
+                    .unwrap()
+                    .i((0, last))
+                    .unwrap(),
+            );
             let e = rel_l2(&got, &f32s(want));
             assert!(e <= 1e-4, "{alias} {text:?}: resid_pre {l} rel err {e}");
+            worst_resid = worst_resid.max(e);
         }
-        let got = to_vec(&cache.at(HookPoint::LnFinalNormalized).unwrap().i((0, last)).unwrap());
+        let got = to_vec(
+            &cache
+                .at(HookPoint::LnFinalNormalized)
+                .unwrap()
+                .i((0, last))
+                .unwrap(),
+        );
         let e = rel_l2(&got, &f32s(&p["final_normed"]));
         assert!(e <= 1e-4, "{alias} {text:?}: ln_final rel err {e}");
 
@@ -61,14 +92,24 @@ fn check_model(alias: &'static str) {
                 .collect();
             let got = to_vec(&cache.at(HookPoint::Pattern(0)).unwrap().i(0).unwrap());
             let d = max_abs(&got, &want);
-            assert!(d <= 1e-5, "{alias} {text:?}: layer-0 pattern differs by {d}");
+            assert!(
+                d <= 1e-5,
+                "{alias} {text:?}: layer-0 pattern differs by {d}"
+            );
+            worst_pattern = worst_pattern.max(d);
         }
 
         if let Some(loss) = p.get("loss").and_then(|v| v.as_f64()) {
             let got = model.loss(&tokens).unwrap() as f64;
-            assert!((got - loss).abs() <= 1e-4, "{alias} {text:?}: loss {got} vs {loss}");
+            assert!(
+                (got - loss).abs() <= 1e-4,
+                "{alias} {text:?}: loss {got} vs {loss}"
+            );
         }
     }
+    eprintln!(
+        "{alias}: max |dlogit| {worst_logit:.2e}, max resid rel err {worst_resid:.2e}, max pattern diff {worst_pattern:.2e}"
+    );
 }
 
 fn check_tokenizer(alias: &'static str) {
@@ -77,7 +118,11 @@ fn check_tokenizer(alias: &'static str) {
     for p in fx["prompts"].as_array().unwrap() {
         let text = p["text"].as_str().unwrap();
         let got = model.to_tokens(text, None).unwrap();
-        assert_eq!(got.row(0), u32s(&p["token_ids"]).as_slice(), "{alias}: {text:?}");
+        assert_eq!(
+            got.row(0),
+            u32s(&p["token_ids"]).as_slice(),
+            "{alias}: {text:?}"
+        );
     }
     for c in fx["tokenizer_cases"].as_array().unwrap() {
         let text = c["text"].as_str().unwrap();
@@ -85,10 +130,18 @@ fn check_tokenizer(alias: &'static str) {
         assert_eq!(ids, u32s(&c["ids_no_special"]), "{alias}: {text:?}");
         if !ids.is_empty() {
             let with = model.tokenizer().encode_with_bos(text, None).unwrap();
-            assert_eq!(with, u32s(&c["ids"]), "{alias} (default special tokens): {text:?}");
+            assert_eq!(
+                with,
+                u32s(&c["ids"]),
+                "{alias} (default special tokens): {text:?}"
+            );
         }
         let decoded = model.to_string(&ids).unwrap();
-        assert_eq!(decoded, c["decoded"].as_str().unwrap(), "{alias} decode: {text:?}");
+        assert_eq!(
+            decoded,
+            c["decoded"].as_str().unwrap(),
+            "{alias} decode: {text:?}"
+        );
     }
 }
 

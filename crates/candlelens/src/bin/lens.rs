@@ -10,7 +10,11 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
 #[derive(Parser)]
-#[command(name = "lens", version, about = "Candlelens: mechanistic interpretability in Rust")]
+#[command(
+    name = "lens",
+    version,
+    about = "Candlelens: mechanistic interpretability in Rust"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -102,6 +106,20 @@ impl Input {
     }
 }
 
+/// Appends one formatted line to an output buffer.
+macro_rules! p {
+    ($o:expr, $($t:tt)*) => {{
+        $o.push_str(&format!($($t)*));
+        $o.push('\n');
+    }};
+}
+
+/// Writes the buffer to stdout; a closed pipe (`lens ... | head`) is not an error.
+fn emit(o: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(o.as_bytes());
+}
+
 fn rss_mb(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -115,6 +133,7 @@ fn rss_mb(field: &str) -> f64 {
 }
 
 fn run(args: &RunArgs) -> candlelens::Result<()> {
+    let mut o = String::new();
     let model = HookedTransformer::from_pretrained(&args.input.model)?;
     let tokens = args.input.tokens(&model)?;
     let filter = HookFilter::suffix("hook_resid_pre")?;
@@ -127,7 +146,11 @@ fn run(args: &RunArgs) -> candlelens::Result<()> {
     let str_tokens = model.ids_to_str_tokens(&ids)?;
     let mut top = Vec::new();
     for &i in order.iter().take(args.top_k) {
-        top.push((i as u32, model.ids_to_str_tokens(&[i as u32])?.remove(0), row[i]));
+        top.push((
+            i as u32,
+            model.ids_to_str_tokens(&[i as u32])?.remove(0),
+            row[i],
+        ));
     }
     let mut resid = Vec::new();
     for l in 0..model.cfg.n_layers {
@@ -147,25 +170,27 @@ fn run(args: &RunArgs) -> candlelens::Result<()> {
             "top_k": top.iter().map(|(id, t, lg)| json!({"id": id, "token": t, "logit": lg})).collect::<Vec<_>>(),
             "resid_pre_last": resid.iter().map(|(l, n, f)| json!({"layer": l, "l2": n, "first16": f})).collect::<Vec<_>>(),
         });
-        println!("{out}");
+        p!(o, "{out}");
     } else {
-        println!("model: {}", model.cfg.name);
-        println!("tokens ({}): {:?}", ids.len(), str_tokens);
-        println!("\n{:>4}  {:>8}  {:>10}  token", "rank", "id", "logit");
+        p!(o, "model: {}", model.cfg.name);
+        p!(o, "tokens ({}): {:?}", ids.len(), str_tokens);
+        p!(o, "\n{:>4}  {:>8}  {:>10}  token", "rank", "id", "logit");
         for (r, (id, t, lg)) in top.iter().enumerate() {
-            println!("{:>4}  {:>8}  {:>10.4}  {:?}", r, id, lg, t);
+            p!(o, "{:>4}  {:>8}  {:>10.4}  {:?}", r, id, lg, t);
         }
-        println!("\nresidual stream entering each block, last position:");
-        println!("{:>5}  {:>10}  first dims", "layer", "L2");
+        p!(o, "\nresidual stream entering each block, last position:");
+        p!(o, "{:>5}  {:>10}  first dims", "layer", "L2");
         for (l, n, f) in &resid {
             let head: Vec<String> = f.iter().take(4).map(|x| format!("{x:.4}")).collect();
-            println!("{:>5}  {:>10.4}  [{}, ...]", l, n, head.join(", "));
+            p!(o, "{:>5}  {:>10.4}  [{}, ...]", l, n, head.join(", "));
         }
     }
+    emit(&o);
     Ok(())
 }
 
 fn inspect(model_name: &str, as_json: bool) -> candlelens::Result<()> {
+    let mut o = String::new();
     let model = HookedTransformer::from_pretrained(model_name)?;
     let cfg = &model.cfg;
     let hooks = HookPoint::all_for(cfg);
@@ -175,32 +200,74 @@ fn inspect(model_name: &str, as_json: bool) -> candlelens::Result<()> {
             "n_params": cfg.n_params(),
             "hooks": hooks.iter().map(|(h, s)| json!({"name": h.to_string(), "shape": s})).collect::<Vec<_>>(),
         });
-        println!("{out}");
+        p!(o, "{out}");
+        emit(&o);
         return Ok(());
     }
-    println!("{}  ({} architecture, {:.1}M parameters)", cfg.name, cfg.architecture, cfg.n_params() as f64 / 1e6);
-    println!("  n_layers {}  d_model {}  n_heads {}  n_kv_heads {}  d_head {}  d_mlp {}  d_vocab {}  n_ctx {}",
+    p!(
+        o,
+        "{}  ({} architecture, {:.1}M parameters)",
+        cfg.name,
+        cfg.architecture,
+        cfg.n_params() as f64 / 1e6
+    );
+    p!(o, "  n_layers {}  d_model {}  n_heads {}  n_kv_heads {}  d_head {}  d_mlp {}  d_vocab {}  n_ctx {}",
         cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_mlp, cfg.d_vocab, cfg.n_ctx);
-    println!("  norm {:?} (eps {:e})  act {:?}  gated_mlp {}  qk_norm {}  post_norms {}",
-        cfg.norm, cfg.norm_eps, cfg.act, cfg.gated_mlp, cfg.qk_norm, cfg.post_norms);
-    println!("  positional {:?}", cfg.positional);
-    println!("  attn_scale {:.6}  attn_softcap {:?}  final_softcap {:?}  embed_scale {:?}  tied {}",
-        cfg.attn_scale, cfg.attn_softcap, cfg.final_softcap, cfg.embed_scale, cfg.tied_embeddings);
-    let kinds: Vec<String> = cfg.layer_attention.iter().map(|k| match k {
-        candlelens::config::AttentionKind::Global => "G".to_string(),
-        candlelens::config::AttentionKind::Local { window } => format!("L{window}"),
-    }).collect();
-    println!("  layer attention {}", kinds.join(" "));
-    println!("  BOS {:?} (prepended by default: {})  EOS {:?}  pad {}", cfg.bos_token_id, cfg.default_prepend_bos, cfg.eos_token_id, cfg.pad_token_id);
-    println!("\nhook points ({}):", hooks.len());
-    for (h, s) in hooks.iter().filter(|(h, _)| h.layer().is_none_or(|l| l == 0)) {
-        println!("  {:<40} {}", h.to_string(), s);
+    p!(
+        o,
+        "  norm {:?} (eps {:e})  act {:?}  gated_mlp {}  qk_norm {}  post_norms {}",
+        cfg.norm,
+        cfg.norm_eps,
+        cfg.act,
+        cfg.gated_mlp,
+        cfg.qk_norm,
+        cfg.post_norms
+    );
+    p!(o, "  positional {:?}", cfg.positional);
+    p!(
+        o,
+        "  attn_scale {:.6}  attn_softcap {:?}  final_softcap {:?}  embed_scale {:?}  tied {}",
+        cfg.attn_scale,
+        cfg.attn_softcap,
+        cfg.final_softcap,
+        cfg.embed_scale,
+        cfg.tied_embeddings
+    );
+    let kinds: Vec<String> = cfg
+        .layer_attention
+        .iter()
+        .map(|k| match k {
+            candlelens::config::AttentionKind::Global => "G".to_string(),
+            candlelens::config::AttentionKind::Local { window } => format!("L{window}"),
+        })
+        .collect();
+    p!(o, "  layer attention {}", kinds.join(" "));
+    p!(
+        o,
+        "  BOS {:?} (prepended by default: {})  EOS {:?}  pad {}",
+        cfg.bos_token_id,
+        cfg.default_prepend_bos,
+        cfg.eos_token_id,
+        cfg.pad_token_id
+    );
+    p!(o, "\nhook points ({}):", hooks.len());
+    for (h, s) in hooks
+        .iter()
+        .filter(|(h, _)| h.layer().is_none_or(|l| l == 0))
+    {
+        p!(o, "  {:<40} {}", h.to_string(), s);
     }
-    println!("  ... and the same block hooks for blocks 1..{}", cfg.n_layers - 1);
+    p!(
+        o,
+        "  ... and the same block hooks for blocks 1..{}",
+        cfg.n_layers - 1
+    );
+    emit(&o);
     Ok(())
 }
 
 fn bench_forward(input: &Input, runs: usize, as_json: bool) -> candlelens::Result<()> {
+    let mut o = String::new();
     let t0 = Instant::now();
     let model = HookedTransformer::from_pretrained(&input.model)?;
     let load_s = t0.elapsed().as_secs_f64();
@@ -210,7 +277,10 @@ fn bench_forward(input: &Input, runs: usize, as_json: bool) -> candlelens::Resul
     for _ in 0..runs.max(1) {
         let t = Instant::now();
         let logits = model.forward(&tokens)?;
-        logits.i((0, 0, 0))?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        logits
+            .i((0, 0, 0))?
+            .to_dtype(DType::F32)?
+            .to_scalar::<f32>()?;
         ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
     ms.sort_by(f64::total_cmp);
@@ -227,10 +297,15 @@ fn bench_forward(input: &Input, runs: usize, as_json: bool) -> candlelens::Resul
         "threads": candle_core::utils::get_num_threads(),
     });
     if as_json {
-        println!("{out}");
+        p!(o, "{out}");
     } else {
-        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        p!(
+            o,
+            "{}",
+            serde_json::to_string_pretty(&out).unwrap_or_default()
+        );
     }
+    emit(&o);
     Ok(())
 }
 
@@ -240,13 +315,15 @@ fn main() -> ExitCode {
         Cmd::Run(a) => run(a),
         Cmd::Inspect { model, json } => inspect(model, *json),
         Cmd::Models => {
+            let mut o = String::new();
             for e in REGISTRY {
                 let src = match e.source {
                     Source::Embedded { .. } => "embedded".to_string(),
                     Source::Hub { repo } => format!("hub: {repo}"),
                 };
-                println!("{:<18} {:<40} {}", e.alias, src, e.about);
+                p!(o, "{:<18} {:<40} {}", e.alias, src, e.about);
             }
+            emit(&o);
             Ok(())
         }
         Cmd::Bench(BenchCmd::Forward { input, runs, json }) => bench_forward(input, *runs, *json),

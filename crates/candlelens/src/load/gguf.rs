@@ -15,9 +15,7 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{DType, Device, Tensor};
 
 use crate::arch::{gemma3_layers, Family};
-use crate::config::{
-    Activation, AttentionKind, ModelConfig, NormKind, Positional, RotaryConfig,
-};
+use crate::config::{Activation, AttentionKind, ModelConfig, NormKind, Positional, RotaryConfig};
 use crate::error::{LensError, Result};
 use crate::tokenizer::{self, GgufVocab, LensTokenizer};
 use crate::weights::TensorSource;
@@ -104,8 +102,8 @@ impl GgufFile {
         let n_layers = need("block_count")?;
         let d_mlp = need("feed_forward_length")?;
         let n_heads = self.n_heads;
-        let d_head = meta_usize(c, &format!("{arch}.attention.key_length"))
-            .unwrap_or(d_model / n_heads);
+        let d_head =
+            meta_usize(c, &format!("{arch}.attention.key_length")).unwrap_or(d_model / n_heads);
         let eps = meta_f64(c, &format!("{arch}.attention.layer_norm_rms_epsilon")).unwrap_or(1e-6);
         let base = meta_f64(c, &format!("{arch}.rope.freq_base")).unwrap_or(10000.0);
         let d_vocab = match c.tensor_infos.get("token_embd.weight") {
@@ -216,7 +214,9 @@ impl GgufFile {
             .map(|(k, v)| {
                 let s = match v {
                     Value::Array(a) => format!("[{} items]", a.len()),
-                    Value::String(s) if s.len() > 80 => format!("{}...", &s[..s.floor_char_boundary(80)]),
+                    Value::String(s) if s.len() > 80 => {
+                        format!("{}...", &s[..s.floor_char_boundary(80)])
+                    }
                     other => format!("{other:?}"),
                 };
                 (k.clone(), s)
@@ -265,8 +265,7 @@ impl GgufFile {
 fn unpermute(w: &Tensor, n_heads: usize) -> Result<Tensor> {
     let (out, inp) = w.dims2()?;
     let d_head = out / n_heads;
-    Ok(w
-        .reshape((n_heads, d_head / 2, 2, inp))?
+    Ok(w.reshape((n_heads, d_head / 2, 2, inp))?
         .transpose(1, 2)?
         .contiguous()?
         .reshape((out, inp))?)
@@ -326,10 +325,7 @@ fn meta_u32(c: &Content, key: &str) -> Option<u32> {
 
 fn meta_f64(c: &Content, key: &str) -> Option<f64> {
     let v = c.metadata.get(key)?;
-    v.to_f32()
-        .ok()
-        .map(f64::from)
-        .or_else(|| v.to_f64().ok())
+    v.to_f32().ok().map(f64::from).or_else(|| v.to_f64().ok())
 }
 
 fn meta_bool(c: &Content, key: &str) -> Option<bool> {

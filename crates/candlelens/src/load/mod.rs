@@ -77,7 +77,10 @@ pub fn resolve_in(name: &str, models_dir: &Path) -> Result<Resolved> {
     }
     let path = Path::new(name);
     if path.is_file() {
-        return if path.extension().is_some_and(|x| x.eq_ignore_ascii_case("gguf")) {
+        return if path
+            .extension()
+            .is_some_and(|x| x.eq_ignore_ascii_case("gguf"))
+        {
             Ok(Resolved::Gguf(path.to_path_buf()))
         } else {
             Err(LensError::UnknownModel {
@@ -226,7 +229,10 @@ mod tests {
     fn unknown_names_get_a_suggestion() {
         let e = resolve("smollm2-135").unwrap_err();
         assert!(e.to_string().contains("did you mean 'smollm2-135m'"), "{e}");
-        assert!(matches!(resolve("???"), Err(LensError::UnknownModel { .. })));
+        assert!(matches!(
+            resolve("???"),
+            Err(LensError::UnknownModel { .. })
+        ));
     }
 
     #[test]

@@ -32,10 +32,11 @@ impl SafetensorsSource {
         }
         // SAFETY: the files are mapped read-only; as with every mmap-based loader, they must
         // not be truncated or rewritten while the model is loading.
-        let st = unsafe { MmapedSafetensors::multi(paths) }.map_err(|e| LensError::CorruptFile {
-            path: paths.first().cloned().unwrap_or_default(),
-            detail: e.to_string(),
-        })?;
+        let st =
+            unsafe { MmapedSafetensors::multi(paths) }.map_err(|e| LensError::CorruptFile {
+                path: paths.first().cloned().unwrap_or_default(),
+                detail: e.to_string(),
+            })?;
         Ok(SafetensorsSource {
             st,
             desc: paths
@@ -84,11 +85,17 @@ pub fn shard_paths(dir: &Path) -> Result<Vec<PathBuf>> {
             what: index.display().to_string(),
             detail: e.to_string(),
         })?;
-        let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| LensError::Json {
-            what: index.display().to_string(),
-            detail: "no weight_map".into(),
-        })?;
-        let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| LensError::Json {
+                what: index.display().to_string(),
+                detail: "no weight_map".into(),
+            })?;
+        let mut files: Vec<String> = map
+            .values()
+            .filter_map(|f| f.as_str().map(String::from))
+            .collect();
         files.sort();
         files.dedup();
         return Ok(files.into_iter().map(|f| dir.join(f)).collect());

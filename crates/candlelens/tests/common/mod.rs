@@ -9,7 +9,9 @@ use candlelens::prelude::*;
 use serde_json::Value;
 
 pub fn fixture_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 pub fn read_fixture(name: &str) -> Value {
@@ -28,8 +30,7 @@ pub fn model(alias: &'static str) -> &'static HookedTransformer {
         other => panic!("no test model {other}"),
     };
     cell.get_or_init(|| {
-        HookedTransformer::from_pretrained(alias)
-            .unwrap_or_else(|e| panic!("loading {alias}: {e}"))
+        HookedTransformer::from_pretrained(alias).unwrap_or_else(|e| panic!("loading {alias}: {e}"))
     })
 }
 
@@ -68,5 +69,8 @@ pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
 
 pub fn max_abs(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }

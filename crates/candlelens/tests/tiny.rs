@@ -1,0 +1,137 @@
+//! HF checkpoint folders (config.json + safetensors + tokenizer.json): tiny random models per
+//! family, saved by transformers, against transformers' own outputs for a right-padded batch
+//! (fixtures from `scripts/make-reference.py --only tiny`).
+
+mod common;
+
+use candlelens::prelude::*;
+use common::*;
+use serde_json::Value;
+
+fn flat(v: &Value) -> Vec<f32> {
+    match v {
+        Value::Array(a) => a.iter().flat_map(flat).collect(),
+        Value::Number(n) => vec![n.as_f64().unwrap() as f32],
+        _ => panic!("not a number"),
+    }
+}
+
+fn check_family(family: &str) {
+    let dir = fixture_path(&format!("tiny/{family}"));
+    let fx = read_fixture(&format!("tiny/{family}/reference.json"));
+    let model = HookedTransformer::from_pretrained(dir.to_str().unwrap())
+        .unwrap_or_else(|e| panic!("{family}: {e}"));
+    let prompts: Vec<&str> = fx["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    let tokens = model.to_tokens(prompts.as_slice(), None).unwrap();
+    for (b, want) in fx["token_ids"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(
+            tokens.row(b),
+            u32s(want).as_slice(),
+            "{family}: tokens of prompt {b}"
+        );
+    }
+    assert!(
+        !tokens.is_rectangular(),
+        "the fixture batch should need padding"
+    );
+    let filter = HookFilter::Predicate(Box::new(|hp| {
+        matches!(
+            hp,
+            HookPoint::ResidPre(_) | HookPoint::ResidPost(_) | HookPoint::Pattern(_)
+        )
+    }));
+    let (logits, cache) = model.run_with_cache(&tokens, Some(filter)).unwrap();
+    let mut worst = 0f32;
+    for (b, len) in tokens.lengths().into_iter().enumerate() {
+        let got = to_vec(&logits.i((b, ..len)).unwrap());
+        let d = max_abs(&got, &flat(&fx["logits"][b]));
+        assert!(d <= 1e-4, "{family}: logits of prompt {b} differ by {d}");
+        worst = worst.max(d);
+        for l in 0..model.cfg.n_layers {
+            for (hp, key) in [
+                (HookPoint::ResidPre(l), "resid_pre"),
+                (HookPoint::ResidPost(l), "resid_post"),
+            ] {
+                let got = to_vec(&cache.at(hp).unwrap().i((b, ..len)).unwrap());
+                let d = max_abs(&got, &flat(&fx[key][l][b]));
+                assert!(d <= 1e-4, "{family}: {hp} of prompt {b} differs by {d}");
+                worst = worst.max(d);
+            }
+            let got = to_vec(
+                &cache
+                    .at(HookPoint::Pattern(l))
+                    .unwrap()
+                    .i((b, .., ..len, ..len))
+                    .unwrap(),
+            );
+            let d = max_abs(&got, &flat(&fx["patterns"][l][b]));
+            assert!(
+                d <= 1e-5,
+                "{family}: pattern {l} of prompt {b} differs by {d}"
+            );
+        }
+    }
+    eprintln!("tiny {family}: max abs difference over logits and residuals {worst:.2e}");
+}
+
+#[test]
+fn tiny_llama_folder_matches_transformers() {
+    check_family("llama");
+}
+
+#[test]
+fn tiny_gemma3_folder_matches_transformers() {
+    check_family("gemma3");
+}
+
+#[test]
+fn lens_run_works_on_a_checkpoint_folder() {
+    let dir = fixture_path("tiny/gemma3");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lens"))
+        .args([
+            "run",
+            "--model",
+            dir.to_str().unwrap(),
+            "--tokens",
+            "2,40,41,42",
+            "--top-k",
+            "3",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(u32s(&v["token_ids"]), vec![2, 40, 41, 42]);
+    assert_eq!(v["top_k"].as_array().unwrap().len(), 3);
+    assert_eq!(v["resid_pre_last"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        v["resid_pre_last"][0]["first16"].as_array().unwrap().len(),
+        16
+    );
+}
+
+#[test]
+fn lens_reports_errors_without_panicking() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lens"))
+        .args(["run", "--model", "smollm-135m", "--prompt", "hi"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("Error: unknown model 'smollm-135m'"),
+        "{err}"
+    );
+    assert!(err.contains("did you mean 'smollm2-135m'"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
