@@ -415,3 +415,68 @@ pub fn llama_like_weights(
     w.validate(cfg)?;
     Ok(w)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny_config(family: &str) -> Value {
+        let p = format!(
+            "{}/tests/fixtures/tiny/{family}/config.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn transformers4_and_5_rope_formats_agree() {
+        let v5 = tiny_config("llama");
+        let mut v4 = v5.clone();
+        let rp = v4
+            .as_object_mut()
+            .unwrap()
+            .remove("rope_parameters")
+            .unwrap();
+        v4["rope_theta"] = rp["rope_theta"].clone();
+        v4["rope_scaling"] = rp.clone();
+        let (_, a) = config_from_hf(&v5, "x").unwrap();
+        let (_, b) = config_from_hf(&v4, "x").unwrap();
+        assert_eq!(a, b);
+        let Positional::Rotary(r) = &a.positional else {
+            panic!()
+        };
+        assert_eq!(r.base, 500000.0);
+        assert!(matches!(r.scaling, Some(RopeScaling::Llama3 { factor, .. }) if factor == 8.0));
+
+        let g5 = tiny_config("gemma3");
+        let mut g4 = g5.clone();
+        let rp = g4
+            .as_object_mut()
+            .unwrap()
+            .remove("rope_parameters")
+            .unwrap();
+        g4["rope_theta"] = rp["full_attention"]["rope_theta"].clone();
+        g4["rope_local_base_freq"] = rp["sliding_attention"]["rope_theta"].clone();
+        let (_, a) = config_from_hf(&g5, "x").unwrap();
+        let (_, b) = config_from_hf(&g4, "x").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(
+            a.layer_attention,
+            vec![
+                AttentionKind::Local { window: 4 },
+                AttentionKind::Local { window: 4 },
+                AttentionKind::Global
+            ]
+        );
+        assert!((a.attn_scale - 1.0 / 24f64.sqrt()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn gemma3_pattern_is_every_sixth_global() {
+        let kinds = gemma3_layers(18, 6, 512);
+        let globals: Vec<usize> = (0..18)
+            .filter(|&l| kinds[l] == AttentionKind::Global)
+            .collect();
+        assert_eq!(globals, vec![5, 11, 17]);
+    }
+}

@@ -135,3 +135,51 @@ fn lens_reports_errors_without_panicking() {
     assert!(err.contains("did you mean 'smollm2-135m'"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn unsupported_checkpoints_get_typed_errors() {
+    let dir = std::env::temp_dir().join(format!("candlelens-bad-ckpt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = fixture_path("tiny/llama");
+    for f in ["model.safetensors", "tokenizer.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let config: Value = read_fixture("tiny/llama/config.json");
+    let load = |cfg: &Value| {
+        std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+        HookedTransformer::from_pretrained(dir.to_str().unwrap())
+            .err()
+            .map(|e| e.to_string())
+    };
+    assert_eq!(load(&config), None, "the unmodified copy loads");
+
+    let mut c = config.clone();
+    c["model_type"] = "mamba".into();
+    let e = load(&c).unwrap();
+    assert!(e.starts_with("unsupported architecture 'mamba'"), "{e}");
+
+    let mut c = config.clone();
+    c["hidden_act"] = "swiglu_weird".into();
+    let e = load(&c).unwrap();
+    assert!(e.contains("hidden_act = swiglu_weird"), "{e}");
+
+    let mut c = config.clone();
+    c["rope_parameters"]["rope_type"] = "yarn".into();
+    let e = load(&c).unwrap();
+    assert!(e.contains("rope_type = yarn"), "{e}");
+
+    let mut c = config.clone();
+    c["num_key_value_heads"] = 3.into();
+    let e = load(&c).unwrap();
+    assert!(e.contains("n_kv_heads = 3"), "{e}");
+
+    let mut c = config.clone();
+    c["intermediate_size"] = 100.into();
+    let e = load(&c).unwrap();
+    assert!(e.contains("has shape [96, 64], expected [100, 64]"), "{e}");
+
+    std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+    let e = load(&config).unwrap();
+    assert!(e.contains("model.safetensors"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
