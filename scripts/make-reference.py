@@ -259,23 +259,25 @@ TINY_PROMPTS = [
 ]
 
 
-def tiny_tokenizer(bos: str, eos: str, pad: str):
+def tiny_tokenizer(bos: str, eos: str, pad: str, add_bos: bool = True):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tk = Tokenizer(models.BPE())
+    specials = list(dict.fromkeys([pad, eos, bos]))
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=300,
-        special_tokens=[pad, eos, bos],
+        special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tk.train_from_iterator(TINY_CORPUS, trainer)
-    bos_id = tk.token_to_id(bos)
-    tk.post_processor = processors.TemplateProcessing(
-        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)]
-    )
+    if add_bos:
+        bos_id = tk.token_to_id(bos)
+        tk.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)]
+        )
     return tk
 
 
@@ -283,7 +285,7 @@ def randomise(model, seed: int):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "norm" in name:
+            if "norm" in name or ".ln_" in name or "ln_f" in name:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.3)
             elif "embed" in name:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.5)
@@ -291,7 +293,15 @@ def randomise(model, seed: int):
                 p.copy_(torch.randn(p.shape, generator=g) * (1.0 / p.shape[-1] ** 0.5))
 
 
-def tiny_reference(family: str, model, tk, save_dtype):
+def decoder_layers(model):
+    if hasattr(model, "model") and hasattr(model.model, "layers"):
+        return model.model.layers
+    return model.transformer.h
+
+
+def tiny_reference(family: str, model, tk, save_dtype, prepend_bos_id=None):
+    """Saves the checkpoint, reloads it in f32 and records the reference. `prepend_bos_id`:
+    a BOS id put before every prompt by hand (GPT-2 / GPT-J, as TransformerLens does)."""
     from transformers import AutoModelForCausalLM
 
     out_dir = FIXTURES / "tiny" / family
@@ -302,13 +312,13 @@ def tiny_reference(family: str, model, tk, save_dtype):
     # the reference runs on the saved checkpoint, converted to f32, as the Rust loader does
     ref = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32, attn_implementation="eager")
     ref.eval()
-    rows = [tk.encode(p).ids for p in TINY_PROMPTS]
+    rows = [([prepend_bos_id] if prepend_bos_id is not None else []) + tk.encode(p).ids for p in TINY_PROMPTS]
     n = max(len(r) for r in rows)
-    pad = ref.config.pad_token_id or 0
+    pad = getattr(ref.config, "pad_token_id", None) or 0
     ids = torch.tensor([r + [pad] * (n - len(r)) for r in rows])
     mask = torch.tensor([[1] * len(r) + [0] * (n - len(r)) for r in rows])
     pre, post = {}, {}
-    layers = ref.model.layers
+    layers = decoder_layers(ref)
     hooks = []
     for l, layer in enumerate(layers):
         hooks.append(layer.register_forward_pre_hook(
@@ -379,6 +389,93 @@ def tiny_gemma3():
     tiny_reference("gemma3", model, tk, torch.float16)
 
 
+def tiny_gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tk = tiny_tokenizer("<|endoftext|>", "<|endoftext|>", "<|endoftext|>", add_bos=False)
+    eot = tk.token_to_id("<|endoftext|>")
+    cfg = GPT2Config(vocab_size=tk.get_vocab_size(), n_positions=64, n_embd=64, n_layer=2, n_head=4,
+                     activation_function="gelu_new", bos_token_id=eot, eos_token_id=eot)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(cfg)
+    randomise(model, 3)
+    tiny_reference("gpt2", model, tk, torch.float32, prepend_bos_id=eot)
+
+
+def tiny_gptj():
+    from transformers import GPTJConfig, GPTJForCausalLM
+
+    tk = tiny_tokenizer("<|endoftext|>", "<|endoftext|>", "<|endoftext|>", add_bos=False)
+    eot = tk.token_to_id("<|endoftext|>")
+    cfg = GPTJConfig(vocab_size=tk.get_vocab_size(), n_positions=64, n_embd=64, n_layer=2, n_head=4,
+                     rotary_dim=8, activation_function="gelu_new", tie_word_embeddings=False,
+                     bos_token_id=eot, eos_token_id=eot)
+    torch.manual_seed(0)
+    model = GPTJForCausalLM(cfg)
+    randomise(model, 4)
+    tiny_reference("gptj", model, tk, torch.bfloat16, prepend_bos_id=eot)
+
+
+def tiny_qwen2():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tk = tiny_tokenizer("<|endoftext|>", "<|endoftext|>", "<|endoftext|>", add_bos=False)
+    eot = tk.token_to_id("<|endoftext|>")
+    cfg = Qwen2Config(vocab_size=tk.get_vocab_size(), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      rope_theta=1000000.0, tie_word_embeddings=True, use_sliding_window=False,
+                      bos_token_id=eot, eos_token_id=eot)
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(cfg)
+    randomise(model, 5)
+    tiny_reference("qwen2", model, tk, torch.bfloat16)
+
+
+def tiny_qwen3():
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    tk = tiny_tokenizer("<|endoftext|>", "<|endoftext|>", "<|endoftext|>", add_bos=False)
+    eot = tk.token_to_id("<|endoftext|>")
+    cfg = Qwen3Config(vocab_size=tk.get_vocab_size(), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=256,
+                      rope_theta=1000000.0, tie_word_embeddings=False, use_sliding_window=False,
+                      bos_token_id=eot, eos_token_id=eot)
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(cfg)
+    randomise(model, 6)
+    tiny_reference("qwen3", model, tk, torch.float32)
+
+
+def tiny_gemma():
+    from transformers import GemmaConfig, GemmaForCausalLM
+
+    tk = tiny_tokenizer("<bos>", "<eos>", "<pad>")
+    cfg = GemmaConfig(vocab_size=tk.get_vocab_size(), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=1, head_dim=16, max_position_embeddings=256,
+                      hidden_act="gelu_pytorch_tanh", bos_token_id=tk.token_to_id("<bos>"),
+                      eos_token_id=tk.token_to_id("<eos>"), pad_token_id=tk.token_to_id("<pad>"))
+    torch.manual_seed(0)
+    model = GemmaForCausalLM(cfg)
+    randomise(model, 7)
+    tiny_reference("gemma", model, tk, torch.bfloat16)
+
+
+def tiny_gemma2():
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    tk = tiny_tokenizer("<bos>", "<eos>", "<pad>")
+    cfg = Gemma2Config(vocab_size=tk.get_vocab_size(), hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
+                       sliding_window=4, query_pre_attn_scalar=24, attn_logit_softcapping=5.0,
+                       final_logit_softcapping=3.0, hidden_activation="gelu_pytorch_tanh",
+                       bos_token_id=tk.token_to_id("<bos>"), eos_token_id=tk.token_to_id("<eos>"),
+                       pad_token_id=tk.token_to_id("<pad>"))
+    torch.manual_seed(0)
+    model = Gemma2ForCausalLM(cfg)
+    randomise(model, 8)
+    tiny_reference("gemma2", model, tk, torch.float32)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", choices=["gguf", "tiny"], help="write only one kind of fixture")
@@ -388,7 +485,13 @@ def main():
         gguf_reference("smollm2-135m", "SmolLM2-135M-Instruct.Q4_1.gguf")
         gguf_reference("gemma-3-270m", "gemma-3-270m-q4_k_m.gguf")
     if args.only in (None, "tiny"):
+        tiny_gpt2()
+        tiny_gptj()
         tiny_llama()
+        tiny_qwen2()
+        tiny_qwen3()
+        tiny_gemma()
+        tiny_gemma2()
         tiny_gemma3()
 
 

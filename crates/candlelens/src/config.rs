@@ -47,6 +47,8 @@ pub struct RotaryConfig {
     pub local_base: Option<f64>,
     /// Frequency rescaling (Llama 3 style), applied to global layers.
     pub scaling: Option<RopeScaling>,
+    /// Rotate adjacent pairs `(0,1), (2,3), ...` (GPT-J) instead of the two halves of the head.
+    pub interleaved: bool,
 }
 
 /// Rotary frequency scaling rules.

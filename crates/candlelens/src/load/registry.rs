@@ -49,11 +49,88 @@ pub const REGISTRY: &[Entry] = &[
         about: "Gemma 3 270M base, Q4_K_M GGUF dequantized to f32; embedded (Gemma Terms of Use)",
     },
     Entry {
+        alias: "gpt2",
+        source: Source::Hub {
+            repo: "openai-community/gpt2",
+        },
+        about: "GPT-2 small (124M)",
+    },
+    Entry {
+        alias: "gpt2-medium",
+        source: Source::Hub {
+            repo: "openai-community/gpt2-medium",
+        },
+        about: "GPT-2 medium (355M)",
+    },
+    Entry {
+        alias: "gpt2-large",
+        source: Source::Hub {
+            repo: "openai-community/gpt2-large",
+        },
+        about: "GPT-2 large (774M)",
+    },
+    Entry {
+        alias: "gpt2-xl",
+        source: Source::Hub {
+            repo: "openai-community/gpt2-xl",
+        },
+        about: "GPT-2 XL (1.5B; 6.2 GB in f32)",
+    },
+    Entry {
+        alias: "gpt-j-6b",
+        source: Source::Hub {
+            repo: "EleutherAI/gpt-j-6b",
+        },
+        about: "GPT-J 6B (24 GB in f32: load with dtype bf16)",
+    },
+    Entry {
         alias: "llama-3.2-1b",
         source: Source::Hub {
             repo: "meta-llama/Llama-3.2-1B",
         },
         about: "Llama 3.2 1B (gated: needs HF_TOKEN)",
+    },
+    Entry {
+        alias: "llama-3.2-1b-instruct",
+        source: Source::Hub {
+            repo: "meta-llama/Llama-3.2-1B-Instruct",
+        },
+        about: "Llama 3.2 1B Instruct (gated: needs HF_TOKEN)",
+    },
+    Entry {
+        alias: "qwen2.5-0.5b",
+        source: Source::Hub {
+            repo: "Qwen/Qwen2.5-0.5B",
+        },
+        about: "Qwen 2.5 0.5B",
+    },
+    Entry {
+        alias: "qwen2.5-0.5b-instruct",
+        source: Source::Hub {
+            repo: "Qwen/Qwen2.5-0.5B-Instruct",
+        },
+        about: "Qwen 2.5 0.5B Instruct",
+    },
+    Entry {
+        alias: "qwen3-0.6b",
+        source: Source::Hub {
+            repo: "Qwen/Qwen3-0.6B",
+        },
+        about: "Qwen3 0.6B",
+    },
+    Entry {
+        alias: "gemma-2b-it",
+        source: Source::Hub {
+            repo: "google/gemma-2b-it",
+        },
+        about: "Gemma 1 2B instruction-tuned (gated: needs HF_TOKEN)",
+    },
+    Entry {
+        alias: "gemma-2-2b-it",
+        source: Source::Hub {
+            repo: "google/gemma-2-2b-it",
+        },
+        about: "Gemma 2 2B instruction-tuned (gated: needs HF_TOKEN)",
     },
     Entry {
         alias: "gemma-3-270m-hf",

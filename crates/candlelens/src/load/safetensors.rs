@@ -1,75 +1,230 @@
 //! A Hugging Face checkpoint folder: `config.json`, `*.safetensors` (single or sharded with
-//! `model.safetensors.index.json`), `tokenizer.json`. Weights are memory-mapped and each
-//! tensor is converted once into the compute dtype, so no second full copy is held.
+//! `model.safetensors.index.json`), `tokenizer.json`.
+//!
+//! Memory rule: loading holds the converted weights plus at most one tensor's raw bytes. Each
+//! tensor is read with a positioned read straight into its final buffer (f32 checkpoints) or
+//! into a scratch buffer converted at once (bf16 / f16). Nothing is memory-mapped, so the page
+//! cache of the checkpoint files is not counted in the process's resident memory; peak RSS
+//! stays near the weight bytes in the compute dtype (see `lens bench load`).
 
+use std::collections::HashMap;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use candle_core::safetensors::{Load, MmapedSafetensors};
 use candle_core::{DType, Device, Tensor};
+use serde_json::Value;
 
 use crate::error::{LensError, Result};
 use crate::weights::TensorSource;
 
-/// Memory-mapped safetensors shards, read by tensor name.
+/// Where one tensor lies in which file.
+struct Entry {
+    file: usize,
+    dtype: String,
+    shape: Vec<usize>,
+    start: u64,
+    end: u64,
+}
+
+/// Safetensors shards, read tensor by tensor on demand.
 pub struct SafetensorsSource {
-    st: MmapedSafetensors,
-    desc: String,
+    files: Vec<(PathBuf, File)>,
+    index: HashMap<String, Entry>,
+    /// The dtype tensors are converted to as they are read.
+    target: DType,
+}
+
+fn corrupt(path: &Path, detail: impl std::fmt::Display) -> LensError {
+    LensError::CorruptFile {
+        path: path.to_path_buf(),
+        detail: detail.to_string(),
+    }
+}
+
+#[cfg(unix)]
+fn read_at(f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    f.read_exact_at(buf, offset)
+}
+
+#[cfg(not(unix))]
+fn read_at(f: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = f.try_clone()?;
+    f.seek(SeekFrom::Start(offset))?;
+    f.read_exact(buf)
 }
 
 impl SafetensorsSource {
-    /// Maps the files.
+    /// Reads the headers of the files; tensors are read later, one at a time, converted to
+    /// `target` (f32 unless the caller keeps bf16/f16 weights).
     ///
     /// # Errors
-    /// [`LensError::MissingFile`], [`LensError::CorruptFile`].
-    pub fn open(paths: &[PathBuf]) -> Result<Self> {
-        for p in paths {
-            if !p.exists() {
-                return Err(LensError::MissingFile {
+    /// [`LensError::MissingFile`], [`LensError::CorruptFile`] (bad header, data past the end).
+    pub fn open(paths: &[PathBuf], target: DType) -> Result<Self> {
+        let mut files = Vec::new();
+        let mut index = HashMap::new();
+        for (i, p) in paths.iter().enumerate() {
+            let f = File::open(p).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => LensError::MissingFile {
                     path: p.clone(),
-                    fix: "A shard listed in model.safetensors.index.json is missing; re-download the checkpoint".into(),
-                });
-            }
-        }
-        // SAFETY: the files are mapped read-only; as with every mmap-based loader, they must
-        // not be truncated or rewritten while the model is loading.
-        let st =
-            unsafe { MmapedSafetensors::multi(paths) }.map_err(|e| LensError::CorruptFile {
-                path: paths.first().cloned().unwrap_or_default(),
-                detail: e.to_string(),
+                    fix: "A safetensors shard of the checkpoint is missing; re-download it".into(),
+                },
+                _ => LensError::io(p, e),
             })?;
+            let len = f.metadata().map_err(|e| LensError::io(p, e))?.len();
+            let mut n = [0u8; 8];
+            read_at(&f, &mut n, 0).map_err(|e| corrupt(p, format!("no header: {e}")))?;
+            let n = u64::from_le_bytes(n);
+            if n > 100_000_000 || 8 + n > len {
+                return Err(corrupt(
+                    p,
+                    format!("header length {n} does not fit a {len}-byte file"),
+                ));
+            }
+            let mut header = vec![0u8; n as usize];
+            read_at(&f, &mut header, 8).map_err(|e| corrupt(p, e))?;
+            let header: Value =
+                serde_json::from_slice(&header).map_err(|e| corrupt(p, format!("header: {e}")))?;
+            let obj = header
+                .as_object()
+                .ok_or_else(|| corrupt(p, "header is not an object"))?;
+            let data_start = 8 + n;
+            for (name, info) in obj {
+                if name == "__metadata__" {
+                    continue;
+                }
+                let bad = || corrupt(p, format!("bad header entry for {name}"));
+                let dtype = info.get("dtype").and_then(Value::as_str).ok_or_else(bad)?;
+                let shape = info
+                    .get("shape")
+                    .and_then(Value::as_array)
+                    .ok_or_else(bad)?
+                    .iter()
+                    .map(|d| d.as_u64().map(|d| d as usize))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(bad)?;
+                let offs = info
+                    .get("data_offsets")
+                    .and_then(Value::as_array)
+                    .ok_or_else(bad)?;
+                let (s, e) = match (
+                    offs.first().and_then(Value::as_u64),
+                    offs.get(1).and_then(Value::as_u64),
+                ) {
+                    (Some(s), Some(e)) if s <= e => (s, e),
+                    _ => return Err(bad()),
+                };
+                if data_start + e > len {
+                    return Err(corrupt(
+                        p,
+                        format!("tensor {name} ends at byte {} but the file has {len} (truncated download?)", data_start + e),
+                    ));
+                }
+                index.insert(
+                    name.clone(),
+                    Entry {
+                        file: i,
+                        dtype: dtype.to_string(),
+                        shape,
+                        start: data_start + s,
+                        end: data_start + e,
+                    },
+                );
+            }
+            files.push((p.clone(), f));
+        }
         Ok(SafetensorsSource {
-            st,
-            desc: paths
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
+            files,
+            index,
+            target,
         })
     }
+
+    /// Names of all tensors.
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        self.index.keys()
+    }
+}
+
+fn bytes_to<T: Copy>(raw: &[u8], conv: impl Fn([u8; 2]) -> T) -> Vec<T> {
+    raw.chunks_exact(2).map(|c| conv([c[0], c[1]])).collect()
 }
 
 impl TensorSource for SafetensorsSource {
     fn get(&mut self, name: &str) -> Result<Option<Tensor>> {
-        let view = match self.st.get(name) {
-            Ok(v) => v,
-            Err(_) => return Ok(None),
+        let Some(e) = self.index.get(name) else {
+            return Ok(None);
         };
-        let t = view.load(&Device::Cpu).map_err(|e| match e {
-            candle_core::Error::UnsupportedSafeTensorDtype(dt) => LensError::UnsupportedConfig {
-                field: format!("dtype of {name}"),
-                value: format!("{dt:?}"),
-                fix: "supported checkpoint dtypes: f32, f16, bf16, f64".into(),
-            },
-            other => LensError::CorruptFile {
-                path: PathBuf::from(&self.desc),
-                detail: format!("tensor {name}: {other}"),
-            },
-        })?;
-        Ok(Some(t.to_dtype(DType::F32)?))
+        let (path, file) = &self.files[e.file];
+        let n: usize = e.shape.iter().product();
+        let nbytes = (e.end - e.start) as usize;
+        let width = match e.dtype.as_str() {
+            "F32" => 4,
+            "BF16" | "F16" => 2,
+            other => {
+                return Err(LensError::UnsupportedConfig {
+                    field: format!("dtype of {name}"),
+                    value: other.into(),
+                    fix: "supported checkpoint dtypes: F32, BF16, F16".into(),
+                })
+            }
+        };
+        if nbytes != n * width {
+            return Err(corrupt(
+                path,
+                format!(
+                    "tensor {name}: {nbytes} bytes for {n} elements of {}",
+                    e.dtype
+                ),
+            ));
+        }
+        let dev = Device::Cpu;
+        let t = match e.dtype.as_str() {
+            "F32" => {
+                let mut v = vec![0f32; n];
+                // SAFETY: f32 has no invalid bit patterns; the slice covers exactly the vector.
+                let bytes =
+                    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, n * 4) };
+                read_at(file, bytes, e.start)
+                    .map_err(|err| corrupt(path, format!("{name}: {err}")))?;
+                if cfg!(target_endian = "big") {
+                    for x in v.iter_mut() {
+                        *x = f32::from_bits(x.to_bits().swap_bytes());
+                    }
+                }
+                Tensor::from_vec(v, e.shape.as_slice(), &dev)?.to_dtype(self.target)?
+            }
+            half_kind => {
+                let mut raw = vec![0u8; nbytes];
+                read_at(file, &mut raw, e.start)
+                    .map_err(|err| corrupt(path, format!("{name}: {err}")))?;
+                let t = if half_kind == "BF16" {
+                    Tensor::from_vec(
+                        bytes_to(&raw, half::bf16::from_le_bytes),
+                        e.shape.as_slice(),
+                        &dev,
+                    )?
+                } else {
+                    Tensor::from_vec(
+                        bytes_to(&raw, half::f16::from_le_bytes),
+                        e.shape.as_slice(),
+                        &dev,
+                    )?
+                };
+                drop(raw);
+                t.to_dtype(self.target)?
+            }
+        };
+        Ok(Some(t))
     }
 
     fn describe(&self) -> String {
-        self.desc.clone()
+        self.files
+            .iter()
+            .map(|(p, _)| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -81,7 +236,7 @@ pub fn shard_paths(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
         let text = std::fs::read_to_string(&index).map_err(|e| LensError::io(&index, e))?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| LensError::Json {
+        let v: Value = serde_json::from_str(&text).map_err(|e| LensError::Json {
             what: index.display().to_string(),
             detail: e.to_string(),
         })?;
