@@ -106,6 +106,28 @@ pub(crate) fn to_compute(t: Tensor, dtype: DType, device: &Device) -> Result<Ten
 }
 
 impl Weights {
+    /// Bytes held by the weights (shared tensors, like a tied unembedding, counted once).
+    pub fn n_bytes(&self, cfg: &ModelConfig) -> usize {
+        let t = |x: &Tensor| x.elem_count() * x.dtype().size_in_bytes();
+        let o = |x: &Option<Tensor>| x.as_ref().map_or(0, t);
+        let n = |x: &NormWeights| t(&x.w) + o(&x.b);
+        let on = |x: &Option<NormWeights>| x.as_ref().map_or(0, n);
+        let mut total = t(&self.w_e) + o(&self.w_pos) + n(&self.ln_final) + o(&self.b_u);
+        if !cfg.tied_embeddings {
+            total += t(&self.w_u);
+        }
+        for l in &self.layers {
+            total += n(&l.ln1) + on(&l.ln1_post) + on(&l.ln2_post);
+            if !cfg.parallel_attn_mlp {
+                total += n(&l.ln2);
+            }
+            total += t(&l.w_q) + t(&l.w_k) + t(&l.w_v) + t(&l.w_o) + t(&l.w_in) + t(&l.w_out);
+            total += o(&l.b_q) + o(&l.b_k) + o(&l.b_v) + o(&l.b_o) + o(&l.b_in) + o(&l.b_out);
+            total += o(&l.w_gate) + o(&l.q_norm) + o(&l.k_norm);
+        }
+        total
+    }
+
     /// Checks every shape against the config.
     ///
     /// # Errors

@@ -193,3 +193,21 @@ fn unsupported_checkpoints_get_typed_errors() {
     assert!(e.contains("model.safetensors"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn half_precision_weights_stay_close_to_f32() {
+    let dir = fixture_path("tiny/llama");
+    let f32_model = HookedTransformer::from_pretrained(dir.to_str().unwrap()).unwrap();
+    let tokens = f32_model
+        .to_tokens("The pet of this family is", None)
+        .unwrap();
+    let want = to_vec(&f32_model.forward(&tokens).unwrap());
+    for dtype in ["bf16", "f16"] {
+        let opts = LoadOptions::parse("cpu", dtype).unwrap();
+        let m = HookedTransformer::from_pretrained_with(dir.to_str().unwrap(), &opts).unwrap();
+        assert_eq!(m.dtype().as_str(), dtype);
+        let got = to_vec(&m.forward(&tokens).unwrap());
+        let err = rel_l2(&got, &want);
+        assert!(err < 0.02, "{dtype}: logits rel err {err}");
+    }
+}

@@ -57,6 +57,12 @@ struct Input {
     /// Do not prepend BOS.
     #[arg(long)]
     no_bos: bool,
+    /// Device: cpu (default), cuda, cuda:N, metal (GPU builds: --features cuda / metal).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Compute dtype: f32 (default), bf16, f16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
 }
 
 #[derive(Args)]
@@ -73,6 +79,18 @@ struct RunArgs {
 
 #[derive(Subcommand)]
 enum BenchCmd {
+    /// Load time and peak memory against the bytes of the loaded weights.
+    Load {
+        /// Alias, local folder, .gguf path, or hub repo id.
+        #[arg(long)]
+        model: String,
+        /// Compute dtype: f32 (default), bf16, f16.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Median forward time over N runs after a warm-up.
     Forward {
         #[command(flatten)]
@@ -87,6 +105,11 @@ enum BenchCmd {
 }
 
 impl Input {
+    fn load(&self) -> candlelens::Result<HookedTransformer> {
+        let opts = LoadOptions::parse(&self.device, &self.dtype)?;
+        HookedTransformer::from_pretrained_with(&self.model, &opts)
+    }
+
     fn prepend_bos(&self) -> Option<bool> {
         if self.bos {
             Some(true)
@@ -134,7 +157,7 @@ fn rss_mb(field: &str) -> f64 {
 
 fn run(args: &RunArgs) -> candlelens::Result<()> {
     let mut o = String::new();
-    let model = HookedTransformer::from_pretrained(&args.input.model)?;
+    let model = args.input.load()?;
     let tokens = args.input.tokens(&model)?;
     let filter = HookFilter::suffix("hook_resid_pre")?;
     let (logits, cache) = model.run_with_cache(&tokens, Some(filter))?;
@@ -269,7 +292,7 @@ fn inspect(model_name: &str, as_json: bool) -> candlelens::Result<()> {
 fn bench_forward(input: &Input, runs: usize, as_json: bool) -> candlelens::Result<()> {
     let mut o = String::new();
     let t0 = Instant::now();
-    let model = HookedTransformer::from_pretrained(&input.model)?;
+    let model = input.load()?;
     let load_s = t0.elapsed().as_secs_f64();
     let tokens = input.tokens(&model)?;
     model.forward(&tokens)?; // warm-up
@@ -309,6 +332,38 @@ fn bench_forward(input: &Input, runs: usize, as_json: bool) -> candlelens::Resul
     Ok(())
 }
 
+fn bench_load(model: &str, dtype: &str, as_json: bool) -> candlelens::Result<()> {
+    let mut o = String::new();
+    let opts = LoadOptions::parse("cpu", dtype)?;
+    let before = rss_mb("VmRSS:");
+    let t0 = Instant::now();
+    let m = HookedTransformer::from_pretrained_with(model, &opts)?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let weight_mb = m.weights.n_bytes(&m.cfg) as f64 / (1024.0 * 1024.0);
+    let peak = rss_mb("VmHWM:");
+    let out = json!({
+        "model": m.cfg.name,
+        "dtype": dtype,
+        "load_s": load_s,
+        "weight_mb": weight_mb,
+        "rss_before_mb": before,
+        "peak_rss_mb": peak,
+        "rss_mb": rss_mb("VmRSS:"),
+        "peak_over_weights": peak / weight_mb,
+    });
+    if as_json {
+        p!(o, "{out}");
+    } else {
+        p!(
+            o,
+            "{}",
+            serde_json::to_string_pretty(&out).unwrap_or_default()
+        );
+    }
+    emit(&o);
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match &cli.cmd {
@@ -327,6 +382,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Cmd::Bench(BenchCmd::Forward { input, runs, json }) => bench_forward(input, *runs, *json),
+        Cmd::Bench(BenchCmd::Load { model, dtype, json }) => bench_load(model, dtype, *json),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

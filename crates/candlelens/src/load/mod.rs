@@ -33,6 +33,60 @@ impl Default for LoadOptions {
     }
 }
 
+impl LoadOptions {
+    /// Options from the names a user types: device `cpu`, `cuda`, `cuda:N`, `metal`; dtype
+    /// `f32`, `bf16`, `f16`.
+    ///
+    /// # Errors
+    /// [`LensError::InvalidArgument`] for an unknown name, or a GPU this build or machine lacks.
+    pub fn parse(device: &str, dtype: &str) -> Result<Self> {
+        Ok(LoadOptions {
+            device: parse_device(device)?,
+            dtype: match dtype {
+                "f32" | "float32" => DType::F32,
+                "bf16" | "bfloat16" => DType::BF16,
+                "f16" | "float16" => DType::F16,
+                other => {
+                    return Err(LensError::InvalidArgument(format!(
+                        "unknown dtype '{other}'; use f32 (default), bf16 or f16"
+                    )))
+                }
+            },
+        })
+    }
+}
+
+/// A device from its name: `cpu`, `cuda` / `cuda:N`, `metal` / `metal:N`.
+///
+/// # Errors
+/// [`LensError::InvalidArgument`] naming the fix (build with `--features cuda` / `metal`).
+pub fn parse_device(name: &str) -> Result<Device> {
+    let (kind, ordinal) = match name.split_once(':') {
+        Some((k, n)) => (
+            k,
+            n.parse::<usize>().map_err(|_| {
+                LensError::InvalidArgument(format!("bad device ordinal in '{name}'; e.g. cuda:0"))
+            })?,
+        ),
+        None => (name, 0),
+    };
+    let gpu = |r: candle_core::Result<Device>, feature: &str| {
+        r.map_err(|e| {
+            LensError::InvalidArgument(format!(
+                "cannot use device '{name}': {e}. Build with `--features {feature}` on a machine with that GPU, or use cpu"
+            ))
+        })
+    };
+    match kind {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => gpu(Device::new_cuda(ordinal), "cuda"),
+        "metal" => gpu(Device::new_metal(ordinal), "metal"),
+        other => Err(LensError::InvalidArgument(format!(
+            "unknown device '{other}'; use cpu, cuda, cuda:N or metal"
+        ))),
+    }
+}
+
 /// What a name resolved to.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Resolved {
@@ -244,6 +298,26 @@ mod tests {
             resolve("???"),
             Err(LensError::UnknownModel { .. })
         ));
+    }
+
+    #[test]
+    fn devices_and_dtypes_parse() {
+        assert!(matches!(parse_device("cpu"), Ok(Device::Cpu)));
+        assert!(parse_device("tpu")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown device"));
+        assert!(parse_device("cuda:x").is_err());
+        #[cfg(not(feature = "cuda"))]
+        assert!(parse_device("cuda")
+            .unwrap_err()
+            .to_string()
+            .contains("--features cuda"));
+        assert_eq!(
+            LoadOptions::parse("cpu", "bf16").unwrap().dtype,
+            DType::BF16
+        );
+        assert!(LoadOptions::parse("cpu", "int8").is_err());
     }
 
     #[test]
