@@ -211,3 +211,57 @@ fn half_precision_weights_stay_close_to_f32() {
         assert!(err < 0.02, "{dtype}: logits rel err {err}");
     }
 }
+
+#[test]
+fn sharded_and_odd_checkpoints_get_typed_errors() {
+    let dir = std::env::temp_dir().join(format!("candlelens-shards-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = fixture_path("tiny/gpt2");
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    // an index that names a shard which is not there
+    std::fs::copy(
+        src.join("model.safetensors"),
+        dir.join("model-00001-of-00002.safetensors"),
+    )
+    .unwrap();
+    let index = serde_json::json!({"weight_map": {
+        "transformer.wte.weight": "model-00001-of-00002.safetensors",
+        "transformer.h.0.ln_1.weight": "model-00002-of-00002.safetensors"}});
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let err = HookedTransformer::from_pretrained(dir.to_str().unwrap())
+        .err()
+        .unwrap();
+    assert!(matches!(err, LensError::MissingFile { .. }), "{err}");
+    assert!(
+        err.to_string().contains("model-00002-of-00002.safetensors"),
+        "{err}"
+    );
+
+    // a tensor of a dtype the loader does not take
+    std::fs::remove_file(dir.join("model.safetensors.index.json")).unwrap();
+    std::fs::remove_file(dir.join("model-00001-of-00002.safetensors")).unwrap();
+    let header = br#"{"transformer.wte.weight":{"dtype":"I64","shape":[2],"data_offsets":[0,16]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header);
+    bytes.extend_from_slice(&[0u8; 16]);
+    std::fs::write(dir.join("model.safetensors"), &bytes).unwrap();
+    let err = HookedTransformer::from_pretrained(dir.to_str().unwrap())
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string()
+            .contains("dtype of transformer.wte.weight = I64"),
+        "{err}"
+    );
+
+    // a truncated safetensors file
+    let real = std::fs::read(src.join("model.safetensors")).unwrap();
+    std::fs::write(dir.join("model.safetensors"), &real[..real.len() - 100]).unwrap();
+    let err = HookedTransformer::from_pretrained(dir.to_str().unwrap())
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("truncated"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
