@@ -44,6 +44,8 @@ pub enum HookPoint {
     /// `blocks.{l}.attn.hook_result` — each head's output `z W_O` `[batch, pos, head, d_model]`.
     /// Opt-in, as in TransformerLens: computed only when a hook or cache filter asks for it.
     Result(usize),
+    /// `blocks.{l}.ln1_post.hook_scale` — the attention post-norm's divisor `[batch, pos, 1]` (Gemma 2/3).
+    Ln1PostScale(usize),
     /// `blocks.{l}.ln1_post.hook_normalized` — attention output after the post-norm (Gemma 2/3).
     Ln1PostNormalized(usize),
     /// `blocks.{l}.hook_attn_out` — what attention adds to the residual `[batch, pos, d_model]`.
@@ -60,6 +62,8 @@ pub enum HookPoint {
     MlpPreLinear(usize),
     /// `blocks.{l}.mlp.hook_post` — MLP hidden activation `[batch, pos, d_mlp]`.
     MlpPost(usize),
+    /// `blocks.{l}.ln2_post.hook_scale` — the MLP post-norm's divisor `[batch, pos, 1]` (Gemma 2/3).
+    Ln2PostScale(usize),
     /// `blocks.{l}.ln2_post.hook_normalized` — MLP output after the post-norm (Gemma 2/3).
     Ln2PostNormalized(usize),
     /// `blocks.{l}.hook_mlp_out` — what the MLP adds to the residual `[batch, pos, d_model]`.
@@ -89,6 +93,7 @@ const BLOCK_HOOKS: &[(&str, MakeHook)] = &[
     ("attn.hook_pattern", HookPoint::Pattern),
     ("attn.hook_z", HookPoint::Z),
     ("attn.hook_result", HookPoint::Result),
+    ("ln1_post.hook_scale", HookPoint::Ln1PostScale),
     ("ln1_post.hook_normalized", HookPoint::Ln1PostNormalized),
     ("hook_attn_out", HookPoint::AttnOut),
     ("hook_resid_mid", HookPoint::ResidMid),
@@ -97,6 +102,7 @@ const BLOCK_HOOKS: &[(&str, MakeHook)] = &[
     ("mlp.hook_pre", HookPoint::MlpPre),
     ("mlp.hook_pre_linear", HookPoint::MlpPreLinear),
     ("mlp.hook_post", HookPoint::MlpPost),
+    ("ln2_post.hook_scale", HookPoint::Ln2PostScale),
     ("ln2_post.hook_normalized", HookPoint::Ln2PostNormalized),
     ("hook_mlp_out", HookPoint::MlpOut),
     ("hook_resid_post", HookPoint::ResidPost),
@@ -116,11 +122,10 @@ impl HookPoint {
         match *self {
             Embed | PosEmbed | LnFinalScale | LnFinalNormalized => None,
             ResidPre(l) | Ln1Scale(l) | Ln1Normalized(l) | Q(l) | K(l) | V(l) | RotQ(l)
-            | RotK(l) | AttnScores(l) | Pattern(l) | Z(l) | Result(l) | Ln1PostNormalized(l)
-            | AttnOut(l) | ResidMid(l) | Ln2Scale(l) | Ln2Normalized(l) | MlpPre(l)
-            | MlpPreLinear(l) | MlpPost(l) | Ln2PostNormalized(l) | MlpOut(l) | ResidPost(l) => {
-                Some(l)
-            }
+            | RotK(l) | AttnScores(l) | Pattern(l) | Z(l) | Result(l) | Ln1PostScale(l)
+            | Ln1PostNormalized(l) | AttnOut(l) | ResidMid(l) | Ln2Scale(l) | Ln2Normalized(l)
+            | MlpPre(l) | MlpPreLinear(l) | MlpPost(l) | Ln2PostScale(l) | Ln2PostNormalized(l)
+            | MlpOut(l) | ResidPost(l) => Some(l),
         }
     }
 
@@ -241,6 +246,7 @@ impl HookPoint {
             Ln1PostNormalized(_) | Ln2PostNormalized(_) if cfg.post_norms => {
                 format!("[batch, pos, {dm}]")
             }
+            Ln1PostScale(_) | Ln2PostScale(_) if cfg.post_norms => "[batch, pos, 1]".into(),
             MlpPre(_) | MlpPost(_) => format!("[batch, pos, {dmlp}]"),
             MlpPreLinear(_) if cfg.gated_mlp => format!("[batch, pos, {dmlp}]"),
             _ => return None,

@@ -15,16 +15,19 @@
 //! ```
 
 pub mod arch;
+pub mod block;
 pub mod cache;
 pub mod config;
 pub mod error;
 pub mod hooks;
 pub mod load;
 pub mod model;
+mod rope;
 pub mod tokenizer;
 pub mod tokens;
 pub mod weights;
 
+pub use block::{ForwardCtx, PastKv};
 pub use cache::ActivationCache;
 pub use config::ModelConfig;
 pub use error::{LensError, Result};
