@@ -164,8 +164,8 @@ impl HookedTransformer {
             } else {
                 Ok(candle_nn::rotary_emb::rope_thd(
                     &r.contiguous()?,
-                    &cos,
-                    &sin,
+                    cos,
+                    sin,
                 )?)
             }
         };
