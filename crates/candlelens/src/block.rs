@@ -162,11 +162,7 @@ impl HookedTransformer {
                 let out = candle_nn::rotary_emb::rope_i(&bhtd, cos, sin)?;
                 Ok(out.transpose(1, 2)?.contiguous()?)
             } else {
-                Ok(candle_nn::rotary_emb::rope_thd(
-                    &r.contiguous()?,
-                    cos,
-                    sin,
-                )?)
+                Ok(candle_nn::rotary_emb::rope_thd(&r.contiguous()?, cos, sin)?)
             }
         };
         if dim == d_head {

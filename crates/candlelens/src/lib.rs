@@ -19,6 +19,7 @@ pub mod block;
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod generate;
 pub mod hooks;
 pub mod load;
 pub mod model;
@@ -41,6 +42,7 @@ pub mod prelude {
     pub use crate::cache::ActivationCache;
     pub use crate::config::ModelConfig;
     pub use crate::error::{LensError, Result};
+    pub use crate::generate::GenerateOptions;
     pub use crate::hooks::{HookFilter, HookPoint, Hooks};
     pub use crate::load::LoadOptions;
     pub use crate::model::{HookedTransformer, LogitsAt};

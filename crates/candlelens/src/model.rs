@@ -284,7 +284,19 @@ impl HookedTransformer {
     /// # Errors
     /// Tensor errors.
     pub fn embed(&self, tokens: &Tokens, sink: &mut dyn HookSink) -> Result<Tensor> {
-        let ids = tokens.to_tensor(&self.device)?;
+        self.embed_ids(&tokens.to_tensor(&self.device)?, 0, sink)
+    }
+
+    /// Embeds ids `[batch, pos]` standing at positions `offset..offset + pos`.
+    ///
+    /// # Errors
+    /// Tensor errors.
+    pub fn embed_ids(
+        &self,
+        ids: &Tensor,
+        offset: usize,
+        sink: &mut dyn HookSink,
+    ) -> Result<Tensor> {
         let (b, p) = ids.dims2()?;
         let mut x = self
             .weights
@@ -298,7 +310,13 @@ impl HookedTransformer {
         }
         x = hook(sink, HookPoint::Embed, x)?;
         if let Some(wpos) = &self.weights.w_pos {
-            let pos = wpos.narrow(0, 0, p)?.unsqueeze(0)?.repeat((b, 1, 1))?;
+            if offset + p > wpos.dim(0)? {
+                return Err(LensError::PromptTooLong {
+                    len: offset + p,
+                    n_ctx: wpos.dim(0)?,
+                });
+            }
+            let pos = wpos.narrow(0, offset, p)?.unsqueeze(0)?.repeat((b, 1, 1))?;
             let pos = hook(sink, HookPoint::PosEmbed, pos)?;
             x = (x + pos)?;
         }
@@ -327,6 +345,20 @@ impl HookedTransformer {
             LogitsAt::All => n,
             LogitsAt::Last => self.gather_last(&n, tokens)?,
         };
+        let mut logits = linear(&n, &self.weights.w_u, self.weights.b_u.as_ref())?;
+        if let Some(cap) = self.cfg.final_softcap {
+            logits = ((logits / cap)?.tanh()? * cap)?;
+        }
+        Ok(logits)
+    }
+
+    /// Final norm and unembedding of residual-stream vectors `[.., d_model]` (no hooks):
+    /// the logits `[.., d_vocab]` they would produce as the last layer's output.
+    ///
+    /// # Errors
+    /// Tensor errors.
+    pub fn unembed_residual(&self, x: &Tensor) -> Result<Tensor> {
+        let n = self.norm(&self.weights.ln_final, x, None, &mut NoHooks)?;
         let mut logits = linear(&n, &self.weights.w_u, self.weights.b_u.as_ref())?;
         if let Some(cap) = self.cfg.final_softcap {
             logits = ((logits / cap)?.tanh()? * cap)?;
