@@ -14,6 +14,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod analysis;
 pub mod arch;
 pub mod block;
 pub mod cache;
@@ -22,7 +23,9 @@ pub mod error;
 pub mod generate;
 pub mod hooks;
 pub mod load;
+pub mod metrics;
 pub mod model;
+pub mod prompts;
 mod rope;
 pub mod tokenizer;
 pub mod tokens;
@@ -39,13 +42,16 @@ pub use tokens::Tokens;
 
 /// Everything a notebook needs, in one `use candlelens::prelude::*;`.
 pub mod prelude {
+    pub use crate::analysis::{Attribution, Pos, ResidStack};
     pub use crate::cache::ActivationCache;
     pub use crate::config::ModelConfig;
     pub use crate::error::{LensError, Result};
     pub use crate::generate::GenerateOptions;
     pub use crate::hooks::{HookFilter, HookPoint, Hooks};
     pub use crate::load::LoadOptions;
+    pub use crate::metrics::{self, TokenGroups};
     pub use crate::model::{HookedTransformer, LogitsAt};
+    pub use crate::prompts::PromptTest;
     pub use crate::tokens::Tokens;
     pub use crate::Prompts;
     pub use candle_core::{DType, Device, IndexOp, Tensor, D};
