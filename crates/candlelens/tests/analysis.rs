@@ -202,11 +202,11 @@ fn group_metrics_on_the_paris_question() {
         correct: yes.clone(),
         incorrect: no.clone(),
     };
-    let ld = metrics::group_logit_diff(&last, &[g.clone()]).unwrap()[0];
+    let ld = metrics::group_logit_diff(&last, std::slice::from_ref(&g)).unwrap()[0];
     let row = to_vec(&last.i(0).unwrap());
     let mean = |ids: &[u32]| ids.iter().map(|&i| row[i as usize]).sum::<f32>() / ids.len() as f32;
     assert!((ld - (mean(&yes) - mean(&no))).abs() < 1e-4);
-    let pd = metrics::group_prob_diff(&last, &[g.clone()]).unwrap()[0];
+    let pd = metrics::group_prob_diff(&last, std::slice::from_ref(&g)).unwrap()[0];
     assert!(pd.abs() <= 1.0);
     // the group direction attributes the same number through the logit lens
     let (_, cache) = m.run_with_cache(&tokens, None).unwrap();
