@@ -267,7 +267,7 @@ impl HookedTransformer {
         hook(sink, HookPoint::ResidPost(l), (resid_mid + mlp_out)?)
     }
 
-    fn mlp(&self, l: usize, x: &Tensor, sink: &mut dyn HookSink) -> Result<Tensor> {
+    pub(crate) fn mlp(&self, l: usize, x: &Tensor, sink: &mut dyn HookSink) -> Result<Tensor> {
         let w = &self.weights.layers[l];
         let post = match &w.w_gate {
             Some(gate) => {

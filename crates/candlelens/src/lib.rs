@@ -25,6 +25,8 @@ pub mod hooks;
 pub mod load;
 pub mod metrics;
 pub mod model;
+pub mod patching;
+pub mod progress;
 pub mod prompts;
 mod rope;
 pub mod tokenizer;
@@ -51,6 +53,7 @@ pub mod prelude {
     pub use crate::load::LoadOptions;
     pub use crate::metrics::{self, TokenGroups};
     pub use crate::model::{HookedTransformer, LogitsAt};
+    pub use crate::patching::{PatchGrid, PatchTarget, Patcher};
     pub use crate::prompts::PromptTest;
     pub use crate::tokens::Tokens;
     pub use crate::Prompts;

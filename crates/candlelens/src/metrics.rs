@@ -138,7 +138,10 @@ mod tests {
             incorrect: vec![0],
         };
         // (2 + 3) / 2 - 1 = 1.5 ; (0 + 0) / 2 - 0 = 0
-        assert_eq!(group_logit_diff(&l, std::slice::from_ref(&g)).unwrap(), vec![1.5, 0.0]);
+        assert_eq!(
+            group_logit_diff(&l, std::slice::from_ref(&g)).unwrap(),
+            vec![1.5, 0.0]
+        );
         let p = group_prob_diff(&l, &[g]).unwrap();
         let z: f64 = [1f64, 2.0, 3.0, 0.0].iter().map(|x| x.exp()).sum();
         let want = ((2f64.exp() + 3f64.exp()) - 1f64.exp()) / z;

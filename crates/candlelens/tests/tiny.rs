@@ -265,3 +265,48 @@ fn sharded_and_odd_checkpoints_get_typed_errors() {
     assert!(err.to_string().contains("truncated"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn lens_patch_prints_the_grid() {
+    let dir = fixture_path("tiny/llama");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lens"))
+        .args([
+            "patch",
+            "--model",
+            dir.to_str().unwrap(),
+            "--clean",
+            "The pet of this family is",
+            "--corrupt",
+            "The pat of this family is",
+            "--answers",
+            " is",
+            " of",
+            "--hook",
+            "resid_pre",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let n_tokens = v["str_tokens"].as_array().unwrap().len();
+    let grid = v["grid"].as_array().unwrap();
+    assert_eq!(grid.len(), 2);
+    assert_eq!(grid[0].as_array().unwrap().len(), n_tokens);
+    assert!(
+        v["clean_diff"].is_number() && v["corrupt_diff"].is_number() && v["seconds"].is_number()
+    );
+    // the prompts differ in one token ("e" / "a" at position 5): patching it at layer 0 restores
+    // the clean run, and patching any other position at layer 0 is a no-op
+    for (p, cell) in grid[0].as_array().unwrap().iter().enumerate() {
+        let want = if p == 5 { 1.0 } else { 0.0 };
+        assert!(
+            (cell.as_f64().unwrap() - want).abs() < 1e-4,
+            "position {p}: {cell}"
+        );
+    }
+}

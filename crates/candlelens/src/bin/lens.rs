@@ -33,6 +33,8 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Activation patching: corrupted run, clean activations put in, layer x position grid.
+    Patch(PatchArgs),
     /// List the registered model aliases.
     Models,
     /// Benchmarks.
@@ -77,6 +79,34 @@ struct RunArgs {
     json: bool,
 }
 
+#[derive(Args)]
+struct PatchArgs {
+    /// Alias, local folder, .gguf path, or hub repo id.
+    #[arg(long)]
+    model: String,
+    /// The clean prompt.
+    #[arg(long)]
+    clean: String,
+    /// The corrupted prompt (same number of tokens).
+    #[arg(long)]
+    corrupt: String,
+    /// Correct and incorrect answer (each one token, e.g. " Peb" " Rachel").
+    #[arg(long, num_args = 2, value_names = ["CORRECT", "INCORRECT"])]
+    answers: Vec<String>,
+    /// What to patch: resid_pre, resid_mid, resid_post, attn_out, mlp_out, heads, heads_by_pos.
+    #[arg(long, default_value = "resid_pre")]
+    hook: String,
+    /// Prepend BOS (default: the model's tokenizer default).
+    #[arg(long, conflicts_with = "no_bos")]
+    bos: bool,
+    /// Do not prepend BOS.
+    #[arg(long)]
+    no_bos: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Subcommand)]
 enum BenchCmd {
     /// Load time and peak memory against the bytes of the loaded weights.
@@ -98,6 +128,21 @@ enum BenchCmd {
         /// Timed runs.
         #[arg(long, default_value_t = 10)]
         runs: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The fast patching sweep against the naive one-forward-per-cell loop, on the pet prompts.
+    Patch {
+        /// Alias, local folder, .gguf path, or hub repo id.
+        #[arg(long)]
+        model: String,
+        /// Correct and incorrect answer.
+        #[arg(long, num_args = 2, default_values = [" Peb", " Rachel"])]
+        answers: Vec<String>,
+        /// Time only this many naive cells and extrapolate (the output says so).
+        #[arg(long)]
+        sample: Option<usize>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -364,6 +409,167 @@ fn bench_load(model: &str, dtype: &str, as_json: bool) -> candlelens::Result<()>
     Ok(())
 }
 
+fn bos_flag(bos: bool, no_bos: bool) -> Option<bool> {
+    if bos {
+        Some(true)
+    } else if no_bos {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+fn answer_metric<'a>(
+    model: &HookedTransformer,
+    answers: &[String],
+) -> candlelens::Result<candlelens::patching::Metric<'a>> {
+    let pair = (
+        model.to_single_token(&answers[0])?,
+        model.to_single_token(&answers[1])?,
+    );
+    Ok(Box::new(move |l| {
+        Ok(candlelens::metrics::mean(&candlelens::metrics::logit_diff(
+            l,
+            &[pair],
+        )?))
+    }))
+}
+
+fn patch(a: &PatchArgs) -> candlelens::Result<()> {
+    let mut o = String::new();
+    let model = HookedTransformer::from_pretrained(&a.model)?;
+    let bos = bos_flag(a.bos, a.no_bos);
+    let clean = model.to_tokens(a.clean.as_str(), bos)?;
+    let corrupt = model.to_tokens(a.corrupt.as_str(), bos)?;
+    let target = candlelens::patching::PatchTarget::parse(&a.hook)?;
+    let mut p = Patcher::new(&model, &clean, &corrupt, answer_metric(&model, &a.answers)?)?;
+    p.progress = !a.json;
+    let grid = p.sweep(target)?;
+    let str_tokens = model.ids_to_str_tokens(clean.row(0))?;
+    if a.json {
+        let out = json!({
+            "model": model.cfg.name,
+            "hook": target.name(),
+            "str_tokens": str_tokens,
+            "clean_diff": grid.clean,
+            "corrupt_diff": grid.corrupted,
+            "grid": grid.values,
+            "row_labels": grid.row_labels,
+            "col_labels": grid.col_labels,
+            "seconds": grid.seconds,
+            "forward_equivalents": grid.forward_equivalents,
+            "naive_forwards": grid.naive_forwards,
+        });
+        p!(o, "{out}");
+    } else {
+        p!(
+            o,
+            "model {}  patching {}  clean diff {:.4}  corrupted diff {:.4}",
+            model.cfg.name,
+            target.name(),
+            grid.clean,
+            grid.corrupted
+        );
+        p!(o, "tokens: {:?}", str_tokens);
+        p!(
+            o,
+            "normalised (patched - corrupted) / (clean - corrupted); rows {}, columns {}",
+            if target == candlelens::patching::PatchTarget::HeadsByPos {
+                "heads"
+            } else {
+                "layers"
+            },
+            if target == candlelens::patching::PatchTarget::HeadsAllPos {
+                "heads"
+            } else {
+                "positions"
+            }
+        );
+        for (label, row) in grid.row_labels.iter().zip(&grid.values) {
+            let cells: Vec<String> = row.iter().map(|v| format!("{v:6.2}")).collect();
+            p!(o, "{label:>6} {}", cells.join(" "));
+        }
+        p!(
+            o,
+            "sweep {:.2} s, {:.1} forward-equivalents (naive: {} forwards)",
+            grid.seconds,
+            grid.forward_equivalents,
+            grid.naive_forwards
+        );
+    }
+    emit(&o);
+    Ok(())
+}
+
+const PET: &str = "Mary is a human. Fido is a dog. The pet of this family is Fido. Rachel is a human. Pebbles is a cat. The pet of this family is";
+const PET_SWAPPED: &str = "Mary is a human. Fido is a dog. The pet of this family is Fido. Pebbles is a cat. Rachel is a human. The pet of this family is";
+
+fn bench_patch(
+    model: &str,
+    answers: &[String],
+    sample: Option<usize>,
+    as_json: bool,
+) -> candlelens::Result<()> {
+    use candlelens::patching::PatchTarget;
+    let mut o = String::new();
+    let model = HookedTransformer::from_pretrained(model)?;
+    let clean = model.to_tokens(PET, None)?;
+    let corrupt = model.to_tokens(PET_SWAPPED, None)?;
+    let mut p = Patcher::new(&model, &clean, &corrupt, answer_metric(&model, answers)?)?;
+    p.progress = !as_json;
+    let fast = p.sweep(PatchTarget::ResidPre)?;
+    let (naive_s, estimated, max_diff) = match sample {
+        None => {
+            let naive = p.naive_sweep(PatchTarget::ResidPre)?;
+            let d = fast
+                .values
+                .iter()
+                .flatten()
+                .zip(naive.values.iter().flatten())
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            (naive.seconds, false, Some(d))
+        }
+        Some(k) => {
+            let n_pos = clean.max_len();
+            let t0 = Instant::now();
+            let cells = k.max(1).min(fast.naive_forwards);
+            for i in 0..cells {
+                let cell = i * fast.naive_forwards / cells;
+                p.naive(PatchTarget::ResidPre, cell / n_pos, cell % n_pos)?;
+            }
+            let per = t0.elapsed().as_secs_f64() / cells as f64;
+            (per * fast.naive_forwards as f64, true, None)
+        }
+    };
+    let out = json!({
+        "model": model.cfg.name,
+        "n_tokens": clean.max_len(),
+        "cells": fast.naive_forwards,
+        "fast_s": fast.seconds,
+        "naive_s": naive_s,
+        "naive_estimated_from_sample": estimated,
+        "speedup": naive_s / fast.seconds,
+        "fast_forward_equivalents": fast.forward_equivalents,
+        "naive_forwards": fast.naive_forwards,
+        "forward_ratio": fast.naive_forwards as f64 / fast.forward_equivalents,
+        "max_abs_diff": max_diff,
+        "clean_diff": fast.clean,
+        "corrupt_diff": fast.corrupted,
+    });
+    if as_json {
+        p!(o, "{out}");
+    } else {
+        p!(
+            o,
+            "{}",
+            serde_json::to_string_pretty(&out).unwrap_or_default()
+        );
+    }
+    emit(&o);
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match &cli.cmd {
@@ -383,6 +589,13 @@ fn main() -> ExitCode {
         }
         Cmd::Bench(BenchCmd::Forward { input, runs, json }) => bench_forward(input, *runs, *json),
         Cmd::Bench(BenchCmd::Load { model, dtype, json }) => bench_load(model, dtype, *json),
+        Cmd::Bench(BenchCmd::Patch {
+            model,
+            answers,
+            sample,
+            json,
+        }) => bench_patch(model, answers, *sample, *json),
+        Cmd::Patch(a) => patch(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,191 @@
+//! The fast patching sweep equals the naive one-forward-per-cell method on every target and
+//! across architectures (learned positions, LayerNorm, parallel blocks, post-norms, sliding
+//! windows, GQA), for a batch of prompts.
+
+mod common;
+
+use candlelens::metrics;
+use candlelens::prelude::*;
+use common::*;
+
+fn tiny(family: &str) -> HookedTransformer {
+    let dir = fixture_path(&format!("tiny/{family}"));
+    HookedTransformer::from_pretrained(dir.to_str().unwrap()).unwrap()
+}
+
+/// Clean prompts and corruptions that change two token positions.
+fn pair(m: &HookedTransformer) -> (Tokens, Tokens) {
+    let clean = m
+        .to_tokens(
+            ["The pet of this family is", "Is Paris the capital of"].as_slice(),
+            None,
+        )
+        .unwrap();
+    assert!(clean.is_rectangular() || clean.lengths()[0] != clean.lengths()[1]);
+    let rows: Vec<Vec<u32>> = clean
+        .rows()
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            let n = r.len();
+            r[n / 2] = (r[n / 2] + 17) % 250 + 3;
+            r[n - 3] = (r[n - 3] + 29) % 250 + 3;
+            r
+        })
+        .collect();
+    let corrupt = Tokens::new(rows, clean.pad_id()).unwrap();
+    (clean, corrupt)
+}
+
+fn compare(
+    m: &HookedTransformer,
+    clean: &Tokens,
+    corrupt: &Tokens,
+    pairs: &[(u32, u32)],
+    targets: &[PatchTarget],
+) {
+    let pairs = pairs.to_vec();
+    let metric: candlelens::patching::Metric =
+        Box::new(move |l| Ok(metrics::mean(&metrics::logit_diff(l, &pairs)?)));
+    let mut p = Patcher::new(m, clean, corrupt, metric).unwrap();
+    p.progress = false;
+    let gap = (p.clean_metric() - p.corrupted_metric()).abs();
+    assert!(
+        gap > 1e-3,
+        "{}: clean and corrupted runs are too alike",
+        m.cfg.name
+    );
+    let tol = 1e-4 * (1.0f32).max(1.0 / gap);
+    for &t in targets {
+        let fast = p.sweep(t).unwrap();
+        let naive = p.naive_sweep(t).unwrap();
+        assert_eq!(fast.row_labels, naive.row_labels);
+        assert_eq!(fast.col_labels, naive.col_labels);
+        let mut worst = 0f32;
+        for (fr, nr) in fast.values.iter().zip(&naive.values) {
+            for (f, n) in fr.iter().zip(nr) {
+                worst = worst.max((f - n).abs());
+            }
+        }
+        assert!(
+            worst <= tol,
+            "{} {:?}: fast vs naive differ by {worst}",
+            m.cfg.name,
+            t
+        );
+        assert!(
+            fast.forward_equivalents < naive.forward_equivalents,
+            "{:?}",
+            t
+        );
+        eprintln!(
+            "{} {:>12}: max |fast - naive| {worst:.1e}, {:.1} vs {} forward-equivalents",
+            m.cfg.name,
+            t.name(),
+            fast.forward_equivalents,
+            naive.naive_forwards
+        );
+    }
+}
+
+const ALL: &[PatchTarget] = &[
+    PatchTarget::ResidPre,
+    PatchTarget::ResidMid,
+    PatchTarget::ResidPost,
+    PatchTarget::AttnOut,
+    PatchTarget::MlpOut,
+    PatchTarget::HeadsAllPos,
+    PatchTarget::HeadsByPos,
+];
+
+#[test]
+fn fast_sweep_equals_naive_on_every_architecture() {
+    for family in ["gpt2", "llama", "qwen3", "gemma2", "gemma3"] {
+        let m = tiny(family);
+        let (clean, corrupt) = pair(&m);
+        compare(&m, &clean, &corrupt, &[(5, 9)], ALL);
+    }
+    // parallel attention + MLP has no resid_mid
+    let m = tiny("gptj");
+    let (clean, corrupt) = pair(&m);
+    let no_mid: Vec<PatchTarget> = ALL
+        .iter()
+        .copied()
+        .filter(|t| *t != PatchTarget::ResidMid)
+        .collect();
+    compare(&m, &clean, &corrupt, &[(5, 9)], &no_mid);
+    let metric: candlelens::patching::Metric =
+        Box::new(|l| Ok(metrics::mean(&metrics::logit_diff(l, &[(5, 9)])?)));
+    let p = Patcher::new(&m, &clean, &corrupt, metric).unwrap();
+    assert!(p.sweep(PatchTarget::ResidMid).is_err());
+}
+
+#[test]
+fn fast_sweep_equals_naive_on_a_real_model() {
+    // SmolLM2-135M, 30 layers: the full naive grid is 720 forwards, so check a sample of cells
+    let m = model("smollm2-135m");
+    let clean = m
+        .to_tokens(
+            "Mary is a human. Fido is a dog. Rachel is a human. Tom is a cat. The cat is",
+            None,
+        )
+        .unwrap();
+    let corrupt = m
+        .to_tokens(
+            "Mary is a human. Fido is a dog. Rachel is a cat. Tom is a human. The cat is",
+            None,
+        )
+        .unwrap();
+    let pairs = vec![(
+        m.to_single_token(" Tom").unwrap(),
+        m.to_single_token(" Rachel").unwrap(),
+    )];
+    let metric: candlelens::patching::Metric =
+        Box::new(move |l| Ok(metrics::mean(&metrics::logit_diff(l, &pairs)?)));
+    let mut p = Patcher::new(m, &clean, &corrupt, metric).unwrap();
+    p.progress = false;
+    let gap = (p.clean_metric() - p.corrupted_metric()).abs();
+    for t in [PatchTarget::ResidPre, PatchTarget::AttnOut] {
+        let fast = p.sweep(t).unwrap();
+        assert!(
+            fast.forward_equivalents * 20.0 < fast.naive_forwards as f64,
+            "{:?}: {} fe",
+            t,
+            fast.forward_equivalents
+        );
+        let n = clean.max_len();
+        for (l, pos) in [
+            (0, 11),
+            (0, n - 1),
+            (7, 12),
+            (15, 13),
+            (22, 15),
+            (29, n - 1),
+            (29, 3),
+        ] {
+            let naive = p.naive(t, l, pos).unwrap();
+            let d = (fast.values[l][pos] - naive).abs() * gap.min(1.0);
+            assert!(
+                d <= 1e-4,
+                "{t:?} ({l}, {pos}): fast {} naive {naive}",
+                fast.values[l][pos]
+            );
+        }
+    }
+}
+
+#[test]
+fn patching_errors_are_typed() {
+    let m = tiny("llama");
+    let a = m.to_tokens("The pet of this family is", None).unwrap();
+    let b = m.to_tokens("The pet is", None).unwrap();
+    let metric: candlelens::patching::Metric =
+        Box::new(|l| Ok(metrics::mean(&metrics::logit_diff(l, &[(5, 9)])?)));
+    let err = Patcher::new(&m, &a, &b, metric).err().unwrap();
+    assert!(err.to_string().contains("same number of tokens"), "{err}");
+    assert!(PatchTarget::parse("resid_pro").is_err());
+    assert_eq!(
+        PatchTarget::parse("hook_resid_pre").unwrap(),
+        PatchTarget::ResidPre
+    );
+}
