@@ -31,6 +31,7 @@ pub mod prompts;
 mod rope;
 pub mod tokenizer;
 pub mod tokens;
+pub mod viz;
 pub mod weights;
 
 pub use block::{ForwardCtx, PastKv};
@@ -56,6 +57,7 @@ pub mod prelude {
     pub use crate::patching::{PatchGrid, PatchTarget, Patcher};
     pub use crate::prompts::PromptTest;
     pub use crate::tokens::Tokens;
+    pub use crate::viz::{AttentionView, Figure, Table};
     pub use crate::Prompts;
     pub use candle_core::{DType, Device, IndexOp, Tensor, D};
 }
