@@ -25,6 +25,7 @@ pub mod hooks;
 pub mod load;
 pub mod metrics;
 pub mod model;
+pub mod notebook;
 pub mod patching;
 pub mod progress;
 pub mod prompts;

@@ -1,0 +1,56 @@
+//! Helpers for notebooks: which model to load (the source's or the embedded stand-in), and
+//! errors shown in a form the headless runner recognises.
+
+use crate::error::Result;
+use crate::load::LoadOptions;
+use crate::model::HookedTransformer;
+
+/// The environment variable that picks the models: `embedded` (default; works offline) or
+/// `source` (the models the source experiment used; needs the hub).
+pub const MODEL_SET_VAR: &str = "CANDLELENS_MODEL_SET";
+
+/// Whether notebooks should load the sources' models.
+pub fn use_source_models() -> bool {
+    std::env::var(MODEL_SET_VAR).is_ok_and(|v| v.eq_ignore_ascii_case("source"))
+}
+
+/// `source` if `CANDLELENS_MODEL_SET=source`, else `embedded`; prints the choice.
+pub fn pick_model<'a>(source: &'a str, embedded: &'a str) -> &'a str {
+    let (name, why) = if use_source_models() {
+        (source, format!("{MODEL_SET_VAR}=source"))
+    } else {
+        (
+            embedded,
+            format!(
+                "embedded stand-in for the source's {source}; set {MODEL_SET_VAR}=source for it"
+            ),
+        )
+    };
+    println!("Using model {name} ({why})");
+    name
+}
+
+/// Loads the model [`pick_model`] chooses (device and dtype from `CANDLELENS_DEVICE` /
+/// `CANDLELENS_DTYPE`, default cpu / f32) and prints a one-line summary.
+///
+/// # Errors
+/// Loading errors.
+pub fn load(source: &str, embedded: &str) -> Result<HookedTransformer> {
+    let name = pick_model(source, embedded);
+    let device = std::env::var("CANDLELENS_DEVICE").unwrap_or_else(|_| "cpu".into());
+    let dtype = std::env::var("CANDLELENS_DTYPE").unwrap_or_else(|_| "f32".into());
+    let model =
+        HookedTransformer::from_pretrained_with(name, &LoadOptions::parse(&device, &dtype)?)?;
+    let c = &model.cfg;
+    println!(
+        "{}: {} layers, d_model {}, {} heads ({} kv), d_vocab {}, {:.0}M parameters",
+        c.architecture,
+        c.n_layers,
+        c.d_model,
+        c.n_heads,
+        c.n_kv_heads,
+        c.d_vocab,
+        c.n_params() as f64 / 1e6
+    );
+    Ok(model)
+}
