@@ -41,6 +41,44 @@ pub struct Attribution {
     pub note: Option<String>,
 }
 
+impl Attribution {
+    /// The `k` largest components, largest first: `(label, index, value)`.
+    pub fn top(&self, k: usize) -> Vec<(String, usize, f32)> {
+        let mut order: Vec<usize> = (0..self.values.len()).collect();
+        order.sort_by(|&a, &b| self.values[b].total_cmp(&self.values[a]));
+        order
+            .into_iter()
+            .take(k)
+            .map(|i| (self.labels[i].clone(), i, self.values[i]))
+            .collect()
+    }
+
+    /// The `k` smallest (most negative) components, smallest first.
+    pub fn bottom(&self, k: usize) -> Vec<(String, usize, f32)> {
+        let mut order: Vec<usize> = (0..self.values.len()).collect();
+        order.sort_by(|&a, &b| self.values[a].total_cmp(&self.values[b]));
+        order
+            .into_iter()
+            .take(k)
+            .map(|i| (self.labels[i].clone(), i, self.values[i]))
+            .collect()
+    }
+
+    /// Values reshaped to `[rows][cols]` (per-head attribution as layer x head).
+    ///
+    /// # Errors
+    /// [`LensError::InvalidArgument`] if the count does not fit.
+    pub fn grid(&self, rows: usize, cols: usize) -> Result<Vec<Vec<f32>>> {
+        if rows * cols != self.values.len() {
+            return Err(LensError::InvalidArgument(format!(
+                "{} values do not make a {rows} x {cols} grid",
+                self.values.len()
+            )));
+        }
+        Ok(self.values.chunks(cols).map(<[f32]>::to_vec).collect())
+    }
+}
+
 impl ActivationCache {
     /// Picks positions from a `[batch, pos, ...]` activation.
     fn select(&self, t: &Tensor, pos: Pos) -> Result<Tensor> {

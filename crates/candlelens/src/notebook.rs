@@ -54,3 +54,34 @@ pub fn load(source: &str, embedded: &str) -> Result<HookedTransformer> {
     );
     Ok(model)
 }
+
+/// The prompt and answers as this model can score them as single next tokens. Where an answer
+/// with a leading space is not one token but is one without it (Gemma and SmolLM2 write " 5"
+/// as " " + "5"), the space moves to the end of the prompt; otherwise both stay as given.
+/// Returns `(prompt, answers, note)`, the note saying what changed.
+pub fn adapt_answers(
+    model: &HookedTransformer,
+    prompt: &str,
+    answers: &[&str],
+) -> (String, Vec<String>, Option<String>) {
+    let given = || answers.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+    if answers.iter().all(|a| model.to_single_token(a).is_ok()) {
+        return (prompt.to_string(), given(), None);
+    }
+    let stripped: Vec<String> = answers
+        .iter()
+        .map(|a| a.trim_start_matches(' ').to_string())
+        .collect();
+    if answers.iter().all(|a| a.starts_with(' '))
+        && stripped.iter().all(|a| model.to_single_token(a).is_ok())
+    {
+        let note = format!(
+            "{:?} are not single tokens for this tokenizer: scoring {:?} after {:?}",
+            answers,
+            stripped,
+            format!("{prompt} ")
+        );
+        return (format!("{prompt} "), stripped, Some(note));
+    }
+    (prompt.to_string(), given(), None)
+}

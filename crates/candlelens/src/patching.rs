@@ -110,6 +110,40 @@ pub struct PatchGrid {
 /// A grid cell `(row, col)` and the metric its patched run scored.
 type CellMetric = ((usize, usize), f32);
 
+impl PatchGrid {
+    /// The grid as a heatmap; `col_labels` (e.g. `"Peb_26"`) replace the numeric columns.
+    pub fn figure(&self, title: &str, col_labels: Option<Vec<String>>) -> crate::viz::Figure {
+        let (x, y) = match self.target {
+            PatchTarget::HeadsAllPos => ("Head", "Layer"),
+            PatchTarget::HeadsByPos => ("Position", "Head"),
+            _ => ("Position", "Layer"),
+        };
+        crate::viz::Figure::heatmap(
+            self.values.clone(),
+            col_labels.unwrap_or_else(|| self.col_labels.clone()),
+            self.row_labels.clone(),
+            title,
+        )
+        .axes(x, y)
+    }
+
+    /// The `k` cells with the largest absolute score: `(row label, col label, score)`.
+    pub fn strongest(&self, k: usize) -> Vec<(String, String, f32)> {
+        let mut cells: Vec<(usize, usize, f32)> = self
+            .values
+            .iter()
+            .enumerate()
+            .flat_map(|(r, row)| row.iter().enumerate().map(move |(c, &v)| (r, c, v)))
+            .collect();
+        cells.sort_by(|a, b| b.2.abs().total_cmp(&a.2.abs()));
+        cells
+            .into_iter()
+            .take(k)
+            .map(|(r, c, v)| (self.row_labels[r].clone(), self.col_labels[c].clone(), v))
+            .collect()
+    }
+}
+
 /// Where a patched run enters the network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stage {

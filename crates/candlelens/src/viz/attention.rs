@@ -52,6 +52,37 @@ impl AttentionView {
         })
     }
 
+    /// The patterns of `heads` (`(layer, head)`) for prompt `batch` of a cache that holds them.
+    ///
+    /// # Errors
+    /// [`LensError::NotCached`] without `hook_pattern` for a layer; tokenizer errors.
+    pub fn from_cache(
+        model: &crate::model::HookedTransformer,
+        cache: &crate::cache::ActivationCache,
+        batch: usize,
+        heads: &[(usize, usize)],
+        title: &str,
+    ) -> Result<Self> {
+        use candle_core::{DType, IndexOp};
+        let tokens = cache
+            .tokens()
+            .ok_or_else(|| LensError::InvalidArgument("the cache has no tokens".into()))?;
+        let len = tokens.lengths()[batch];
+        let str_tokens = model.ids_to_str_tokens(tokens.row(batch))?;
+        let mut patterns = Vec::new();
+        let mut labels = Vec::new();
+        for &(l, h) in heads {
+            let p = cache
+                .at(crate::hooks::HookPoint::Pattern(l))?
+                .i((batch, h, ..len, ..len))?
+                .to_dtype(DType::F32)?
+                .to_vec2::<f32>()?;
+            patterns.push(p);
+            labels.push(format!("L{l}H{h}"));
+        }
+        Self::new(title, str_tokens, patterns, labels)
+    }
+
     /// The widget as an HTML fragment with its data and script inline.
     pub fn to_html(&self) -> String {
         let id = format!(

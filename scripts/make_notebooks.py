@@ -1,0 +1,424 @@
+"""Writes the notebooks under notebooks/ from the cell sources below (kept in Python so the
+notebooks' JSON stays tidy and reviewable). Run by hand after editing: python3 scripts/make_notebooks.py"""
+
+import json
+from pathlib import Path
+
+md = lambda s: {"cell_type": "markdown", "metadata": {}, "source": s.strip("\n")}
+code = lambda s: {"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [], "source": s.strip("\n")}
+
+TOUR = [
+    md("""
+# A tour of Candlelens
+
+The TransformerLens workflow in Rust: load a model, look at its predictions, cache every
+activation, read the residual stream through the logit lens, patch activations, and look at
+attention patterns. This notebook runs offline on an embedded model (Gemma 3 270M) and doubles as
+the project's smoke test. The prompt is the pet analogy of the patching study
+(`notebooks/pet-analogy-patching.ipynb` reproduces it in full).
+
+Set `CANDLELENS_MODEL_SET=source` to run GPT-2 small instead (needs the Hugging Face hub).
+"""),
+    code("""
+:dep candlelens = { path = "../crates/candlelens" }
+use candlelens::prelude::*;
+use candlelens::metrics;
+"""),
+    md("""
+## Load a model
+
+`notebook::load` picks the source's model or the embedded stand-in and prints which it used.
+"""),
+    code("""
+let model = candlelens::notebook::load("gpt2", "gemma-3-270m")?;
+const PET: &str = "Mary is a human. Fido is a dog. The pet of this family is Fido. Rachel is a human. Pebbles is a cat. The pet of this family is";
+println!("{:?}", model.to_str_tokens(PET, None)?);
+"""),
+    md("""
+## What does the model predict?
+
+`test_prompt` shows the answer's rank and the top-10 next tokens, as TransformerLens prints them.
+The right answer is " Peb" (the first token of " Pebbles"); the distractor is " Rachel".
+"""),
+    code("""
+model.test_prompt(PET, " Peb", None, false, 10)?.evcxr_display();
+"""),
+    md("""
+## Cache every activation and read the logit lens
+
+`run_with_cache` keeps every hook point under its TransformerLens name. The logit lens projects
+the residual stream, as it accumulates layer by layer, onto the direction
+`W_U[" Peb"] - W_U[" Rachel"]` (through the final norm, with its scale frozen at the cached value):
+where does the model decide?
+"""),
+    code("""
+let tokens = model.to_tokens(PET, None)?;
+let pairs = [(model.to_single_token(" Peb")?, model.to_single_token(" Rachel")?)];
+let (logits, cache) = model.run_with_cache(&tokens, None)?;
+let diff = metrics::logit_diff(&model.gather_last(&logits, &tokens)?, &pairs)?;
+println!("logit difference ' Peb' - ' Rachel': {:.4}", diff[0]);
+println!("blocks.0.attn.hook_pattern: {:?}", cache.get("blocks.0.attn.hook_pattern")?.dims());
+let dirs = model.logit_diff_directions(&pairs)?;
+let acc = cache.accumulated_resid(None, true, Pos::Last)?;
+let lens = model.logit_attribution(&cache, &acc, Pos::Last, &dirs)?;
+let x: Vec<f32> = (0..lens.values.len()).map(|i| i as f32 / 2.0).collect();
+Figure::line(x, vec![("logit diff".into(), lens.values.clone())], Some(lens.labels.clone()),
+    "Logit difference from the accumulated residual stream")
+    .axes("layer", "logit diff").evcxr_display();
+"""),
+    md("""
+## Activation patching
+
+Swap the last two sentences ("Pebbles is a cat. Rachel is a human.") to corrupt the prompt, then put
+the clean residual stream back one (layer, position) at a time. 1 means the clean logit difference
+is fully restored, 0 means no effect. The sweep is exact and only recomputes what a patch can change.
+"""),
+    code("""
+const SWAPPED: &str = "Mary is a human. Fido is a dog. The pet of this family is Fido. Pebbles is a cat. Rachel is a human. The pet of this family is";
+let corrupt = model.to_tokens(SWAPPED, None)?;
+let metric_pairs = pairs.to_vec();
+let metric: candlelens::patching::Metric = Box::new(move |l| Ok(metrics::mean(&metrics::logit_diff(l, &metric_pairs)?)));
+let grid = Patcher::new(&model, &tokens, &corrupt, metric)?.sweep(PatchTarget::ResidPre)?;
+println!("clean {:.3}, corrupted {:.3}; sweep {:.1} s ({:.0} forward-equivalents instead of {})",
+    grid.clean, grid.corrupted, grid.seconds, grid.forward_equivalents, grid.naive_forwards);
+let labels: Vec<String> = model.ids_to_str_tokens(tokens.row(0))?.iter().enumerate()
+    .map(|(i, t)| format!("{t}_{i}")).collect();
+Figure::heatmap(grid.values.clone(), labels, grid.row_labels.clone(), "Logit Difference From Patched Residual Stream")
+    .axes("Position", "Layer").evcxr_display();
+"""),
+    md("""
+## Attention patterns
+
+Which heads write the answer? Per-head direct logit attribution ranks them; the viewer shows the
+patterns of the top three (pick a head, hover a cell).
+"""),
+    code("""
+let heads = cache.stack_head_results(&model, None, Pos::Last)?;
+let attr = model.logit_attribution(&cache, &heads, Pos::Last, &dirs)?;
+let mut order: Vec<usize> = (0..attr.values.len()).collect();
+order.sort_by(|&a, &b| attr.values[b].total_cmp(&attr.values[a]));
+let top: Vec<usize> = order.into_iter().take(3).collect();
+for &i in &top { println!("{}: {:+.3}", attr.labels[i], attr.values[i]); }
+let str_tokens = model.ids_to_str_tokens(tokens.row(0))?;
+let mut patterns = Vec::new();
+for &i in &top {
+    let (l, h) = (i / model.cfg.n_heads, i % model.cfg.n_heads);
+    let p = cache.at(HookPoint::Pattern(l))?.i((0, h))?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+    patterns.push(p);
+}
+let labels: Vec<String> = top.iter().map(|&i| attr.labels[i].clone()).collect();
+AttentionView::new("Top heads by direct logit attribution", str_tokens, patterns, labels)?.evcxr_display();
+"""),
+    md("""
+## Where next
+
+- `notebooks/` holds one notebook per source experiment.
+- `cargo doc --open -p candlelens` documents every function with TransformerLens's names and shapes.
+"""),
+]
+
+
+
+PET = [
+    md("""
+# The pet-analogy patching study
+
+Reproduces `shared/seeds/002_a10da29a1469ef09.txt` ("Analyze GPT-2-Small / GPT-2-Large"): the
+model's loss on a number sequence, `test_prompt` on every prompt the source tries, the logit
+difference and its logit lens, direct logit attribution per layer and per head, the attention
+patterns of the heads that matter most, and activation patching of the residual stream for four
+corruptions.
+
+Models: the source ran GPT-2 small and GPT-2 large. Offline this notebook runs the embedded
+Gemma 3 270M; `CANDLELENS_MODEL_SET=source` runs GPT-2 small, and
+`CANDLELENS_PET_SOURCE=gpt2-large` picks the large one. Numbers the source printed are quoted
+next to ours; they match only for the source's model.
+"""),
+    code("""
+:dep candlelens = { path = "../crates/candlelens" }
+use candlelens::prelude::*;
+use candlelens::{metrics, notebook};
+"""),
+    code("""
+let source = std::env::var("CANDLELENS_PET_SOURCE").unwrap_or_else(|_| "gpt2".to_string());
+let model = notebook::load(&source, "gemma-3-270m")?;
+"""),
+    md("""
+## Loss
+
+The source: `Model loss: 2.1871` (GPT-2 small) and `2.5091` (GPT-2 large) on "1 2 3 4", with BOS.
+"""),
+    code("""
+let loss = model.loss(&model.to_tokens("1 2 3 4", Some(true))?)?;
+println!("Model loss: {loss:.4}");
+"""),
+    md("""
+## Test prompts
+
+Every prompt the source tries, with its answer. Where an answer like `" 5"` is two tokens for this
+tokenizer (Gemma writes digits one by one), the space moves into the prompt and the digit is the
+answer; the note says so. The full TransformerLens-style output is printed; the table sums it up.
+"""),
+    code("""
+let tests: &[(&str, &str)] = &[
+    ("1 2 3 4", " 5"),
+    ("2 4", " 6"),
+    ("2 4 6", " 8"),
+    ("2 4 6 8", " 10"),
+    ("Monday Tuesday Wednesday", " Thursday"),
+    ("Mary is a human. Fido is a dog. The pet of this family is Fido. Rachel is a human. Pebbles is a cat. The pet of this family is", " Peb"),
+    ("Mary is a human. Fido is a dog. The pet of this family is Fido. Pebbles is a cat. Rachel is a human. The pet of this family is", " Peb"),
+    ("When John and Mary went to the shops, John gave the bag to", " Mary"),
+    ("When Mary and John went to the shops, John gave the bag to", " Mary"),
+    ("Mary is a teacher. Fido is a student. The child is Fido. Pebbles is a student. Rachel is a teacher. The child is", " Peb"),
+    ("Mary. Fido. Fido. Pebbles. Rachel. ", " Rachel"),
+    ("Mary is X. Fido is Y. Z is Fido. Pebbles is Y. Rachel is X. Z is ", " Peb"),
+    ("Mary is X. Fido is Y. Z is Fido. Pebbles is Y. Rachel is X. Z is", " Peb"),
+    ("Mary is X. Fido is Y. Z is Fido. Pebbles is X. Rachel is Y. Z is", " Peb"),
+    ("Mary is the hero. Fido is the mentor. The main character is Mary. Pebbles is the hero. Rachel is the mentor. The main character is", " Peb"),
+    ("Mary is X. Fido is Y. Z is Fido. John is Y. Larry is X. Z is John. Pebbles is X. Rachel is Y. Z is", " Peb"),
+    ("The human is Mary. The dog is Fido. The pet is Fido. The dog is Pebbles. The human is Rachel. The pet is", " Peb"),
+    ("The human is Mary. The dog is Fido. The pet is Fido. The human is Rachel. The dog is Pebbles. The pet is", " Peb"),
+];
+let mut summary = Table::new("test_prompt summary", ["prompt", "answer", "rank", "prob", "top-3"]);
+for (prompt, answer) in tests {
+    let (p, a, note) = notebook::adapt_answers(&model, prompt, &[answer]);
+    if let Some(n) = note { println!("note: {n}"); }
+    let t = model.test_prompt(&p, &a[0], Some(true), true, 10)?;
+    println!("{t}");
+    let top3: Vec<String> = t.top_k[0].iter().take(3).map(|x| format!("{:?}", x.token)).collect();
+    summary.row([format!("{p:?}"), format!("{:?}", t.answer_tokens.concat()), t.answer[0].rank.to_string(),
+                 format!("{:.1}%", t.answer[0].prob * 100.0), top3.join(" ")]);
+}
+summary.evcxr_display();
+"""),
+    md("""
+## Number sequence: logit difference and logit lens
+
+The source compares `" 5"` with `" Next"` after "1 2 3 4" (GPT-2 small: `5.4894`). The logit lens
+reads the accumulated residual stream, final norm applied with its cached scale, along
+`W_U[correct] - W_U[incorrect]`.
+"""),
+    code("""
+/// Logit difference, logit lens and the attributions one analysis section needs.
+struct Analysis { tokens: Tokens, cache: ActivationCache, pairs: Vec<(u32, u32)>, dirs: Tensor }
+
+fn analyse(model: &HookedTransformer, prompts: &[&str], answers: &[(&str, &str)]) -> candlelens::Result<Analysis> {
+    let tokens = model.to_tokens(prompts, Some(true))?;
+    let pairs = answers.iter()
+        .map(|(c, i)| Ok((model.to_single_token(c)?, model.to_single_token(i)?)))
+        .collect::<candlelens::Result<Vec<_>>>()?;
+    let (logits, cache) = model.run_with_cache(&tokens, None)?;
+    let per_prompt = metrics::logit_diff(&model.gather_last(&logits, &tokens)?, &pairs)?;
+    println!("Per prompt logit difference: {per_prompt:?}");
+    println!("Average logit difference: {:.4}", metrics::mean(&per_prompt));
+    let dirs = model.logit_diff_directions(&pairs)?;
+    Ok(Analysis { tokens, cache, pairs, dirs })
+}
+
+fn logit_lens(model: &HookedTransformer, a: &Analysis, title: &str) -> candlelens::Result<Figure> {
+    let acc = a.cache.accumulated_resid(None, true, Pos::Last)?;
+    let lens = model.logit_attribution(&a.cache, &acc, Pos::Last, &a.dirs)?;
+    if let Some(n) = &lens.note { println!("note: {n}"); }
+    let x: Vec<f32> = (0..lens.values.len()).map(|i| i as f32 / 2.0).collect();
+    Ok(Figure::line(x, vec![("logit diff".into(), lens.values)], Some(lens.labels), title).axes("layer", "logit diff"))
+}
+
+let (seq_prompt, seq_answers, note) = notebook::adapt_answers(&model, "1 2 3 4", &[" 5", " Next"]);
+if let Some(n) = note { println!("note: {n}"); }
+let seq = analyse(&model, &[seq_prompt.as_str()], &[(seq_answers[0].as_str(), seq_answers[1].as_str())])?;
+logit_lens(&model, &seq, "Logit Difference From Accumulate Residual Stream")?.evcxr_display();
+"""),
+    md("""
+### Per-layer attribution
+
+Each attention and MLP layer's direct contribution to the logit difference (`decompose_resid`).
+"""),
+    code("""
+fn per_layer(model: &HookedTransformer, a: &Analysis, title: &str) -> candlelens::Result<Figure> {
+    let dec = a.cache.decompose_resid(None, true, Pos::Last)?;
+    let attr = model.logit_attribution(&a.cache, &dec, Pos::Last, &a.dirs)?;
+    for (label, _, v) in attr.top(3) { println!("largest: {label} {v:+.3}"); }
+    for (label, _, v) in attr.bottom(2) { println!("most negative: {label} {v:+.3}"); }
+    Ok(Figure::bar(attr.labels, attr.values, title).axes("", "logit diff"))
+}
+per_layer(&model, &seq, "Logit Difference From Each Layer")?.evcxr_display();
+"""),
+    md("""
+### Per-head attribution
+"""),
+    code("""
+fn per_head(model: &HookedTransformer, a: &Analysis) -> candlelens::Result<candlelens::analysis::Attribution> {
+    let heads = a.cache.stack_head_results(model, None, Pos::Last)?;
+    model.logit_attribution(&a.cache, &heads, Pos::Last, &a.dirs)
+}
+fn head_heatmap(model: &HookedTransformer, attr: &candlelens::analysis::Attribution) -> candlelens::Result<Figure> {
+    let heads: Vec<String> = (0..model.cfg.n_heads).map(|h| h.to_string()).collect();
+    let layers: Vec<String> = (0..model.cfg.n_layers).map(|l| l.to_string()).collect();
+    Ok(Figure::heatmap(attr.grid(model.cfg.n_layers, model.cfg.n_heads)?, heads, layers, "Logit Difference From Each Head").axes("Head", "Layer"))
+}
+let seq_heads = per_head(&model, &seq)?;
+head_heatmap(&model, &seq_heads)?.evcxr_display();
+"""),
+    md("""
+### Attention patterns of the top heads
+
+The three heads with the largest positive and the three with the most negative direct logit
+attribution (pick a head, hover a cell).
+"""),
+    code("""
+fn head_ids(model: &HookedTransformer, picked: &[(String, usize, f32)]) -> Vec<(usize, usize)> {
+    picked.iter().map(|(_, i, _)| (i / model.cfg.n_heads, i % model.cfg.n_heads)).collect()
+}
+println!("top positive: {:?}", seq_heads.top(3));
+AttentionView::from_cache(&model, &seq.cache, 0, &head_ids(&model, &seq_heads.top(3)), "Top 3 Positive Logit Attribution Heads")?.evcxr_display();
+"""),
+    code("""
+println!("top negative: {:?}", seq_heads.bottom(3));
+AttentionView::from_cache(&model, &seq.cache, 0, &head_ids(&model, &seq_heads.bottom(3)), "Top 3 Negative Logit Attribution Heads")?.evcxr_display();
+"""),
+    md("""
+## The pet analogy
+
+"... Rachel is a human. Pebbles is a cat. The pet of this family is" → `" Peb"` rather than
+`" Rachel"` (the source: GPT-2 small `5.5811`, GPT-2 large `4.5368`).
+"""),
+    code("""
+const PET: &str = "Mary is a human. Fido is a dog. The pet of this family is Fido. Rachel is a human. Pebbles is a cat. The pet of this family is";
+let pet = analyse(&model, &[PET], &[(" Peb", " Rachel")])?;
+logit_lens(&model, &pet, "Logit Difference From Accumulate Residual Stream")?.evcxr_display();
+"""),
+    code("""
+per_layer(&model, &pet, "Logit Difference From Each Layer")?.evcxr_display();
+"""),
+    code("""
+let pet_heads = per_head(&model, &pet)?;
+head_heatmap(&model, &pet_heads)?.evcxr_display();
+"""),
+    code("""
+println!("top positive: {:?}", pet_heads.top(3));
+AttentionView::from_cache(&model, &pet.cache, 0, &head_ids(&model, &pet_heads.top(3)), "Top 3 Positive Logit Attribution Heads")?.evcxr_display();
+"""),
+    code("""
+println!("top negative: {:?}", pet_heads.bottom(3));
+AttentionView::from_cache(&model, &pet.cache, 0, &head_ids(&model, &pet_heads.bottom(3)), "Top 3 Negative Logit Attribution Heads")?.evcxr_display();
+"""),
+    md("""
+## Activation patching of the residual stream
+
+Run the corrupted prompt, put the clean `resid_pre` back at one (layer, position), and measure
+`(patched - corrupted) / (clean - corrupted)` of the logit difference: 1 = the clean answer is
+fully restored, 0 = no effect. The sweep is exact (tested equal to one forward per cell).
+
+### Corrupt by swapping sentences
+
+"Pebbles is a cat. Rachel is a human." — the source (GPT-2 large): corrupted `-2.9183`, clean
+`4.5368`; "early and middle layers attend negatively to Rachel, positively to Pebbles (esp
+'bles'), and then attention moves so that later layers attend to the last token 'is'".
+"""),
+    code("""
+fn patch_resid(model: &HookedTransformer, clean: &[&str], corrupt: &[&str], answers: &[(&str, &str)], title: &str) -> candlelens::Result<Figure> {
+    let clean_t = model.to_tokens(clean, Some(true))?;
+    let corrupt_t = model.to_tokens(corrupt, Some(true))?;
+    let pairs = answers.iter()
+        .map(|(c, i)| Ok((model.to_single_token(c)?, model.to_single_token(i)?)))
+        .collect::<candlelens::Result<Vec<_>>>()?;
+    let metric: candlelens::patching::Metric = Box::new(move |l| Ok(metrics::mean(&metrics::logit_diff(l, &pairs)?)));
+    let grid = Patcher::new(model, &clean_t, &corrupt_t, metric)?.sweep(PatchTarget::ResidPre)?;
+    println!("Corrupted Average Logit Diff {:.4}", grid.corrupted);
+    println!("Clean Average Logit Diff {:.4}", grid.clean);
+    if (grid.clean - grid.corrupted).abs() < 0.1 * grid.clean.abs().max(1.0) {
+        println!("warning: this corruption barely moves the logit difference for this model, so the \
+                  normalised scores divide by a small number and are not meaningful");
+    }
+    let labels: Vec<String> = model.ids_to_str_tokens(clean_t.row(0))?.iter().enumerate().map(|(i, t)| format!("{t}_{i}")).collect();
+    let strongest: Vec<String> = grid.strongest(5).iter()
+        .map(|(l, p, v)| format!("layer {l} at {}: {v:+.2}", labels[p.parse::<usize>().unwrap_or(0)])).collect();
+    println!("strongest cells: {}", strongest.join("; "));
+    println!("sweep {:.1} s, {:.0} forward-equivalents instead of {}", grid.seconds, grid.forward_equivalents, grid.naive_forwards);
+    Ok(grid.figure(title, Some(labels)))
+}
+patch_resid(&model, &[PET],
+    &["Mary is a human. Fido is a dog. The pet of this family is Fido. Pebbles is a cat. Rachel is a human. The pet of this family is"],
+    &[(" Peb", " Rachel")], "Logit Difference From Patched Residual Stream (sentence swap)")?.evcxr_display();
+"""),
+    md("""
+### Corrupt by switching words
+
+"Rachel is a cat. Pebbles is a human." — the words swap, the sentence order stays.
+"""),
+    code("""
+patch_resid(&model, &[PET],
+    &["Mary is a human. Fido is a dog. The pet of this family is Fido. Rachel is a cat. Pebbles is a human. The pet of this family is"],
+    &[(" Peb", " Rachel")], "Logit Difference From Patched Residual Stream (word swap)")?.evcxr_display();
+"""),
+    md("""
+### The IOI batch the source's patching demo came from
+
+Eight prompts, each corrupted by swapping the subject's name with its partner's. Names that are
+several tokens for this tokenizer would break the pairing, so they are checked first.
+"""),
+    code("""
+let formats = ["When John and Mary went to the shops,{} gave the bag to", "When Tom and James went to the park,{} gave the ball to",
+               "When Dan and Sid went to the shops,{} gave an apple to", "After Martin and Amy went to the park,{} gave a drink to"];
+let names = [(" Mary", " John"), (" Tom", " James"), (" Dan", " Sid"), (" Martin", " Amy")];
+let mut ioi_prompts = Vec::new();
+let mut ioi_answers = Vec::new();
+for (f, (a, b)) in formats.iter().zip(names) {
+    for (c, i) in [(a, b), (b, a)] {
+        ioi_answers.push((c, i));
+        ioi_prompts.push(f.replace("{}", i));
+    }
+}
+let mut ioi_corrupt = Vec::new();
+for pair in ioi_prompts.chunks(2) { ioi_corrupt.push(pair[1].clone()); ioi_corrupt.push(pair[0].clone()); }
+println!("{ioi_prompts:?}");
+println!("{ioi_answers:?}");
+{
+    // borrowed views live only inside this block (evcxr keeps a cell's variables across cells)
+    let p: Vec<&str> = ioi_prompts.iter().map(|s| s.as_str()).collect();
+    let c: Vec<&str> = ioi_corrupt.iter().map(|s| s.as_str()).collect();
+    patch_resid(&model, &p, &c, &ioi_answers, "Logit Difference From Patched Residual Stream (IOI, names swapped)")?.evcxr_display();
+}
+"""),
+    md("""
+### Number sequence "1 2 3 5"
+
+The source: corrupted `-2.7137`, clean `7.3265` (GPT-2 large); "all the layers outputting to the
+residual stream attend highly to the last token, the one that was changed".
+"""),
+    code("""
+let (p1, a1, _) = notebook::adapt_answers(&model, "1 2 3 4", &[" 5", " Next"]);
+let (p2, _, _) = notebook::adapt_answers(&model, "1 2 3 5", &[" 5", " Next"]);
+patch_resid(&model, &[p1.as_str()], &[p2.as_str()], &[(a1[0].as_str(), a1[1].as_str())],
+    "Logit Difference From Patched Residual Stream (1 2 3 5)")?.evcxr_display();
+"""),
+    md("""
+## Reading the figures
+
+The printed "strongest cells" lines say, for the model actually run, where patching restores the
+answer: compare them with the source's reading for GPT-2 quoted above each heatmap. A cell near 1
+at an early layer and the position of " Peb"/"bles" means the information still sits at that token;
+cells near 1 at the final position in late layers mean it has moved to where the prediction is made.
+"""),
+]
+
+
+def write(name, cells, expect):
+    nb = {
+        "cells": [dict(c, id=f"cell-{i}") for i, c in enumerate(cells)],
+        "metadata": {
+            "kernelspec": {"display_name": "Rust", "language": "rust", "name": "rust"},
+            "language_info": {"name": "Rust", "file_extension": ".rs", "mimetype": "text/rust"},
+            "candlelens": {"expect": expect},
+        },
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    out = Path(__file__).resolve().parent.parent / "notebooks" / f"{name}.ipynb"
+    out.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+    print(f"wrote {out}")
+
+
+write("00-tour", TOUR, ["image/svg+xml", "text/html"])
+write("pet-analogy-patching", PET, ["image/svg+xml", "text/html"])
