@@ -4,7 +4,10 @@
 use std::path::PathBuf;
 
 /// Everything that can go wrong in Candlelens.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Debug` prints the same message as `Display`, so that `?` in a notebook cell or in `main`
+/// shows the message and its fix rather than a struct dump.
+#[derive(thiserror::Error)]
 pub enum LensError {
     /// A model name that is neither an alias, a local path, nor a plausible hub repo id.
     #[error("unknown model '{name}'{hint}. Use an alias (`lens models` lists them), a local folder with config.json, a .gguf file, or a hub repo id like 'owner/name'")]
@@ -121,6 +124,12 @@ pub enum LensError {
     Json { what: String, detail: String },
 }
 
+impl std::fmt::Debug for LensError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
 /// Result type of the library.
 pub type Result<T> = std::result::Result<T, LensError>;
 
@@ -160,6 +169,12 @@ mod tests {
         let hint = did_you_mean("hook_resid_pr", ["hook_resid_pre", "hook_resid_post"]);
         assert_eq!(hint, " (did you mean 'hook_resid_pre'?)");
         assert_eq!(did_you_mean("zzzzzzzz", ["hook_resid_pre"]), "");
+    }
+
+    #[test]
+    fn debug_is_the_message() {
+        let e = LensError::EmptyPrompt;
+        assert_eq!(format!("{e:?}"), e.to_string());
     }
 
     #[test]
