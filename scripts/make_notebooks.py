@@ -328,8 +328,7 @@ fn patch_resid(model: &HookedTransformer, clean: &[&str], corrupt: &[&str], answ
     println!("Corrupted Average Logit Diff {:.4}", grid.corrupted);
     println!("Clean Average Logit Diff {:.4}", grid.clean);
     if (grid.clean - grid.corrupted).abs() < 0.1 * grid.clean.abs().max(1.0) {
-        println!("warning: this corruption barely moves the logit difference for this model, so the \
-                  normalised scores divide by a small number and are not meaningful");
+        println!("warning: this corruption barely moves the logit difference for this model, so the normalised scores divide by a small number and are not meaningful");
     }
     let labels: Vec<String> = model.ids_to_str_tokens(clean_t.row(0))?.iter().enumerate().map(|(i, t)| format!("{t}_{i}")).collect();
     let strongest: Vec<String> = grid.strongest(5).iter()
