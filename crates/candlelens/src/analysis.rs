@@ -96,13 +96,7 @@ impl ActivationCache {
                 let tokens = self.tokens().ok_or_else(|| {
                     LensError::InvalidArgument("this cache has no tokens; use Pos::At(-1)".into())
                 })?;
-                let rows = tokens
-                    .last_positions()
-                    .iter()
-                    .enumerate()
-                    .map(|(b, &p)| t.i((b, p)))
-                    .collect::<candle_core::Result<Vec<_>>>()?;
-                Ok(Tensor::stack(&rows, 0)?)
+                tokens.gather_last(t)
             }
         }
     }

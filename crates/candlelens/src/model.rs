@@ -371,12 +371,6 @@ impl HookedTransformer {
     /// # Errors
     /// Tensor errors.
     pub fn gather_last(&self, x: &Tensor, tokens: &Tokens) -> Result<Tensor> {
-        let rows = tokens
-            .last_positions()
-            .iter()
-            .enumerate()
-            .map(|(b, &p)| x.i((b, p)))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Tensor::stack(&rows, 0)?)
+        tokens.gather_last(x)
     }
 }

@@ -349,28 +349,20 @@ impl<'m> Patcher<'m> {
                         if same(&clean_v, &corrupt_v)? {
                             continue;
                         }
+                        // the clean value enters the residual stream as it is, at this stage
+                        let resid_at = |layer: usize, stage: Stage| -> Result<Injection> {
+                            Ok(Injection {
+                                layer,
+                                stage,
+                                start: p,
+                                rows: self.rows_with(self.corrupt.at(hp)?, p, &clean_v)?,
+                                cell: (l, p),
+                            })
+                        };
                         let inj = match target {
-                            PatchTarget::ResidPre => Injection {
-                                layer: l,
-                                stage: Stage::Pre,
-                                start: p,
-                                rows: self.rows_with(self.corrupt.at(hp)?, p, &clean_v)?,
-                                cell: (l, p),
-                            },
-                            PatchTarget::ResidMid => Injection {
-                                layer: l,
-                                stage: Stage::Mid,
-                                start: p,
-                                rows: self.rows_with(self.corrupt.at(hp)?, p, &clean_v)?,
-                                cell: (l, p),
-                            },
-                            PatchTarget::ResidPost => Injection {
-                                layer: l + 1,
-                                stage: Stage::Pre,
-                                start: p,
-                                rows: self.rows_with(self.corrupt.at(hp)?, p, &clean_v)?,
-                                cell: (l, p),
-                            },
+                            PatchTarget::ResidPre => resid_at(l, Stage::Pre)?,
+                            PatchTarget::ResidMid => resid_at(l, Stage::Mid)?,
+                            PatchTarget::ResidPost => resid_at(l + 1, Stage::Pre)?,
                             PatchTarget::AttnOut => {
                                 self.attn_injection(l, p, &clean_v.unsqueeze(1)?, (l, p))?
                             }

@@ -93,6 +93,21 @@ impl Tokens {
         Ok(Tensor::from_vec(flat, (self.batch(), n), device)?)
     }
 
+    /// Picks each prompt's final real position from `x [batch, pos, ...]` -> `[batch, ...]`.
+    ///
+    /// # Errors
+    /// Shape errors.
+    pub fn gather_last(&self, x: &Tensor) -> Result<Tensor> {
+        use candle_core::IndexOp;
+        let rows = self
+            .last_positions()
+            .iter()
+            .enumerate()
+            .map(|(b, &p)| x.i((b, p)))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Tensor::stack(&rows, 0)?)
+    }
+
     /// Resolves a possibly negative position (`-1` = last) for prompt `i`.
     ///
     /// # Errors
