@@ -403,6 +403,228 @@ cells near 1 at the final position in late layers mean it has moved to where the
 ]
 
 
+PARIS = [
+    md("""
+# Factual knowledge about Paris: yes/no questions with answer-token groups
+
+Reproduces `shared/seeds/003_6a5a87dcc1444d58.txt`. Yes/no questions about Paris are answered by
+*groups* of tokens ("Yes", "Sure", "Correct", ... against "No", "Nope", "Wrong", ...), so the
+metrics compare groups: the mean logit over the correct group minus the mean over the incorrect
+group (nats), and the total probability of the correct group minus the incorrect one. Then the
+logit lens along the group direction, per-layer and per-head attribution, the top heads'
+attention, and activation patching with the source's corrupted questions.
+
+Models: the source ran Gemma 2B-it (`CANDLELENS_MODEL_SET=source`, gated: needs `HF_TOKEN`);
+offline this runs the embedded Gemma 3 270M (a base model: expect it to be far less sure).
+"""),
+    code("""
+:dep candlelens = { path = "../crates/candlelens" }
+use candlelens::prelude::*;
+use candlelens::{data, metrics, notebook};
+"""),
+    code("""
+let model = notebook::load("gemma-2b-it", "gemma-3-270m")?;
+"""),
+    md("""
+## Data and answer groups
+
+`data/fk_samples.csv` is the source's final question set; `data/answer_map.json` its token groups.
+Words that are not one token for this tokenizer are reported and left out of the group.
+"""),
+    code("""
+let rows = data::read_csv("../data/fk_samples.csv")?;
+let questions: Vec<String> = rows.iter().map(|r| r["question"].clone()).collect();
+let labels: Vec<bool> = rows.iter().map(|r| r["answer"] == "True").collect();
+let (true_words, false_words) = {
+    let answer_map = data::read_json("../data/answer_map.json")?;
+    let words = |k: &str| -> Vec<String> {
+        answer_map[k].as_array().map(|a| a.iter().filter_map(|w| w.as_str().map(String::from)).collect()).unwrap_or_default()
+    };
+    (words("True"), words("False"))
+};
+let (true_ids, dropped_t) = metrics::resolve_group_lenient(&model, &true_words.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+let (false_ids, dropped_f) = metrics::resolve_group_lenient(&model, &false_words.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+println!("True group: {} tokens; not single tokens here: {dropped_t:?}", true_ids.len());
+println!("False group: {} tokens; not single tokens here: {dropped_f:?}", false_ids.len());
+fn groups_for(labels: &[bool], t: &[u32], f: &[u32]) -> Vec<TokenGroups> {
+    labels.iter().map(|&l| if l { TokenGroups { correct: t.to_vec(), incorrect: f.to_vec() } }
+                            else { TokenGroups { correct: f.to_vec(), incorrect: t.to_vec() } }).collect()
+}
+let mut q = Table::new("Questions", ["#", "question", "answer"]);
+for (i, (qq, l)) in questions.iter().zip(&labels).enumerate() { q.row([i.to_string(), format!("{qq:?}"), l.to_string()]); }
+q.evcxr_display();
+"""),
+    md("""
+## One question
+
+The source (Gemma 2B-it): "Sure" 55.63 %, "Yes" 35.34 %, "No" 4.22 %.
+"""),
+    code("""
+model.test_prompt("Is Paris the capital of France?\n", "Yes", Some(true), false, 10)?.evcxr_display();
+"""),
+    md("""
+## The group metrics
+
+The source: a group logit difference of 4.99 nats on the first question; per prompt
+`[3.594, 2.368, 8.989, 5.640, 4.428, -1.190, 5.244, 3.644, 6.026, 0.829]` (mean 3.96) and
+probability differences `[0.594, 0.205, 0.895, 0.994, 0.827, 0.409, 0.747, 0.988, 0.848, 0.890]`
+(mean 0.74) on its 10 generated questions, before it dropped the one it was unsure about.
+"""),
+    code("""
+let tokens = {
+    let qs: Vec<&str> = questions.iter().map(|s| s.as_str()).collect();
+    model.to_tokens(qs.as_slice(), Some(true))?
+};
+let groups = groups_for(&labels, &true_ids, &false_ids);
+let last = model.last_logits(&tokens)?;
+let ld = metrics::group_logit_diff(&last, &groups)?;
+let pd = metrics::group_prob_diff(&last, &groups)?;
+println!("Per prompt logit difference: {:?}", ld.iter().map(|x| (x * 1000.0).round() / 1000.0).collect::<Vec<_>>());
+println!("Average logit difference: {:.2}", metrics::mean(&ld));
+println!("Per prompt probability difference: {:?}", pd.iter().map(|x| (x * 1000.0).round() / 1000.0).collect::<Vec<_>>());
+println!("Average probability difference: {:.2}", metrics::mean(&pd));
+let mut t = Table::new("Per question", ["#", "question", "answer", "group logit diff", "prob diff"]);
+for i in 0..questions.len() { t.row([i.to_string(), format!("{:?}", questions[i]), labels[i].to_string(), format!("{:.3}", ld[i]), format!("{:.3}", pd[i])]); }
+t.evcxr_display();
+"""),
+    md("""
+## Filtering unsure questions
+
+The source dropped the question its model was unsure about (probability difference 0.41 with a
+negative logit difference). The same rule as code: keep a question only if the model puts at
+least half its probability margin on the right group and the logit difference agrees in sign.
+"""),
+    code("""
+let keep: Vec<usize> = (0..questions.len()).filter(|&i| pd[i] >= 0.5 && ld[i] > 0.0).collect();
+{
+    let dropped: Vec<&str> = (0..questions.len()).filter(|i| !keep.contains(i)).map(|i| questions[i].trim_end()).collect();
+    println!("kept {} of {} questions; dropped: {dropped:?}", keep.len(), questions.len());
+}
+// with no confident question (a small base model may have none), analyse them all
+let keep: Vec<usize> = if keep.is_empty() { println!("none is confident: analysing all"); (0..questions.len()).collect() } else { keep };
+let kept_q: Vec<String> = keep.iter().map(|&i| questions[i].clone()).collect();
+let kept_l: Vec<bool> = keep.iter().map(|&i| labels[i]).collect();
+"""),
+    md("""
+## Logit lens along the group direction
+
+The direction is the mean unembedding of the correct group minus that of the incorrect group (the
+source's sum divided by the group size), through the final norm. The source saw the group logit
+difference rise mostly in MLP layers: "Summed increase in self-attention layer after layer 1:
+-0.55; in MLP layer after layer 1: 4.12".
+"""),
+    code("""
+let ktokens = {
+    let kq: Vec<&str> = kept_q.iter().map(|s| s.as_str()).collect();
+    model.to_tokens(kq.as_slice(), Some(true))?
+};
+let kgroups = groups_for(&kept_l, &true_ids, &false_ids);
+let (_, cache) = model.run_with_cache(&ktokens, None)?;
+let dirs = model.group_diff_directions(&kgroups)?;
+let acc = cache.accumulated_resid(None, true, Pos::Last)?;
+let lens = model.logit_attribution(&cache, &acc, Pos::Last, &dirs)?;
+let (mut attn_up, mut mlp_up) = (0f32, 0f32);
+for l in 1..model.cfg.n_layers {
+    attn_up += lens.values[2 * l + 1] - lens.values[2 * l];
+    mlp_up += lens.values[2 * l + 2] - lens.values[2 * l + 1];
+}
+println!("Summed increase in self-attention layer after layer 1: {attn_up:.2}");
+println!("Summed increase in MLP layer after layer 1: {mlp_up:.2}");
+let x: Vec<f32> = (0..lens.values.len()).map(|i| i as f32 / 2.0).collect();
+Figure::line(x, vec![("group logit diff".into(), lens.values.clone())], Some(lens.labels.clone()),
+    "Logit Difference From Accumulate Residual Stream").axes("layer", "logit diff").evcxr_display();
+"""),
+    md("""
+## Layer attribution
+"""),
+    code("""
+let dec = cache.decompose_resid(None, true, Pos::Last)?;
+let per_layer = model.logit_attribution(&cache, &dec, Pos::Last, &dirs)?;
+for (l, _, v) in per_layer.top(3) { println!("largest: {l} {v:+.3}"); }
+Figure::bar(per_layer.labels.clone(), per_layer.values.clone(), "Logit Difference From Each Layer").axes("", "logit diff").evcxr_display();
+"""),
+    md("""
+## Head attribution
+"""),
+    code("""
+let heads = cache.stack_head_results(&model, None, Pos::Last)?;
+let per_head = model.logit_attribution(&cache, &heads, Pos::Last, &dirs)?;
+let head_labels: Vec<String> = (0..model.cfg.n_heads).map(|h| h.to_string()).collect();
+let layer_labels: Vec<String> = (0..model.cfg.n_layers).map(|l| l.to_string()).collect();
+Figure::heatmap(per_head.grid(model.cfg.n_layers, model.cfg.n_heads)?, head_labels, layer_labels, "Logit Difference From Each Head")
+    .axes("Head", "Layer").evcxr_display();
+"""),
+    md("""
+## Attention of the top heads
+
+For the question at `batch_index = 1` of the kept set, as in the source.
+"""),
+    code("""
+let batch_index = 1.min(kept_q.len() - 1);
+let top: Vec<(usize, usize)> = per_head.top(3).iter().map(|(_, i, _)| (i / model.cfg.n_heads, i % model.cfg.n_heads)).collect();
+println!("top positive heads: {:?}", per_head.top(3));
+AttentionView::from_cache(&model, &cache, batch_index, &top, "Top 3 Positive Logit Attribution Heads")?.evcxr_display();
+"""),
+    md("""
+## Activation patching
+
+`data/fk_patching.csv` holds the source's patching questions; only two are really corrupted:
+"... capital of France?" → "... capital of UK?" and "... City of Light?" → "... City of Dark?".
+The metric is the group logit difference; each heatmap is normalised
+`(patched - corrupted) / (clean - corrupted)`.
+"""),
+    code("""
+let patch_rows = data::read_csv("../data/fk_patching.csv")?;
+let pairs: Vec<(String, String, bool)> = {
+    let mut v: Vec<(String, String, bool)> = Vec::new();
+    for r in &patch_rows {
+        let item = (r["question"].clone(), r["corrupted_question"].clone(), r["answer"] == "True");
+        if item.0 != item.1 && !v.contains(&item) { v.push(item); }
+    }
+    v
+};
+fn group_patch(model: &HookedTransformer, clean: &str, corrupt: &str, g: TokenGroups, target: PatchTarget) -> candlelens::Result<PatchGrid> {
+    let c = model.to_tokens(clean, Some(true))?;
+    let k = model.to_tokens(corrupt, Some(true))?;
+    let metric: candlelens::patching::Metric = Box::new(move |l| Ok(metrics::mean(&metrics::group_logit_diff(l, std::slice::from_ref(&g))?)));
+    let grid = Patcher::new(model, &c, &k, metric)?.sweep(target)?;
+    println!("{clean:?} vs {corrupt:?}: clean {:.3}, corrupted {:.3}", grid.clean, grid.corrupted);
+    if (grid.clean - grid.corrupted).abs() < 0.1 * grid.clean.abs().max(1.0) {
+        println!("warning: the corruption barely moves the metric for this model: normalised scores are not meaningful");
+    }
+    println!("strongest cells: {:?}", grid.strongest(4));
+    Ok(grid)
+}
+let (clean0, corrupt0, label0) = pairs[0].clone();
+let g0 = groups_for(&[label0], &true_ids, &false_ids).remove(0);
+let grid0 = group_patch(&model, &clean0, &corrupt0, g0.clone(), PatchTarget::ResidPre)?;
+let pos0: Vec<String> = model.to_str_tokens(&clean0, Some(true))?.iter().enumerate().map(|(i, t)| format!("{t}_{i}")).collect();
+grid0.figure("Logit Difference From Patched Residual Stream", Some(pos0)).evcxr_display();
+"""),
+    code("""
+let grid0h = group_patch(&model, &clean0, &corrupt0, g0.clone(), PatchTarget::HeadsAllPos)?;
+grid0h.figure("Logit Difference From Patched Attention Heads", None).evcxr_display();
+"""),
+    code("""
+if let Some((clean1, corrupt1, label1)) = pairs.get(1).cloned() {
+    let g1 = groups_for(&[label1], &true_ids, &false_ids).remove(0);
+    let grid1 = group_patch(&model, &clean1, &corrupt1, g1, PatchTarget::ResidPre)?;
+    let pos1: Vec<String> = model.to_str_tokens(&clean1, Some(true))?.iter().enumerate().map(|(i, t)| format!("{t}_{i}")).collect();
+    grid1.figure("Logit Difference From Patched Residual Stream", Some(pos1)).evcxr_display();
+}
+"""),
+    md("""
+## Reading the results
+
+The printed lines state, for the model actually run, how sure it is (group metrics), which
+questions survive the filter, whether attention or MLP layers raise the group logit difference
+(compare with the source's -0.55 / 4.12), and where patching the clean residual stream restores
+the answer (the "strongest cells"). For Gemma 3 270M, a small base model, many answers hover near
+zero; `CANDLELENS_MODEL_SET=source` runs the source's Gemma 2B-it.
+"""),
+]
+
+
 def write(name, cells, expect):
     nb = {
         "cells": [dict(c, id=f"cell-{i}") for i, c in enumerate(cells)],
@@ -421,3 +643,4 @@ def write(name, cells, expect):
 
 write("00-tour", TOUR, ["image/svg+xml", "text/html"])
 write("pet-analogy-patching", PET, ["image/svg+xml", "text/html"])
+write("paris-factual-qa", PARIS, ["image/svg+xml", "text/html"])

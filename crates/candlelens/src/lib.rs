@@ -19,6 +19,7 @@ pub mod arch;
 pub mod block;
 pub mod cache;
 pub mod config;
+pub mod data;
 pub mod error;
 pub mod generate;
 pub mod hooks;
@@ -49,7 +50,9 @@ pub mod prelude {
     pub use crate::analysis::{Attribution, Pos, ResidStack};
     pub use crate::cache::ActivationCache;
     pub use crate::config::ModelConfig;
-    pub use crate::error::{LensError, Result};
+    // `Result` is left out on purpose: a one-argument alias in scope breaks code that writes
+    // `Result<T, E>` (notebook cells, evcxr's generated code). Write `candlelens::Result`.
+    pub use crate::error::LensError;
     pub use crate::generate::GenerateOptions;
     pub use crate::hooks::{HookFilter, HookPoint, Hooks};
     pub use crate::load::LoadOptions;

@@ -85,6 +85,32 @@ pub fn group_prob_diff(last_logits: &Tensor, groups: &[TokenGroups]) -> Result<V
         .collect()
 }
 
+/// Resolves answer words to token ids, each of which must be one token.
+///
+/// # Errors
+/// [`LensError::NotSingleToken`] naming the first word that is not.
+pub fn resolve_group(model: &crate::model::HookedTransformer, words: &[&str]) -> Result<Vec<u32>> {
+    words.iter().map(|w| model.to_single_token(w)).collect()
+}
+
+/// Resolves the words that are single tokens and returns the others separately (to report
+/// them), for groups written for another tokenizer.
+pub fn resolve_group_lenient(
+    model: &crate::model::HookedTransformer,
+    words: &[&str],
+) -> (Vec<u32>, Vec<String>) {
+    let mut ids = Vec::new();
+    let mut dropped = Vec::new();
+    for w in words {
+        match model.to_single_token(w) {
+            Ok(id) if !ids.contains(&id) => ids.push(id),
+            Ok(_) => dropped.push(format!("{w:?} (same token as another word)")),
+            Err(_) => dropped.push(format!("{w:?}")),
+        }
+    }
+    (ids, dropped)
+}
+
 /// `(patched - corrupted) / (clean - corrupted)`: 0 = no recovery, 1 = clean performance.
 pub fn normalise(patched: f32, clean: f32, corrupted: f32) -> f32 {
     (patched - corrupted) / (clean - corrupted)
