@@ -572,30 +572,10 @@ impl<'m> Patcher<'m> {
         let cfg = &self.model.cfg;
         let seq = self.corrupt_tokens.max_len();
         let full = (cfg.n_layers * seq * self.corrupt_tokens.batch()) as f64;
-        let heads: Vec<String> = (0..cfg.n_heads).map(|h| format!("H{h}")).collect();
-        let layers: Vec<String> = (0..cfg.n_layers).map(|l| l.to_string()).collect();
-        let positions: Vec<String> = (0..seq).map(|p| p.to_string()).collect();
-        let (row_labels, col_labels) = match target {
-            PatchTarget::HeadsAllPos => (layers, heads),
-            PatchTarget::HeadsByPos => (
-                (0..cfg.n_layers)
-                    .flat_map(|l| (0..cfg.n_heads).map(move |h| format!("L{l}H{h}")))
-                    .collect(),
-                positions,
-            ),
-            _ => (layers, positions),
-        };
-        Ok(PatchGrid {
-            target,
-            values,
-            row_labels,
-            col_labels,
-            clean: self.clean_value,
-            corrupted: self.corrupt_value,
-            seconds: t0.elapsed().as_secs_f64(),
-            forward_equivalents: work / full,
-            naive_forwards: rows * cols,
-        })
+        let mut grid = self.grid(target, values);
+        grid.seconds = t0.elapsed().as_secs_f64();
+        grid.forward_equivalents = work / full;
+        Ok(grid)
     }
 
     /// TransformerLens's "every block": resid_pre, attn_out and mlp_out grids.
@@ -681,13 +661,15 @@ impl<'m> Patcher<'m> {
             }
         }
         bar.finish();
-        let mut grid = self.sweep_labels(target, values)?;
+        let mut grid = self.grid(target, values);
         grid.seconds = t0.elapsed().as_secs_f64();
         grid.forward_equivalents = (rows * cols) as f64;
         Ok(grid)
     }
 
-    fn sweep_labels(&self, target: PatchTarget, values: Vec<Vec<f32>>) -> Result<PatchGrid> {
+    /// A grid of scores with its labels (rows: layers, or `L{l}H{h}` heads; columns: positions,
+    /// or `H{h}` heads); timing and work are left for the caller to fill in.
+    fn grid(&self, target: PatchTarget, values: Vec<Vec<f32>>) -> PatchGrid {
         let rows = values.len();
         let cols = values.first().map_or(0, Vec::len);
         let cfg = &self.model.cfg;
@@ -701,7 +683,7 @@ impl<'m> Patcher<'m> {
             PatchTarget::HeadsAllPos => (0..cols).map(|h| format!("H{h}")).collect(),
             _ => (0..cols).map(|p| p.to_string()).collect(),
         };
-        Ok(PatchGrid {
+        PatchGrid {
             target,
             values,
             row_labels,
@@ -711,6 +693,6 @@ impl<'m> Patcher<'m> {
             seconds: 0.0,
             forward_equivalents: 0.0,
             naive_forwards: rows * cols,
-        })
+        }
     }
 }

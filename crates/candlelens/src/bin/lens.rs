@@ -188,6 +188,16 @@ fn emit(o: &str) {
     let _ = std::io::stdout().lock().write_all(o.as_bytes());
 }
 
+/// Prints a JSON result: one line with `--json`, indented otherwise.
+fn emit_json(out: &serde_json::Value, as_json: bool) {
+    let text = if as_json {
+        out.to_string()
+    } else {
+        serde_json::to_string_pretty(out).unwrap_or_default()
+    };
+    emit(&format!("{text}\n"));
+}
+
 fn rss_mb(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -335,7 +345,6 @@ fn inspect(model_name: &str, as_json: bool) -> candlelens::Result<()> {
 }
 
 fn bench_forward(input: &Input, runs: usize, as_json: bool) -> candlelens::Result<()> {
-    let mut o = String::new();
     let t0 = Instant::now();
     let model = input.load()?;
     let load_s = t0.elapsed().as_secs_f64();
@@ -364,21 +373,11 @@ fn bench_forward(input: &Input, runs: usize, as_json: bool) -> candlelens::Resul
         "peak_rss_mb": rss_mb("VmHWM:"),
         "threads": candle_core::utils::get_num_threads(),
     });
-    if as_json {
-        p!(o, "{out}");
-    } else {
-        p!(
-            o,
-            "{}",
-            serde_json::to_string_pretty(&out).unwrap_or_default()
-        );
-    }
-    emit(&o);
+    emit_json(&out, as_json);
     Ok(())
 }
 
 fn bench_load(model: &str, dtype: &str, as_json: bool) -> candlelens::Result<()> {
-    let mut o = String::new();
     let opts = LoadOptions::parse("cpu", dtype)?;
     let before = rss_mb("VmRSS:");
     let t0 = Instant::now();
@@ -396,16 +395,7 @@ fn bench_load(model: &str, dtype: &str, as_json: bool) -> candlelens::Result<()>
         "rss_mb": rss_mb("VmRSS:"),
         "peak_over_weights": peak / weight_mb,
     });
-    if as_json {
-        p!(o, "{out}");
-    } else {
-        p!(
-            o,
-            "{}",
-            serde_json::to_string_pretty(&out).unwrap_or_default()
-        );
-    }
-    emit(&o);
+    emit_json(&out, as_json);
     Ok(())
 }
 
@@ -511,7 +501,6 @@ fn bench_patch(
     as_json: bool,
 ) -> candlelens::Result<()> {
     use candlelens::patching::PatchTarget;
-    let mut o = String::new();
     let model = HookedTransformer::from_pretrained(model)?;
     let clean = model.to_tokens(PET, None)?;
     let corrupt = model.to_tokens(PET_SWAPPED, None)?;
@@ -557,16 +546,7 @@ fn bench_patch(
         "clean_diff": fast.clean,
         "corrupt_diff": fast.corrupted,
     });
-    if as_json {
-        p!(o, "{out}");
-    } else {
-        p!(
-            o,
-            "{}",
-            serde_json::to_string_pretty(&out).unwrap_or_default()
-        );
-    }
-    emit(&o);
+    emit_json(&out, as_json);
     Ok(())
 }
 
