@@ -157,6 +157,16 @@ impl HookedTransformer {
     ) -> Result<Tensor> {
         let d_head = x.dim(3)?;
         let apply = |r: &Tensor| -> Result<Tensor> {
+            if r.track_op() {
+                // candle's fused rotary kernels carry no gradient; composed ops do (LRE Jacobians)
+                let bhtd = r.transpose(1, 2)?.contiguous()?;
+                let out = if interleaved {
+                    candle_nn::rotary_emb::rope_i_slow(&bhtd, cos, sin)?
+                } else {
+                    candle_nn::rotary_emb::rope_slow(&bhtd, cos, sin)?
+                };
+                return Ok(out.transpose(1, 2)?.contiguous()?);
+            }
             if interleaved {
                 let bhtd = r.transpose(1, 2)?.contiguous()?;
                 let out = candle_nn::rotary_emb::rope_i(&bhtd, cos, sin)?;
@@ -385,8 +395,14 @@ impl HookedTransformer {
             mask.narrow(0, offset, p)?.narrow(1, 0, t)?
         };
         let scores = hook(sink, HookPoint::AttnScores(l), scores.broadcast_add(&mask)?)?;
-        let pattern = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?
-            .to_dtype(self.dtype)?;
+        let scores32 = scores.to_dtype(DType::F32)?;
+        // the fused softmax kernel carries no gradient; the composed one does
+        let pattern = if scores32.track_op() {
+            candle_nn::ops::softmax(&scores32, D::Minus1)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&scores32)?
+        }
+        .to_dtype(self.dtype)?;
         let pattern = hook(sink, HookPoint::Pattern(l), pattern)?;
         // z: [b, p, h, dh]
         let z = pattern.matmul(&vt)?.transpose(1, 2)?.contiguous()?;

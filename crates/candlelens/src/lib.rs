@@ -24,6 +24,7 @@ pub mod error;
 pub mod generate;
 pub mod hooks;
 pub mod load;
+pub mod lre;
 pub mod metrics;
 pub mod model;
 pub mod notebook;

@@ -35,6 +35,8 @@ enum Cmd {
     },
     /// Activation patching: corrupted run, clean activations put in, layer x position grid.
     Patch(PatchArgs),
+    /// Linear relational embedding: fit on 60% of a relation, faithfulness on the rest.
+    Lre(LreArgs),
     /// List the registered model aliases.
     Models,
     /// Benchmarks.
@@ -102,6 +104,47 @@ struct PatchArgs {
     /// Do not prepend BOS.
     #[arg(long)]
     no_bos: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct LreArgs {
+    /// Alias, local folder, .gguf path, or hub repo id.
+    #[arg(long)]
+    model: String,
+    /// Relation file: a [{subject, object}] list (data/data_sample.json) or the LRE paper's format.
+    #[arg(long, default_value = "data/data_sample.json")]
+    data: String,
+    /// Prompt template with one {} for the subject (default: the relation's first template).
+    #[arg(long)]
+    template: Option<String>,
+    /// Layer whose hook_resid_post at the subject's last token is h (default: every layer,
+    /// regression only).
+    #[arg(long)]
+    layer: Option<usize>,
+    /// regression (the source's least-norm fit) or jacobian (Hernandez et al. 2023).
+    #[arg(long, default_value = "regression")]
+    method: String,
+    /// β for the Jacobian estimator.
+    #[arg(long, default_value_t = 2.25)]
+    beta: f32,
+    /// Training subjects the Jacobian is averaged over (the paper: 8).
+    #[arg(long, default_value_t = 8)]
+    n_jacobian: usize,
+    /// Seed of the split (Python's random.seed; the source: 42).
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Also run the causality test with a pseudo-inverse of this rank.
+    #[arg(long)]
+    causality_rank: Option<usize>,
+    /// Device: cpu (default), cuda, cuda:N, metal.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Compute dtype: f32 (default), bf16, f16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -425,6 +468,94 @@ fn answer_metric<'a>(
     }))
 }
 
+fn lre(a: &LreArgs) -> candlelens::Result<()> {
+    use candlelens::lre::{self, Candidates, LreOperator, LreStates, Relation};
+    let opts = LoadOptions::parse(&a.device, &a.dtype)?;
+    let model = HookedTransformer::from_pretrained_with(&a.model, &opts)?;
+    let rel = Relation::from_file(&a.data)?;
+    let template = rel.template(a.template.as_deref())?;
+    let (train, test) = rel.split_like_source(a.seed, 0.6);
+    let cands = Candidates::new(&model, &rel.objects(), &template)?;
+    let t0 = Instant::now();
+    let train = LreStates::collect(&model, &train, &template, &cands)?;
+    let test = LreStates::collect(&model, &test, &template, &cands)?;
+    let collect_s = t0.elapsed().as_secs_f64();
+    let op = match (a.method.as_str(), a.layer) {
+        ("regression", None) => {
+            let sweep = lre::layer_sweep(&model, &train, &test, 0..model.cfg.n_layers)?;
+            if a.json {
+                let layers: Vec<_> = sweep.iter().map(|e| e.to_json()).collect();
+                emit_json(
+                    &json!({"model": model.cfg.name, "template": template,
+                    "seconds_collect": collect_s, "layers": layers}),
+                    true,
+                );
+            } else {
+                let mut o = String::new();
+                p!(
+                    o,
+                    "{} on {:?}: {} train / {} test subjects",
+                    model.cfg.name,
+                    template,
+                    train.len(),
+                    test.len()
+                );
+                for e in &sweep {
+                    let (k, n) = e.correct();
+                    p!(
+                        o,
+                        "layer {:>2}: faithfulness {k}/{n} ({:.1}%), faithful to the model {:.1}%",
+                        e.layer,
+                        100.0 * e.accuracy(),
+                        100.0 * e.faithfulness()
+                    );
+                }
+                emit(&o);
+            }
+            return Ok(());
+        }
+        ("regression", Some(l)) => LreOperator::fit_regression(&model, &train, l)?,
+        ("jacobian", Some(l)) => {
+            let n = a.n_jacobian.clamp(1, train.len());
+            LreOperator::fit_jacobian(&model, &train.items[..n], l, a.beta)?
+        }
+        ("jacobian", None) => {
+            return Err(LensError::InvalidArgument(
+                "--method jacobian needs --layer (one Jacobian per training subject is costly)"
+                    .into(),
+            ))
+        }
+        (m, _) => {
+            return Err(LensError::InvalidArgument(format!(
+                "unknown --method {m:?}; use regression or jacobian"
+            )))
+        }
+    };
+    let eval = lre::evaluate(&model, &op, &test)?;
+    let caus = a
+        .causality_rank
+        .map(|r| lre::causality(&model, &op, &train, &test, r))
+        .transpose()?;
+    if a.json {
+        let mut out = eval.to_json();
+        out["model"] = json!(model.cfg.name);
+        out["template"] = json!(template);
+        out["seconds"] = json!(t0.elapsed().as_secs_f64());
+        if let Some(c) = &caus {
+            out["causality"] = json!({"rank": c.rank, "efficacy": c.efficacy(),
+                "random_efficacy": c.random_efficacy(), "edits": c.edits});
+        }
+        emit_json(&out, true);
+    } else {
+        let mut o = eval.table();
+        if let Some(c) = &caus {
+            o += &c.table();
+        }
+        emit(&o);
+    }
+    Ok(())
+}
+
 fn patch(a: &PatchArgs) -> candlelens::Result<()> {
     let mut o = String::new();
     let model = HookedTransformer::from_pretrained(&a.model)?;
@@ -576,6 +707,7 @@ fn main() -> ExitCode {
             json,
         }) => bench_patch(model, answers, *sample, *json),
         Cmd::Patch(a) => patch(a),
+        Cmd::Lre(a) => lre(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,214 @@
+//! Linear relational embeddings: the Jacobian against finite differences on every
+//! architecture family, subject positions from the tokenizer, and the estimators on SmolLM2.
+
+mod common;
+
+use candlelens::lre::{self, Candidates, LreOperator, LreStates, Relation, Sample};
+use candlelens::prelude::*;
+use common::{fixture_path, model};
+
+fn tiny(family: &str) -> HookedTransformer {
+    let dir = fixture_path("tiny").join(family);
+    let opts = LoadOptions::parse("cpu", "f32").unwrap();
+    HookedTransformer::from_pretrained_with(dir.to_str().unwrap(), &opts).unwrap()
+}
+
+/// The last block's output at the last position after adding `delta` to
+/// `blocks.{layer}.hook_resid_post` at `pos`.
+fn z_with(
+    m: &HookedTransformer,
+    ids: &[u32],
+    layer: usize,
+    pos: usize,
+    delta: &Tensor,
+) -> Vec<f32> {
+    let tokens = m.tokens_from_ids(ids.to_vec()).unwrap();
+    let t = ids.len();
+    let d = m.cfg.d_model;
+    let add = Tensor::zeros((1, t, d), DType::F32, m.device())
+        .unwrap()
+        .slice_assign(
+            &[0..1, pos..pos + 1, 0..d],
+            &delta.reshape((1, 1, d)).unwrap(),
+        )
+        .unwrap();
+    let mut hooks = Hooks::new();
+    hooks
+        .add(&format!("blocks.{layer}.hook_resid_post"), move |a, _| {
+            Ok(Some((a + &add)?))
+        })
+        .unwrap();
+    let last = format!("blocks.{}.hook_resid_post", m.cfg.n_layers - 1);
+    let filter = HookFilter::Points(vec![HookPoint::parse(&last).unwrap()]);
+    let (_, cache) = m
+        .run_with_hooks_and_cache(&tokens, &mut hooks, Some(filter), LogitsAt::Last)
+        .unwrap();
+    common::to_vec(&cache.get(&last).unwrap().i((0, t - 1)).unwrap())
+}
+
+#[test]
+fn jacobian_matches_finite_differences_on_every_family() {
+    let ids = [3u32, 17, 42, 5, 99, 8, 21];
+    for family in [
+        "gpt2", "gptj", "llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3",
+    ] {
+        let m = tiny(family);
+        let d = m.cfg.d_model;
+        for (layer, pos) in [(0usize, 2usize), (0, 0), (m.cfg.n_layers - 2, 6)] {
+            // chunk 7 so that several backward passes and a ragged last chunk are exercised
+            let jac = lre::jacobian(&m, &ids, pos, layer, 7).unwrap();
+            assert_eq!(jac.j.dims(), &[d, d]);
+            let j: Vec<Vec<f32>> = jac.j.to_vec2().unwrap();
+            let eps = 1e-2f32;
+            for col in [0usize, 5, d / 2, d - 1] {
+                let mut e = vec![0f32; d];
+                e[col] = eps;
+                let plus = Tensor::new(e.as_slice(), m.device()).unwrap();
+                let minus = plus.neg().unwrap();
+                let zp = z_with(&m, &ids, layer, pos, &plus);
+                let zm = z_with(&m, &ids, layer, pos, &minus);
+                let fd: Vec<f32> = zp
+                    .iter()
+                    .zip(&zm)
+                    .map(|(a, b)| (a - b) / (2.0 * eps))
+                    .collect();
+                let ad: Vec<f32> = j.iter().map(|row| row[col]).collect();
+                let scale = fd.iter().map(|x| x.abs()).fold(0.0f32, f32::max).max(1e-3);
+                let err = common::max_abs(&ad, &fd);
+                assert!(
+                    err / scale < 2e-2,
+                    "{family} layer {layer} pos {pos} column {col}: max |autograd - finite diff| {err} (scale {scale})"
+                );
+            }
+            // b = z - J h reproduces z at the point the Jacobian was taken
+            let z_plain = z_with(
+                &m,
+                &ids,
+                layer,
+                pos,
+                &Tensor::zeros(d, DType::F32, m.device()).unwrap(),
+            );
+            assert!(
+                common::max_abs(&common::to_vec(&jac.z), &z_plain) < 1e-4,
+                "{family}"
+            );
+        }
+    }
+}
+
+#[test]
+fn jacobian_rejects_bad_layer_and_position() {
+    let m = tiny("llama");
+    assert!(matches!(
+        lre::jacobian(&m, &[1, 2, 3], 0, 9, 8),
+        Err(LensError::LayerOutOfRange { .. })
+    ));
+    assert!(matches!(
+        lre::jacobian(&m, &[1, 2, 3], 3, 0, 8),
+        Err(LensError::PositionOutOfRange { .. })
+    ));
+}
+
+fn relation() -> Relation {
+    Relation::from_file(fixture_path("../../../../data/data_sample.json")).unwrap()
+}
+
+#[test]
+fn subject_positions_follow_the_tokenizer() {
+    for alias in ["smollm2-135m", "gemma-3-270m"] {
+        let m = model(alias);
+        for (template, subject, next) in [
+            ("{} students are typically", "computer science", " students"),
+            ("{} students are typically", "nursing", " students"),
+            ("The capital of {} is", "South Korea", " is"),
+        ] {
+            let ids = m
+                .to_tokens(template.replace("{}", subject).as_str(), None)
+                .unwrap();
+            let pos = lre::subject_last_token(m, template, subject, ids.row(0)).unwrap();
+            let strs = m.ids_to_str_tokens(ids.row(0)).unwrap();
+            let bos = usize::from(
+                m.tokenizer()
+                    .decode(&ids.row(0)[..1])
+                    .unwrap()
+                    .starts_with('<'),
+            );
+            let upto: String = strs[bos..=pos].concat();
+            assert!(upto.ends_with(subject), "{alias}: {strs:?} at {pos}");
+            assert_eq!(strs[pos + 1], next, "{alias}: {strs:?} at {pos}");
+        }
+    }
+}
+
+#[test]
+fn the_dataset_and_the_source_split() {
+    let rel = relation();
+    assert_eq!(rel.samples.len(), 38);
+    assert_eq!(rel.objects(), ["women", "men"]);
+    for (s, o) in [
+        ("engineering", "men"),
+        ("nursing", "women"),
+        ("computer science", "men"),
+    ] {
+        assert!(rel.samples.contains(&Sample {
+            subject: s.into(),
+            object: o.into()
+        }));
+    }
+    let (train, test) = rel.split_like_source(42, 0.6);
+    assert_eq!((train.len(), test.len()), (22, 16));
+    // CPython's permutation for 38 items (scripts/make-lre-reference.py) starts 11, 33, 10
+    assert_eq!(train[0], rel.samples[11]);
+    assert_eq!(train[1], rel.samples[33]);
+    assert_eq!(test[0], rel.samples[0]);
+}
+
+#[test]
+fn estimators_on_smollm2() {
+    let m = model("smollm2-135m");
+    let rel = relation();
+    let template = "{} students are typically";
+    let (train, test) = rel.split_like_source(42, 0.6);
+    let cands = Candidates::new(m, &rel.objects(), template).unwrap();
+    let train = LreStates::collect(m, &train, template, &cands).unwrap();
+    let test = LreStates::collect(m, &test, template, &cands).unwrap();
+    assert_eq!(train.h_at(0).unwrap().dims(), &[22, m.cfg.d_model]);
+
+    // least-norm regression interpolates its training data: every training subject decodes
+    // to its own object (22 examples, 576 features)
+    for layer in [3, 15, 29] {
+        let op = LreOperator::fit_regression(m, &train, layer).unwrap();
+        let fit = lre::evaluate(m, &op, &train).unwrap();
+        assert_eq!(fit.correct(), (22, 22), "layer {layer}");
+    }
+    let sweep = lre::layer_sweep(m, &train, &test, 0..m.cfg.n_layers).unwrap();
+    assert_eq!(sweep.len(), 30);
+
+    // the last layer's output is linear in the subject state at the last layer up to the final
+    // block: at layer L-2 the Jacobian operator (β = 1) must agree with the model on most subjects
+    let l = m.cfg.n_layers - 2;
+    let op = LreOperator::fit_jacobian(m, &train.items[..4], l, 1.0).unwrap();
+    let e = lre::evaluate(m, &op, &test).unwrap();
+    assert!(e.faithfulness() >= 0.75, "{}", e.table());
+    let c = lre::causality(m, &op, &train, &test, 64).unwrap();
+    assert_eq!(c.edits.len(), 16);
+    assert!(c.efficacy() > c.random_efficacy(), "{}", c.table());
+}
+
+#[test]
+fn typed_errors_for_bad_input() {
+    let m = model("smollm2-135m");
+    let dup = vec!["men".to_string(), "men's".to_string()];
+    assert!(matches!(
+        Candidates::new(m, &dup, "{} are"),
+        Err(LensError::InvalidArgument(msg)) if msg.contains("same token")
+    ));
+    let rel = relation();
+    assert!(rel.template(Some("students are typically")).is_err());
+    let cands = Candidates::new(m, &rel.objects(), "{} are").unwrap();
+    let states = LreStates::collect(m, &rel.samples[..3], "{} are", &cands).unwrap();
+    assert!(matches!(
+        states.h_at(30),
+        Err(LensError::LayerOutOfRange { .. })
+    ));
+}
