@@ -644,3 +644,9 @@ def write(name, cells, expect):
 write("00-tour", TOUR, ["image/svg+xml", "text/html"])
 write("pet-analogy-patching", PET, ["image/svg+xml", "text/html"])
 write("paris-factual-qa", PARIS, ["image/svg+xml", "text/html"])
+
+# LRE (seed 001): five per-model notebooks from one template, and the layer-inspection utility
+import notebooks_lre  # noqa: E402  (scripts/notebooks_lre.py)
+
+for _name, _cells, _expect in notebooks_lre.notebooks(md, code):
+    write(_name, _cells, _expect)

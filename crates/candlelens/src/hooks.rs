@@ -476,8 +476,61 @@ impl<A: HookSink + ?Sized, B: HookSink + ?Sized> HookSink for Chain<'_, A, B> {
     }
 }
 
+/// The block index in a PyTorch module name as the source notebooks write layers
+/// (`"transformer.h.15"` for GPT-2, `"model.layers.15"` for Llama / Qwen / Gemma,
+/// `"gpt_neox.layers.15"`, or TransformerLens's `"blocks.15"`). Such a module's output is
+/// `blocks.{l}.hook_resid_post`.
+///
+/// # Errors
+/// [`LensError::UnknownHook`] for another name, [`LensError::LayerOutOfRange`] beyond the model.
+pub fn layer_from_module_name(name: &str, n_layers: usize) -> Result<usize> {
+    let prefixes = [
+        "transformer.h.",
+        "model.layers.",
+        "model.language_model.layers.",
+        "gpt_neox.layers.",
+        "blocks.",
+    ];
+    let layer = prefixes
+        .iter()
+        .find_map(|p| name.strip_prefix(p))
+        .and_then(|rest| rest.parse::<usize>().ok())
+        .ok_or_else(|| LensError::UnknownHook {
+            name: name.to_string(),
+            hint: format!(
+                ". Layer names look like {}",
+                prefixes.map(|p| format!("'{p}15'")).join(", ")
+            ),
+        })?;
+    if layer >= n_layers {
+        return Err(LensError::LayerOutOfRange { layer, n_layers });
+    }
+    Ok(layer)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn module_names_map_to_blocks() {
+        assert_eq!(
+            super::layer_from_module_name("transformer.h.15", 48).unwrap(),
+            15
+        );
+        assert_eq!(
+            super::layer_from_module_name("model.layers.3", 30).unwrap(),
+            3
+        );
+        assert_eq!(super::layer_from_module_name("blocks.0", 2).unwrap(), 0);
+        assert!(matches!(
+            super::layer_from_module_name("transformer.h.48", 48),
+            Err(LensError::LayerOutOfRange { .. })
+        ));
+        assert!(matches!(
+            super::layer_from_module_name("transformer.layer.2", 48),
+            Err(LensError::UnknownHook { .. })
+        ));
+    }
+
     use super::*;
 
     #[test]

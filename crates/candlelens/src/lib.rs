@@ -55,7 +55,7 @@ pub mod prelude {
     // `Result<T, E>` (notebook cells, evcxr's generated code). Write `candlelens::Result`.
     pub use crate::error::LensError;
     pub use crate::generate::GenerateOptions;
-    pub use crate::hooks::{HookFilter, HookPoint, Hooks};
+    pub use crate::hooks::{layer_from_module_name, HookFilter, HookPoint, Hooks};
     pub use crate::load::LoadOptions;
     pub use crate::metrics::{self, TokenGroups};
     pub use crate::model::{HookedTransformer, LogitsAt};

@@ -223,6 +223,9 @@ pub struct Causality {
     pub layer: usize,
     pub rank: usize,
     pub edits: Vec<Edit>,
+    /// Objects the model gives for no training subject: their `z'` averages the subjects the
+    /// dataset labels with them instead.
+    pub targets_from_labels: Vec<String>,
 }
 
 impl Causality {
@@ -248,6 +251,12 @@ impl Causality {
             "--- Causality (layer {}, rank-{} pseudo-inverse) ---\n",
             self.layer, self.rank
         );
+        if !self.targets_from_labels.is_empty() {
+            out += &format!(
+                "(the model answers {:?} for no training subject: z' for it averages the subjects labelled with it)\n",
+                self.targets_from_labels
+            );
+        }
         for e in &self.edits {
             let mark = if e.after == e.target { "✓" } else { "✗" };
             out += &format!(
@@ -267,7 +276,7 @@ impl Causality {
 
 /// The paper's causality test. For each test subject the model answers `o` (its top
 /// candidate); the target `o'` is the next candidate. `z'` is the operator's mean output over
-/// the training subjects the model answers `o'` for; the edit `Δh = W_k^+ (z' − z)` (rank-`rank`
+/// the training subjects the model answers `o'` for (over those labelled `o'` if there are none); the edit `Δh = W_k^+ (z' − z)` (rank-`rank`
 /// pseudo-inverse) is added to `blocks.{layer}.hook_resid_post` at the subject's last token, and
 /// the model runs on. A control adds a random vector of the same norm (seeded).
 ///
@@ -288,18 +297,33 @@ pub fn causality(
         ));
     }
     let z_train = op.apply(&train.h_at(op.layer)?)?;
-    // z' per candidate: mean operator output over training subjects the model answers it for
-    let mut z_target = Vec::with_capacity(nc);
-    for k in 0..nc {
-        let idx: Vec<u32> = (0..train.len() as u32)
-            .filter(|&i| train.items[i as usize].model_candidate() == k)
-            .collect();
-        z_target.push(if idx.is_empty() {
-            None
-        } else {
+    // z' per candidate: mean operator output over the training subjects the model answers it
+    // for; where the model answers it for none, over those the dataset labels with it
+    let mean_over =
+        |pick: &dyn Fn(&super::states::SubjectState) -> bool| -> Result<Option<Tensor>> {
+            let idx: Vec<u32> = (0..train.len() as u32)
+                .filter(|&i| pick(&train.items[i as usize]))
+                .collect();
+            if idx.is_empty() {
+                return Ok(None);
+            }
             let idx = Tensor::new(idx.as_slice(), z_train.device())?;
-            Some(z_train.index_select(&idx, 0)?.mean(0)?)
-        });
+            Ok(Some(z_train.index_select(&idx, 0)?.mean(0)?))
+        };
+    let mut z_target = Vec::with_capacity(nc);
+    let mut from_labels = Vec::new();
+    for k in 0..nc {
+        let z = match mean_over(&|s| s.model_candidate() == k)? {
+            Some(z) => Some(z),
+            None => {
+                let z = mean_over(&|s| c.index(&s.sample.object) == Some(k))?;
+                if z.is_some() {
+                    from_labels.push(c.objects[k].clone());
+                }
+                z
+            }
+        };
+        z_target.push(z);
     }
     let pinv = op.pinv(rank)?; // [d_model, d_out]
     let h = test.h_at(op.layer)?;
@@ -314,8 +338,8 @@ pub fn causality(
             .find(|&k| z_target[k].is_some())
             .ok_or_else(|| {
                 LensError::InvalidArgument(format!(
-                    "no training subject makes the model answer anything but {:?}; \
-                     causality needs subjects with another answer",
+                    "no training subject is answered or labelled anything but {:?}; \
+                     causality needs subjects with another object",
                     c.objects[from]
                 ))
             })?;
@@ -360,6 +384,7 @@ pub fn causality(
         layer: op.layer,
         rank,
         edits,
+        targets_from_labels: from_labels,
     })
 }
 

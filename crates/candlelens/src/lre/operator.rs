@@ -113,7 +113,7 @@ impl LreOperator {
         let mut w_sum: Option<Tensor> = None;
         let mut b_sum: Option<Tensor> = None;
         for s in train {
-            let jac = jacobian(model, &s.ids, s.subject_pos, layer, 128)?;
+            let jac = jacobian(model, &s.ids, s.subject_pos, layer, JACOBIAN_TOKENS)?;
             let b = (&jac.z - jac.j.matmul(&jac.h.unsqueeze(1)?)?.squeeze(1)?)?;
             w_sum = Some(match w_sum {
                 Some(w) => (w + &jac.j)?,
@@ -183,6 +183,10 @@ impl LreOperator {
     }
 }
 
+/// Rows of the Jacobian computed per backward pass are chosen so that a pass runs about this many
+/// token positions (bigger batches use both cores better; memory grows with it).
+pub const JACOBIAN_TOKENS: usize = 512;
+
 /// One subject's Jacobian and the point it was taken at.
 pub struct SubjectJacobian {
     /// `∂z/∂h`, `[d_model, d_model]` (row = output dimension).
@@ -198,8 +202,9 @@ pub struct SubjectJacobian {
 ///
 /// Positions before the subject do not depend on `h` (causal attention), so one forward caches
 /// their keys and values; then blocks `layer + 1 ..` run only on positions `subject_pos ..` for
-/// `chunk` copies of the prompt at a time, copy `i` carrying its own `h` variable and back-propagating
-/// output dimension `i`: one backward pass gives `chunk` rows of `J`.
+/// copies of the prompt — as many as fit in `chunk_tokens` positions — copy `i` carrying its own
+/// `h` variable and back-propagating output dimension `i`: one backward pass gives that many rows
+/// of `J`.
 ///
 /// # Errors
 /// [`LensError::LayerOutOfRange`], [`LensError::PositionOutOfRange`], tensor errors.
@@ -208,7 +213,7 @@ pub fn jacobian(
     ids: &[u32],
     subject_pos: usize,
     layer: usize,
-    chunk: usize,
+    chunk_tokens: usize,
 ) -> Result<SubjectJacobian> {
     let n_layers = model.cfg.n_layers;
     if layer >= n_layers {
@@ -266,7 +271,7 @@ pub fn jacobian(
     let rest = (subject_pos + 1 < t)
         .then(|| x_l.narrow(1, subject_pos + 1, t - subject_pos - 1))
         .transpose()?;
-    let chunk = chunk.max(1);
+    let chunk = (chunk_tokens / (t - subject_pos)).max(1);
     let mut rows = Vec::new();
     let mut c0 = 0;
     while c0 < d {
