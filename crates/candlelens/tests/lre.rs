@@ -212,3 +212,55 @@ fn typed_errors_for_bad_input() {
         Err(LensError::LayerOutOfRange { .. })
     ));
 }
+
+#[test]
+fn lens_lre_prints_the_documented_json() {
+    let data = fixture_path("../../../../data/data_sample.json");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lens"))
+        .args(["lre", "--model", "smollm2-135m", "--data"])
+        .arg(&data)
+        .args([
+            "--template",
+            "{} students are typically",
+            "--layer",
+            "9",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["n"], 16);
+    let preds = v["predictions"].as_array().unwrap();
+    assert_eq!(preds.len(), 16);
+    for key in ["subject", "expected", "predicted", "model_top1"] {
+        assert!(preds[0][key].is_string(), "{key}");
+    }
+    let agree = preds
+        .iter()
+        .filter(|p| p["predicted"] == p["model_top1"])
+        .count();
+    assert!((v["faithfulness"].as_f64().unwrap() - agree as f64 / 16.0).abs() < 1e-12);
+
+    // a typo in the method is a typed error naming the choices, not a panic
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_lens"))
+        .args(["lre", "--model", "smollm2-135m", "--data"])
+        .arg(&data)
+        .args([
+            "--template",
+            "{} are",
+            "--layer",
+            "3",
+            "--method",
+            "jacobean",
+        ])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("regression or jacobian"), "{err}");
+}
