@@ -263,13 +263,15 @@ use candlelens::prelude::*;
     code("""
 let name = std::env::var("CANDLELENS_INSPECT_MODEL").unwrap_or_else(|_| "gemma-3-270m".to_string());
 let model = HookedTransformer::from_pretrained(&name)?;
-let c = &model.cfg;
-println!("{name}: {} architecture, {:.1}M parameters", c.architecture, c.n_params() as f64 / 1e6);
-println!("n_layers {}  d_model {}  n_heads {}  n_kv_heads {}  d_head {}  d_mlp {}  d_vocab {}  n_ctx {}",
-    c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.d_head, c.d_mlp, c.d_vocab, c.n_ctx);
-println!("norm {:?}  activation {:?}  gated MLP {}  q/k norm {}  post-norms {}  positional {:?}",
-    c.norm, c.act, c.gated_mlp, c.qk_norm, c.post_norms, c.positional);
-println!("attention per layer: {}", c.layer_attention.iter().map(|k| format!("{k:?}")).collect::<Vec<_>>().join(" "));
+{
+    let c = &model.cfg;
+    println!("{name}: {} architecture, {:.1}M parameters", c.architecture, c.n_params() as f64 / 1e6);
+    println!("n_layers {}  d_model {}  n_heads {}  n_kv_heads {}  d_head {}  d_mlp {}  d_vocab {}  n_ctx {}",
+        c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.d_head, c.d_mlp, c.d_vocab, c.n_ctx);
+    println!("norm {:?}  activation {:?}  gated MLP {}  q/k norm {}  post-norms {}  positional {:?}",
+        c.norm, c.act, c.gated_mlp, c.qk_norm, c.post_norms, c.positional);
+    println!("attention per layer: {}", c.layer_attention.iter().map(|k| format!("{k:?}")).collect::<Vec<_>>().join(" "));
+}
 """),
     md("""
 ## Layer names: the source's and ours
@@ -281,9 +283,10 @@ translates and checks the range.
     code("""
 {
     let mut t = Table::new("Layer names", ["PyTorch module (GPT-2)", "PyTorch module (Llama / Qwen / Gemma)", "Candlelens / TransformerLens"]);
-    for l in [0, c.n_layers / 2, c.n_layers - 1] {
+    let n = model.cfg.n_layers;
+    for l in [0, n / 2, n - 1] {
         let hf = format!("model.layers.{l}");
-        let layer = layer_from_module_name(&hf, c.n_layers)?;
+        let layer = layer_from_module_name(&hf, n)?;
         t.row([format!("transformer.h.{l}"), hf, format!("blocks.{layer}.hook_resid_post")]);
     }
     t.evcxr_display();
