@@ -122,6 +122,16 @@ pub enum LensError {
     /// A JSON document that does not parse.
     #[error("invalid JSON in {what}: {detail}")]
     Json { what: String, detail: String },
+
+    /// An entity or attribute of a binding prompt that is not a token of its own in the
+    /// tokenized prompt (split into pieces, or merged with its neighbours).
+    #[error("{role} '{entry}' of prompt {prompt} is not a token of its own there (its characters fall in the tokens {tokens:?}). Keep only entries that are single tokens (binding::one_token_rows), and check that the template separates them from their neighbours")]
+    BindingPosition {
+        role: String,
+        entry: String,
+        prompt: usize,
+        tokens: Vec<String>,
+    },
 }
 
 impl std::fmt::Debug for LensError {

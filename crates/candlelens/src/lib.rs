@@ -16,6 +16,7 @@
 
 pub mod analysis;
 pub mod arch;
+pub mod binding;
 pub mod block;
 pub mod cache;
 pub mod config;
