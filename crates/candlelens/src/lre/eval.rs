@@ -48,15 +48,15 @@ impl LreEval {
         self.predictions.len()
     }
 
+    /// How many predictions satisfy `f`.
+    fn count(&self, f: impl Fn(&Prediction) -> bool) -> usize {
+        self.predictions.iter().filter(|p| f(p)).count()
+    }
+
     /// Faithfulness over the candidates: how often the operator's top candidate is the model's
     /// own top candidate, `(k, n)`.
     pub fn faithful(&self) -> (usize, usize) {
-        let k = self
-            .predictions
-            .iter()
-            .filter(|p| p.predicted == p.model_top1)
-            .count();
-        (k, self.n())
+        (self.count(|p| p.predicted == p.model_top1), self.n())
     }
 
     /// [`Self::faithful`] as a fraction.
@@ -68,12 +68,7 @@ impl LreEval {
     /// Agreement with the dataset's objects, `(k, n)` — what the source prints as
     /// "Faithfulness" (its labels are the associations the model was expected to make).
     pub fn correct(&self) -> (usize, usize) {
-        let k = self
-            .predictions
-            .iter()
-            .filter(|p| p.predicted == p.expected)
-            .count();
-        (k, self.n())
+        (self.count(|p| p.predicted == p.expected), self.n())
     }
 
     /// [`Self::correct`] as a fraction.
@@ -84,22 +79,15 @@ impl LreEval {
 
     /// Faithfulness over the vocabulary: the operator's top token is the model's top token.
     pub fn vocab_faithfulness(&self) -> f64 {
-        let k = self
-            .predictions
-            .iter()
-            .filter(|p| p.lre_vocab_top1 == p.model_vocab_top1)
-            .count();
-        ratio(k, self.n())
+        ratio(
+            self.count(|p| p.lre_vocab_top1 == p.model_vocab_top1),
+            self.n(),
+        )
     }
 
     /// How often the model's own top candidate is the dataset's object.
     pub fn model_accuracy(&self) -> f64 {
-        let k = self
-            .predictions
-            .iter()
-            .filter(|p| p.model_top1 == p.expected)
-            .count();
-        ratio(k, self.n())
+        ratio(self.count(|p| p.model_top1 == p.expected), self.n())
     }
 
     /// The per-subject table in the source's layout (`Subject | Expected | LRE Pred | ✓`, ✓ when
@@ -231,8 +219,12 @@ pub struct Causality {
 impl Causality {
     /// Fraction of edits after which the model answers the target.
     pub fn efficacy(&self) -> f64 {
-        let k = self.edits.iter().filter(|e| e.after == e.target).count();
-        ratio(k, self.edits.len())
+        ratio(self.flipped(), self.edits.len())
+    }
+
+    /// Edits after which the model answers the target.
+    pub fn flipped(&self) -> usize {
+        self.edits.iter().filter(|e| e.after == e.target).count()
     }
 
     /// The same for the random-direction control.
@@ -266,7 +258,7 @@ impl Causality {
         }
         out + &format!(
             "Causality: {}/{} ({:.2}%) edits flip the model to the target; random Δ of equal norm: {:.2}%\n",
-            self.edits.iter().filter(|e| e.after == e.target).count(),
+            self.flipped(),
             self.edits.len(),
             100.0 * self.efficacy(),
             100.0 * self.random_efficacy()
