@@ -430,19 +430,7 @@ pub fn find_positions(
     prepend_bos: Option<bool>,
 ) -> Result<BindingPositions> {
     let text = &prompt.text.text;
-    let enc = model
-        .tokenizer()
-        .inner()
-        .encode(text.as_str(), false)
-        .map_err(|e| LensError::Tokenizer(e.to_string()))?;
-    let ids = model.tokenizer().encode_with_bos(text, prepend_bos)?;
-    let shift = ids.len().saturating_sub(enc.get_ids().len());
-    if ids[shift..] != *enc.get_ids() {
-        return Err(LensError::Tokenizer(format!(
-            "prompt {index}: the tokenizer's offsets disagree with its ids"
-        )));
-    }
-    let offsets = enc.get_offsets();
+    let (ids, offsets) = model.tokenizer().encode_with_offsets(text, prepend_bos)?;
     let find = |span: &Range<usize>, role: &str, entry: &str| -> Result<usize> {
         let lead = text[span.clone()].len() - text[span.clone()].trim_start().len();
         let core = span.start + lead..span.end;
@@ -456,18 +444,14 @@ pub fn find_positions(
         let earliest = core.start - spaces_before;
         for (t, &(s, e)) in offsets.iter().enumerate() {
             if e == core.end && s >= earliest && s <= core.start && e > s {
-                return Ok(t + shift);
+                return Ok(t);
             }
         }
         let pieces = offsets
             .iter()
             .enumerate()
             .filter(|(_, &(s, e))| s < core.end && e > core.start)
-            .map(|(t, _)| {
-                model
-                    .ids_to_str_tokens(&enc.get_ids()[t..=t])
-                    .map(|v| v.concat())
-            })
+            .map(|(t, _)| model.ids_to_str_tokens(&ids[t..=t]).map(|v| v.concat()))
             .collect::<Result<Vec<_>>>()?;
         Err(LensError::BindingPosition {
             role: role.to_string(),

@@ -157,23 +157,19 @@ impl HookedTransformer {
     ) -> Result<Tensor> {
         let d_head = x.dim(3)?;
         let apply = |r: &Tensor| -> Result<Tensor> {
-            if r.track_op() {
-                // candle's fused rotary kernels carry no gradient; composed ops do (LRE Jacobians)
-                let bhtd = r.transpose(1, 2)?.contiguous()?;
-                let out = if interleaved {
-                    candle_nn::rotary_emb::rope_i_slow(&bhtd, cos, sin)?
-                } else {
-                    candle_nn::rotary_emb::rope_slow(&bhtd, cos, sin)?
-                };
-                return Ok(out.transpose(1, 2)?.contiguous()?);
+            // candle's fused rotary kernels carry no gradient; when `r` is tracked (LRE
+            // Jacobians) the composed ones run instead
+            let tracked = r.track_op();
+            if !interleaved && !tracked {
+                return Ok(candle_nn::rotary_emb::rope_thd(&r.contiguous()?, cos, sin)?);
             }
-            if interleaved {
-                let bhtd = r.transpose(1, 2)?.contiguous()?;
-                let out = candle_nn::rotary_emb::rope_i(&bhtd, cos, sin)?;
-                Ok(out.transpose(1, 2)?.contiguous()?)
-            } else {
-                Ok(candle_nn::rotary_emb::rope_thd(&r.contiguous()?, cos, sin)?)
-            }
+            let bhtd = r.transpose(1, 2)?.contiguous()?;
+            let out = match (interleaved, tracked) {
+                (true, false) => candle_nn::rotary_emb::rope_i(&bhtd, cos, sin)?,
+                (true, true) => candle_nn::rotary_emb::rope_i_slow(&bhtd, cos, sin)?,
+                (false, _) => candle_nn::rotary_emb::rope_slow(&bhtd, cos, sin)?,
+            };
+            Ok(out.transpose(1, 2)?.contiguous()?)
         };
         if dim == d_head {
             return apply(x);

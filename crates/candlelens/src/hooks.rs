@@ -510,28 +510,22 @@ pub fn layer_from_module_name(name: &str, n_layers: usize) -> Result<usize> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn module_names_map_to_blocks() {
-        assert_eq!(
-            super::layer_from_module_name("transformer.h.15", 48).unwrap(),
-            15
-        );
-        assert_eq!(
-            super::layer_from_module_name("model.layers.3", 30).unwrap(),
-            3
-        );
-        assert_eq!(super::layer_from_module_name("blocks.0", 2).unwrap(), 0);
+        assert_eq!(layer_from_module_name("transformer.h.15", 48).unwrap(), 15);
+        assert_eq!(layer_from_module_name("model.layers.3", 30).unwrap(), 3);
+        assert_eq!(layer_from_module_name("blocks.0", 2).unwrap(), 0);
         assert!(matches!(
-            super::layer_from_module_name("transformer.h.48", 48),
+            layer_from_module_name("transformer.h.48", 48),
             Err(LensError::LayerOutOfRange { .. })
         ));
         assert!(matches!(
-            super::layer_from_module_name("transformer.layer.2", 48),
+            layer_from_module_name("transformer.layer.2", 48),
             Err(LensError::UnknownHook { .. })
         ));
     }
-
-    use super::*;
 
     #[test]
     fn names_round_trip() {

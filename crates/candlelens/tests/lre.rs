@@ -125,7 +125,7 @@ fn subject_positions_follow_the_tokenizer() {
             let ids = m
                 .to_tokens(template.replace("{}", subject).as_str(), None)
                 .unwrap();
-            let pos = lre::subject_last_token(m, template, subject, ids.row(0)).unwrap();
+            let pos = lre::subject_last_token(m, template, subject).unwrap();
             let strs = m.ids_to_str_tokens(ids.row(0)).unwrap();
             let bos = usize::from(
                 m.tokenizer()

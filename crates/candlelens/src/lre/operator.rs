@@ -110,26 +110,21 @@ impl LreOperator {
                 "the Jacobian estimator needs at least one training subject".into(),
             ));
         }
-        let mut w_sum: Option<Tensor> = None;
-        let mut b_sum: Option<Tensor> = None;
+        let d = model.cfg.d_model;
+        let mut w_sum = Tensor::zeros((d, d), DType::F32, model.device())?;
+        let mut b_sum = Tensor::zeros(d, DType::F32, model.device())?;
         for s in train {
             let jac = jacobian(model, &s.ids, s.subject_pos, layer, JACOBIAN_TOKENS)?;
             let b = (&jac.z - jac.j.matmul(&jac.h.unsqueeze(1)?)?.squeeze(1)?)?;
-            w_sum = Some(match w_sum {
-                Some(w) => (w + &jac.j)?,
-                None => jac.j,
-            });
-            b_sum = Some(match b_sum {
-                Some(x) => (x + b)?,
-                None => b,
-            });
+            w_sum = (w_sum + &jac.j)?;
+            b_sum = (b_sum + b)?;
         }
         let n = train.len() as f64;
         Ok(LreOperator {
             layer,
             estimator: Estimator::Jacobian { beta },
-            weight: (w_sum.expect("non-empty") / n)?,
-            bias: (b_sum.expect("non-empty") / n)?,
+            weight: (w_sum / n)?,
+            bias: (b_sum / n)?,
             n_train: train.len(),
         })
     }

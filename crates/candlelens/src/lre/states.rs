@@ -145,7 +145,7 @@ impl LreStates {
                 .collect::<Result<_>>()?;
             for (i, sample) in chunk.iter().enumerate() {
                 let ids = tokens.row(i).to_vec();
-                let subject_pos = subject_last_token(model, template, &sample.subject, &ids)?;
+                let subject_pos = subject_last_token(model, template, &sample.subject)?;
                 let last_pos = ids.len() - 1;
                 let h = Tensor::stack(
                     &resid
@@ -205,45 +205,29 @@ impl LreStates {
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Tensor::stack(&rows, 0)?)
     }
-
-    /// The final block's outputs at the last position, `[n, d_model]`.
-    ///
-    /// # Errors
-    /// Tensor errors.
-    pub fn z(&self) -> Result<Tensor> {
-        let rows: Vec<Tensor> = self.items.iter().map(|s| s.z.clone()).collect();
-        Ok(Tensor::stack(&rows, 0)?)
-    }
 }
 
-/// Position of the token that holds the subject's last character in `template` filled with
-/// `subject`, from the tokenizer's offsets (robust to tokenizers that merge differently).
+/// Position (in the model's input, BOS included by the model's default) of the token that holds
+/// the subject's last character in `template` filled with `subject`, from the tokenizer's
+/// offsets (robust to tokenizers that merge differently).
 ///
 /// # Errors
-/// [`LensError::InvalidArgument`] if no token covers the subject.
+/// [`LensError::InvalidArgument`] if no token covers the subject; tokenizer errors.
 pub fn subject_last_token(
     model: &HookedTransformer,
     template: &str,
     subject: &str,
-    ids: &[u32],
 ) -> Result<usize> {
     let prompt = template.replace("{}", subject);
     let start = template.find("{}").unwrap_or(0);
     let end = start + subject.len();
-    let enc = model
-        .tokenizer()
-        .inner()
-        .encode(prompt.as_str(), false)
-        .map_err(|e| LensError::Tokenizer(e.to_string()))?;
-    let offset = ids.len().saturating_sub(enc.get_ids().len());
-    let pos = enc
-        .get_offsets()
+    let (_, offsets) = model.tokenizer().encode_with_offsets(&prompt, None)?;
+    offsets
         .iter()
         .rposition(|&(s, e)| s < end && e > start)
         .ok_or_else(|| {
             LensError::InvalidArgument(format!(
                 "no token of {prompt:?} covers the subject {subject:?}; is the subject empty?"
             ))
-        })?;
-    Ok(pos + offset)
+        })
 }
