@@ -14,29 +14,23 @@
 //! # Ok(()) }
 //! ```
 
-pub mod analysis;
-pub mod arch;
-pub mod binding;
-pub mod block;
-pub mod cache;
-pub mod config;
-pub mod data;
+// The tree follows the data flow: load -> run (engine) -> cache (engine) -> analyse (interp,
+// studies) -> show (viz, notebook).
+pub mod engine;
 pub mod error;
-pub mod generate;
-pub mod hooks;
+pub mod interp;
 pub mod load;
-pub mod lre;
-pub mod metrics;
-pub mod model;
 pub mod notebook;
-pub mod patching;
-pub mod progress;
-pub mod prompts;
-mod rope;
-pub mod tokenizer;
-pub mod tokens;
+pub mod studies;
 pub mod viz;
-pub mod weights;
+
+// The flat paths notebooks and users already write (`candlelens::patching::Patcher`,
+// `candlelens::lre::Relation`, ...) keep working.
+pub use engine::{block, cache, config, generate, hooks, model, tokenizer, tokens, weights};
+pub use interp::{analysis, metrics, patching, prompts};
+pub use load::arch;
+pub use notebook::progress;
+pub use studies::{binding, data, lre};
 
 pub use block::{ForwardCtx, PastKv};
 pub use cache::ActivationCache;
@@ -49,20 +43,20 @@ pub use tokens::Tokens;
 
 /// Everything a notebook needs, in one `use candlelens::prelude::*;`.
 pub mod prelude {
-    pub use crate::analysis::{Attribution, Pos, ResidStack};
-    pub use crate::cache::ActivationCache;
-    pub use crate::config::ModelConfig;
+    pub use crate::engine::cache::ActivationCache;
+    pub use crate::engine::config::ModelConfig;
+    pub use crate::interp::analysis::{Attribution, Pos, ResidStack};
     // `Result` is left out on purpose: a one-argument alias in scope breaks code that writes
     // `Result<T, E>` (notebook cells, evcxr's generated code). Write `candlelens::Result`.
+    pub use crate::engine::generate::GenerateOptions;
+    pub use crate::engine::hooks::{layer_from_module_name, HookFilter, HookPoint, Hooks};
+    pub use crate::engine::model::{HookedTransformer, LogitsAt};
+    pub use crate::engine::tokens::Tokens;
     pub use crate::error::LensError;
-    pub use crate::generate::GenerateOptions;
-    pub use crate::hooks::{layer_from_module_name, HookFilter, HookPoint, Hooks};
+    pub use crate::interp::metrics::{self, TokenGroups};
+    pub use crate::interp::patching::{PatchGrid, PatchTarget, Patcher};
+    pub use crate::interp::prompts::PromptTest;
     pub use crate::load::LoadOptions;
-    pub use crate::metrics::{self, TokenGroups};
-    pub use crate::model::{HookedTransformer, LogitsAt};
-    pub use crate::patching::{PatchGrid, PatchTarget, Patcher};
-    pub use crate::prompts::PromptTest;
-    pub use crate::tokens::Tokens;
     pub use crate::viz::{AttentionView, Figure, Table};
     pub use crate::Prompts;
     pub use candle_core::{DType, Device, IndexOp, Tensor, D};

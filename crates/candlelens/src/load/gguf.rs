@@ -1,5 +1,5 @@
 //! GGUF files: metadata -> [`ModelConfig`], tensors dequantized to f32 and presented under
-//! their Hugging Face names (so the family mappings in [`crate::arch`] serve both formats),
+//! their Hugging Face names (so the family mappings in [`crate::load::arch`] serve both formats),
 //! and the tokenizer rebuilt from the vocabulary.
 //!
 //! llama.cpp's conversion changes two things that are undone here, so that every activation
@@ -14,11 +14,13 @@ use std::path::{Path, PathBuf};
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{DType, Device, Tensor};
 
-use crate::arch::{gemma3_layers, Family};
-use crate::config::{Activation, AttentionKind, ModelConfig, NormKind, Positional, RotaryConfig};
+use crate::engine::config::{
+    Activation, AttentionKind, ModelConfig, NormKind, Positional, RotaryConfig,
+};
+use crate::engine::tokenizer::{self, GgufVocab, LensTokenizer};
+use crate::engine::weights::TensorSource;
 use crate::error::{LensError, Result};
-use crate::tokenizer::{self, GgufVocab, LensTokenizer};
-use crate::weights::TensorSource;
+use crate::load::arch::{gemma3_layers, Family};
 
 /// An open GGUF file.
 pub struct GgufFile {
@@ -336,17 +338,17 @@ fn meta_bool(c: &Content, key: &str) -> Option<bool> {
 /// Reads a GGUF model: config, weights (dequantized), tokenizer.
 ///
 /// # Errors
-/// See [`GgufFile::open`], [`GgufFile::config`], [`crate::arch::llama_like_weights`].
+/// See [`GgufFile::open`], [`GgufFile::config`], [`crate::load::arch::llama_like_weights`].
 pub fn load(
     path: &Path,
     name: &str,
     dtype: DType,
     device: &Device,
-) -> Result<(ModelConfig, crate::weights::Weights, LensTokenizer)> {
+) -> Result<(ModelConfig, crate::engine::weights::Weights, LensTokenizer)> {
     let mut f = GgufFile::open(path)?;
     let cfg = f.config(name)?;
     let tok = f.tokenizer()?;
     let family = f.family();
-    let w = crate::arch::load_weights(family, &cfg, &mut f, dtype, device)?;
+    let w = crate::load::arch::load_weights(family, &cfg, &mut f, dtype, device)?;
     Ok((cfg, w, tok))
 }

@@ -1,5 +1,6 @@
 //! Loading a model from a name: an alias, a local folder, a `.gguf` file, or a hub repo id.
 
+pub mod arch;
 pub mod gguf;
 pub mod hub;
 pub mod registry;
@@ -9,10 +10,10 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 
-use crate::arch::{config_from_hf, load_weights, Family};
+use crate::engine::model::HookedTransformer;
+use crate::engine::tokenizer::LensTokenizer;
 use crate::error::{did_you_mean, LensError, Result};
-use crate::model::HookedTransformer;
-use crate::tokenizer::LensTokenizer;
+use crate::load::arch::{config_from_hf, load_weights, Family};
 use registry::Source;
 
 /// How to load: device and compute dtype.
@@ -181,7 +182,7 @@ pub fn resolve_in(name: &str, models_dir: &Path) -> Result<Resolved> {
 /// [`LensError::MissingFile`] naming the fetch command.
 pub fn gpt2_tokenizer() -> Result<LensTokenizer> {
     let dir = registry::models_dir().join("gpt2-tokenizer");
-    crate::tokenizer::gpt2_from_files(&dir.join("encoder.json"), &dir.join("vocab.bpe"))
+    crate::engine::tokenizer::gpt2_from_files(&dir.join("encoder.json"), &dir.join("vocab.bpe"))
 }
 
 impl HookedTransformer {

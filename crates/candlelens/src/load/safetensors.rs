@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
+use crate::engine::weights::TensorSource;
 use crate::error::{LensError, Result};
-use crate::weights::TensorSource;
 
 /// Where one tensor lies in which file.
 struct Entry {

@@ -57,8 +57,8 @@ impl AttentionView {
     /// # Errors
     /// [`LensError::NotCached`] without `hook_pattern` for a layer; tokenizer errors.
     pub fn from_cache(
-        model: &crate::model::HookedTransformer,
-        cache: &crate::cache::ActivationCache,
+        model: &crate::engine::model::HookedTransformer,
+        cache: &crate::engine::cache::ActivationCache,
         batch: usize,
         heads: &[(usize, usize)],
         title: &str,
@@ -73,7 +73,7 @@ impl AttentionView {
         let mut labels = Vec::new();
         for &(l, h) in heads {
             let p = cache
-                .at(crate::hooks::HookPoint::Pattern(l))?
+                .at(crate::engine::hooks::HookPoint::Pattern(l))?
                 .i((batch, h, ..len, ..len))?
                 .to_dtype(DType::F32)?
                 .to_vec2::<f32>()?;

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::prompts::PromptTest;
+use crate::interp::prompts::PromptTest;
 
 /// Escapes text for HTML.
 pub fn escape(s: &str) -> String {

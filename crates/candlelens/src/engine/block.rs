@@ -1,0 +1,424 @@
+//! The inside of one transformer block — norms, attention (with a KV cache), MLP — shared by
+//! every architecture: [`Block`], a view over one layer's weights. Hook points fire through a
+//! [`HookSink`]. The model ([`crate::HookedTransformer`]) strings blocks together; analysis
+//! code (patching sweeps, the LRE Jacobian) runs single blocks or block halves through the same
+//! API.
+
+use candle_core::{DType, Device, Tensor, D};
+
+use crate::engine::config::{AttentionKind, ModelConfig, Positional};
+use crate::engine::hooks::{HookPoint, HookSink};
+use crate::engine::ops::{activation, hook, linear, NormSpec};
+use crate::engine::rope::{causal_mask, rope_tables};
+use crate::engine::weights::LayerWeights;
+use crate::error::{LensError, Result};
+
+/// Per-forward tables: rotary cos/sin per base and causal masks per attention kind.
+pub struct ForwardCtx {
+    pub(crate) seq: usize,
+    rope_global: Option<(Tensor, Tensor)>,
+    rope_local: Option<(Tensor, Tensor)>,
+    masks: Vec<(AttentionKind, Tensor)>,
+}
+
+/// Keys (after rotary) and values of the positions seen so far in one layer,
+/// `[batch, pos, kv_head, d_head]` each: the KV cache of generation and patching sweeps.
+#[derive(Clone, Debug)]
+pub struct PastKv {
+    /// Keys after rotary (and the k norm), `[batch, pos, kv_head, d_head]`.
+    pub k: Tensor,
+    /// Values, `[batch, pos, kv_head, d_head]`.
+    pub v: Tensor,
+}
+
+impl PastKv {
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        self.k.dim(1).unwrap_or(0)
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl ForwardCtx {
+    /// Rotary tables and masks of `cfg` for sequences of up to `seq` positions.
+    ///
+    /// # Errors
+    /// Tensor allocation failure.
+    pub fn new(cfg: &ModelConfig, seq: usize, dt: DType, dev: &Device) -> Result<Self> {
+        let (rope_global, rope_local) = match &cfg.positional {
+            Positional::Learned => (None, None),
+            Positional::Rotary(r) => {
+                let g = rope_tables(r.dim, r.base, r.scaling.as_ref(), seq, dt, dev)?;
+                let l = match r.local_base {
+                    Some(b) => Some(rope_tables(r.dim, b, None, seq, dt, dev)?),
+                    None => None,
+                };
+                (Some(g), l)
+            }
+        };
+        let mut masks: Vec<(AttentionKind, Tensor)> = Vec::new();
+        for &kind in &cfg.layer_attention {
+            if !masks.iter().any(|(k, _)| *k == kind) {
+                masks.push((kind, causal_mask(kind, seq, dt, dev)?));
+            }
+        }
+        Ok(ForwardCtx {
+            seq,
+            rope_global,
+            rope_local,
+            masks,
+        })
+    }
+}
+
+/// One transformer block: a view over layer `layer`'s weights with the model's switches.
+/// Get one from [`crate::HookedTransformer::block`].
+#[derive(Clone, Copy)]
+pub struct Block<'a> {
+    /// The layer index (hook points fire as `blocks.{layer}.…`).
+    pub layer: usize,
+    cfg: &'a ModelConfig,
+    w: &'a LayerWeights,
+    dtype: DType,
+}
+
+impl<'a> Block<'a> {
+    /// A view over `w`, layer `layer` of a model with config `cfg`, computing in `dtype`.
+    ///
+    /// # Errors
+    /// [`LensError::LayerOutOfRange`] if `layer` is beyond `cfg.n_layers`.
+    pub fn new(
+        cfg: &'a ModelConfig,
+        w: &'a LayerWeights,
+        layer: usize,
+        dtype: DType,
+    ) -> Result<Self> {
+        if layer >= cfg.n_layers {
+            return Err(LensError::LayerOutOfRange {
+                layer,
+                n_layers: cfg.n_layers,
+            });
+        }
+        Ok(Block {
+            layer,
+            cfg,
+            w,
+            dtype,
+        })
+    }
+
+    /// The layer's weights.
+    pub fn weights(&self) -> &'a LayerWeights {
+        self.w
+    }
+
+    fn norm_spec(&self) -> NormSpec {
+        NormSpec {
+            kind: self.cfg.norm,
+            eps: self.cfg.norm_eps,
+            dtype: self.dtype,
+        }
+    }
+
+    /// Rotary on `x [batch, pos, heads, d_head]`: the first `dim` dims of each head rotate,
+    /// as two halves (HF / NeoX) or as adjacent pairs (`interleaved`, GPT-J).
+    fn rotate(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        dim: usize,
+        interleaved: bool,
+    ) -> Result<Tensor> {
+        let d_head = x.dim(3)?;
+        let apply = |r: &Tensor| -> Result<Tensor> {
+            // candle's fused rotary kernels carry no gradient; when `r` is tracked (LRE
+            // Jacobians) the composed ones run instead
+            let tracked = r.track_op();
+            if !interleaved && !tracked {
+                return Ok(candle_nn::rotary_emb::rope_thd(&r.contiguous()?, cos, sin)?);
+            }
+            let bhtd = r.transpose(1, 2)?.contiguous()?;
+            let out = match (interleaved, tracked) {
+                (true, false) => candle_nn::rotary_emb::rope_i(&bhtd, cos, sin)?,
+                (true, true) => candle_nn::rotary_emb::rope_i_slow(&bhtd, cos, sin)?,
+                (false, _) => candle_nn::rotary_emb::rope_slow(&bhtd, cos, sin)?,
+            };
+            Ok(out.transpose(1, 2)?.contiguous()?)
+        };
+        if dim == d_head {
+            return apply(x);
+        }
+        let rot = apply(&x.narrow(3, 0, dim)?)?;
+        let pass = x.narrow(3, dim, d_head - dim)?;
+        Ok(Tensor::cat(&[&rot, &pass], 3)?)
+    }
+
+    /// The block on positions `offset..offset + pos` of `x = resid_pre [batch, pos, d_model]`
+    /// given the keys/values of the earlier positions (`past`, a KV cache); returns
+    /// `resid_post [batch, pos, d_model]` and the keys/values of all positions so far.
+    /// Fires every hook point of the block.
+    ///
+    /// # Errors
+    /// Tensor errors, hook errors.
+    pub fn forward(
+        &self,
+        x: Tensor,
+        ctx: &ForwardCtx,
+        offset: usize,
+        past: Option<&PastKv>,
+        sink: &mut dyn HookSink,
+    ) -> Result<(Tensor, PastKv)> {
+        let l = self.layer;
+        let resid_pre = hook(sink, HookPoint::ResidPre(l), x)?;
+        let (attn_out, n1, kv) = self.attn_half(&resid_pre, ctx, offset, past, sink)?;
+        if self.cfg.parallel_attn_mlp {
+            let mlp_out = self.mlp(&n1, sink)?;
+            let resid_post = ((resid_pre + attn_out)? + mlp_out)?;
+            return Ok((hook(sink, HookPoint::ResidPost(l), resid_post)?, kv));
+        }
+        let resid_mid = hook(sink, HookPoint::ResidMid(l), (resid_pre + attn_out)?)?;
+        Ok((self.mlp_half(resid_mid, sink)?, kv))
+    }
+
+    /// The attention half of the block: `(attn_out, ln1 output, keys/values)`, each
+    /// `[batch, pos, ·]`. `attn_out` is what joins the residual (after the post-norm, for
+    /// Gemma 2/3).
+    ///
+    /// # Errors
+    /// Tensor and hook errors.
+    pub fn attn_half(
+        &self,
+        resid_pre: &Tensor,
+        ctx: &ForwardCtx,
+        offset: usize,
+        past: Option<&PastKv>,
+        sink: &mut dyn HookSink,
+    ) -> Result<(Tensor, Tensor, PastKv)> {
+        let (l, w) = (self.layer, self.w);
+        let n1 = self.norm_spec().apply(
+            &w.ln1,
+            resid_pre,
+            Some((HookPoint::Ln1Scale(l), HookPoint::Ln1Normalized(l))),
+            sink,
+        )?;
+        let (mut attn_out, kv) = self.attention(&n1, ctx, offset, past, sink)?;
+        if let Some(pn) = &w.ln1_post {
+            attn_out = self.norm_spec().apply(
+                pn,
+                &attn_out,
+                Some((HookPoint::Ln1PostScale(l), HookPoint::Ln1PostNormalized(l))),
+                sink,
+            )?;
+        }
+        let attn_out = hook(sink, HookPoint::AttnOut(l), attn_out)?;
+        Ok((attn_out, n1, kv))
+    }
+
+    /// The MLP half of a (sequential) block: `resid_mid [batch, pos, d_model]` ->
+    /// `resid_post`.
+    ///
+    /// # Errors
+    /// Tensor and hook errors.
+    pub fn mlp_half(&self, resid_mid: Tensor, sink: &mut dyn HookSink) -> Result<Tensor> {
+        let (l, w) = (self.layer, self.w);
+        let n2 = self.norm_spec().apply(
+            &w.ln2,
+            &resid_mid,
+            Some((HookPoint::Ln2Scale(l), HookPoint::Ln2Normalized(l))),
+            sink,
+        )?;
+        let mlp_out = self.mlp(&n2, sink)?;
+        hook(sink, HookPoint::ResidPost(l), (resid_mid + mlp_out)?)
+    }
+
+    /// The MLP on its normalised input `x [batch, pos, d_model]`: `hook_mlp_out`, after the
+    /// post-norm where the family has one.
+    ///
+    /// # Errors
+    /// Tensor and hook errors.
+    pub fn mlp(&self, x: &Tensor, sink: &mut dyn HookSink) -> Result<Tensor> {
+        let (l, w) = (self.layer, self.w);
+        let post = match &w.w_gate {
+            Some(gate) => {
+                let pre = hook(sink, HookPoint::MlpPre(l), linear(x, gate, None)?)?;
+                let lin = hook(
+                    sink,
+                    HookPoint::MlpPreLinear(l),
+                    linear(x, &w.w_in, w.b_in.as_ref())?,
+                )?;
+                (activation(self.cfg.act, &pre)? * lin)?
+            }
+            None => {
+                let pre = hook(
+                    sink,
+                    HookPoint::MlpPre(l),
+                    linear(x, &w.w_in, w.b_in.as_ref())?,
+                )?;
+                activation(self.cfg.act, &pre)?
+            }
+        };
+        let post = hook(sink, HookPoint::MlpPost(l), post)?;
+        let mut out = linear(&post, &w.w_out, w.b_out.as_ref())?;
+        if let Some(pn) = &w.ln2_post {
+            out = self.norm_spec().apply(
+                pn,
+                &out,
+                Some((HookPoint::Ln2PostScale(l), HookPoint::Ln2PostNormalized(l))),
+                sink,
+            )?;
+        }
+        hook(sink, HookPoint::MlpOut(l), out)
+    }
+
+    /// Attention of the positions `offset..offset + pos` of `x [batch, pos, d_model]` (the
+    /// norm's output) over the earlier positions in `past` and themselves. Returns the attention
+    /// output `[batch, pos, d_model]` and the keys/values of all positions so far.
+    ///
+    /// # Errors
+    /// Tensor and hook errors.
+    pub fn attention(
+        &self,
+        x: &Tensor,
+        ctx: &ForwardCtx,
+        offset: usize,
+        past: Option<&PastKv>,
+        sink: &mut dyn HookSink,
+    ) -> Result<(Tensor, PastKv)> {
+        let (l, cfg, w) = (self.layer, self.cfg, self.w);
+        let (b, p, _) = x.dims3()?;
+        let (h, kv, dh) = (cfg.n_heads, cfg.n_kv_heads, cfg.d_head);
+        let mut q = linear(x, &w.w_q, w.b_q.as_ref())?.reshape((b, p, h, dh))?;
+        let mut k = linear(x, &w.w_k, w.b_k.as_ref())?.reshape((b, p, kv, dh))?;
+        let v = linear(x, &w.w_v, w.b_v.as_ref())?.reshape((b, p, kv, dh))?;
+        if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
+            q = self.norm_spec().head_rms(&q, qn)?;
+            k = self.norm_spec().head_rms(&k, kn)?;
+        }
+        let q = hook(sink, HookPoint::Q(l), q)?;
+        let k = hook(sink, HookPoint::K(l), k)?;
+        let v = hook(sink, HookPoint::V(l), v)?;
+        let kind = cfg.layer_attention[l];
+        let (q, k) = match &cfg.positional {
+            Positional::Rotary(r) => {
+                let tables = match (kind, &ctx.rope_local) {
+                    (AttentionKind::Local { .. }, Some(t)) => t,
+                    _ => ctx.rope_global.as_ref().ok_or_else(|| {
+                        LensError::InvalidArgument("rotary tables missing".into())
+                    })?,
+                };
+                let cos = tables.0.narrow(0, offset, p)?;
+                let sin = tables.1.narrow(0, offset, p)?;
+                let q = self.rotate(&q, &cos, &sin, r.dim, r.interleaved)?;
+                let k = self.rotate(&k, &cos, &sin, r.dim, r.interleaved)?;
+                (
+                    hook(sink, HookPoint::RotQ(l), q)?,
+                    hook(sink, HookPoint::RotK(l), k)?,
+                )
+            }
+            Positional::Learned => (q, k),
+        };
+        let (k, v) = match past {
+            Some(past) => (
+                Tensor::cat(&[&past.k, &k], 1)?,
+                Tensor::cat(&[&past.v, &v], 1)?,
+            ),
+            None => (k, v),
+        };
+        let t = k.dim(1)?;
+        // [batch, heads, pos, d_head]
+        let qt = q.transpose(1, 2)?.contiguous()?;
+        let expand = |x: &Tensor| -> Result<Tensor> {
+            let x = x.transpose(1, 2)?; // [b, kv, t, dh]
+            if kv == h {
+                return Ok(x.contiguous()?);
+            }
+            let g = h / kv;
+            Ok(x.unsqueeze(2)?
+                .expand((b, kv, g, t, dh))?
+                .reshape((b, h, t, dh))?)
+        };
+        let kt = expand(&k)?;
+        let vt = expand(&v)?;
+        let mut scores = (qt.matmul(&kt.t()?)? * cfg.attn_scale)?;
+        if let Some(cap) = cfg.attn_softcap {
+            scores = ((scores / cap)?.tanh()? * cap)?;
+        }
+        let mask = ctx
+            .masks
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, m)| m)
+            .ok_or_else(|| LensError::InvalidArgument("mask missing".into()))?;
+        let mask = if offset == 0 && p == ctx.seq {
+            mask.clone()
+        } else {
+            mask.narrow(0, offset, p)?.narrow(1, 0, t)?
+        };
+        let scores = hook(sink, HookPoint::AttnScores(l), scores.broadcast_add(&mask)?)?;
+        let scores32 = scores.to_dtype(DType::F32)?;
+        // the fused softmax kernel carries no gradient; the composed one does
+        let pattern = if scores32.track_op() {
+            candle_nn::ops::softmax(&scores32, D::Minus1)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&scores32)?
+        }
+        .to_dtype(self.dtype)?;
+        let pattern = hook(sink, HookPoint::Pattern(l), pattern)?;
+        // z: [b, p, h, dh]
+        let z = pattern.matmul(&vt)?.transpose(1, 2)?.contiguous()?;
+        let z = hook(sink, HookPoint::Z(l), z)?;
+        let out = if sink.wants(&HookPoint::Result(l)) {
+            let result = self.head_results(&z)?;
+            let result = hook(sink, HookPoint::Result(l), result)?;
+            let out = result.sum(2)?;
+            match &w.b_o {
+                Some(bo) => out.broadcast_add(bo)?,
+                None => out,
+            }
+        } else {
+            linear(&z.reshape((b, p, h * dh))?, &w.w_o, w.b_o.as_ref())?
+        };
+        Ok((out, PastKv { k, v }))
+    }
+
+    /// What `z [batch, pos, head, d_head]` adds to the residual stream: `z W_O + b_O`, then
+    /// the post-attention norm where the family has one (no hooks fire) — `[batch, pos,
+    /// d_model]`, the `hook_attn_out` a patched `z` produces.
+    ///
+    /// # Errors
+    /// Shape errors.
+    pub fn attn_out_from_z(&self, z: &Tensor) -> Result<Tensor> {
+        let (b, p, h, dh) = z.dims4()?;
+        let w = self.w;
+        let mut out = linear(&z.reshape((b, p, h * dh))?, &w.w_o, w.b_o.as_ref())?;
+        if let Some(pn) = &w.ln1_post {
+            out = self
+                .norm_spec()
+                .apply(pn, &out, None, &mut crate::engine::hooks::NoHooks)?;
+        }
+        Ok(out)
+    }
+
+    /// Each head's output `z W_O` without the bias: `z [batch, pos, head, d_head]` ->
+    /// `[batch, pos, head, d_model]` (TransformerLens's `hook_result`).
+    ///
+    /// # Errors
+    /// Shape errors.
+    pub fn head_results(&self, z: &Tensor) -> Result<Tensor> {
+        let cfg = self.cfg;
+        let (b, p, h, dh) = z.dims4()?;
+        // W_O[h] = w_o[:, h*dh..(h+1)*dh]^T  ->  [h, dh, d_model]
+        let w_o = self.w.w_o.t()?.reshape((h, dh, cfg.d_model))?;
+        let zh = z.permute((2, 0, 1, 3))?.reshape((h, b * p, dh))?;
+        Ok(zh
+            .matmul(&w_o.contiguous()?)?
+            .reshape((h, b, p, cfg.d_model))?
+            .permute((1, 2, 0, 3))?
+            .contiguous()?)
+    }
+}

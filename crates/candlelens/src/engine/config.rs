@@ -1,0 +1,189 @@
+//! [`ModelConfig`]: one architecture-neutral description of a decoder-only transformer.
+//!
+//! Every supported family (GPT-2, Llama, Qwen, Gemma 1/2/3) is this struct with different
+//! switches; the one generic forward in [`crate::engine::model`] reads nothing else.
+
+use serde::Serialize;
+
+/// Which normalisation the blocks use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum NormKind {
+    /// `(x - mean) / sqrt(var + eps) * w + b` (GPT-2).
+    LayerNorm,
+    /// `x / sqrt(mean(x^2) + eps) * w` (Llama, Qwen, Gemma; Gemma's `1 + w` is folded in at load).
+    RmsNorm,
+}
+
+/// The MLP nonlinearity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Activation {
+    /// Exact erf GELU.
+    Gelu,
+    /// The tanh approximation of GELU (`gelu_new` in GPT-2, `gelu_pytorch_tanh` in Gemma).
+    GeluTanh,
+    /// `x * sigmoid(x)` (Llama, Qwen).
+    Silu,
+    /// `max(x, 0)`.
+    Relu,
+}
+
+/// How positions enter the model.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum Positional {
+    /// A learned `W_pos [n_ctx, d_model]` added to the embedding (GPT-2).
+    Learned,
+    /// Rotary embeddings on q and k ("rotate half", the HF / NeoX convention).
+    Rotary(RotaryConfig),
+}
+
+/// Rotary position embedding parameters.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RotaryConfig {
+    /// Number of dimensions of each head that rotate (`d_head` unless partial rotary).
+    pub dim: usize,
+    /// Base of the frequencies for global-attention layers.
+    pub base: f64,
+    /// Base for sliding-window (local) layers where it differs (Gemma 3: 10 000).
+    pub local_base: Option<f64>,
+    /// Frequency rescaling (Llama 3 style), applied to global layers.
+    pub scaling: Option<RopeScaling>,
+    /// Rotate adjacent pairs `(0,1), (2,3), ...` (GPT-J) instead of the two halves of the head.
+    pub interleaved: bool,
+}
+
+/// Rotary frequency scaling rules.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum RopeScaling {
+    /// Positions divided by `factor` (HF "linear").
+    Linear { factor: f64 },
+    /// The `llama3` rule: long wavelengths divided by `factor`, short ones kept, smooth between.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
+}
+
+/// Whether a layer attends to every earlier position or only to a sliding window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum AttentionKind {
+    /// Full causal attention.
+    Global,
+    /// Causal attention to the last `window` positions (the query's own included).
+    Local { window: usize },
+}
+
+/// An architecture-neutral description of a decoder-only transformer.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ModelConfig {
+    /// The family the weights came from (`llama`, `gemma3`, `gpt2`, ...), for display.
+    pub architecture: String,
+    /// A human name (alias, repo id or file name).
+    pub name: String,
+    pub n_layers: usize,
+    pub d_model: usize,
+    pub n_heads: usize,
+    /// Key/value heads: `n_heads` for MHA, fewer for grouped-query attention, 1 for MQA.
+    pub n_kv_heads: usize,
+    pub d_head: usize,
+    pub d_mlp: usize,
+    pub d_vocab: usize,
+    /// Maximum context length.
+    pub n_ctx: usize,
+    pub norm: NormKind,
+    pub norm_eps: f64,
+    pub positional: Positional,
+    pub act: Activation,
+    /// `act(x W_gate) * (x W_in)` instead of `act(x W_in)`.
+    pub gated_mlp: bool,
+    /// RMSNorm of each query and key head over `d_head` before rotary (Qwen3, Gemma 3).
+    pub qk_norm: bool,
+    /// Extra norms on the attention and MLP outputs before they join the residual (Gemma 2/3).
+    pub post_norms: bool,
+    /// Attention scores multiplied by this before softmax (usually `1/sqrt(d_head)`).
+    pub attn_scale: f64,
+    /// `cap * tanh(scores / cap)` on attention scores (Gemma 2).
+    pub attn_softcap: Option<f64>,
+    /// `cap * tanh(logits / cap)` on the final logits (Gemma 2).
+    pub final_softcap: Option<f64>,
+    /// Per-layer attention kind (sliding windows).
+    pub layer_attention: Vec<AttentionKind>,
+    /// Embeddings multiplied by this (Gemma: `sqrt(d_model)`).
+    pub embed_scale: Option<f64>,
+    /// `W_U = W_E^T`.
+    pub tied_embeddings: bool,
+    /// Attention and MLP read the same normalised input and add in parallel (GPT-J).
+    pub parallel_attn_mlp: bool,
+    /// The BOS token id, if the model has one.
+    pub bos_token_id: Option<u32>,
+    /// The EOS token id, if the model has one.
+    pub eos_token_id: Option<u32>,
+    /// The padding id used when batching prompts of different lengths.
+    pub pad_token_id: u32,
+    /// Whether `to_tokens` prepends BOS by default (follows the tokenizer's own default).
+    pub default_prepend_bos: bool,
+}
+
+impl ModelConfig {
+    /// Number of query heads sharing one key/value head.
+    pub fn kv_group(&self) -> usize {
+        self.n_heads / self.n_kv_heads.max(1)
+    }
+
+    /// Parameter count (weights only, tied embeddings counted once).
+    pub fn n_params(&self) -> usize {
+        let attn = self.d_model * self.d_head * (2 * self.n_heads + 2 * self.n_kv_heads);
+        let mlp = self.d_model * self.d_mlp * if self.gated_mlp { 3 } else { 2 };
+        let embed = self.d_vocab * self.d_model * if self.tied_embeddings { 1 } else { 2 };
+        self.n_layers * (attn + mlp) + embed
+    }
+
+    /// Checks internal consistency; every loader calls this before building the model.
+    ///
+    /// # Errors
+    /// [`crate::LensError::UnsupportedConfig`] naming the inconsistent field.
+    pub fn validate(&self) -> crate::Result<()> {
+        let bad = |field: &str, value: String, fix: &str| {
+            Err(crate::LensError::UnsupportedConfig {
+                field: field.into(),
+                value,
+                fix: fix.into(),
+            })
+        };
+        if self.n_layers == 0 || self.d_model == 0 || self.n_heads == 0 || self.d_head == 0 {
+            return bad(
+                "n_layers/d_model/n_heads/d_head",
+                format!(
+                    "{}/{}/{}/{}",
+                    self.n_layers, self.d_model, self.n_heads, self.d_head
+                ),
+                "all must be positive",
+            );
+        }
+        if self.n_kv_heads == 0 || !self.n_heads.is_multiple_of(self.n_kv_heads) {
+            return bad(
+                "n_kv_heads",
+                self.n_kv_heads.to_string(),
+                "must divide n_heads",
+            );
+        }
+        if self.layer_attention.len() != self.n_layers {
+            return bad(
+                "layer_attention",
+                format!("{} entries", self.layer_attention.len()),
+                "needs one entry per layer",
+            );
+        }
+        if let Positional::Rotary(r) = &self.positional {
+            if r.dim == 0 || r.dim > self.d_head || r.dim % 2 != 0 {
+                return bad(
+                    "rotary_dim",
+                    r.dim.to_string(),
+                    "must be even and at most d_head",
+                );
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,28 @@
+//! The engine: one generic hookable forward pass that every architecture family maps its
+//! weights into — **run** and **cache** in load → run → cache → analyse → show.
+//!
+//! - [`config`] describes an architecture as switches ([`ModelConfig`]); [`weights`] holds its
+//!   tensors in the canonical layout.
+//! - [`ops`] holds the small shared operations (hook firing, `linear`, activations, norms);
+//!   [`rope`] the rotary tables and causal masks; [`block`] one transformer block as a view over
+//!   one layer's weights ([`block::Block`]).
+//! - [`model`] is [`HookedTransformer`]: embed, blocks, unembed, and the TransformerLens entry
+//!   points (`run_with_cache`, `run_with_hooks`, `to_tokens`, ...).
+//! - [`tokenizer`] and [`tokens`] turn text into right-padded batches; [`hooks`] names every
+//!   hook point the TransformerLens way; [`cache`] records them; [`generate`] samples with a KV
+//!   cache.
+//!
+//! [`ModelConfig`]: config::ModelConfig
+//! [`HookedTransformer`]: model::HookedTransformer
+
+pub mod block;
+pub mod cache;
+pub mod config;
+pub mod generate;
+pub mod hooks;
+pub mod model;
+pub mod ops;
+pub mod rope;
+pub mod tokenizer;
+pub mod tokens;
+pub mod weights;

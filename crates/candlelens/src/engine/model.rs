@@ -1,0 +1,455 @@
+//! [`HookedTransformer`]: the one generic forward pass, with TransformerLens hook points.
+//!
+//! Every architecture runs this code; the differences are switches in [`ModelConfig`]. The
+//! pass is split into [`HookedTransformer::embed`], the blocks ([`HookedTransformer::block`],
+//! a [`Block`] view per layer) and [`HookedTransformer::unembed`], so that analysis code
+//! (patching sweeps, the LRE Jacobian) can start at any layer from a cached residual stream.
+
+use candle_core::{DType, Device, IndexOp, Tensor, D};
+
+use crate::engine::block::{Block, ForwardCtx, PastKv};
+use crate::engine::cache::ActivationCache;
+use crate::engine::config::ModelConfig;
+use crate::engine::hooks::{Chain, HookFilter, HookPoint, HookSink, Hooks, NoHooks};
+use crate::engine::ops::{hook, linear, NormSpec};
+use crate::engine::tokenizer::LensTokenizer;
+use crate::engine::tokens::Tokens;
+use crate::engine::weights::Weights;
+use crate::error::{LensError, Result};
+
+/// A transformer with hook points, weights in the canonical layout, and its tokenizer.
+pub struct HookedTransformer {
+    /// The architecture description.
+    pub cfg: ModelConfig,
+    /// The weights.
+    pub weights: Weights,
+    tokenizer: LensTokenizer,
+    pub(crate) device: Device,
+    pub(crate) dtype: DType,
+}
+
+/// Which positions' logits to compute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogitsAt {
+    /// `[batch, pos, d_vocab]`.
+    All,
+    /// Each prompt's final real position: `[batch, d_vocab]`.
+    Last,
+}
+
+impl HookedTransformer {
+    /// Builds a model from parts (loaders call this).
+    ///
+    /// # Errors
+    /// Inconsistent config or weights.
+    pub fn from_parts(
+        cfg: ModelConfig,
+        weights: Weights,
+        tokenizer: LensTokenizer,
+        device: Device,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        weights.validate(&cfg)?;
+        let dtype = weights.w_e.dtype();
+        Ok(HookedTransformer {
+            cfg,
+            weights,
+            tokenizer,
+            device,
+            dtype,
+        })
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The compute dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &LensTokenizer {
+        &self.tokenizer
+    }
+
+    // ----- tokens --------------------------------------------------------------------------
+
+    /// Tokenizes one or more prompts into a right-padded batch. `prepend_bos: None` follows the
+    /// model's tokenizer default (Gemma: yes; SmolLM2: no; GPT-2 as in TransformerLens: yes).
+    ///
+    /// # Errors
+    /// [`LensError::EmptyPrompt`], [`LensError::PromptTooLong`].
+    pub fn to_tokens<P: crate::Prompts>(
+        &self,
+        prompts: P,
+        prepend_bos: Option<bool>,
+    ) -> Result<Tokens> {
+        let rows = prompts
+            .prompts()
+            .iter()
+            .map(|p| self.tokenizer.encode_with_bos(p, prepend_bos))
+            .collect::<Result<Vec<_>>>()?;
+        let t = Tokens::new(rows, self.cfg.pad_token_id)?;
+        self.check_tokens(&t)?;
+        Ok(t)
+    }
+
+    /// Token ids as they would be fed to the model, from ids the caller has.
+    ///
+    /// # Errors
+    /// [`LensError::EmptyPrompt`], [`LensError::TokenOutOfRange`], [`LensError::PromptTooLong`].
+    pub fn tokens_from_ids(&self, ids: Vec<u32>) -> Result<Tokens> {
+        let t = Tokens::new(vec![ids], self.cfg.pad_token_id)?;
+        self.check_tokens(&t)?;
+        Ok(t)
+    }
+
+    fn check_tokens(&self, t: &Tokens) -> Result<()> {
+        if t.max_len() > self.cfg.n_ctx {
+            return Err(LensError::PromptTooLong {
+                len: t.max_len(),
+                n_ctx: self.cfg.n_ctx,
+            });
+        }
+        for row in t.rows() {
+            if let Some(&id) = row.iter().find(|&&id| id as usize >= self.cfg.d_vocab) {
+                return Err(LensError::TokenOutOfRange {
+                    id,
+                    d_vocab: self.cfg.d_vocab,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Each token of `text` as a string (`["<bos>", "Is", " Paris", ...]`).
+    ///
+    /// # Errors
+    /// Tokenizer errors.
+    pub fn to_str_tokens(&self, text: &str, prepend_bos: Option<bool>) -> Result<Vec<String>> {
+        let ids = self.tokenizer.encode_with_bos(text, prepend_bos)?;
+        self.tokenizer.str_tokens(&ids)
+    }
+
+    /// The strings of given ids.
+    ///
+    /// # Errors
+    /// Tokenizer errors.
+    pub fn ids_to_str_tokens(&self, ids: &[u32]) -> Result<Vec<String>> {
+        self.tokenizer.str_tokens(ids)
+    }
+
+    /// The id of a string that must be exactly one token (no BOS).
+    ///
+    /// # Errors
+    /// [`LensError::NotSingleToken`] naming the pieces.
+    pub fn to_single_token(&self, text: &str) -> Result<u32> {
+        let ids = self.tokenizer.encode(text)?;
+        if ids.len() != 1 {
+            return Err(LensError::NotSingleToken {
+                text: text.to_string(),
+                n: ids.len(),
+                tokens: self.tokenizer.str_tokens(&ids)?,
+            });
+        }
+        Ok(ids[0])
+    }
+
+    /// Decodes ids to text.
+    ///
+    /// # Errors
+    /// Tokenizer errors.
+    pub fn to_string(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer.decode(ids)
+    }
+
+    // ----- forward -------------------------------------------------------------------------
+
+    /// Logits `[batch, pos, d_vocab]`.
+    ///
+    /// # Errors
+    /// Tensor errors (a bug) or bad tokens.
+    pub fn forward(&self, tokens: &Tokens) -> Result<Tensor> {
+        self.forward_with(tokens, LogitsAt::All, &mut NoHooks)
+    }
+
+    /// Logits at each prompt's final real position `[batch, d_vocab]` (cheap for big vocabularies).
+    ///
+    /// # Errors
+    /// As [`Self::forward`].
+    pub fn last_logits(&self, tokens: &Tokens) -> Result<Tensor> {
+        self.forward_with(tokens, LogitsAt::Last, &mut NoHooks)
+    }
+
+    /// Runs with user hooks; returns logits `[batch, pos, d_vocab]`.
+    ///
+    /// # Errors
+    /// Whatever a hook returns, [`LensError::HookShape`], [`LensError::LayerOutOfRange`].
+    pub fn run_with_hooks(&self, tokens: &Tokens, hooks: &mut Hooks) -> Result<Tensor> {
+        for hp in hooks.points() {
+            hp.check(&self.cfg)?;
+        }
+        self.forward_with(tokens, LogitsAt::All, hooks)
+    }
+
+    /// Runs and caches every activation the filter selects (`None`: all of them).
+    /// Returns `(logits [batch, pos, d_vocab], cache)`.
+    ///
+    /// # Errors
+    /// As [`Self::forward`].
+    pub fn run_with_cache(
+        &self,
+        tokens: &Tokens,
+        filter: Option<HookFilter>,
+    ) -> Result<(Tensor, ActivationCache)> {
+        let mut cache = ActivationCache::recorder(filter.unwrap_or(HookFilter::All));
+        let logits = self.forward_with(tokens, LogitsAt::All, &mut cache)?;
+        Ok((logits, cache.finish(tokens.clone())))
+    }
+
+    /// Hooks and a cache in one run: the cache sees the hooked activations.
+    ///
+    /// # Errors
+    /// As [`Self::run_with_hooks`].
+    pub fn run_with_hooks_and_cache(
+        &self,
+        tokens: &Tokens,
+        hooks: &mut Hooks,
+        filter: Option<HookFilter>,
+        at: LogitsAt,
+    ) -> Result<(Tensor, ActivationCache)> {
+        for hp in hooks.points() {
+            hp.check(&self.cfg)?;
+        }
+        let mut cache = ActivationCache::recorder(filter.unwrap_or(HookFilter::All));
+        let logits = self.forward_with(tokens, at, &mut Chain(hooks, &mut cache))?;
+        Ok((logits, cache.finish(tokens.clone())))
+    }
+
+    /// Mean next-token cross-entropy over every real position of every prompt.
+    ///
+    /// # Errors
+    /// [`LensError::InvalidArgument`] if no prompt has two tokens.
+    pub fn loss(&self, tokens: &Tokens) -> Result<f32> {
+        let logits = self.forward(tokens)?;
+        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        let (mut sum, mut n) = (0f64, 0usize);
+        for (b, row) in tokens.rows().iter().enumerate() {
+            if row.len() < 2 {
+                continue;
+            }
+            let lp = logp.i(b)?;
+            let targets = Tensor::new(&row[1..], &self.device)?;
+            let picked = lp
+                .narrow(0, 0, row.len() - 1)?
+                .gather(&targets.unsqueeze(1)?, 1)?
+                .to_dtype(DType::F32)?
+                .sum_all()?
+                .to_scalar::<f32>()?;
+            sum -= picked as f64;
+            n += row.len() - 1;
+        }
+        if n == 0 {
+            return Err(LensError::InvalidArgument(
+                "loss needs a prompt of at least two tokens".into(),
+            ));
+        }
+        Ok((sum / n as f64) as f32)
+    }
+
+    /// The full forward with a hook sink.
+    ///
+    /// # Errors
+    /// As [`Self::forward`].
+    pub fn forward_with(
+        &self,
+        tokens: &Tokens,
+        at: LogitsAt,
+        sink: &mut dyn HookSink,
+    ) -> Result<Tensor> {
+        self.check_tokens(tokens)?;
+        let ctx = self.context(tokens.max_len())?;
+        let mut x = self.embed(tokens, sink)?;
+        for l in 0..self.cfg.n_layers {
+            x = self.run_block(l, x, &ctx, sink)?;
+        }
+        self.unembed(&x, tokens, at, sink)
+    }
+
+    /// Token (and learned positional) embedding: the residual stream entering block 0,
+    /// `[batch, pos, d_model]`. Fires `hook_embed`, `hook_pos_embed`.
+    ///
+    /// # Errors
+    /// Tensor errors.
+    pub fn embed(&self, tokens: &Tokens, sink: &mut dyn HookSink) -> Result<Tensor> {
+        self.embed_ids(&tokens.to_tensor(&self.device)?, 0, sink)
+    }
+
+    /// Embeds ids `[batch, pos]` standing at positions `offset..offset + pos`.
+    ///
+    /// # Errors
+    /// Tensor errors.
+    pub fn embed_ids(
+        &self,
+        ids: &Tensor,
+        offset: usize,
+        sink: &mut dyn HookSink,
+    ) -> Result<Tensor> {
+        let (b, p) = ids.dims2()?;
+        let mut x = self
+            .weights
+            .w_e
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, p, self.cfg.d_model))?;
+        if let Some(s) = self.cfg.embed_scale {
+            // HF multiplies by the scale rounded to the weights' dtype
+            let s = Tensor::new(&[s as f32], &self.device)?.to_dtype(self.dtype)?;
+            x = x.broadcast_mul(&s)?;
+        }
+        x = hook(sink, HookPoint::Embed, x)?;
+        if let Some(wpos) = &self.weights.w_pos {
+            if offset + p > wpos.dim(0)? {
+                return Err(LensError::PromptTooLong {
+                    len: offset + p,
+                    n_ctx: wpos.dim(0)?,
+                });
+            }
+            let pos = wpos.narrow(0, offset, p)?.unsqueeze(0)?.repeat((b, 1, 1))?;
+            let pos = hook(sink, HookPoint::PosEmbed, pos)?;
+            x = (x + pos)?;
+        }
+        Ok(x)
+    }
+
+    /// Final norm and unembedding from the residual stream after the last block.
+    /// Fires `ln_final.hook_scale` and `ln_final.hook_normalized`.
+    ///
+    /// # Errors
+    /// Tensor errors.
+    pub fn unembed(
+        &self,
+        x: &Tensor,
+        tokens: &Tokens,
+        at: LogitsAt,
+        sink: &mut dyn HookSink,
+    ) -> Result<Tensor> {
+        let n = self.norm_spec().apply(
+            &self.weights.ln_final,
+            x,
+            Some((HookPoint::LnFinalScale, HookPoint::LnFinalNormalized)),
+            sink,
+        )?;
+        let n = match at {
+            LogitsAt::All => n,
+            LogitsAt::Last => self.gather_last(&n, tokens)?,
+        };
+        let mut logits = linear(&n, &self.weights.w_u, self.weights.b_u.as_ref())?;
+        if let Some(cap) = self.cfg.final_softcap {
+            logits = ((logits / cap)?.tanh()? * cap)?;
+        }
+        Ok(logits)
+    }
+
+    /// Final norm and unembedding of residual-stream vectors `[.., d_model]` (no hooks):
+    /// the logits `[.., d_vocab]` they would produce as the last layer's output.
+    ///
+    /// # Errors
+    /// Tensor errors.
+    pub fn unembed_residual(&self, x: &Tensor) -> Result<Tensor> {
+        let n = self
+            .norm_spec()
+            .apply(&self.weights.ln_final, x, None, &mut NoHooks)?;
+        let mut logits = linear(&n, &self.weights.w_u, self.weights.b_u.as_ref())?;
+        if let Some(cap) = self.cfg.final_softcap {
+            logits = ((logits / cap)?.tanh()? * cap)?;
+        }
+        Ok(logits)
+    }
+
+    /// Picks each prompt's final real position from `x [batch, pos, ...]` -> `[batch, ...]`.
+    ///
+    /// # Errors
+    /// Tensor errors.
+    pub fn gather_last(&self, x: &Tensor, tokens: &Tokens) -> Result<Tensor> {
+        tokens.gather_last(x)
+    }
+
+    // ----- blocks --------------------------------------------------------------------------
+
+    /// The norm switches of this model (kind, epsilon, compute dtype).
+    pub fn norm_spec(&self) -> NormSpec {
+        NormSpec {
+            kind: self.cfg.norm,
+            eps: self.cfg.norm_eps,
+            dtype: self.dtype,
+        }
+    }
+
+    /// Block `l` as a [`Block`] view: run it whole, or its attention and MLP halves.
+    ///
+    /// # Errors
+    /// [`LensError::LayerOutOfRange`].
+    pub fn block(&self, l: usize) -> Result<Block<'_>> {
+        let w = self
+            .weights
+            .layers
+            .get(l)
+            .ok_or(LensError::LayerOutOfRange {
+                layer: l,
+                n_layers: self.cfg.n_layers,
+            })?;
+        Block::new(&self.cfg, w, l, self.dtype)
+    }
+
+    /// Rotary tables and masks for sequences of up to `seq` positions.
+    ///
+    /// # Errors
+    /// Tensor allocation failure.
+    pub fn context(&self, seq: usize) -> Result<ForwardCtx> {
+        ForwardCtx::new(&self.cfg, seq, self.dtype, &self.device)
+    }
+
+    /// One transformer block: `resid_pre [batch, pos, d_model]` -> `resid_post`.
+    ///
+    /// # Errors
+    /// Tensor errors, hook errors, [`LensError::LayerOutOfRange`].
+    pub fn run_block(
+        &self,
+        l: usize,
+        x: Tensor,
+        ctx: &ForwardCtx,
+        sink: &mut dyn HookSink,
+    ) -> Result<Tensor> {
+        Ok(self.block(l)?.forward(x, ctx, 0, None, sink)?.0)
+    }
+
+    /// One block on positions `offset..` given the keys/values of the earlier positions;
+    /// returns `resid_post` and the keys/values of all positions so far (a KV cache step).
+    /// See [`Block::forward`].
+    ///
+    /// # Errors
+    /// As [`Self::run_block`].
+    pub fn run_block_at(
+        &self,
+        l: usize,
+        x: Tensor,
+        ctx: &ForwardCtx,
+        offset: usize,
+        past: Option<&PastKv>,
+        sink: &mut dyn HookSink,
+    ) -> Result<(Tensor, PastKv)> {
+        self.block(l)?.forward(x, ctx, offset, past, sink)
+    }
+
+    /// Each head's output `z W_O` without the bias at layer `l`: `z [batch, pos, head, d_head]`
+    /// -> `[batch, pos, head, d_model]` (TransformerLens's `hook_result`).
+    ///
+    /// # Errors
+    /// Shape errors, [`LensError::LayerOutOfRange`].
+    pub fn head_results(&self, l: usize, z: &Tensor) -> Result<Tensor> {
+        self.block(l)?.head_results(z)
+    }
+}

@@ -1,0 +1,119 @@
+//! The small operations every block and the unembedding share: firing a hook point,
+//! `x W^T + b`, the MLP activations, and the norms (LayerNorm / RMSNorm, per-head RMSNorm).
+//! Free functions of tensors and config switches, so that [`super::block`] and
+//! [`super::model`] both build on them without depending on each other.
+
+use candle_core::{DType, Tensor, D};
+
+use crate::engine::config::{Activation, NormKind};
+use crate::engine::hooks::{HookPoint, HookSink};
+use crate::engine::weights::NormWeights;
+use crate::error::Result;
+
+/// Fires hook point `hp` on `x` if the sink wants it; returns the (possibly replaced) tensor.
+///
+/// # Errors
+/// Whatever the sink returns (a hook's error, [`crate::LensError::HookShape`]).
+pub fn hook(sink: &mut dyn HookSink, hp: HookPoint, x: Tensor) -> Result<Tensor> {
+    if sink.wants(&hp) {
+        sink.visit(&hp, x)
+    } else {
+        Ok(x)
+    }
+}
+
+/// `x W^T + b` for `x [.., d_in]`, `w [d_out, d_in]`, `b [d_out]` -> `[.., d_out]`.
+///
+/// # Errors
+/// Shape mismatches (a bug in the caller).
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let d_in = *dims.last().unwrap_or(&0);
+    let rows = x.elem_count() / d_in.max(1);
+    let y = x.reshape((rows, d_in))?.matmul(&w.t()?)?;
+    let y = match b {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
+    let mut out = dims;
+    if let Some(last) = out.last_mut() {
+        *last = w.dim(0)?;
+    }
+    Ok(y.reshape(out)?)
+}
+
+/// The MLP's activation function, elementwise.
+///
+/// # Errors
+/// Tensor errors.
+pub fn activation(act: Activation, x: &Tensor) -> Result<Tensor> {
+    Ok(match act {
+        Activation::Gelu => x.gelu_erf()?,
+        Activation::GeluTanh => x.gelu()?,
+        Activation::Silu => x.silu()?,
+        Activation::Relu => x.relu()?,
+    })
+}
+
+/// A norm's switches: which kind, its epsilon, and the compute dtype it returns.
+#[derive(Clone, Copy, Debug)]
+pub struct NormSpec {
+    /// LayerNorm (centred) or RMSNorm.
+    pub kind: NormKind,
+    /// Added to the mean square before the square root.
+    pub eps: f64,
+    /// The dtype of the output (statistics are computed in f32).
+    pub dtype: DType,
+}
+
+impl NormSpec {
+    /// Normalises `x [batch, pos, d]` with weights `w`, firing `(scale, normalized)` hooks
+    /// if given: `(x - mean) / sqrt(var + eps) * w + b` (LayerNorm) or `x / rms * w`
+    /// (RMSNorm). The scale hook sees `[batch, pos, 1]`.
+    ///
+    /// # Errors
+    /// Tensor and hook errors.
+    pub fn apply(
+        &self,
+        w: &NormWeights,
+        x: &Tensor,
+        hooks: Option<(HookPoint, HookPoint)>,
+        sink: &mut dyn HookSink,
+    ) -> Result<Tensor> {
+        let x32 = x.to_dtype(DType::F32)?;
+        let centred = match self.kind {
+            NormKind::LayerNorm => x32.broadcast_sub(&x32.mean_keepdim(D::Minus1)?)?,
+            NormKind::RmsNorm => x32,
+        };
+        let scale = (centred.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?;
+        let scale = match hooks {
+            Some((hs, _)) => hook(sink, hs, scale.to_dtype(self.dtype)?)?.to_dtype(DType::F32)?,
+            None => scale,
+        };
+        let mut y = centred
+            .broadcast_div(&scale)?
+            .to_dtype(self.dtype)?
+            .broadcast_mul(&w.w)?;
+        if let Some(b) = &w.b {
+            y = y.broadcast_add(b)?;
+        }
+        match hooks {
+            Some((_, hn)) => hook(sink, hn, y),
+            None => Ok(y),
+        }
+    }
+
+    /// Per-head RMSNorm over `d_head` for `x [batch, pos, heads, d_head]` with scale
+    /// `w [d_head]` (the q/k norm of Qwen3 and Gemma 3).
+    ///
+    /// # Errors
+    /// Tensor errors.
+    pub fn head_rms(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        let x32 = x.to_dtype(DType::F32)?;
+        let scale = (x32.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?;
+        Ok(x32
+            .broadcast_div(&scale)?
+            .to_dtype(self.dtype)?
+            .broadcast_mul(w)?)
+    }
+}

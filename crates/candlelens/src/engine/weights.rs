@@ -1,0 +1,186 @@
+//! The one canonical weight layout every architecture is mapped into.
+//!
+//! Linear maps are kept in the checkpoint's `[d_out, d_in]` layout (the forward multiplies by
+//! the transpose without copying); TransformerLens-shaped views (`W_Q [n_heads, d_model,
+//! d_head]`, ...) are derived on demand by [`crate::HookedTransformer`]'s accessors.
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::engine::config::{ModelConfig, NormKind};
+use crate::error::{LensError, Result};
+
+/// A normalisation's parameters: effective scale `w` (Gemma's `1 + w` already added) and an
+/// optional bias (LayerNorm).
+#[derive(Clone, Debug)]
+pub struct NormWeights {
+    pub w: Tensor,
+    pub b: Option<Tensor>,
+}
+
+/// One block's weights.
+#[derive(Clone, Debug)]
+pub struct LayerWeights {
+    pub ln1: NormWeights,
+    /// Norm on the attention output before it joins the residual (Gemma 2/3).
+    pub ln1_post: Option<NormWeights>,
+    pub ln2: NormWeights,
+    /// Norm on the MLP output before it joins the residual (Gemma 2/3).
+    pub ln2_post: Option<NormWeights>,
+    /// `[n_heads * d_head, d_model]`.
+    pub w_q: Tensor,
+    pub b_q: Option<Tensor>,
+    /// `[n_kv_heads * d_head, d_model]`.
+    pub w_k: Tensor,
+    pub b_k: Option<Tensor>,
+    /// `[n_kv_heads * d_head, d_model]`.
+    pub w_v: Tensor,
+    pub b_v: Option<Tensor>,
+    /// Per-head RMSNorm scale `[d_head]` (Qwen3, Gemma 3).
+    pub q_norm: Option<Tensor>,
+    pub k_norm: Option<Tensor>,
+    /// `[d_model, n_heads * d_head]`.
+    pub w_o: Tensor,
+    pub b_o: Option<Tensor>,
+    /// `[d_mlp, d_model]` (the "up" projection).
+    pub w_in: Tensor,
+    pub b_in: Option<Tensor>,
+    /// `[d_mlp, d_model]` for gated MLPs.
+    pub w_gate: Option<Tensor>,
+    /// `[d_model, d_mlp]`.
+    pub w_out: Tensor,
+    pub b_out: Option<Tensor>,
+}
+
+/// All weights of a model.
+#[derive(Clone, Debug)]
+pub struct Weights {
+    /// `[d_vocab, d_model]`.
+    pub w_e: Tensor,
+    /// `[n_ctx, d_model]` for learned positions.
+    pub w_pos: Option<Tensor>,
+    pub layers: Vec<LayerWeights>,
+    pub ln_final: NormWeights,
+    /// `[d_vocab, d_model]` (the transpose of TransformerLens's `W_U`); shares `w_e` when tied.
+    pub w_u: Tensor,
+    pub b_u: Option<Tensor>,
+}
+
+/// Where a family mapping reads tensors from, by Hugging Face name, in HF layout (a float dtype;
+/// the mapping converts to the compute dtype).
+pub trait TensorSource {
+    /// The tensor, or `None` if the checkpoint does not have it.
+    ///
+    /// # Errors
+    /// Corrupt data or an unsupported dtype.
+    fn get(&mut self, name: &str) -> Result<Option<Tensor>>;
+
+    /// A human description for error messages.
+    fn describe(&self) -> String;
+
+    /// The tensor, or an error naming it.
+    ///
+    /// # Errors
+    /// [`LensError::BadWeight`] if missing.
+    fn require(&mut self, name: &str) -> Result<Tensor> {
+        self.get(name)?.ok_or_else(|| LensError::BadWeight {
+            name: name.to_string(),
+            problem: format!("is missing from {}", self.describe()),
+        })
+    }
+}
+
+/// Checks a tensor's shape.
+pub(crate) fn expect_shape(name: &str, t: &Tensor, want: &[usize]) -> Result<()> {
+    if t.dims() != want {
+        return Err(LensError::BadWeight {
+            name: name.to_string(),
+            problem: format!("has shape {:?}, expected {:?}", t.dims(), want),
+        });
+    }
+    Ok(())
+}
+
+/// Converts a loaded tensor to the compute dtype and device.
+pub(crate) fn to_compute(t: Tensor, dtype: DType, device: &Device) -> Result<Tensor> {
+    Ok(t.to_dtype(dtype)?.to_device(device)?)
+}
+
+impl Weights {
+    /// Bytes held by the weights (shared tensors, like a tied unembedding, counted once).
+    pub fn n_bytes(&self, cfg: &ModelConfig) -> usize {
+        let t = |x: &Tensor| x.elem_count() * x.dtype().size_in_bytes();
+        let o = |x: &Option<Tensor>| x.as_ref().map_or(0, t);
+        let n = |x: &NormWeights| t(&x.w) + o(&x.b);
+        let on = |x: &Option<NormWeights>| x.as_ref().map_or(0, n);
+        let mut total = t(&self.w_e) + o(&self.w_pos) + n(&self.ln_final) + o(&self.b_u);
+        if !cfg.tied_embeddings {
+            total += t(&self.w_u);
+        }
+        for l in &self.layers {
+            total += n(&l.ln1) + on(&l.ln1_post) + on(&l.ln2_post);
+            if !cfg.parallel_attn_mlp {
+                total += n(&l.ln2);
+            }
+            total += t(&l.w_q) + t(&l.w_k) + t(&l.w_v) + t(&l.w_o) + t(&l.w_in) + t(&l.w_out);
+            total += o(&l.b_q) + o(&l.b_k) + o(&l.b_v) + o(&l.b_o) + o(&l.b_in) + o(&l.b_out);
+            total += o(&l.w_gate) + o(&l.q_norm) + o(&l.k_norm);
+        }
+        total
+    }
+
+    /// Checks every shape against the config.
+    ///
+    /// # Errors
+    /// [`LensError::BadWeight`] naming the first mismatch.
+    pub fn validate(&self, cfg: &ModelConfig) -> Result<()> {
+        let (dm, dh, h, kv, dmlp) = (
+            cfg.d_model,
+            cfg.d_head,
+            cfg.n_heads,
+            cfg.n_kv_heads,
+            cfg.d_mlp,
+        );
+        expect_shape("W_E", &self.w_e, &[cfg.d_vocab, dm])?;
+        expect_shape("W_U", &self.w_u, &[cfg.d_vocab, dm])?;
+        if let Some(p) = &self.w_pos {
+            if p.dim(1)? != dm || p.dim(0)? < cfg.n_ctx {
+                expect_shape("W_pos", p, &[cfg.n_ctx, dm])?;
+            }
+        }
+        expect_shape("ln_final.w", &self.ln_final.w, &[dm])?;
+        if self.layers.len() != cfg.n_layers {
+            return Err(LensError::BadWeight {
+                name: "blocks".into(),
+                problem: format!(
+                    "has {} layers, config says {}",
+                    self.layers.len(),
+                    cfg.n_layers
+                ),
+            });
+        }
+        for (l, w) in self.layers.iter().enumerate() {
+            let n = |s: &str| format!("blocks.{l}.{s}");
+            expect_shape(&n("ln1.w"), &w.ln1.w, &[dm])?;
+            expect_shape(&n("ln2.w"), &w.ln2.w, &[dm])?;
+            expect_shape(&n("attn.W_Q"), &w.w_q, &[h * dh, dm])?;
+            expect_shape(&n("attn.W_K"), &w.w_k, &[kv * dh, dm])?;
+            expect_shape(&n("attn.W_V"), &w.w_v, &[kv * dh, dm])?;
+            expect_shape(&n("attn.W_O"), &w.w_o, &[dm, h * dh])?;
+            expect_shape(&n("mlp.W_in"), &w.w_in, &[dmlp, dm])?;
+            expect_shape(&n("mlp.W_out"), &w.w_out, &[dm, dmlp])?;
+            if let Some(g) = &w.w_gate {
+                expect_shape(&n("mlp.W_gate"), g, &[dmlp, dm])?;
+            }
+            if let Some(q) = &w.q_norm {
+                expect_shape(&n("attn.q_norm"), q, &[dh])?;
+            }
+            if cfg.norm == NormKind::LayerNorm && w.ln1.b.is_none() {
+                return Err(LensError::BadWeight {
+                    name: n("ln1.b"),
+                    problem: "is missing (LayerNorm needs a bias)".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,361 @@
+//! TransformerLens's analysis layer on an [`ActivationCache`]: the residual stream as a stack
+//! of components (accumulated, decomposed, per head), the final norm applied to a stack, and
+//! direct logit attribution.
+
+use candle_core::{DType, IndexOp, Tensor, D};
+
+use crate::engine::cache::ActivationCache;
+use crate::engine::config::NormKind;
+use crate::engine::hooks::HookPoint;
+use crate::engine::model::HookedTransformer;
+use crate::error::{LensError, Result};
+
+/// Which positions of a `[batch, pos, d_model]` activation a stack keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pos {
+    /// Every position: stacks are `[components, batch, pos, d_model]`.
+    All,
+    /// Each prompt's final real position (right padding aware): `[components, batch, d_model]`.
+    Last,
+    /// One index for every prompt, negative from the end of the padded length (TL's
+    /// `pos_slice=-1`): `[components, batch, d_model]`.
+    At(i64),
+}
+
+/// Residual-stream components stacked on a leading axis, with TransformerLens's labels.
+#[derive(Clone, Debug)]
+pub struct ResidStack {
+    /// `[components, batch, d_model]` (one position) or `[components, batch, pos, d_model]`.
+    pub stack: Tensor,
+    /// One label per component (`"3_pre"`, `"5_attn_out"`, `"L2H7"`, ...).
+    pub labels: Vec<String>,
+}
+
+/// Direct logit attribution of a stack onto per-prompt directions.
+#[derive(Clone, Debug)]
+pub struct Attribution {
+    pub labels: Vec<String>,
+    /// Per component, the dot product with the direction averaged over the batch.
+    pub values: Vec<f32>,
+    /// Why the numbers are not an exact decomposition of the logits, when they are not.
+    pub note: Option<String>,
+}
+
+impl Attribution {
+    /// The `k` largest components, largest first: `(label, index, value)`.
+    pub fn top(&self, k: usize) -> Vec<(String, usize, f32)> {
+        let mut order: Vec<usize> = (0..self.values.len()).collect();
+        order.sort_by(|&a, &b| self.values[b].total_cmp(&self.values[a]));
+        order
+            .into_iter()
+            .take(k)
+            .map(|i| (self.labels[i].clone(), i, self.values[i]))
+            .collect()
+    }
+
+    /// The `k` smallest (most negative) components, smallest first.
+    pub fn bottom(&self, k: usize) -> Vec<(String, usize, f32)> {
+        let mut order: Vec<usize> = (0..self.values.len()).collect();
+        order.sort_by(|&a, &b| self.values[a].total_cmp(&self.values[b]));
+        order
+            .into_iter()
+            .take(k)
+            .map(|i| (self.labels[i].clone(), i, self.values[i]))
+            .collect()
+    }
+
+    /// Values reshaped to `[rows][cols]` (per-head attribution as layer x head).
+    ///
+    /// # Errors
+    /// [`LensError::InvalidArgument`] if the count does not fit.
+    pub fn grid(&self, rows: usize, cols: usize) -> Result<Vec<Vec<f32>>> {
+        if rows * cols != self.values.len() {
+            return Err(LensError::InvalidArgument(format!(
+                "{} values do not make a {rows} x {cols} grid",
+                self.values.len()
+            )));
+        }
+        Ok(self.values.chunks(cols).map(<[f32]>::to_vec).collect())
+    }
+}
+
+impl ActivationCache {
+    /// Picks positions from a `[batch, pos, ...]` activation.
+    fn select(&self, t: &Tensor, pos: Pos) -> Result<Tensor> {
+        match pos {
+            Pos::All => Ok(t.clone()),
+            Pos::At(i) => {
+                let len = t.dim(1)?;
+                let p = if i < 0 { len as i64 + i } else { i };
+                if p < 0 || p >= len as i64 {
+                    return Err(LensError::PositionOutOfRange { pos: i, len });
+                }
+                Ok(t.i((.., p as usize))?.contiguous()?)
+            }
+            Pos::Last => {
+                let tokens = self.tokens().ok_or_else(|| {
+                    LensError::InvalidArgument("this cache has no tokens; use Pos::At(-1)".into())
+                })?;
+                tokens.gather_last(t)
+            }
+        }
+    }
+
+    fn n_layers(&self) -> usize {
+        self.keys()
+            .filter_map(|k| match k {
+                HookPoint::ResidPre(l) | HookPoint::ResidPost(l) => Some(l + 1),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn layer_or_all(&self, layer: Option<usize>) -> Result<usize> {
+        let n = self.n_layers();
+        match layer {
+            None => Ok(n),
+            Some(l) if l <= n => Ok(l),
+            Some(l) => Err(LensError::LayerOutOfRange {
+                layer: l,
+                n_layers: n,
+            }),
+        }
+    }
+
+    /// The residual stream as it accumulates: `resid_pre` of every layer up to `layer` (all
+    /// layers if `None`), with `resid_mid` between them when `incl_mid`, and `final_post` when
+    /// it reaches the end. Labels `"0_pre", "0_mid", ..., "final_post"` (the logit lens).
+    ///
+    /// # Errors
+    /// [`LensError::NotCached`] if the cache lacks a component.
+    pub fn accumulated_resid(
+        &self,
+        layer: Option<usize>,
+        incl_mid: bool,
+        pos: Pos,
+    ) -> Result<ResidStack> {
+        let n = self.n_layers();
+        let layer = self.layer_or_all(layer)?;
+        let mut parts = Vec::new();
+        let mut labels = Vec::new();
+        for l in 0..=layer {
+            if l == n {
+                parts.push(self.select(self.at(HookPoint::ResidPost(n - 1))?, pos)?);
+                labels.push("final_post".to_string());
+                continue;
+            }
+            parts.push(self.select(self.at(HookPoint::ResidPre(l))?, pos)?);
+            labels.push(format!("{l}_pre"));
+            if incl_mid && l < layer {
+                parts.push(self.select(self.at(HookPoint::ResidMid(l))?, pos)?);
+                labels.push(format!("{l}_mid"));
+            }
+        }
+        Ok(ResidStack {
+            stack: Tensor::stack(&parts, 0)?,
+            labels,
+        })
+    }
+
+    /// The residual stream entering `layer` (the final one if `None`) split into what wrote
+    /// it: `embed`, `pos_embed` (learned positions), then each layer's `attn_out` and
+    /// `mlp_out`. The components sum to that residual.
+    ///
+    /// # Errors
+    /// [`LensError::NotCached`].
+    pub fn decompose_resid(
+        &self,
+        layer: Option<usize>,
+        incl_embeds: bool,
+        pos: Pos,
+    ) -> Result<ResidStack> {
+        let layer = self.layer_or_all(layer)?;
+        let mut parts = Vec::new();
+        let mut labels = Vec::new();
+        if incl_embeds {
+            parts.push(self.select(self.at(HookPoint::Embed)?, pos)?);
+            labels.push("embed".to_string());
+            if self.contains(HookPoint::PosEmbed) {
+                parts.push(self.select(self.at(HookPoint::PosEmbed)?, pos)?);
+                labels.push("pos_embed".to_string());
+            }
+        }
+        for l in 0..layer {
+            parts.push(self.select(self.at(HookPoint::AttnOut(l))?, pos)?);
+            labels.push(format!("{l}_attn_out"));
+            parts.push(self.select(self.at(HookPoint::MlpOut(l))?, pos)?);
+            labels.push(format!("{l}_mlp_out"));
+        }
+        Ok(ResidStack {
+            stack: Tensor::stack(&parts, 0)?,
+            labels,
+        })
+    }
+
+    /// Each attention head's contribution to the residual stream, layers `0..layer`, labels
+    /// `"L{l}H{h}"`: `z W_O` per head from the cached `hook_z` (no bias). For models with a
+    /// post-attention norm (Gemma 2/3) each head's output is divided by the cached
+    /// `ln1_post.hook_scale` and multiplied by the norm weight, so the heads (plus nothing
+    /// else) sum to `hook_attn_out` exactly, the norm's scale frozen at its cached value.
+    ///
+    /// # Errors
+    /// [`LensError::NotCached`] (needs `hook_z`, and `ln1_post.hook_scale` for Gemma 2/3).
+    pub fn stack_head_results(
+        &self,
+        model: &HookedTransformer,
+        layer: Option<usize>,
+        pos: Pos,
+    ) -> Result<ResidStack> {
+        let layer = self.layer_or_all(layer)?;
+        let mut parts = Vec::new();
+        let mut labels = Vec::new();
+        for l in 0..layer {
+            let z = self.at(HookPoint::Z(l))?;
+            let mut result = model.head_results(l, z)?; // [b, p, h, d]
+            if let Some(post) = &model.weights.layers[l].ln1_post {
+                let s = self.at(HookPoint::Ln1PostScale(l))?.unsqueeze(2)?; // [b, p, 1, 1]
+                result = result
+                    .to_dtype(DType::F32)?
+                    .broadcast_div(&s.to_dtype(DType::F32)?)?
+                    .to_dtype(model.dtype())?
+                    .broadcast_mul(&post.w)?;
+            }
+            let result = self.select(&result, pos)?; // [b, (p,) h, d]
+            let head_axis = result.rank() - 2;
+            for h in 0..model.cfg.n_heads {
+                parts.push(result.narrow(head_axis, h, 1)?.squeeze(head_axis)?);
+                labels.push(format!("L{l}H{h}"));
+            }
+        }
+        Ok(ResidStack {
+            stack: Tensor::stack(&parts, 0)?,
+            labels,
+        })
+    }
+
+    /// Applies the final norm to every component as the model applies it to their sum, with
+    /// the norm's scale frozen at the cached `ln_final.hook_scale` (LayerNorm: each component
+    /// is also centred). `stack` is `[components, batch, d_model]` at `pos` (or with a `pos`
+    /// axis for [`Pos::All`]). The weight is not applied: it is folded into
+    /// [`HookedTransformer::tokens_to_residual_directions`], as TransformerLens folds it into
+    /// `W_U`.
+    ///
+    /// # Errors
+    /// [`LensError::NotCached`] without `ln_final.hook_scale`.
+    pub fn apply_ln_to_stack(
+        &self,
+        model: &HookedTransformer,
+        stack: &Tensor,
+        pos: Pos,
+    ) -> Result<Tensor> {
+        let scale = self.select(self.at(HookPoint::LnFinalScale)?, pos)?; // [b, (p,) 1]
+        let mut x = stack.to_dtype(DType::F32)?;
+        if model.cfg.norm == NormKind::LayerNorm {
+            x = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+        }
+        Ok(x.broadcast_div(&scale.to_dtype(DType::F32)?.unsqueeze(0)?)?)
+    }
+}
+
+impl HookedTransformer {
+    /// The residual-stream direction of each token: its unembedding row times the final
+    /// norm's weight, so that `apply_ln_to_stack(x) · direction` is the token's logit from `x`
+    /// (up to the norm's bias and the unembedding bias, constant across components).
+    /// `[n_tokens, d_model]`.
+    ///
+    /// # Errors
+    /// [`LensError::TokenOutOfRange`].
+    pub fn tokens_to_residual_directions(&self, tokens: &[u32]) -> Result<Tensor> {
+        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= self.cfg.d_vocab) {
+            return Err(LensError::TokenOutOfRange {
+                id,
+                d_vocab: self.cfg.d_vocab,
+            });
+        }
+        let ids = Tensor::new(tokens, self.device())?;
+        let rows = self
+            .weights
+            .w_u
+            .index_select(&ids, 0)?
+            .to_dtype(DType::F32)?;
+        Ok(rows.broadcast_mul(&self.weights.ln_final.w.to_dtype(DType::F32)?)?)
+    }
+
+    /// Per prompt `direction(correct) - direction(incorrect)`: `[batch, d_model]`.
+    ///
+    /// # Errors
+    /// As [`Self::tokens_to_residual_directions`].
+    pub fn logit_diff_directions(&self, pairs: &[(u32, u32)]) -> Result<Tensor> {
+        let c: Vec<u32> = pairs.iter().map(|p| p.0).collect();
+        let i: Vec<u32> = pairs.iter().map(|p| p.1).collect();
+        Ok((self.tokens_to_residual_directions(&c)? - self.tokens_to_residual_directions(&i)?)?)
+    }
+
+    /// Per prompt, mean direction of the correct group minus mean direction of the incorrect
+    /// one (the Paris source's group direction): `[batch, d_model]`.
+    ///
+    /// # Errors
+    /// As [`Self::tokens_to_residual_directions`].
+    pub fn group_diff_directions(
+        &self,
+        groups: &[crate::interp::metrics::TokenGroups],
+    ) -> Result<Tensor> {
+        let rows = groups
+            .iter()
+            .map(|g| {
+                let c = self.tokens_to_residual_directions(&g.correct)?.mean(0)?;
+                let i = self.tokens_to_residual_directions(&g.incorrect)?.mean(0)?;
+                Ok((c - i)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::stack(&rows, 0)?)
+    }
+
+    /// Direct logit attribution: every component of `stack` (at one position per prompt),
+    /// with the final norm applied, dotted with the prompt's direction and averaged over the
+    /// batch. With a final-logit softcap (Gemma 2) the logits are `cap * tanh(x / cap)` of
+    /// these sums: the note says so.
+    ///
+    /// # Errors
+    /// Shape mismatches; [`LensError::NotCached`].
+    pub fn logit_attribution(
+        &self,
+        cache: &ActivationCache,
+        stack: &ResidStack,
+        pos: Pos,
+        directions: &Tensor,
+    ) -> Result<Attribution> {
+        if pos == Pos::All {
+            return Err(LensError::InvalidArgument(
+                "logit attribution reads one position per prompt: use Pos::Last or Pos::At".into(),
+            ));
+        }
+        let scaled = cache.apply_ln_to_stack(self, &stack.stack, pos)?; // [c, b, d]
+        let (_, b, _) = scaled.dims3()?;
+        let dirs = directions.to_dtype(DType::F32)?;
+        if dirs.dims2()?.0 != b {
+            return Err(LensError::InvalidArgument(format!(
+                "{} directions for a batch of {b} prompts",
+                dirs.dim(0)?
+            )));
+        }
+        let values: Vec<f32> = (scaled
+            .broadcast_mul(&dirs.unsqueeze(0)?)?
+            .sum(D::Minus1)?
+            .sum(1)?
+            / b as f64)?
+            .to_vec1()?;
+        let note = self.cfg.final_softcap.map(|cap| {
+            format!(
+                "this model soft-caps its logits (cap {cap}): the logits are cap·tanh(sum / cap), \
+                 so these attributions are to the pre-cap logits and do not add up to the logit difference"
+            )
+        });
+        Ok(Attribution {
+            labels: stack.labels.clone(),
+            values,
+            note,
+        })
+    }
+}

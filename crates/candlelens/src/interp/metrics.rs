@@ -1,0 +1,181 @@
+//! Metrics on final-position logits `[batch, d_vocab]`: logit difference of token pairs, the
+//! Paris source's token-group metrics, and the normalised patching score.
+
+use candle_core::{DType, Tensor};
+
+use crate::error::{LensError, Result};
+
+fn rows(last_logits: &Tensor) -> Result<Vec<Vec<f32>>> {
+    Ok(last_logits.to_dtype(DType::F32)?.to_vec2()?)
+}
+
+/// Per prompt `logit[correct] - logit[incorrect]`. `pairs` has one `(correct, incorrect)` per
+/// prompt, or a single pair used for every prompt.
+///
+/// # Errors
+/// [`LensError::InvalidArgument`] if the counts do not match or an id is out of range.
+pub fn logit_diff(last_logits: &Tensor, pairs: &[(u32, u32)]) -> Result<Vec<f32>> {
+    let rows = rows(last_logits)?;
+    check_count(rows.len(), pairs.len(), "answer pairs")?;
+    rows.iter()
+        .enumerate()
+        .map(|(b, r)| {
+            let (c, i) = pairs[if pairs.len() == 1 { 0 } else { b }];
+            Ok(at(r, c)? - at(r, i)?)
+        })
+        .collect()
+}
+
+/// The mean of per-prompt values (the sources' `.mean()`).
+pub fn mean(v: &[f32]) -> f32 {
+    if v.is_empty() {
+        return f32::NAN;
+    }
+    (v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64) as f32
+}
+
+/// Answer token groups for one prompt: the tokens that mean the right answer and the wrong one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenGroups {
+    /// Tokens of the correct answer (e.g. "Yes", "Sure", ... for a true statement).
+    pub correct: Vec<u32>,
+    /// Tokens of the incorrect answer.
+    pub incorrect: Vec<u32>,
+}
+
+/// Per prompt, mean logit over the correct group minus mean logit over the incorrect group (in
+/// nats); groups may differ in size. `groups` has one entry per prompt or a single shared one.
+///
+/// # Errors
+/// As [`logit_diff`]; empty groups.
+pub fn group_logit_diff(last_logits: &Tensor, groups: &[TokenGroups]) -> Result<Vec<f32>> {
+    let rows = rows(last_logits)?;
+    check_count(rows.len(), groups.len(), "token groups")?;
+    rows.iter()
+        .enumerate()
+        .map(|(b, r)| {
+            let g = &groups[if groups.len() == 1 { 0 } else { b }];
+            Ok(group_mean(r, &g.correct)? - group_mean(r, &g.incorrect)?)
+        })
+        .collect()
+}
+
+/// Per prompt, total softmax probability of the correct group minus that of the incorrect one.
+///
+/// # Errors
+/// As [`group_logit_diff`].
+pub fn group_prob_diff(last_logits: &Tensor, groups: &[TokenGroups]) -> Result<Vec<f32>> {
+    let rows = rows(last_logits)?;
+    check_count(rows.len(), groups.len(), "token groups")?;
+    rows.iter()
+        .enumerate()
+        .map(|(b, r)| {
+            let g = &groups[if groups.len() == 1 { 0 } else { b }];
+            let m = r.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let z: f64 = r.iter().map(|&x| (x as f64 - m).exp()).sum();
+            let p = |ids: &[u32]| -> Result<f64> {
+                let mut s = 0.0;
+                for &id in ids {
+                    s += ((at(r, id)? as f64) - m).exp() / z;
+                }
+                Ok(s)
+            };
+            Ok((p(&g.correct)? - p(&g.incorrect)?) as f32)
+        })
+        .collect()
+}
+
+/// Resolves answer words to token ids, each of which must be one token.
+///
+/// # Errors
+/// [`LensError::NotSingleToken`] naming the first word that is not.
+pub fn resolve_group(
+    model: &crate::engine::model::HookedTransformer,
+    words: &[&str],
+) -> Result<Vec<u32>> {
+    words.iter().map(|w| model.to_single_token(w)).collect()
+}
+
+/// Resolves the words that are single tokens and returns the others separately (to report
+/// them), for groups written for another tokenizer.
+pub fn resolve_group_lenient(
+    model: &crate::engine::model::HookedTransformer,
+    words: &[&str],
+) -> (Vec<u32>, Vec<String>) {
+    let mut ids = Vec::new();
+    let mut dropped = Vec::new();
+    for w in words {
+        match model.to_single_token(w) {
+            Ok(id) if !ids.contains(&id) => ids.push(id),
+            Ok(_) => dropped.push(format!("{w:?} (same token as another word)")),
+            Err(_) => dropped.push(format!("{w:?}")),
+        }
+    }
+    (ids, dropped)
+}
+
+/// `(patched - corrupted) / (clean - corrupted)`: 0 = no recovery, 1 = clean performance.
+pub fn normalise(patched: f32, clean: f32, corrupted: f32) -> f32 {
+    (patched - corrupted) / (clean - corrupted)
+}
+
+fn at(row: &[f32], id: u32) -> Result<f32> {
+    row.get(id as usize).copied().ok_or_else(|| {
+        LensError::InvalidArgument(format!(
+            "token id {id} is outside the vocabulary ({})",
+            row.len()
+        ))
+    })
+}
+
+fn group_mean(row: &[f32], ids: &[u32]) -> Result<f32> {
+    if ids.is_empty() {
+        return Err(LensError::InvalidArgument(
+            "an answer token group is empty".into(),
+        ));
+    }
+    let mut s = 0.0f64;
+    for &id in ids {
+        s += at(row, id)? as f64;
+    }
+    Ok((s / ids.len() as f64) as f32)
+}
+
+fn check_count(batch: usize, n: usize, what: &str) -> Result<()> {
+    if n == 1 || n == batch {
+        Ok(())
+    } else {
+        Err(LensError::InvalidArgument(format!(
+            "{n} {what} for a batch of {batch} prompts; give one per prompt or one for all"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn metrics_by_hand() {
+        let l = Tensor::new(&[[1f32, 2.0, 3.0, 0.0], [0.0, 0.0, 0.0, 4.0]], &Device::Cpu).unwrap();
+        assert_eq!(logit_diff(&l, &[(2, 0)]).unwrap(), vec![2.0, 0.0]);
+        assert_eq!(logit_diff(&l, &[(2, 0), (3, 1)]).unwrap(), vec![2.0, 4.0]);
+        assert!(logit_diff(&l, &[(0, 1), (0, 1), (0, 1)]).is_err());
+        let g = TokenGroups {
+            correct: vec![1, 2],
+            incorrect: vec![0],
+        };
+        // (2 + 3) / 2 - 1 = 1.5 ; (0 + 0) / 2 - 0 = 0
+        assert_eq!(
+            group_logit_diff(&l, std::slice::from_ref(&g)).unwrap(),
+            vec![1.5, 0.0]
+        );
+        let p = group_prob_diff(&l, &[g]).unwrap();
+        let z: f64 = [1f64, 2.0, 3.0, 0.0].iter().map(|x| x.exp()).sum();
+        let want = ((2f64.exp() + 3f64.exp()) - 1f64.exp()) / z;
+        assert!((p[0] as f64 - want).abs() < 1e-6);
+        assert_eq!(normalise(3.0, 5.0, 1.0), 0.5);
+        assert_eq!(mean(&[1.0, 2.0, 6.0]), 3.0);
+    }
+}

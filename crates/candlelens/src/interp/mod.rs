@@ -1,0 +1,13 @@
+//! Interpretability on top of the engine — **analyse** in load → run → cache → analyse → show.
+//!
+//! - [`analysis`]: residual-stream decompositions (accumulated, per layer, per head), logit
+//!   attribution, residual directions.
+//! - [`metrics`]: logit differences over answer pairs and token groups, normalisation.
+//! - [`prompts`]: `test_prompt`, how the model ranks an answer.
+//! - [`patching`]: activation patching, an exact fast sweep and the one-forward-per-cell
+//!   reference.
+
+pub mod analysis;
+pub mod metrics;
+pub mod patching;
+pub mod prompts;

@@ -1,0 +1,156 @@
+//! `test_prompt`: how the model ranks an answer after a prompt, as data that also prints as
+//! TransformerLens's `utils.test_prompt` table.
+
+use std::fmt;
+
+use candle_core::{DType, IndexOp};
+
+use crate::engine::model::HookedTransformer;
+use crate::error::{LensError, Result};
+
+/// One vocabulary entry at one position.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TopToken {
+    /// 0 = most likely.
+    pub rank: usize,
+    pub id: u32,
+    pub token: String,
+    pub logit: f32,
+    pub prob: f32,
+}
+
+/// The result of [`HookedTransformer::test_prompt`].
+#[derive(Clone, Debug)]
+pub struct PromptTest {
+    /// The prompt's tokens as strings (with BOS if prepended).
+    pub prompt_tokens: Vec<String>,
+    /// The answer's tokens as strings.
+    pub answer_tokens: Vec<String>,
+    /// For each answer token: its rank, logit and probability where the model predicts it.
+    pub answer: Vec<TopToken>,
+    /// For each answer token's position: the model's top-k.
+    pub top_k: Vec<Vec<TopToken>>,
+}
+
+impl PromptTest {
+    /// `(token, rank)` of each answer token.
+    pub fn answer_ranks(&self) -> Vec<(String, usize)> {
+        self.answer
+            .iter()
+            .map(|t| (t.token.clone(), t.rank))
+            .collect()
+    }
+}
+
+fn quoted(v: &[String]) -> String {
+    let items: Vec<String> = v.iter().map(|s| format!("{s:?}")).collect();
+    format!("[{}]", items.join(", "))
+}
+
+impl fmt::Display for PromptTest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "Tokenized prompt: {}", quoted(&self.prompt_tokens))?;
+        writeln!(f, "Tokenized answer: {}", quoted(&self.answer_tokens))?;
+        for (a, top) in self.answer.iter().zip(&self.top_k) {
+            writeln!(f, "Performance on answer token:")?;
+            writeln!(
+                f,
+                "Rank: {:<8} Logit: {:5.2} Prob: {:6.2}% Token: |{}|",
+                a.rank,
+                a.logit,
+                a.prob * 100.0,
+                a.token
+            )?;
+            for t in top {
+                writeln!(
+                    f,
+                    "Top {}th token. Logit: {:5.2} Prob: {:6.2}% Token: |{}|",
+                    t.rank,
+                    t.logit,
+                    t.prob * 100.0,
+                    t.token
+                )?;
+            }
+        }
+        let ranks: Vec<String> = self
+            .answer_ranks()
+            .iter()
+            .map(|(t, r)| format!("({t:?}, {r})"))
+            .collect();
+        writeln!(f, "Ranks of the answer tokens: [{}]", ranks.join(", "))
+    }
+}
+
+impl HookedTransformer {
+    /// Runs `prompt + answer` and reports, at each answer token's position, the answer's rank,
+    /// logit and probability and the model's top-k (TransformerLens's `test_prompt`).
+    /// `prepend_space_to_answer` puts a space before the answer first (TL's default: true).
+    ///
+    /// # Errors
+    /// [`LensError::EmptyPrompt`] for an empty answer; tokenizer and model errors.
+    pub fn test_prompt(
+        &self,
+        prompt: &str,
+        answer: &str,
+        prepend_bos: Option<bool>,
+        prepend_space_to_answer: bool,
+        top_k: usize,
+    ) -> Result<PromptTest> {
+        let answer = if prepend_space_to_answer && !answer.starts_with(' ') {
+            format!(" {answer}")
+        } else {
+            answer.to_string()
+        };
+        let prompt_ids = self.tokenizer().encode_with_bos(prompt, prepend_bos)?;
+        let answer_ids = self.tokenizer().encode(&answer)?;
+        if answer_ids.is_empty() {
+            return Err(LensError::EmptyPrompt);
+        }
+        if prompt_ids.is_empty() {
+            return Err(LensError::EmptyPrompt);
+        }
+        let mut ids = prompt_ids.clone();
+        ids.extend(&answer_ids);
+        let tokens = self.tokens_from_ids(ids)?;
+        let logits = self.forward(&tokens)?;
+        let mut answer_rows = Vec::new();
+        let mut tops = Vec::new();
+        for (i, &target) in answer_ids.iter().enumerate() {
+            let pos = prompt_ids.len() - 1 + i;
+            let row: Vec<f32> = logits.i((0, pos))?.to_dtype(DType::F32)?.to_vec1()?;
+            let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let z: f64 = row.iter().map(|&x| (x as f64 - m).exp()).sum();
+            let prob = |x: f32| ((x as f64 - m).exp() / z) as f32;
+            let mut order: Vec<usize> = (0..row.len()).collect();
+            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+            let rank = order
+                .iter()
+                .position(|&j| j == target as usize)
+                .unwrap_or(row.len());
+            let entry = |rank: usize, id: u32| -> Result<TopToken> {
+                Ok(TopToken {
+                    rank,
+                    id,
+                    token: self.to_string(&[id])?,
+                    logit: row[id as usize],
+                    prob: prob(row[id as usize]),
+                })
+            };
+            answer_rows.push(entry(rank, target)?);
+            tops.push(
+                order
+                    .iter()
+                    .take(top_k)
+                    .enumerate()
+                    .map(|(r, &j)| entry(r, j as u32))
+                    .collect::<Result<Vec<_>>>()?,
+            );
+        }
+        Ok(PromptTest {
+            prompt_tokens: self.ids_to_str_tokens(&prompt_ids)?,
+            answer_tokens: self.ids_to_str_tokens(&answer_ids)?,
+            answer: answer_rows,
+            top_k: tops,
+        })
+    }
+}

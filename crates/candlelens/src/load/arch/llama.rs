@@ -1,0 +1,235 @@
+//! The Llama-style families: Llama, Qwen 2/2.5, Qwen 3, Gemma 1/2/3. They share the HF tensor
+//! names (`model.layers.{l}.self_attn.q_proj`, ...) and differ in config switches.
+
+use candle_core::{DType, Device};
+use serde_json::Value;
+
+use super::{get, hidden_act, norm, opt, rope_params, Family, Json};
+use crate::engine::config::{
+    Activation, AttentionKind, ModelConfig, NormKind, Positional, RotaryConfig,
+};
+use crate::engine::weights::{LayerWeights, TensorSource, Weights};
+use crate::error::{LensError, Result};
+
+/// Gemma 3's layer pattern: every `pattern`-th layer global, the rest sliding.
+pub(crate) fn gemma3_layers(n_layers: usize, pattern: usize, window: usize) -> Vec<AttentionKind> {
+    (0..n_layers)
+        .map(|l| {
+            if (l + 1) % pattern.max(1) == 0 {
+                AttentionKind::Global
+            } else {
+                AttentionKind::Local { window }
+            }
+        })
+        .collect()
+}
+
+/// Per-layer attention kinds from `layer_types` (transformers 5), else `fallback`.
+fn layer_kinds(
+    v: &Value,
+    window: usize,
+    fallback: impl FnOnce() -> Vec<AttentionKind>,
+) -> Result<Vec<AttentionKind>> {
+    match v.get("layer_types").and_then(Value::as_array) {
+        Some(types) => types
+            .iter()
+            .map(|t| match t.as_str() {
+                Some("sliding_attention") => Ok(AttentionKind::Local { window }),
+                Some("full_attention") => Ok(AttentionKind::Global),
+                other => Err(LensError::UnsupportedConfig {
+                    field: "layer_types".into(),
+                    value: format!("{other:?}"),
+                    fix: "expected sliding_attention or full_attention".into(),
+                }),
+            })
+            .collect(),
+        None => Ok(fallback()),
+    }
+}
+
+/// The config of a Llama-style family.
+pub(super) fn config(family: Family, j: &Json, name: &str) -> Result<ModelConfig> {
+    let v = j.v;
+    let d_model = j.usize("hidden_size")?;
+    let n_heads = j.usize("num_attention_heads")?;
+    let n_layers = j.usize("num_hidden_layers")?;
+    let d_head = j.usize_or("head_dim", d_model / n_heads);
+    let n_kv_heads = j.usize_or("num_key_value_heads", n_heads);
+    let gemma = family.norm_plus_one();
+    let default_base = if family == Family::Gemma3 {
+        1_000_000.0
+    } else {
+        10_000.0
+    };
+    let (base, scaling, local_base) = rope_params(j, default_base)?;
+    if j.bool_or("use_sliding_window", false) {
+        return Err(LensError::UnsupportedConfig {
+            field: "use_sliding_window".into(),
+            value: "true".into(),
+            fix: "Qwen-style sliding windows are not implemented; set it to false (the released Qwen configs do)".into(),
+        });
+    }
+    let act = if gemma {
+        // HF Gemma uses the tanh GELU whatever `hidden_act` says, unless hidden_activation is set.
+        match j.str("hidden_activation") {
+            Some(_) => hidden_act(j, "hidden_activation", "gelu_pytorch_tanh")?,
+            None => Activation::GeluTanh,
+        }
+    } else {
+        hidden_act(j, "hidden_act", "silu")?
+    };
+    let mut cfg = ModelConfig {
+        architecture: j.str("model_type").unwrap_or_default().to_string(),
+        name: name.to_string(),
+        n_layers,
+        d_model,
+        n_heads,
+        n_kv_heads,
+        d_head,
+        d_mlp: j.usize("intermediate_size")?,
+        d_vocab: j.usize("vocab_size")?,
+        n_ctx: j.usize_or("max_position_embeddings", 2048),
+        norm: NormKind::RmsNorm,
+        norm_eps: j.f64_or("rms_norm_eps", 1e-6),
+        positional: Positional::Rotary(RotaryConfig {
+            dim: d_head,
+            base,
+            local_base: None,
+            scaling,
+            interleaved: false,
+        }),
+        act,
+        gated_mlp: true,
+        qk_norm: matches!(family, Family::Qwen3 | Family::Gemma3),
+        post_norms: matches!(family, Family::Gemma2 | Family::Gemma3),
+        attn_scale: 1.0 / (d_head as f64).sqrt(),
+        attn_softcap: None,
+        final_softcap: None,
+        layer_attention: vec![AttentionKind::Global; n_layers],
+        embed_scale: gemma.then(|| (d_model as f64).sqrt()),
+        tied_embeddings: j.bool_or("tie_word_embeddings", gemma),
+        parallel_attn_mlp: false,
+        bos_token_id: j.opt_u32("bos_token_id"),
+        eos_token_id: j.opt_u32("eos_token_id"),
+        pad_token_id: j.opt_u32("pad_token_id").unwrap_or(0),
+        default_prepend_bos: true,
+    };
+    if matches!(family, Family::Gemma2 | Family::Gemma3) {
+        cfg.attn_scale = 1.0 / j.f64_or("query_pre_attn_scalar", d_head as f64).sqrt();
+        cfg.attn_softcap = j.opt_f64("attn_logit_softcapping");
+        cfg.final_softcap = j.opt_f64("final_logit_softcapping");
+        let window = j.usize_or("sliding_window", 4096);
+        cfg.layer_attention = if family == Family::Gemma2 {
+            // transformers 4: even layers slide
+            layer_kinds(v, window, || {
+                (0..n_layers)
+                    .map(|l| {
+                        if l % 2 == 0 {
+                            AttentionKind::Local { window }
+                        } else {
+                            AttentionKind::Global
+                        }
+                    })
+                    .collect()
+            })?
+        } else {
+            layer_kinds(v, window, || {
+                gemma3_layers(n_layers, j.usize_or("sliding_window_pattern", 6), window)
+            })?
+        };
+    }
+    if family == Family::Gemma3 {
+        if let Positional::Rotary(r) = &mut cfg.positional {
+            r.local_base = Some(local_base.unwrap_or(10_000.0));
+        }
+    }
+    Ok(cfg)
+}
+
+/// Maps a Llama-style checkpoint into the canonical layout.
+///
+/// # Errors
+/// Missing or mis-shaped tensors.
+pub(crate) fn weights(
+    family: Family,
+    cfg: &ModelConfig,
+    src: &mut dyn TensorSource,
+    dtype: DType,
+    dev: &Device,
+) -> Result<Weights> {
+    let p1 = family.norm_plus_one();
+    let w_e = get(src, "model.embed_tokens.weight", dtype, dev)?;
+    let mut layers = Vec::with_capacity(cfg.n_layers);
+    for l in 0..cfg.n_layers {
+        let pre = format!("model.layers.{l}");
+        let n = |s: &str| format!("{pre}.{s}");
+        let (ln1_post, ln2, ln2_post) = if cfg.post_norms {
+            (
+                Some(norm(
+                    src,
+                    &n("post_attention_layernorm.weight"),
+                    p1,
+                    dtype,
+                    dev,
+                )?),
+                norm(src, &n("pre_feedforward_layernorm.weight"), p1, dtype, dev)?,
+                Some(norm(
+                    src,
+                    &n("post_feedforward_layernorm.weight"),
+                    p1,
+                    dtype,
+                    dev,
+                )?),
+            )
+        } else {
+            (
+                None,
+                norm(src, &n("post_attention_layernorm.weight"), p1, dtype, dev)?,
+                None,
+            )
+        };
+        let (q_norm, k_norm) = if cfg.qk_norm {
+            let q = norm(src, &n("self_attn.q_norm.weight"), p1, dtype, dev)?;
+            let k = norm(src, &n("self_attn.k_norm.weight"), p1, dtype, dev)?;
+            (Some(q.w), Some(k.w))
+        } else {
+            (None, None)
+        };
+        layers.push(LayerWeights {
+            ln1: norm(src, &n("input_layernorm.weight"), p1, dtype, dev)?,
+            ln1_post,
+            ln2,
+            ln2_post,
+            w_q: get(src, &n("self_attn.q_proj.weight"), dtype, dev)?,
+            b_q: opt(src, &n("self_attn.q_proj.bias"), dtype, dev)?,
+            w_k: get(src, &n("self_attn.k_proj.weight"), dtype, dev)?,
+            b_k: opt(src, &n("self_attn.k_proj.bias"), dtype, dev)?,
+            w_v: get(src, &n("self_attn.v_proj.weight"), dtype, dev)?,
+            b_v: opt(src, &n("self_attn.v_proj.bias"), dtype, dev)?,
+            q_norm,
+            k_norm,
+            w_o: get(src, &n("self_attn.o_proj.weight"), dtype, dev)?,
+            b_o: opt(src, &n("self_attn.o_proj.bias"), dtype, dev)?,
+            w_in: get(src, &n("mlp.up_proj.weight"), dtype, dev)?,
+            b_in: opt(src, &n("mlp.up_proj.bias"), dtype, dev)?,
+            w_gate: Some(get(src, &n("mlp.gate_proj.weight"), dtype, dev)?),
+            w_out: get(src, &n("mlp.down_proj.weight"), dtype, dev)?,
+            b_out: opt(src, &n("mlp.down_proj.bias"), dtype, dev)?,
+        });
+    }
+    let ln_final = norm(src, "model.norm.weight", p1, dtype, dev)?;
+    let w_u = if cfg.tied_embeddings {
+        w_e.clone()
+    } else {
+        // Some checkpoints tie without saying so.
+        opt(src, "lm_head.weight", dtype, dev)?.unwrap_or_else(|| w_e.clone())
+    };
+    Ok(Weights {
+        w_e,
+        w_pos: None,
+        layers,
+        ln_final,
+        w_u,
+        b_u: None,
+    })
+}

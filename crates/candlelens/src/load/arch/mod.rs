@@ -1,0 +1,330 @@
+//! Architecture families: each is a config reader plus a mapping from its Hugging Face tensor
+//! names into the canonical [`Weights`]. No family has its own forward pass: the differences
+//! between GPT-2, GPT-J, Llama, Qwen and Gemma are switches in [`ModelConfig`].
+
+mod gpt2;
+mod gptj;
+mod llama;
+
+use candle_core::{DType, Device, Tensor};
+use serde_json::Value;
+
+use crate::engine::config::{Activation, ModelConfig, RopeScaling};
+use crate::engine::weights::{to_compute, NormWeights, TensorSource, Weights};
+use crate::error::{LensError, Result};
+
+pub(crate) use llama::gemma3_layers;
+
+/// The families with a weight mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// GPT-2 (all sizes): LayerNorm, learned positions, Conv1D weights, tied unembedding.
+    Gpt2,
+    /// GPT-J: parallel attention and MLP, partial interleaved rotary, unembedding bias.
+    GptJ,
+    /// Llama 2/3 and look-alikes (SmolLM2).
+    Llama,
+    /// Qwen 2 / 2.5: q/k/v biases.
+    Qwen2,
+    /// Qwen 3: per-head q/k RMSNorm.
+    Qwen3,
+    /// Gemma 1: `(1 + w)` RMSNorm, gated GELU, scaled embeddings.
+    Gemma,
+    /// Gemma 2: Gemma plus post-norms, softcaps and alternating sliding windows.
+    Gemma2,
+    /// Gemma 3 (text): Gemma 2 without softcaps, plus q/k norms and local/global RoPE bases.
+    Gemma3,
+}
+
+/// Names of the supported HF `model_type`s, for error messages.
+pub const SUPPORTED: &str =
+    "gpt2, gptj, llama, qwen2, qwen3, gemma, gemma2, gemma3_text (GGUF: llama, gemma3)";
+
+impl Family {
+    /// The family of an HF `model_type` or GGUF `general.architecture`.
+    ///
+    /// # Errors
+    /// [`LensError::UnsupportedArchitecture`].
+    pub fn from_name(arch: &str) -> Result<Family> {
+        Ok(match arch {
+            "gpt2" => Family::Gpt2,
+            "gptj" => Family::GptJ,
+            "llama" => Family::Llama,
+            "qwen2" => Family::Qwen2,
+            "qwen3" => Family::Qwen3,
+            "gemma" => Family::Gemma,
+            "gemma2" => Family::Gemma2,
+            "gemma3" | "gemma3_text" => Family::Gemma3,
+            other => {
+                return Err(LensError::UnsupportedArchitecture {
+                    arch: other.to_string(),
+                    supported: SUPPORTED.into(),
+                })
+            }
+        })
+    }
+
+    /// Whether RMSNorm weights are stored as `w` and used as `1 + w` (Gemma).
+    pub fn norm_plus_one(&self) -> bool {
+        matches!(self, Family::Gemma | Family::Gemma2 | Family::Gemma3)
+    }
+}
+
+/// A [`ModelConfig`] from an HF `config.json`.
+///
+/// # Errors
+/// Unsupported architecture or field values, or missing fields.
+pub fn config_from_hf(v: &Value, name: &str) -> Result<(Family, ModelConfig)> {
+    let j = Json {
+        v,
+        what: "config.json",
+    };
+    let model_type = j.str("model_type").ok_or_else(|| LensError::Json {
+        what: "config.json".into(),
+        detail: "missing 'model_type'".into(),
+    })?;
+    let family = Family::from_name(model_type)?;
+    let cfg = match family {
+        Family::Gpt2 => gpt2::config(&j, name)?,
+        Family::GptJ => gptj::config(&j, name)?,
+        _ => llama::config(family, &j, name)?,
+    };
+    cfg.validate()?;
+    Ok((family, cfg))
+}
+
+/// Reads a checkpoint's weights into the canonical layout.
+///
+/// # Errors
+/// Missing or mis-shaped tensors.
+pub fn load_weights(
+    family: Family,
+    cfg: &ModelConfig,
+    src: &mut dyn TensorSource,
+    dtype: DType,
+    dev: &Device,
+) -> Result<Weights> {
+    let w = match family {
+        Family::Gpt2 => gpt2::weights(cfg, src, dtype, dev)?,
+        Family::GptJ => gptj::weights(cfg, src, dtype, dev)?,
+        _ => llama::weights(family, cfg, src, dtype, dev)?,
+    };
+    w.validate(cfg)?;
+    Ok(w)
+}
+
+/// A required tensor in the compute dtype.
+fn get(src: &mut dyn TensorSource, name: &str, dtype: DType, dev: &Device) -> Result<Tensor> {
+    to_compute(src.require(name)?, dtype, dev)
+}
+
+/// An optional tensor in the compute dtype.
+fn opt(
+    src: &mut dyn TensorSource,
+    name: &str,
+    dtype: DType,
+    dev: &Device,
+) -> Result<Option<Tensor>> {
+    src.get(name)?
+        .map(|t| to_compute(t, dtype, dev))
+        .transpose()
+}
+
+/// A norm's weight (and `.bias` if present); `plus_one` adds Gemma's 1.
+fn norm(
+    src: &mut dyn TensorSource,
+    name: &str,
+    plus_one: bool,
+    dtype: DType,
+    dev: &Device,
+) -> Result<NormWeights> {
+    let mut w = src.require(name)?.to_dtype(DType::F32)?;
+    if plus_one {
+        w = (w + 1.0)?;
+    }
+    Ok(NormWeights {
+        w: to_compute(w, dtype, dev)?,
+        b: opt(src, &name.replace(".weight", ".bias"), dtype, dev)?,
+    })
+}
+
+/// Reads a JSON field as f64/usize with a typed error.
+pub(crate) struct Json<'a> {
+    pub v: &'a Value,
+    pub what: &'a str,
+}
+
+impl Json<'_> {
+    pub fn usize(&self, key: &str) -> Result<usize> {
+        self.v
+            .get(key)
+            .and_then(Value::as_u64)
+            .map(|x| x as usize)
+            .ok_or_else(|| LensError::Json {
+                what: self.what.into(),
+                detail: format!("missing integer field '{key}'"),
+            })
+    }
+    pub fn usize_or(&self, key: &str, default: usize) -> usize {
+        self.v
+            .get(key)
+            .and_then(Value::as_u64)
+            .map_or(default, |x| x as usize)
+    }
+    pub fn f64_or(&self, key: &str, default: f64) -> f64 {
+        self.v.get(key).and_then(Value::as_f64).unwrap_or(default)
+    }
+    pub fn opt_f64(&self, key: &str) -> Option<f64> {
+        self.v.get(key).and_then(Value::as_f64)
+    }
+    pub fn bool_or(&self, key: &str, default: bool) -> bool {
+        self.v.get(key).and_then(Value::as_bool).unwrap_or(default)
+    }
+    pub fn str(&self, key: &str) -> Option<&str> {
+        self.v.get(key).and_then(Value::as_str)
+    }
+    pub fn opt_u32(&self, key: &str) -> Option<u32> {
+        // eos_token_id may be a list; take the first
+        match self.v.get(key) {
+            Some(Value::Number(n)) => n.as_u64().map(|x| x as u32),
+            Some(Value::Array(a)) => a.first().and_then(Value::as_u64).map(|x| x as u32),
+            _ => None,
+        }
+    }
+}
+
+pub(crate) fn hidden_act(j: &Json, key: &str, default: &str) -> Result<Activation> {
+    let act = j.str(key).unwrap_or(default);
+    match act {
+        "silu" | "swish" => Ok(Activation::Silu),
+        "gelu" => Ok(Activation::Gelu),
+        "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Activation::GeluTanh),
+        "relu" => Ok(Activation::Relu),
+        other => Err(LensError::UnsupportedConfig {
+            field: key.into(),
+            value: other.into(),
+            fix: "supported activations: silu, gelu, gelu_new, gelu_pytorch_tanh, relu".into(),
+        }),
+    }
+}
+
+fn rope_scaling_from(rs: &Value, what: &str) -> Result<Option<RopeScaling>> {
+    let r = Json { v: rs, what };
+    let kind = r.str("rope_type").or(r.str("type")).unwrap_or("default");
+    match kind {
+        "default" => Ok(None),
+        "linear" => Ok(Some(RopeScaling::Linear {
+            factor: r.f64_or("factor", 1.0),
+        })),
+        "llama3" => Ok(Some(RopeScaling::Llama3 {
+            factor: r.f64_or("factor", 8.0),
+            low_freq_factor: r.f64_or("low_freq_factor", 1.0),
+            high_freq_factor: r.f64_or("high_freq_factor", 4.0),
+            original_max_position_embeddings: r.f64_or("original_max_position_embeddings", 8192.0),
+        })),
+        other => Err(LensError::UnsupportedConfig {
+            field: "rope_type".into(),
+            value: other.into(),
+            fix: "supported: default, linear, llama3".into(),
+        }),
+    }
+}
+
+/// Rotary parameters from either config format: transformers 4 (`rope_theta`, `rope_scaling`,
+/// `rope_local_base_freq`) or transformers 5 (`rope_parameters`, per layer type for Gemma 3).
+/// Returns `(global base, global scaling, local base)`.
+pub(crate) fn rope_params(
+    j: &Json,
+    default_base: f64,
+) -> Result<(f64, Option<RopeScaling>, Option<f64>)> {
+    if let Some(rp) = j.v.get("rope_parameters").filter(|v| v.is_object()) {
+        let (global, local) = match rp.get("full_attention") {
+            Some(g) => (g, rp.get("sliding_attention")),
+            None => (rp, None),
+        };
+        let base = global
+            .get("rope_theta")
+            .and_then(Value::as_f64)
+            .unwrap_or(default_base);
+        let scaling = rope_scaling_from(global, j.what)?;
+        let local_base = local
+            .and_then(|l| l.get("rope_theta"))
+            .and_then(Value::as_f64);
+        return Ok((base, scaling, local_base));
+    }
+    let scaling = match j.v.get("rope_scaling").filter(|v| !v.is_null()) {
+        Some(rs) => rope_scaling_from(rs, j.what)?,
+        None => None,
+    };
+    Ok((
+        j.f64_or("rope_theta", default_base),
+        scaling,
+        j.opt_f64("rope_local_base_freq"),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::config::{AttentionKind, Positional, RopeScaling};
+
+    fn tiny_config(family: &str) -> Value {
+        let p = format!(
+            "{}/tests/fixtures/tiny/{family}/config.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn transformers4_and_5_rope_formats_agree() {
+        let v5 = tiny_config("llama");
+        let mut v4 = v5.clone();
+        let rp = v4
+            .as_object_mut()
+            .unwrap()
+            .remove("rope_parameters")
+            .unwrap();
+        v4["rope_theta"] = rp["rope_theta"].clone();
+        v4["rope_scaling"] = rp.clone();
+        let (_, a) = config_from_hf(&v5, "x").unwrap();
+        let (_, b) = config_from_hf(&v4, "x").unwrap();
+        assert_eq!(a, b);
+        let Positional::Rotary(r) = &a.positional else {
+            panic!()
+        };
+        assert_eq!(r.base, 500000.0);
+        assert!(matches!(r.scaling, Some(RopeScaling::Llama3 { factor, .. }) if factor == 8.0));
+
+        let g5 = tiny_config("gemma3");
+        let mut g4 = g5.clone();
+        let rp = g4
+            .as_object_mut()
+            .unwrap()
+            .remove("rope_parameters")
+            .unwrap();
+        g4["rope_theta"] = rp["full_attention"]["rope_theta"].clone();
+        g4["rope_local_base_freq"] = rp["sliding_attention"]["rope_theta"].clone();
+        let (_, a) = config_from_hf(&g5, "x").unwrap();
+        let (_, b) = config_from_hf(&g4, "x").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(
+            a.layer_attention,
+            vec![
+                AttentionKind::Local { window: 4 },
+                AttentionKind::Local { window: 4 },
+                AttentionKind::Global
+            ]
+        );
+        assert!((a.attn_scale - 1.0 / 24f64.sqrt()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn gemma3_pattern_is_every_sixth_global() {
+        let kinds = gemma3_layers(18, 6, 512);
+        let globals: Vec<usize> = (0..18)
+            .filter(|&l| kinds[l] == AttentionKind::Global)
+            .collect();
+        assert_eq!(globals, vec![5, 11, 17]);
+    }
+}

@@ -1,0 +1,233 @@
+//! The activations an LRE is fitted and tested on, computed once per prompt for every layer:
+//! the subject's hidden state `h` after each block and the final block's output `z`.
+
+use candle_core::{DType, IndexOp, Tensor, D};
+
+use super::relation::{check_template, Sample};
+use crate::engine::cache::ActivationCache;
+use crate::engine::hooks::{HookFilter, HookPoint};
+use crate::engine::model::{HookedTransformer, LogitsAt};
+use crate::error::{LensError, Result};
+
+/// The objects a relation can answer, each scored by its first token as the continuation of
+/// the prompt (`" men"` after "... are typically").
+#[derive(Clone, Debug)]
+pub struct Candidates {
+    pub objects: Vec<String>,
+    pub ids: Vec<u32>,
+}
+
+impl Candidates {
+    /// First-token ids of `objects` after `template` (a leading space unless the template ends
+    /// in whitespace).
+    ///
+    /// # Errors
+    /// [`LensError::InvalidArgument`] if an object has no tokens or two objects share their
+    /// first token (they could not be told apart).
+    pub fn new(model: &HookedTransformer, objects: &[String], template: &str) -> Result<Self> {
+        let space = if template.ends_with(char::is_whitespace) {
+            ""
+        } else {
+            " "
+        };
+        let mut ids = Vec::with_capacity(objects.len());
+        for o in objects {
+            let toks = model.tokenizer().encode(&format!("{space}{o}"))?;
+            let id = *toks
+                .first()
+                .ok_or_else(|| LensError::InvalidArgument(format!("object {o:?} has no tokens")))?;
+            if let Some(j) = ids.iter().position(|&x| x == id) {
+                return Err(LensError::InvalidArgument(format!(
+                    "objects {:?} and {o:?} start with the same token {:?}: the model's next token \
+                     cannot tell them apart. Drop one, or rename it",
+                    objects[j],
+                    model.to_string(&[id])?
+                )));
+            }
+            ids.push(id);
+        }
+        Ok(Candidates {
+            objects: objects.to_vec(),
+            ids,
+        })
+    }
+
+    /// Index of the candidate with the largest score among `scores[ids]` (`scores [d_vocab]`).
+    pub fn argmax(&self, scores: &[f32]) -> usize {
+        let mut best = 0;
+        for (i, &id) in self.ids.iter().enumerate() {
+            if scores[id as usize] > scores[self.ids[best] as usize] {
+                best = i;
+            }
+        }
+        best
+    }
+
+    /// Index of `object`, if it is a candidate.
+    pub fn index(&self, object: &str) -> Option<usize> {
+        self.objects.iter().position(|o| o == object)
+    }
+}
+
+/// One prompt's activations.
+#[derive(Clone, Debug)]
+pub struct SubjectState {
+    pub sample: Sample,
+    /// The template filled with the subject.
+    pub prompt: String,
+    /// Token ids as run (BOS included where the model prepends it).
+    pub ids: Vec<u32>,
+    /// Position of the subject's last token.
+    pub subject_pos: usize,
+    /// `blocks.{l}.hook_resid_post` at the subject's last token, `[n_layers, d_model]`.
+    pub h: Tensor,
+    /// The final block's output (before the final norm) at the last position, `[d_model]`.
+    pub z: Tensor,
+    /// The model's next token over the whole vocabulary.
+    pub model_top1: u32,
+    /// The model's logits for each candidate's first token.
+    pub candidate_logits: Vec<f32>,
+}
+
+impl SubjectState {
+    /// Index of the candidate the model itself ranks first.
+    pub fn model_candidate(&self) -> usize {
+        let mut best = 0;
+        for (i, &v) in self.candidate_logits.iter().enumerate() {
+            if v > self.candidate_logits[best] {
+                best = i;
+            }
+        }
+        best
+    }
+}
+
+/// The activations of a set of subjects under one template, for every layer at once (a layer
+/// sweep then costs no further forward passes).
+#[derive(Clone, Debug)]
+pub struct LreStates {
+    pub template: String,
+    pub candidates: Candidates,
+    pub items: Vec<SubjectState>,
+}
+
+impl LreStates {
+    /// Runs each `template.replace("{}", subject)` once (batched), caching every layer's
+    /// residual stream at the subject's last token.
+    ///
+    /// # Errors
+    /// Template, tokenizer and forward errors.
+    pub fn collect(
+        model: &HookedTransformer,
+        samples: &[Sample],
+        template: &str,
+        candidates: &Candidates,
+    ) -> Result<Self> {
+        check_template(template)?;
+        let n_layers = model.cfg.n_layers;
+        let mut items = Vec::with_capacity(samples.len());
+        for chunk in samples.chunks(16) {
+            let prompts: Vec<String> = chunk
+                .iter()
+                .map(|s| template.replace("{}", &s.subject))
+                .collect();
+            let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+            let tokens = model.to_tokens(refs.as_slice(), None)?;
+            let mut cache = ActivationCache::recorder(HookFilter::Predicate(Box::new(|hp| {
+                matches!(hp, HookPoint::ResidPost(_))
+            })));
+            let last = model.forward_with(&tokens, LogitsAt::Last, &mut cache)?;
+            let last = last.to_dtype(DType::F32)?;
+            let top1: Vec<u32> = last.argmax(D::Minus1)?.to_vec1()?;
+            let last_rows: Vec<Vec<f32>> = last.to_vec2()?;
+            let resid: Vec<&Tensor> = (0..n_layers)
+                .map(|l| cache.at(HookPoint::ResidPost(l)))
+                .collect::<Result<_>>()?;
+            for (i, sample) in chunk.iter().enumerate() {
+                let ids = tokens.row(i).to_vec();
+                let subject_pos = subject_last_token(model, template, &sample.subject)?;
+                let last_pos = ids.len() - 1;
+                let h = Tensor::stack(
+                    &resid
+                        .iter()
+                        .map(|r| r.i((i, subject_pos)))
+                        .collect::<candle_core::Result<Vec<_>>>()?,
+                    0,
+                )?
+                .to_dtype(DType::F32)?;
+                let z = resid[n_layers - 1].i((i, last_pos))?.to_dtype(DType::F32)?;
+                items.push(SubjectState {
+                    sample: sample.clone(),
+                    prompt: prompts[i].clone(),
+                    ids,
+                    subject_pos,
+                    h,
+                    z,
+                    model_top1: top1[i],
+                    candidate_logits: candidates
+                        .ids
+                        .iter()
+                        .map(|&id| last_rows[i][id as usize])
+                        .collect(),
+                });
+            }
+        }
+        Ok(LreStates {
+            template: template.to_string(),
+            candidates: candidates.clone(),
+            items,
+        })
+    }
+
+    /// Number of subjects.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// The subjects' hidden states at `layer`, `[n, d_model]`.
+    ///
+    /// # Errors
+    /// [`LensError::LayerOutOfRange`].
+    pub fn h_at(&self, layer: usize) -> Result<Tensor> {
+        let n_layers = self.items.first().map_or(0, |s| s.h.dim(0).unwrap_or(0));
+        if layer >= n_layers {
+            return Err(LensError::LayerOutOfRange { layer, n_layers });
+        }
+        let rows = self
+            .items
+            .iter()
+            .map(|s| s.h.i(layer))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Tensor::stack(&rows, 0)?)
+    }
+}
+
+/// Position (in the model's input, BOS included by the model's default) of the token that holds
+/// the subject's last character in `template` filled with `subject`, from the tokenizer's
+/// offsets (robust to tokenizers that merge differently).
+///
+/// # Errors
+/// [`LensError::InvalidArgument`] if no token covers the subject; tokenizer errors.
+pub fn subject_last_token(
+    model: &HookedTransformer,
+    template: &str,
+    subject: &str,
+) -> Result<usize> {
+    let prompt = template.replace("{}", subject);
+    let start = template.find("{}").unwrap_or(0);
+    let end = start + subject.len();
+    let (_, offsets) = model.tokenizer().encode_with_offsets(&prompt, None)?;
+    offsets
+        .iter()
+        .rposition(|&(s, e)| s < end && e > start)
+        .ok_or_else(|| {
+            LensError::InvalidArgument(format!(
+                "no token of {prompt:?} covers the subject {subject:?}; is the subject empty?"
+            ))
+        })
+}
