@@ -20,7 +20,7 @@ the project's smoke test. The prompt is the pet analogy of the patching study
 Set `CANDLELENS_MODEL_SET=source` to run GPT-2 small instead (needs the Hugging Face hub).
 """),
     code("""
-:dep candlelens = { path = "../crates/candlelens" }
+:dep candlelens = { path = "../crates/candlelens", default-features = false }
 use candlelens::prelude::*;
 use candlelens::metrics;
 """),
@@ -135,7 +135,7 @@ Gemma 3 270M; `CANDLELENS_MODEL_SET=source` runs GPT-2 small, and
 next to ours; they match only for the source's model.
 """),
     code("""
-:dep candlelens = { path = "../crates/candlelens" }
+:dep candlelens = { path = "../crates/candlelens", default-features = false }
 use candlelens::prelude::*;
 use candlelens::{metrics, notebook};
 """),
@@ -418,7 +418,7 @@ Models: the source ran Gemma 2B-it (`CANDLELENS_MODEL_SET=source`, gated: needs 
 offline this runs the embedded Gemma 3 270M (a base model: expect it to be far less sure).
 """),
     code("""
-:dep candlelens = { path = "../crates/candlelens" }
+:dep candlelens = { path = "../crates/candlelens", default-features = false }
 use candlelens::prelude::*;
 use candlelens::{data, metrics, notebook};
 """),
@@ -656,7 +656,7 @@ character — including its missing space in `"capital city of{country}"` (its c
 leading space), which glues the country to "of".
 """),
     code("""
-:dep candlelens = { path = "../crates/candlelens" }
+:dep candlelens = { path = "../crates/candlelens", default-features = false }
 use candlelens::prelude::*;
 use candlelens::binding::{self, BindingBatch, BindingLists, BindingMeans, Evaluation, Intervention, PyRandom, Task};
 use candlelens::notebook;

@@ -76,7 +76,7 @@ in Transformer Language Models*): the mean Jacobian, its faithfulness over the v
 causality (editing `h` to change the answer).
 """),
         code("""
-:dep candlelens = { path = "../crates/candlelens" }
+:dep candlelens = { path = "../crates/candlelens", default-features = false }
 use candlelens::prelude::*;
 use candlelens::lre::{self, Candidates, LreOperator, LreStates, Relation};
 """),
@@ -257,7 +257,7 @@ Set `CANDLELENS_INSPECT_MODEL` to any alias (`lens models`), local folder, `.ggu
 the default is the embedded Gemma 3 270M.
 """),
     code("""
-:dep candlelens = { path = "../crates/candlelens" }
+:dep candlelens = { path = "../crates/candlelens", default-features = false }
 use candlelens::prelude::*;
 """),
     code("""

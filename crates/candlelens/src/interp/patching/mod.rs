@@ -88,16 +88,35 @@ impl PatchTarget {
     }
 }
 
+impl serde::Serialize for PatchTarget {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
 /// A sweep's result: normalised scores `(patched - corrupted) / (clean - corrupted)`.
-#[derive(Clone, Debug)]
+///
+/// Serializes as `lens patch --json` prints it: `{"hook", "grid", "row_labels", "col_labels",
+/// "clean_diff", "corrupt_diff", "seconds", "forward_equivalents", "naive_forwards"}`.
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct PatchGrid {
+    /// What was patched.
+    #[serde(rename = "hook")]
     pub target: PatchTarget,
     /// `[rows][cols]`: layer × position, layer × head, or head × position.
+    #[serde(rename = "grid")]
     pub values: Vec<Vec<f32>>,
+    /// One label per row: the layer (`"3"`), or the head (`"L3H5"`) for
+    /// [`PatchTarget::HeadsByPos`].
     pub row_labels: Vec<String>,
+    /// One label per column: the position (`"12"`), or the head (`"H5"`) for
+    /// [`PatchTarget::HeadsAllPos`].
     pub col_labels: Vec<String>,
-    /// The metric on the clean and corrupted runs.
+    /// The metric on the clean run.
+    #[serde(rename = "clean_diff")]
     pub clean: f32,
+    /// The metric on the corrupted run.
+    #[serde(rename = "corrupt_diff")]
     pub corrupted: f32,
     /// Wall time of the sweep.
     pub seconds: f64,

@@ -128,20 +128,46 @@ impl LreEval {
         )
     }
 
-    /// `{"layer", "estimator", "faithfulness", "accuracy", "vocab_faithfulness", "n",
-    /// "predictions": [...]}`.
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "layer": self.layer,
-            "estimator": self.estimator,
-            "faithfulness": self.faithfulness(),
-            "accuracy": self.accuracy(),
-            "vocab_faithfulness": self.vocab_faithfulness(),
-            "model_accuracy": self.model_accuracy(),
-            "n": self.n(),
-            "predictions": self.predictions,
-        })
+    /// The evaluation with its rates, for JSON: `{"layer", "estimator", "faithfulness",
+    /// "accuracy", "vocab_faithfulness", "model_accuracy", "n", "predictions": [...]}`.
+    pub fn report(&self) -> LreReport<'_> {
+        LreReport {
+            layer: self.layer,
+            estimator: &self.estimator,
+            faithfulness: self.faithfulness(),
+            accuracy: self.accuracy(),
+            vocab_faithfulness: self.vocab_faithfulness(),
+            model_accuracy: self.model_accuracy(),
+            n: self.n(),
+            predictions: &self.predictions,
+        }
     }
+
+    /// [`Self::report`] as a JSON value.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self.report()).unwrap_or_default()
+    }
+}
+
+/// An [`LreEval`] with its rates computed: what `lens lre --json` prints.
+#[derive(Clone, Debug, Serialize)]
+pub struct LreReport<'a> {
+    /// The layer `h` is read at.
+    pub layer: usize,
+    /// `regression` or `jacobian`.
+    pub estimator: &'a str,
+    /// Agreement with the model's own answer over the candidates ([`LreEval::faithfulness`]).
+    pub faithfulness: f64,
+    /// Agreement with the dataset's objects — the source's "Faithfulness".
+    pub accuracy: f64,
+    /// Agreement with the model's top token over the whole vocabulary.
+    pub vocab_faithfulness: f64,
+    /// How often the model itself answers the dataset's object.
+    pub model_accuracy: f64,
+    /// Test subjects.
+    pub n: usize,
+    /// One row per test subject.
+    pub predictions: &'a [Prediction],
 }
 
 /// Applies `op` to every test subject and compares with the model.
@@ -205,6 +231,19 @@ pub struct Edit {
     pub relative_norm: f32,
 }
 
+/// A [`Causality`] outcome with its rates: what `lens lre --causality-rank K --json` prints.
+#[derive(Clone, Debug, Serialize)]
+pub struct CausalityReport<'a> {
+    /// Rank of the pseudo-inverse.
+    pub rank: usize,
+    /// Fraction of edits after which the model answers the target.
+    pub efficacy: f64,
+    /// The same for the random-direction control.
+    pub random_efficacy: f64,
+    /// One row per edit.
+    pub edits: &'a [Edit],
+}
+
 /// The outcome of [`causality`].
 #[derive(Clone, Debug, Serialize)]
 pub struct Causality {
@@ -225,6 +264,17 @@ impl Causality {
     /// Edits after which the model answers the target.
     pub fn flipped(&self) -> usize {
         self.edits.iter().filter(|e| e.after == e.target).count()
+    }
+
+    /// The outcome with its rates, for JSON: `{"rank", "efficacy", "random_efficacy",
+    /// "edits"}`.
+    pub fn report(&self) -> CausalityReport<'_> {
+        CausalityReport {
+            rank: self.rank,
+            efficacy: self.efficacy(),
+            random_efficacy: self.random_efficacy(),
+            edits: &self.edits,
+        }
     }
 
     /// The same for the random-direction control.

@@ -31,7 +31,10 @@ mod relation;
 mod states;
 
 pub use crate::studies::pyrandom::PyRandom;
-pub use eval::{causality, evaluate, layer_sweep, Causality, Edit, LreEval, Prediction};
+pub use eval::{
+    causality, evaluate, layer_sweep, Causality, CausalityReport, Edit, LreEval, LreReport,
+    Prediction,
+};
 pub use linalg::{least_norm_fit, low_rank_pinv, singular_values};
 pub use operator::{jacobian, Estimator, LreOperator, SubjectJacobian};
 pub use relation::{check_template, Relation, Sample};

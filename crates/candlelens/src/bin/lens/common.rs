@@ -1,0 +1,104 @@
+//! What the subcommands share: the model-and-prompt arguments, output, memory readings, the
+//! answer-pair metric.
+
+use candlelens::prelude::*;
+use clap::Args;
+use serde::Serialize;
+
+/// A model and one prompt (text or token ids), with device and dtype.
+#[derive(Args)]
+pub struct Input {
+    /// Alias, local folder, .gguf path, or hub repo id.
+    #[arg(long)]
+    pub model: String,
+    /// Prompt text.
+    #[arg(long, conflicts_with = "tokens", required_unless_present = "tokens")]
+    pub prompt: Option<String>,
+    /// Comma-separated token ids (used as given; no BOS added).
+    #[arg(long, value_delimiter = ',')]
+    pub tokens: Option<Vec<u32>>,
+    /// Prepend BOS (default: the model's tokenizer default).
+    #[arg(long, conflicts_with = "no_bos")]
+    pub bos: bool,
+    /// Do not prepend BOS.
+    #[arg(long)]
+    pub no_bos: bool,
+    /// Device: cpu (default), cuda, cuda:N, metal (GPU builds: --features cuda / metal).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Compute dtype: f32 (default), bf16, f16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+}
+
+impl Input {
+    /// Loads the model on the chosen device and dtype.
+    pub fn load(&self) -> candlelens::Result<HookedTransformer> {
+        let opts = LoadOptions::parse(&self.device, &self.dtype)?;
+        HookedTransformer::from_pretrained_with(&self.model, &opts)
+    }
+
+    /// The prompt's tokens: the ids as given, or the text tokenized.
+    pub fn tokens(&self, model: &HookedTransformer) -> candlelens::Result<Tokens> {
+        match (&self.prompt, &self.tokens) {
+            (_, Some(ids)) => model.tokens_from_ids(ids.clone()),
+            (Some(p), None) => model.to_tokens(p.as_str(), bos_flag(self.bos, self.no_bos)),
+            (None, None) => Err(LensError::EmptyPrompt),
+        }
+    }
+}
+
+/// `--bos` / `--no-bos` as `prepend_bos` (`None`: the tokenizer's default).
+pub fn bos_flag(bos: bool, no_bos: bool) -> Option<bool> {
+    if bos {
+        Some(true)
+    } else if no_bos {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// Writes the buffer to stdout; a closed pipe (`lens ... | head`) is not an error.
+pub fn emit(o: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(o.as_bytes());
+}
+
+/// Prints a result as JSON: one line with `--json`, indented otherwise.
+pub fn emit_json<T: Serialize>(out: &T, as_json: bool) {
+    let text = if as_json {
+        serde_json::to_string(out)
+    } else {
+        serde_json::to_string_pretty(out)
+    };
+    emit(&format!("{}\n", text.unwrap_or_default()));
+}
+
+/// A field of `/proc/self/status` (`VmRSS:`, `VmHWM:`) in MiB; 0 where there is none.
+pub fn rss_mb(field: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// The logit difference of `answers[0]` over `answers[1]` (each one token), averaged over the
+/// batch.
+pub fn answer_metric<'a>(
+    model: &HookedTransformer,
+    answers: &[String],
+) -> candlelens::Result<candlelens::patching::Metric<'a>> {
+    let pair = (
+        model.to_single_token(&answers[0])?,
+        model.to_single_token(&answers[1])?,
+    );
+    Ok(Box::new(move |l| {
+        Ok(metrics::mean(&metrics::logit_diff(l, &[pair])?))
+    }))
+}

@@ -1,0 +1,71 @@
+//! `lens`: Candlelens from the command line (headless runs, inspection, benchmarks).
+//!
+//! One file per subcommand; each holds its arguments and its run. JSON output comes from
+//! `serde` derives on the result types.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Appends one formatted line to an output buffer.
+macro_rules! p {
+    ($o:expr, $($t:tt)*) => {{
+        $o.push_str(&format!($($t)*));
+        $o.push('\n');
+    }};
+}
+
+mod bench;
+mod common;
+mod inspect;
+mod lre;
+mod models;
+mod patch;
+mod run;
+
+#[derive(Parser)]
+#[command(
+    name = "lens",
+    version,
+    about = "Candlelens: mechanistic interpretability in Rust"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a prompt: top-k next-token logits and the residual stream per layer.
+    Run(run::RunArgs),
+    /// Architecture summary and every hook name with its shape.
+    Inspect(inspect::InspectArgs),
+    /// Activation patching: corrupted run, clean activations put in, layer x position grid.
+    Patch(patch::PatchArgs),
+    /// Linear relational embedding: fit on 60% of a relation, faithfulness on the rest.
+    Lre(lre::LreArgs),
+    /// List the registered model aliases.
+    Models,
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match &cli.cmd {
+        Cmd::Run(a) => run::run(a),
+        Cmd::Inspect(a) => inspect::inspect(a),
+        Cmd::Models => models::models(),
+        Cmd::Bench(b) => bench::bench(b),
+        Cmd::Patch(a) => patch::patch(a),
+        Cmd::Lre(a) => lre::lre(a),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! `lens run`: a prompt's top next-token logits and the residual stream entering each block.
+
+use candle_core::{DType, IndexOp};
+use candlelens::prelude::*;
+use clap::Args;
+use serde::Serialize;
+
+use crate::common::{emit, emit_json, Input};
+
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    input: Input,
+    /// How many top logits to show.
+    #[arg(long, default_value_t = 20)]
+    top_k: usize,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One of the top next-token logits.
+#[derive(Serialize)]
+struct TopLogit {
+    id: u32,
+    token: String,
+    logit: f32,
+}
+
+/// `blocks.{layer}.hook_resid_pre` at the last position: its norm and first dimensions.
+#[derive(Serialize)]
+struct ResidSummary {
+    layer: usize,
+    l2: f64,
+    first16: Vec<f32>,
+}
+
+/// What `lens run --json` prints.
+#[derive(Serialize)]
+struct RunReport {
+    model: String,
+    token_ids: Vec<u32>,
+    str_tokens: Vec<String>,
+    top_k: Vec<TopLogit>,
+    resid_pre_last: Vec<ResidSummary>,
+}
+
+pub fn run(args: &RunArgs) -> candlelens::Result<()> {
+    let model = args.input.load()?;
+    let tokens = args.input.tokens(&model)?;
+    let filter = HookFilter::suffix("hook_resid_pre")?;
+    let (logits, cache) = model.run_with_cache(&tokens, Some(filter))?;
+    let last = tokens.max_len() - 1;
+    let row: Vec<f32> = logits.i((0, last))?.to_dtype(DType::F32)?.to_vec1()?;
+    let mut order: Vec<usize> = (0..row.len()).collect();
+    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+    let token_ids = tokens.row(0).to_vec();
+    let str_tokens = model.ids_to_str_tokens(&token_ids)?;
+    let mut top_k = Vec::new();
+    for &i in order.iter().take(args.top_k) {
+        top_k.push(TopLogit {
+            id: i as u32,
+            token: model.ids_to_str_tokens(&[i as u32])?.remove(0),
+            logit: row[i],
+        });
+    }
+    let mut resid_pre_last = Vec::new();
+    for l in 0..model.cfg.n_layers {
+        let v: Vec<f32> = cache
+            .at(HookPoint::ResidPre(l))?
+            .i((0, last))?
+            .to_dtype(DType::F32)?
+            .to_vec1()?;
+        let l2 = v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        resid_pre_last.push(ResidSummary {
+            layer: l,
+            l2,
+            first16: v[..16.min(v.len())].to_vec(),
+        });
+    }
+    let report = RunReport {
+        model: model.cfg.name.clone(),
+        token_ids,
+        str_tokens,
+        top_k,
+        resid_pre_last,
+    };
+    if args.json {
+        emit_json(&report, true);
+        return Ok(());
+    }
+    let mut o = String::new();
+    p!(o, "model: {}", report.model);
+    p!(
+        o,
+        "tokens ({}): {:?}",
+        report.token_ids.len(),
+        report.str_tokens
+    );
+    p!(o, "\n{:>4}  {:>8}  {:>10}  token", "rank", "id", "logit");
+    for (r, t) in report.top_k.iter().enumerate() {
+        p!(o, "{:>4}  {:>8}  {:>10.4}  {:?}", r, t.id, t.logit, t.token);
+    }
+    p!(o, "\nresidual stream entering each block, last position:");
+    p!(o, "{:>5}  {:>10}  first dims", "layer", "L2");
+    for r in &report.resid_pre_last {
+        let head: Vec<String> = r
+            .first16
+            .iter()
+            .take(4)
+            .map(|x| format!("{x:.4}"))
+            .collect();
+        p!(
+            o,
+            "{:>5}  {:>10.4}  [{}, ...]",
+            r.layer,
+            r.l2,
+            head.join(", ")
+        );
+    }
+    emit(&o);
+    Ok(())
+}
