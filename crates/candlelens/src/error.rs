@@ -8,6 +8,7 @@ use std::path::PathBuf;
 /// `Debug` prints the same message as `Display`, so that `?` in a notebook cell or in `main`
 /// shows the message and its fix rather than a struct dump.
 #[derive(thiserror::Error)]
+#[non_exhaustive]
 pub enum LensError {
     /// A model name that is neither an alias, a local path, nor a plausible hub repo id.
     #[error("unknown model '{name}'{hint}. Use an alias (`lens models` lists them), a local folder with config.json, a .gguf file, or a hub repo id like 'owner/name'")]
@@ -91,9 +92,126 @@ pub enum LensError {
     #[error("the cache has no '{name}'. Run run_with_cache with a filter that includes it (cached: {available})")]
     NotCached { name: String, available: String },
 
-    /// Bad arguments to a call.
+    /// A name that is not one of a fixed set of choices (a patch target, a dtype, a device, a
+    /// method, a file format).
+    #[error("unknown {what} '{given}'; use {choices}")]
+    UnknownChoice {
+        /// What kind of name (`"patch target"`, `"dtype"`, ...).
+        what: String,
+        /// The name given.
+        given: String,
+        /// The accepted names.
+        choices: String,
+    },
+
+    /// Inputs that must agree in count or shape do not (answers and prompts, clean and
+    /// corrupted prompts, lists aligned by index, vectors and the model).
+    #[error("{what} do not match: {detail}")]
+    Mismatch {
+        /// The inputs that disagree (`"answer pairs and prompts"`).
+        what: String,
+        /// The counts or shapes, and what they must be.
+        detail: String,
+    },
+
+    /// An index beyond what it indexes (a prompt of a batch, a head, a pair).
+    #[error("{what} {index} is out of range (0..{len})")]
+    OutOfRange {
+        /// What is indexed (`"head"`, `"prompt"`, `"pair"`).
+        what: String,
+        /// The index given.
+        index: usize,
+        /// How many there are.
+        len: usize,
+    },
+
+    /// Fewer items than a computation needs (training subjects, samples, tokens, pairs).
+    #[error("{what}: need at least {need}, got {got}. {fix}")]
+    TooFew {
+        /// What is counted.
+        what: String,
+        /// The minimum.
+        need: usize,
+        /// How many there are.
+        got: usize,
+        /// What to do about it.
+        fix: String,
+    },
+
+    /// A call asks for something this model or this input does not have (`resid_mid` of a
+    /// parallel-block model, one position of a `Pos::All` stack, a call without an argument
+    /// it needs).
+    #[error("{what} is not available: {fix}")]
+    Unsupported {
+        /// What was asked for.
+        what: String,
+        /// Why not, and what to do instead.
+        fix: String,
+    },
+
+    /// A computation reads each prompt's last real position, but the cache or stack holds no
+    /// tokens to find it from.
+    #[error("{what} needs the prompt's tokens to find each last position, but none are attached; use an explicit position such as Pos::At(-1), or a cache from run_with_cache")]
+    NoTokens {
+        /// What needed them.
+        what: String,
+    },
+
+    /// BOS was asked for but the model's tokenizer has none.
+    #[error("this model has no BOS token; call with prepend_bos = Some(false)")]
+    NoBosToken,
+
+    /// A device this build or this machine cannot use.
+    #[error("cannot use device '{name}': {detail}. Build with `--features {feature}` on a machine with that GPU, or use cpu")]
+    Device {
+        /// The device asked for (`cuda:0`).
+        name: String,
+        /// What the back-end said.
+        detail: String,
+        /// The cargo feature that enables it.
+        feature: String,
+    },
+
+    /// A prompt template without exactly one `{}` where the subject goes, or none at all.
+    #[error("template {template:?}: {detail}")]
+    BadTemplate {
+        /// The template (empty when there is none).
+        template: String,
+        /// What is wrong and the fix.
+        detail: String,
+    },
+
+    /// A dataset whose entries cannot be used as they are (objects that the next token cannot
+    /// tell apart, an object with no tokens, lists of different lengths in a file).
+    #[error("{what}: {detail}")]
+    BadData {
+        /// The dataset or file.
+        what: String,
+        /// What is wrong and the fix.
+        detail: String,
+    },
+
+    /// A numerical routine failed (an SVD that did not converge).
+    #[error("numerical failure in {what}: {detail}. Check the inputs for NaN or infinite values")]
+    Numerical {
+        /// The routine.
+        what: String,
+        /// What it reported.
+        detail: String,
+    },
+
+    /// Drawing a figure failed.
+    #[error("drawing failed: {0}")]
+    Drawing(String),
+
+    /// An invariant of Candlelens itself does not hold: a bug, never the caller's input.
+    #[error("internal error: {0}. This is a bug in Candlelens; please report it with the model and the call")]
+    Internal(String),
+
+    /// An error raised by user code run inside Candlelens (a hook, a metric) to stop the run
+    /// with its own message.
     #[error("{0}")]
-    InvalidArgument(String),
+    Custom(String),
 
     /// Downloading from the hub failed.
     #[error("hub download of {repo}/{file} failed: {detail}. {fix}")]
@@ -185,6 +303,52 @@ mod tests {
     fn debug_is_the_message() {
         let e = LensError::EmptyPrompt;
         assert_eq!(format!("{e:?}"), e.to_string());
+    }
+
+    #[test]
+    fn bad_arguments_get_their_own_kind() {
+        use crate::patching::PatchTarget;
+        let e = PatchTarget::parse("resid_pree").unwrap_err();
+        assert!(
+            matches!(&e, LensError::UnknownChoice { given, .. } if given == "resid_pree"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("resid_pre, resid_mid"), "{e}");
+        let e = crate::LoadOptions::parse("cpu", "f64").unwrap_err();
+        assert!(
+            matches!(&e, LensError::UnknownChoice { what, .. } if what == "dtype"),
+            "{e}"
+        );
+        let e = crate::LoadOptions::parse("tpu", "f32").unwrap_err();
+        assert!(
+            matches!(&e, LensError::UnknownChoice { what, .. } if what == "device"),
+            "{e}"
+        );
+        let e = crate::lre::check_template("{} and {}").unwrap_err();
+        assert!(matches!(e, LensError::BadTemplate { .. }), "{e}");
+        let mut r = crate::lre::PyRandom::seed(0);
+        let names = vec!["a".to_string(), "b".to_string()];
+        let e = crate::binding::sample_prompts(
+            &mut r,
+            1,
+            &names,
+            &names,
+            crate::binding::Task::Fruit,
+            None,
+            3,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                LensError::TooFew {
+                    need: 3,
+                    got: 2,
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
     #[test]

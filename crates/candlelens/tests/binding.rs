@@ -427,7 +427,7 @@ fn interventions_add_exactly_the_vectors_at_the_chosen_positions() {
     };
     assert!(matches!(
         Intervention::subtract().hooks(&model, &wrong, &batch),
-        Err(LensError::InvalidArgument(_))
+        Err(LensError::Mismatch { .. })
     ));
 }
 

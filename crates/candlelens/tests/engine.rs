@@ -168,7 +168,7 @@ fn hook_errors_are_typed() {
     let mut hooks = Hooks::new();
     hooks
         .add("blocks.1.attn.hook_pattern", |_, _| {
-            Err(LensError::InvalidArgument("stop here".into()))
+            Err(LensError::Custom("stop here".into()))
         })
         .unwrap();
     let err = m.run_with_hooks(&tokens, &mut hooks).unwrap_err();

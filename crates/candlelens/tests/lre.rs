@@ -201,7 +201,7 @@ fn typed_errors_for_bad_input() {
     let dup = vec!["men".to_string(), "men's".to_string()];
     assert!(matches!(
         Candidates::new(m, &dup, "{} are"),
-        Err(LensError::InvalidArgument(msg)) if msg.contains("same token")
+        Err(LensError::BadData { detail, .. }) if detail.contains("same token")
     ));
     let rel = relation();
     assert!(rel.template(Some("students are typically")).is_err());

@@ -308,7 +308,7 @@ impl<'a> Block<'a> {
                 let tables = match (kind, &ctx.rope_local) {
                     (AttentionKind::Local { .. }, Some(t)) => t,
                     _ => ctx.rope_global.as_ref().ok_or_else(|| {
-                        LensError::InvalidArgument("rotary tables missing".into())
+                        LensError::Internal("rotary tables missing from the forward context".into())
                     })?,
                 };
                 let cos = tables.0.narrow(0, offset, p)?;
@@ -353,7 +353,9 @@ impl<'a> Block<'a> {
             .iter()
             .find(|(k, _)| *k == kind)
             .map(|(_, m)| m)
-            .ok_or_else(|| LensError::InvalidArgument("mask missing".into()))?;
+            .ok_or_else(|| {
+                LensError::Internal("causal mask missing from the forward context".into())
+            })?;
         let mask = if offset == 0 && p == ctx.seq {
             mask.clone()
         } else {

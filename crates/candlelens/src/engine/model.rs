@@ -232,7 +232,7 @@ impl HookedTransformer {
     /// Mean next-token cross-entropy over every real position of every prompt.
     ///
     /// # Errors
-    /// [`LensError::InvalidArgument`] if no prompt has two tokens.
+    /// [`LensError::TooFew`] if no prompt has two tokens.
     pub fn loss(&self, tokens: &Tokens) -> Result<f32> {
         let logits = self.forward(tokens)?;
         let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
@@ -253,9 +253,12 @@ impl HookedTransformer {
             n += row.len() - 1;
         }
         if n == 0 {
-            return Err(LensError::InvalidArgument(
-                "loss needs a prompt of at least two tokens".into(),
-            ));
+            return Err(LensError::TooFew {
+                what: "tokens in the longest prompt for a next-token loss".into(),
+                need: 2,
+                got: tokens.max_len(),
+                fix: "pass a longer prompt".into(),
+            });
         }
         Ok((sum / n as f64) as f32)
     }

@@ -88,7 +88,7 @@ impl LensTokenizer {
     /// Token ids with BOS prepended when `prepend_bos` (or, if `None`, the model's default).
     ///
     /// # Errors
-    /// [`LensError::InvalidArgument`] if BOS is asked for but the model has none.
+    /// [`LensError::NoBosToken`] if BOS is asked for but the model has none.
     pub fn encode_with_bos(&self, text: &str, prepend_bos: Option<bool>) -> Result<Vec<u32>> {
         Ok(self.encode_with_offsets(text, prepend_bos)?.0)
     }
@@ -107,11 +107,7 @@ impl LensTokenizer {
         let mut ids = Vec::new();
         let mut offsets = Vec::new();
         if prepend_bos.unwrap_or(self.add_bos_by_default) {
-            let bos = self.bos_token_id.ok_or_else(|| {
-                LensError::InvalidArgument(
-                    "this model has no BOS token; call with prepend_bos = Some(false)".into(),
-                )
-            })?;
+            let bos = self.bos_token_id.ok_or(LensError::NoBosToken)?;
             ids.push(bos);
             offsets.push((0, 0));
         }

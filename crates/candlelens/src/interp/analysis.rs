@@ -67,13 +67,16 @@ impl Attribution {
     /// Values reshaped to `[rows][cols]` (per-head attribution as layer x head).
     ///
     /// # Errors
-    /// [`LensError::InvalidArgument`] if the count does not fit.
+    /// [`LensError::Mismatch`] if the count does not fit.
     pub fn grid(&self, rows: usize, cols: usize) -> Result<Vec<Vec<f32>>> {
         if rows * cols != self.values.len() {
-            return Err(LensError::InvalidArgument(format!(
-                "{} values do not make a {rows} x {cols} grid",
-                self.values.len()
-            )));
+            return Err(LensError::Mismatch {
+                what: "values and grid shape".into(),
+                detail: format!(
+                    "{} values do not make a {rows} x {cols} grid",
+                    self.values.len()
+                ),
+            });
         }
         Ok(self.values.chunks(cols).map(<[f32]>::to_vec).collect())
     }
@@ -93,8 +96,8 @@ impl ActivationCache {
                 Ok(t.i((.., p as usize))?.contiguous()?)
             }
             Pos::Last => {
-                let tokens = self.tokens().ok_or_else(|| {
-                    LensError::InvalidArgument("this cache has no tokens; use Pos::At(-1)".into())
+                let tokens = self.tokens().ok_or_else(|| LensError::NoTokens {
+                    what: "Pos::Last".into(),
                 })?;
                 tokens.gather_last(t)
             }
@@ -327,18 +330,22 @@ impl HookedTransformer {
         directions: &Tensor,
     ) -> Result<Attribution> {
         if pos == Pos::All {
-            return Err(LensError::InvalidArgument(
-                "logit attribution reads one position per prompt: use Pos::Last or Pos::At".into(),
-            ));
+            return Err(LensError::Unsupported {
+                what: "logit attribution at Pos::All".into(),
+                fix: "it reads one position per prompt; use Pos::Last or Pos::At".into(),
+            });
         }
         let scaled = cache.apply_ln_to_stack(self, &stack.stack, pos)?; // [c, b, d]
         let (_, b, _) = scaled.dims3()?;
         let dirs = directions.to_dtype(DType::F32)?;
         if dirs.dims2()?.0 != b {
-            return Err(LensError::InvalidArgument(format!(
-                "{} directions for a batch of {b} prompts",
-                dirs.dim(0)?
-            )));
+            return Err(LensError::Mismatch {
+                what: "directions and prompts".into(),
+                detail: format!(
+                    "{} directions for a batch of {b} prompts; give one direction per prompt",
+                    dirs.dim(0)?
+                ),
+            });
         }
         let values: Vec<f32> = (scaled
             .broadcast_mul(&dirs.unsqueeze(0)?)?

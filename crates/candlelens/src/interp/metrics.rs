@@ -13,7 +13,8 @@ fn rows(last_logits: &Tensor) -> Result<Vec<Vec<f32>>> {
 /// prompt, or a single pair used for every prompt.
 ///
 /// # Errors
-/// [`LensError::InvalidArgument`] if the counts do not match or an id is out of range.
+/// [`LensError::Mismatch`] if the counts do not match, [`LensError::TokenOutOfRange`] for an id
+/// outside the vocabulary.
 pub fn logit_diff(last_logits: &Tensor, pairs: &[(u32, u32)]) -> Result<Vec<f32>> {
     let rows = rows(last_logits)?;
     check_count(rows.len(), pairs.len(), "answer pairs")?;
@@ -120,19 +121,22 @@ pub fn normalise(patched: f32, clean: f32, corrupted: f32) -> f32 {
 }
 
 fn at(row: &[f32], id: u32) -> Result<f32> {
-    row.get(id as usize).copied().ok_or_else(|| {
-        LensError::InvalidArgument(format!(
-            "token id {id} is outside the vocabulary ({})",
-            row.len()
-        ))
-    })
+    row.get(id as usize)
+        .copied()
+        .ok_or_else(|| LensError::TokenOutOfRange {
+            id,
+            d_vocab: row.len(),
+        })
 }
 
 fn group_mean(row: &[f32], ids: &[u32]) -> Result<f32> {
     if ids.is_empty() {
-        return Err(LensError::InvalidArgument(
-            "an answer token group is empty".into(),
-        ));
+        return Err(LensError::TooFew {
+            what: "tokens in an answer token group".into(),
+            need: 1,
+            got: 0,
+            fix: "give every group at least one token id".into(),
+        });
     }
     let mut s = 0.0f64;
     for &id in ids {
@@ -145,9 +149,12 @@ fn check_count(batch: usize, n: usize, what: &str) -> Result<()> {
     if n == 1 || n == batch {
         Ok(())
     } else {
-        Err(LensError::InvalidArgument(format!(
-            "{n} {what} for a batch of {batch} prompts; give one per prompt or one for all"
-        )))
+        Err(LensError::Mismatch {
+            what: format!("{what} and prompts"),
+            detail: format!(
+                "{n} {what} for a batch of {batch} prompts; give one per prompt or one for all"
+            ),
+        })
     }
 }
 

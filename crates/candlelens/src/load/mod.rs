@@ -39,7 +39,8 @@ impl LoadOptions {
     /// `f32`, `bf16`, `f16`.
     ///
     /// # Errors
-    /// [`LensError::InvalidArgument`] for an unknown name, or a GPU this build or machine lacks.
+    /// [`LensError::UnknownChoice`] for an unknown name, [`LensError::Device`] for a GPU this build
+    /// or machine lacks.
     pub fn parse(device: &str, dtype: &str) -> Result<Self> {
         Ok(LoadOptions {
             device: parse_device(device)?,
@@ -48,9 +49,11 @@ impl LoadOptions {
                 "bf16" | "bfloat16" => DType::BF16,
                 "f16" | "float16" => DType::F16,
                 other => {
-                    return Err(LensError::InvalidArgument(format!(
-                        "unknown dtype '{other}'; use f32 (default), bf16 or f16"
-                    )))
+                    return Err(LensError::UnknownChoice {
+                        what: "dtype".into(),
+                        given: other.to_string(),
+                        choices: "f32 (default), bf16 or f16".into(),
+                    })
                 }
             },
         })
@@ -60,31 +63,36 @@ impl LoadOptions {
 /// A device from its name: `cpu`, `cuda` / `cuda:N`, `metal` / `metal:N`.
 ///
 /// # Errors
-/// [`LensError::InvalidArgument`] naming the fix (build with `--features cuda` / `metal`).
+/// [`LensError::UnknownChoice`] for an unknown name, [`LensError::Device`] naming the fix (build
+/// with `--features cuda` / `metal`).
 pub fn parse_device(name: &str) -> Result<Device> {
     let (kind, ordinal) = match name.split_once(':') {
         Some((k, n)) => (
             k,
-            n.parse::<usize>().map_err(|_| {
-                LensError::InvalidArgument(format!("bad device ordinal in '{name}'; e.g. cuda:0"))
+            n.parse::<usize>().map_err(|_| LensError::UnknownChoice {
+                what: "device".into(),
+                given: name.to_string(),
+                choices: "cpu, cuda, cuda:N (N a number, e.g. cuda:0) or metal".into(),
             })?,
         ),
         None => (name, 0),
     };
     let gpu = |r: candle_core::Result<Device>, feature: &str| {
-        r.map_err(|e| {
-            LensError::InvalidArgument(format!(
-                "cannot use device '{name}': {e}. Build with `--features {feature}` on a machine with that GPU, or use cpu"
-            ))
+        r.map_err(|e| LensError::Device {
+            name: name.to_string(),
+            detail: e.to_string(),
+            feature: feature.to_string(),
         })
     };
     match kind {
         "cpu" => Ok(Device::Cpu),
         "cuda" => gpu(Device::new_cuda(ordinal), "cuda"),
         "metal" => gpu(Device::new_metal(ordinal), "metal"),
-        other => Err(LensError::InvalidArgument(format!(
-            "unknown device '{other}'; use cpu, cuda, cuda:N or metal"
-        ))),
+        other => Err(LensError::UnknownChoice {
+            what: "device".into(),
+            given: other.to_string(),
+            choices: "cpu, cuda, cuda:N or metal".into(),
+        }),
     }
 }
 

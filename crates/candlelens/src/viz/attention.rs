@@ -24,7 +24,7 @@ impl AttentionView {
     /// A view of `patterns [head][q][k]` over `tokens`.
     ///
     /// # Errors
-    /// [`LensError::InvalidArgument`] if the shapes disagree.
+    /// [`LensError::Mismatch`] if the shapes disagree.
     pub fn new(
         title: &str,
         tokens: Vec<String>,
@@ -37,12 +37,15 @@ impl AttentionView {
                 .iter()
                 .any(|h| h.len() != n || h.iter().any(|r| r.len() != n))
         {
-            return Err(LensError::InvalidArgument(format!(
-                "attention view: {} head labels, {} patterns, {} tokens; each pattern must be tokens x tokens",
-                head_labels.len(),
-                patterns.len(),
-                n
-            )));
+            return Err(LensError::Mismatch {
+                what: "attention view head labels, patterns and tokens".into(),
+                detail: format!(
+                    "{} head labels, {} patterns, {} tokens; give one label per pattern, each pattern tokens x tokens",
+                    head_labels.len(),
+                    patterns.len(),
+                    n
+                ),
+            });
         }
         Ok(AttentionView {
             title: title.into(),
@@ -64,9 +67,9 @@ impl AttentionView {
         title: &str,
     ) -> Result<Self> {
         use candle_core::{DType, IndexOp};
-        let tokens = cache
-            .tokens()
-            .ok_or_else(|| LensError::InvalidArgument("the cache has no tokens".into()))?;
+        let tokens = cache.tokens().ok_or_else(|| LensError::NoTokens {
+            what: "an attention view from a cache".into(),
+        })?;
         let len = tokens.lengths()[batch];
         let str_tokens = model.ids_to_str_tokens(tokens.row(batch))?;
         let mut patterns = Vec::new();
@@ -137,14 +140,16 @@ impl AttentionView {
     /// The static fallback: one head's pattern as a heatmap.
     ///
     /// # Errors
-    /// [`LensError::InvalidArgument`] for a head out of range.
+    /// [`LensError::OutOfRange`] for a head out of range.
     pub fn heatmap(&self, head: usize) -> Result<Figure> {
-        let p = self.patterns.get(head).ok_or_else(|| {
-            LensError::InvalidArgument(format!(
-                "head {head} out of range (0..{})",
-                self.patterns.len()
-            ))
-        })?;
+        let p = self
+            .patterns
+            .get(head)
+            .ok_or_else(|| LensError::OutOfRange {
+                what: "head of the attention view".into(),
+                index: head,
+                len: self.patterns.len(),
+            })?;
         let labels: Vec<String> = self
             .tokens
             .iter()

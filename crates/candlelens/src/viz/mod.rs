@@ -48,7 +48,7 @@ pub struct Figure {
 }
 
 fn draw_err(e: String) -> LensError {
-    LensError::InvalidArgument(format!("drawing failed: {e}"))
+    LensError::Drawing(e)
 }
 
 impl Figure {
@@ -181,7 +181,7 @@ impl Figure {
     /// Saves as `.svg`, `.png` or `.html` (by the extension).
     ///
     /// # Errors
-    /// [`LensError::InvalidArgument`] for another extension; I/O and drawing errors.
+    /// [`LensError::UnknownChoice`] for another extension; I/O and drawing errors.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         match path.extension().and_then(|e| e.to_str()) {
@@ -193,10 +193,11 @@ impl Figure {
                 chart::draw(&self.chart, &self.title, &root).map_err(draw_err)?;
                 root.present().map_err(|e| draw_err(e.to_string()))
             }
-            _ => Err(LensError::InvalidArgument(format!(
-                "cannot save a figure as {}: use .svg, .png or .html",
-                path.display()
-            ))),
+            _ => Err(LensError::UnknownChoice {
+                what: "figure file type".into(),
+                given: path.display().to_string(),
+                choices: "a path ending in .svg, .png or .html".into(),
+            }),
         }
     }
 

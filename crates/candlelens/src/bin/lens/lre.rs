@@ -125,16 +125,18 @@ pub fn lre(a: &LreArgs) -> candlelens::Result<()> {
             let n = a.n_jacobian.clamp(1, train.len());
             LreOperator::fit_jacobian(&model, &train.items[..n], l, a.beta)?
         }
-        ("jacobian", None) => {
-            return Err(LensError::InvalidArgument(
-                "--method jacobian needs --layer (one Jacobian per training subject is costly)"
+        ("jacobian", None) => return Err(LensError::Unsupported {
+            what: "--method jacobian without --layer".into(),
+            fix:
+                "pass --layer L (one Jacobian per training subject is costly, so there is no sweep)"
                     .into(),
-            ))
-        }
+        }),
         (m, _) => {
-            return Err(LensError::InvalidArgument(format!(
-                "unknown --method {m:?}; use regression or jacobian"
-            )))
+            return Err(LensError::UnknownChoice {
+                what: "--method".into(),
+                given: m.to_string(),
+                choices: "regression or jacobian".into(),
+            })
         }
     };
     let eval = lre::evaluate(&model, &op, &test)?;

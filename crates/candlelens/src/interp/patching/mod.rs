@@ -56,7 +56,7 @@ impl PatchTarget {
     /// `heads_by_pos`.
     ///
     /// # Errors
-    /// [`LensError::InvalidArgument`] listing the names.
+    /// [`LensError::UnknownChoice`] listing the names.
     pub fn parse(s: &str) -> Result<Self> {
         Ok(match s.trim_start_matches("hook_") {
             "resid_pre" => PatchTarget::ResidPre,
@@ -67,9 +67,13 @@ impl PatchTarget {
             "heads" | "z" | "heads_all_pos" => PatchTarget::HeadsAllPos,
             "heads_by_pos" => PatchTarget::HeadsByPos,
             other => {
-                return Err(LensError::InvalidArgument(format!(
-                    "unknown patch target '{other}': use resid_pre, resid_mid, resid_post, attn_out, mlp_out, heads or heads_by_pos"
-                )))
+                return Err(LensError::UnknownChoice {
+                    what: "patch target".into(),
+                    given: other.to_string(),
+                    choices:
+                        "resid_pre, resid_mid, resid_post, attn_out, mlp_out, heads or heads_by_pos"
+                            .into(),
+                })
             }
         })
     }
@@ -213,7 +217,7 @@ impl<'m> Patcher<'m> {
     /// Runs the clean and corrupted prompts once each and caches what sweeps read.
     ///
     /// # Errors
-    /// [`LensError::InvalidArgument`] if the two batches differ in shape.
+    /// [`LensError::Mismatch`] if the two batches differ in shape.
     pub fn new(
         model: &'m HookedTransformer,
         clean: &Tokens,
@@ -221,12 +225,15 @@ impl<'m> Patcher<'m> {
         metric: Metric<'m>,
     ) -> Result<Self> {
         if clean.batch() != corrupt.batch() || clean.lengths() != corrupt.lengths() {
-            return Err(LensError::InvalidArgument(format!(
-                "clean and corrupted prompts must have the same number of tokens (clean {:?}, corrupted {:?}); \
-                 pick corruptions that keep the token count",
-                clean.lengths(),
-                corrupt.lengths()
-            )));
+            return Err(LensError::Mismatch {
+                what: "clean and corrupted prompts".into(),
+                detail: format!(
+                    "they must have the same number of tokens (clean {:?}, corrupted {:?}); \
+                     pick corruptions that keep the token count",
+                    clean.lengths(),
+                    corrupt.lengths()
+                ),
+            });
         }
         let f = || Some(HookFilter::Predicate(Box::new(needed)));
         let (cl, clean_cache) = model.run_with_cache(clean, f())?;
@@ -343,9 +350,10 @@ impl<'m> Patcher<'m> {
             | PatchTarget::MlpOut
             | PatchTarget::AttnOut => {
                 if target == PatchTarget::ResidMid && cfg.parallel_attn_mlp {
-                    return Err(LensError::InvalidArgument(
-                        "this model runs attention and MLP in parallel: it has no resid_mid".into(),
-                    ));
+                    return Err(LensError::Unsupported {
+                        what: "resid_mid".into(),
+                        fix: "this model runs attention and MLP in parallel, so it has no resid_mid; patch resid_pre or resid_post".into(),
+                    });
                 }
                 for l in 0..n_layers {
                     for p in 0..seq {

@@ -48,19 +48,22 @@ impl Evaluation {
     /// attribute scores 0 for `k = 0` and 1 for the last).
     ///
     /// # Errors
-    /// [`LensError::InvalidArgument`] if `answers` does not match the batch.
+    /// [`LensError::Mismatch`] if `answers` does not match the batch.
     pub fn by_subject(
         &self,
         batch: &BindingBatch,
         answers: &[(u32, u32)],
     ) -> Result<Vec<Evaluation>> {
         if answers.len() != batch.len() || self.per_prompt.len() != batch.len() {
-            return Err(LensError::InvalidArgument(format!(
-                "an evaluation of {} prompts and {} answers for a batch of {}",
-                self.per_prompt.len(),
-                answers.len(),
-                batch.len()
-            )));
+            return Err(LensError::Mismatch {
+                what: "evaluation, answers and batch".into(),
+                detail: format!(
+                    "an evaluation of {} prompts and {} answers for a batch of {}; give one answer pair per prompt",
+                    self.per_prompt.len(),
+                    answers.len(),
+                    batch.len()
+                ),
+            });
         }
         (0..batch.num_pairs())
             .map(|k| {
@@ -90,28 +93,32 @@ impl fmt::Display for Evaluation {
 /// incorrect)` ids per prompt.
 ///
 /// # Errors
-/// [`LensError::InvalidArgument`] if the counts differ or an id is outside the vocabulary.
+/// [`LensError::Mismatch`] if the counts differ, [`LensError::TokenOutOfRange`] for an id
+/// outside the vocabulary.
 pub fn evaluate_logits(last_logits: &Tensor, answers: &[(u32, u32)]) -> Result<Evaluation> {
     let last_logits = last_logits.to_dtype(DType::F32)?;
     let rows: Vec<Vec<f32>> = last_logits.to_vec2()?;
     if rows.len() != answers.len() {
-        return Err(LensError::InvalidArgument(format!(
-            "{} answer pairs for {} prompts",
-            answers.len(),
-            rows.len()
-        )));
+        return Err(LensError::Mismatch {
+            what: "answer pairs and prompts".into(),
+            detail: format!(
+                "{} answer pairs for {} prompts; give one pair per prompt",
+                answers.len(),
+                rows.len()
+            ),
+        });
     }
     let (mut hit, mut pair, mut other) = (0usize, 0usize, 0usize);
     let mut per_prompt = Vec::with_capacity(rows.len());
     let mut predictions = Vec::with_capacity(rows.len());
     for (r, &(c, i)) in rows.iter().zip(answers) {
         let at = |id: u32| {
-            r.get(id as usize).copied().ok_or_else(|| {
-                LensError::InvalidArgument(format!(
-                    "answer id {id} is outside the vocabulary ({})",
-                    r.len()
-                ))
-            })
+            r.get(id as usize)
+                .copied()
+                .ok_or(LensError::TokenOutOfRange {
+                    id,
+                    d_vocab: r.len(),
+                })
         };
         let (lc, li) = (at(c)?, at(i)?);
         let argmax = r

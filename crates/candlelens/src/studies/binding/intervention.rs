@@ -77,12 +77,10 @@ impl Intervention {
                     Role::Entity => (&pos.entities, 0),
                     Role::Attribute => (&pos.attributes, 1),
                 };
-                let at = *list.get(k).ok_or_else(|| {
-                    LensError::InvalidArgument(format!(
-                        "intervention '{}' edits pair {k}, but prompt {i} has {} pairs",
-                        self.name,
-                        list.len()
-                    ))
+                let at = *list.get(k).ok_or_else(|| LensError::OutOfRange {
+                    what: format!("pair edited by intervention '{}' in prompt {i}", self.name),
+                    index: k,
+                    len: list.len(),
                 })?;
                 m[(i * p + at) * 2 + col] += c;
             }
@@ -111,8 +109,8 @@ impl Intervention {
     /// [`HookedTransformer::run_with_hooks`] on `batch.tokens`.
     ///
     /// # Errors
-    /// [`LensError::InvalidArgument`] if the vectors do not fit the model (`[n_layers,
-    /// d_model]`) or an edit names a pair the prompts lack.
+    /// [`LensError::Mismatch`] if the vectors do not fit the model (`[n_layers, d_model]`),
+    /// [`LensError::OutOfRange`] if an edit names a pair the prompts lack.
     pub fn hooks(
         &self,
         model: &HookedTransformer,
@@ -138,10 +136,13 @@ impl Intervention {
         let want = [model.cfg.n_layers, model.cfg.d_model];
         for t in [&vectors.entity, &vectors.attribute] {
             if t.dims() != want {
-                return Err(LensError::InvalidArgument(format!(
-                    "binding vectors of shape {:?} for a model with [n_layers, d_model] = {want:?}; compute them on this model",
-                    t.dims()
-                )));
+                return Err(LensError::Mismatch {
+                    what: "binding vectors and model".into(),
+                    detail: format!(
+                        "binding vectors of shape {:?} for a model with [n_layers, d_model] = {want:?}; compute them on this model",
+                        t.dims()
+                    ),
+                });
             }
         }
         let device = model.device();

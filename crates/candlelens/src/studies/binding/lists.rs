@@ -26,8 +26,8 @@ impl BindingLists {
     /// fruits with a space, as the source does.
     ///
     /// # Errors
-    /// [`LensError::MissingFile`], [`LensError::Json`], or [`LensError::InvalidArgument`] if
-    /// a list is missing or countries and capitals differ in length.
+    /// [`LensError::MissingFile`], [`LensError::Json`] if a list is missing,
+    /// [`LensError::BadData`] if countries and capitals differ in length.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let v = crate::studies::data::read_json(path)?;
@@ -51,12 +51,14 @@ impl BindingLists {
             fruits: space(list("fruits")?),
         };
         if lists.countries.len() != lists.capitals.len() {
-            return Err(LensError::InvalidArgument(format!(
-                "{}: {} countries but {} capitals; the lists pair them by index",
-                path.display(),
-                lists.countries.len(),
-                lists.capitals.len()
-            )));
+            return Err(LensError::BadData {
+                what: path.display().to_string(),
+                detail: format!(
+                    "{} countries but {} capitals; the lists pair them by index",
+                    lists.countries.len(),
+                    lists.capitals.len()
+                ),
+            });
         }
         Ok(lists)
     }
@@ -97,19 +99,25 @@ pub fn is_one_token(model: &HookedTransformer, text: &str) -> Result<bool> {
 /// index-aligned lists (countries with capitals).
 ///
 /// # Errors
-/// [`LensError::InvalidArgument`] for no columns or columns of different lengths; tokenizer
-/// errors.
+/// [`LensError::TooFew`] for no columns, [`LensError::Mismatch`] for columns of different
+/// lengths; tokenizer errors.
 pub fn one_token_rows(model: &HookedTransformer, columns: &[&[String]]) -> Result<Vec<usize>> {
     let Some(first) = columns.first() else {
-        return Err(LensError::InvalidArgument(
-            "one_token_rows needs at least one list".into(),
-        ));
+        return Err(LensError::TooFew {
+            what: "lists for one_token_rows".into(),
+            need: 1,
+            got: 0,
+            fix: "pass the lists to filter".into(),
+        });
     };
     if columns.iter().any(|c| c.len() != first.len()) {
-        return Err(LensError::InvalidArgument(format!(
-            "one_token_rows: the lists differ in length ({:?}); they must be aligned by index",
-            columns.iter().map(|c| c.len()).collect::<Vec<_>>()
-        )));
+        return Err(LensError::Mismatch {
+            what: "lists for one_token_rows".into(),
+            detail: format!(
+                "they differ in length ({:?}); they must be aligned by index",
+                columns.iter().map(|c| c.len()).collect::<Vec<_>>()
+            ),
+        });
     }
     let mut rows = Vec::new();
     'row: for i in 0..first.len() {

@@ -175,13 +175,14 @@ impl BindingBatch {
     /// source prints.
     ///
     /// # Errors
-    /// Tokenizer errors; [`LensError::InvalidArgument`] for `i` out of range.
+    /// Tokenizer errors; [`LensError::OutOfRange`] for `i` out of range.
     pub fn describe_positions(&self, model: &HookedTransformer, i: usize) -> Result<String> {
         let (Some(pos), true) = (self.positions.get(i), i < self.tokens.batch()) else {
-            return Err(LensError::InvalidArgument(format!(
-                "prompt {i} of a batch of {}",
-                self.len()
-            )));
+            return Err(LensError::OutOfRange {
+                what: "prompt".into(),
+                index: i,
+                len: self.len(),
+            });
         };
         let strs = model.ids_to_str_tokens(self.tokens.row(i))?;
         let mut parts = Vec::new();

@@ -38,7 +38,7 @@ impl Task {
     /// attribute.
     ///
     /// # Errors
-    /// [`LensError::InvalidArgument`] if `entities` and `attributes` differ in length.
+    /// [`LensError::Mismatch`] if `entities` and `attributes` differ in length.
     pub fn prompt(
         &self,
         subject: &str,
@@ -46,11 +46,14 @@ impl Task {
         attributes: &[String],
     ) -> Result<PromptText> {
         if entities.len() != attributes.len() {
-            return Err(LensError::InvalidArgument(format!(
-                "{} entities but {} attributes; a prompt binds them in pairs",
-                entities.len(),
-                attributes.len()
-            )));
+            return Err(LensError::Mismatch {
+                what: "entities and attributes".into(),
+                detail: format!(
+                    "{} entities but {} attributes; a prompt binds them in pairs",
+                    entities.len(),
+                    attributes.len()
+                ),
+            });
         }
         let mut text = String::from(HEADER);
         text.push_str("Context: ");
@@ -121,8 +124,8 @@ pub struct BindingPrompt {
 /// source's calls (and a second call continues the stream, as the source's fruit prompts do).
 ///
 /// # Errors
-/// [`LensError::InvalidArgument`] for fewer than 2 pairs, more pairs than entries, or
-/// `answers` not aligned with `attributes`.
+/// [`LensError::TooFew`] for fewer than 2 pairs or more pairs than entries,
+/// [`LensError::Mismatch`] for `answers` not aligned with `attributes`.
 pub fn sample_prompts(
     rng: &mut PyRandom,
     n: usize,
@@ -132,20 +135,37 @@ pub fn sample_prompts(
     answers: Option<&[String]>,
     num_pairs: usize,
 ) -> Result<Vec<BindingPrompt>> {
-    if num_pairs < 2 || num_pairs > entities.len() || num_pairs > attributes.len() {
-        return Err(LensError::InvalidArgument(format!(
-            "{num_pairs} pairs per prompt from {} entities and {} attributes: need at least 2 pairs and no more than either list holds",
-            entities.len(),
-            attributes.len()
-        )));
+    if num_pairs < 2 {
+        return Err(LensError::TooFew {
+            what: "pairs per prompt".into(),
+            need: 2,
+            got: num_pairs,
+            fix: "a binding prompt needs at least two entity/attribute pairs".into(),
+        });
+    }
+    let shortest = entities.len().min(attributes.len());
+    if num_pairs > shortest {
+        return Err(LensError::TooFew {
+            what: format!(
+                "entries for {num_pairs} pairs per prompt ({} entities, {} attributes)",
+                entities.len(),
+                attributes.len()
+            ),
+            need: num_pairs,
+            got: shortest,
+            fix: "ask for no more pairs than either list holds".into(),
+        });
     }
     if let Some(a) = answers {
         if a.len() != attributes.len() {
-            return Err(LensError::InvalidArgument(format!(
-                "{} answers for {} attributes; the answers are looked up by the attribute's index",
-                a.len(),
-                attributes.len()
-            )));
+            return Err(LensError::Mismatch {
+                what: "answers and attributes".into(),
+                detail: format!(
+                    "{} answers for {} attributes; the answers are looked up by the attribute's index",
+                    a.len(),
+                    attributes.len()
+                ),
+            });
         }
     }
     let mut picks = Vec::with_capacity(n);

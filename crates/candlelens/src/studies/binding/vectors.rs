@@ -26,16 +26,18 @@ impl BindingMeans {
     /// attribute positions (nothing else is kept), and the clean [`Evaluation`].
     ///
     /// # Errors
-    /// [`LensError::InvalidArgument`] for prompts with different numbers of pairs.
+    /// [`LensError::Mismatch`] for prompts with different numbers of pairs.
     pub fn collect(
         model: &HookedTransformer,
         batch: &BindingBatch,
     ) -> Result<(BindingMeans, Evaluation)> {
         let k = batch.num_pairs();
         if batch.positions.iter().any(|p| p.entities.len() != k) {
-            return Err(LensError::InvalidArgument(
-                "BindingMeans::collect: every prompt must have the same number of pairs".into(),
-            ));
+            return Err(LensError::Mismatch {
+                what: "pairs per prompt".into(),
+                detail: "BindingMeans::collect needs every prompt to have the same number of pairs"
+                    .into(),
+            });
         }
         let (b, p) = (batch.tokens.batch(), batch.tokens.max_len());
         // flat row index into [batch * pos]: slot (E_0..E_k-1, A_0..A_k-1) major, prompt minor
@@ -76,9 +78,7 @@ impl BindingMeans {
             .into_iter()
             .enumerate()
             .map(|(l, t)| {
-                t.ok_or_else(|| {
-                    LensError::InvalidArgument(format!("layer {l}'s resid_post never fired"))
-                })
+                t.ok_or_else(|| LensError::Internal(format!("layer {l}'s resid_post never fired")))
             })
             .collect::<Result<Vec<_>>>()?;
         let all = Tensor::stack(&layers, 1)?; // [2k, n_layers, d]
@@ -102,13 +102,15 @@ impl BindingMeans {
     /// `mean[E_i] - mean[E_j]` and `mean[A_i] - mean[A_j]` per layer.
     ///
     /// # Errors
-    /// [`LensError::InvalidArgument`] for a pair index beyond the prompts' pairs.
+    /// [`LensError::OutOfRange`] for a pair index beyond the prompts' pairs.
     pub fn difference(&self, i: usize, j: usize) -> Result<BindingVectors> {
         let k = self.entity.dim(0)?;
         if i >= k || j >= k {
-            return Err(LensError::InvalidArgument(format!(
-                "pairs {i} and {j} of prompts with {k} pairs"
-            )));
+            return Err(LensError::OutOfRange {
+                what: "pair".into(),
+                index: i.max(j),
+                len: k,
+            });
         }
         Ok(BindingVectors {
             entity: (self.entity.i(i)? - self.entity.i(j)?)?,

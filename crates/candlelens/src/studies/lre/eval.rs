@@ -323,7 +323,7 @@ impl Causality {
 /// the model runs on. A control adds a random vector of the same norm (seeded).
 ///
 /// # Errors
-/// [`LensError::InvalidArgument`] if no training subject has some target answer; forward errors.
+/// [`LensError::TooFew`] for fewer than two candidates or no training subject with some target answer; forward errors.
 pub fn causality(
     model: &HookedTransformer,
     op: &LreOperator,
@@ -334,9 +334,12 @@ pub fn causality(
     let c = &test.candidates;
     let nc = c.objects.len();
     if nc < 2 {
-        return Err(LensError::InvalidArgument(
-            "causality needs at least two candidate objects".into(),
-        ));
+        return Err(LensError::TooFew {
+            what: "candidate objects for a causality test".into(),
+            need: 2,
+            got: nc,
+            fix: "use a relation with at least two objects".into(),
+        });
     }
     let z_train = op.apply(&train.h_at(op.layer)?)?;
     // z' per candidate: mean operator output over the training subjects the model answers it
@@ -378,12 +381,15 @@ pub fn causality(
         let target = (1..nc)
             .map(|o| (from + o) % nc)
             .find(|&k| z_target[k].is_some())
-            .ok_or_else(|| {
-                LensError::InvalidArgument(format!(
-                    "no training subject is answered or labelled anything but {:?}; \
-                     causality needs subjects with another object",
+            .ok_or_else(|| LensError::TooFew {
+                what: format!(
+                    "training subjects answered or labelled anything but {:?}",
                     c.objects[from]
-                ))
+                ),
+                need: 1,
+                got: 0,
+                fix: "causality needs subjects with another object; add some to the training split"
+                    .into(),
             })?;
         let zt = z_target[target].as_ref().expect("checked");
         let dz = (zt - z.get(i)?)?;

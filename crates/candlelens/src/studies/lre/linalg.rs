@@ -11,7 +11,7 @@ pub(crate) fn to_array(t: &Tensor) -> Result<Array2<f64>> {
     let (r, c) = t.dims2()?;
     let v: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
     Array2::from_shape_vec((r, c), v.into_iter().map(f64::from).collect())
-        .map_err(|e| LensError::InvalidArgument(e.to_string()))
+        .map_err(|e| LensError::Internal(format!("tensor to matrix: {e}")))
 }
 
 pub(crate) fn to_tensor(a: &Array2<f64>, device: &Device) -> Result<Tensor> {
@@ -20,13 +20,16 @@ pub(crate) fn to_tensor(a: &Array2<f64>, device: &Device) -> Result<Tensor> {
 }
 
 fn svd(a: &Array2<f64>) -> Result<(Array2<f64>, Array1<f64>, Array2<f64>)> {
-    let (u, s, vt) = a
-        .svd(true, true)
-        .map_err(|e| LensError::InvalidArgument(format!("SVD failed: {e}")))?;
+    let (u, s, vt) = a.svd(true, true).map_err(|e| LensError::Numerical {
+        what: "SVD".into(),
+        detail: e.to_string(),
+    })?;
     let (u, s, vt) = (u, s, vt).sort_svd_desc();
     match (u, vt) {
         (Some(u), Some(vt)) => Ok((u, s, vt)),
-        _ => Err(LensError::InvalidArgument("SVD returned no vectors".into())),
+        _ => Err(LensError::Internal(
+            "SVD returned no singular vectors".into(),
+        )),
     }
 }
 
@@ -50,11 +53,14 @@ pub fn least_norm_fit(x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor)> {
     let dev = x.device().clone();
     let (xa, ya) = (to_array(x)?, to_array(y)?);
     if xa.nrows() != ya.nrows() || xa.nrows() == 0 {
-        return Err(LensError::InvalidArgument(format!(
-            "regression needs as many targets as inputs (got {} and {})",
-            xa.nrows(),
-            ya.nrows()
-        )));
+        return Err(LensError::Mismatch {
+            what: "regression inputs and targets".into(),
+            detail: format!(
+                "{} inputs and {} targets; a regression needs one target per input, and at least one",
+                xa.nrows(),
+                ya.nrows()
+            ),
+        });
     }
     let (xm, ym) = (
         xa.mean_axis(Axis(0)).unwrap_or_default(),

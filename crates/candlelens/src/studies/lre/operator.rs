@@ -57,10 +57,12 @@ impl LreOperator {
         layer: usize,
     ) -> Result<Self> {
         if train.len() < 2 {
-            return Err(LensError::InvalidArgument(format!(
-                "regression needs at least two training subjects, got {}",
-                train.len()
-            )));
+            return Err(LensError::TooFew {
+                what: "training subjects for the regression estimator".into(),
+                need: 2,
+                got: train.len(),
+                fix: "use a larger relation or a larger training fraction".into(),
+            });
         }
         let x = train.h_at(layer)?;
         let ids = train
@@ -68,10 +70,13 @@ impl LreOperator {
             .iter()
             .map(|s| {
                 let i = train.candidates.index(&s.sample.object).ok_or_else(|| {
-                    LensError::InvalidArgument(format!(
-                        "object {:?} is not among the candidates {:?}",
-                        s.sample.object, train.candidates.objects
-                    ))
+                    LensError::BadData {
+                        what: "training subjects".into(),
+                        detail: format!(
+                            "object {:?} is not among the candidates {:?}; build the candidates from the relation's objects",
+                            s.sample.object, train.candidates.objects
+                        ),
+                    }
                 })?;
                 Ok(train.candidates.ids[i])
             })
@@ -106,9 +111,12 @@ impl LreOperator {
         beta: f32,
     ) -> Result<Self> {
         if train.is_empty() {
-            return Err(LensError::InvalidArgument(
-                "the Jacobian estimator needs at least one training subject".into(),
-            ));
+            return Err(LensError::TooFew {
+                what: "training subjects for the Jacobian estimator".into(),
+                need: 1,
+                got: 0,
+                fix: "pass at least one subject's states".into(),
+            });
         }
         let d = model.cfg.d_model;
         let mut w_sum = Tensor::zeros((d, d), DType::F32, model.device())?;
@@ -294,7 +302,7 @@ pub fn jacobian(
         let loss = (zb * eye.narrow(0, c0, b)?)?.sum_all()?;
         let grads = loss.backward()?;
         let g = grads.get(hv.as_tensor()).ok_or_else(|| {
-            LensError::InvalidArgument("no gradient reached the subject's hidden state".into())
+            LensError::Internal("no gradient reached the subject's hidden state".into())
         })?;
         rows.push(g.to_dtype(DType::F32)?);
         c0 += b;

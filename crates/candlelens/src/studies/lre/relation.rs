@@ -37,7 +37,7 @@ impl Relation {
     /// (named after the file, no templates).
     ///
     /// # Errors
-    /// [`LensError::MissingFile`], [`LensError::Json`], or [`LensError::InvalidArgument`] for
+    /// [`LensError::MissingFile`], [`LensError::Json`], or [`LensError::TooFew`] for
     /// an empty relation.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Relation> {
         let path = path.as_ref();
@@ -67,11 +67,12 @@ impl Relation {
             },
         };
         if relation.samples.len() < 2 {
-            return Err(LensError::InvalidArgument(format!(
-                "{} has {} samples; an LRE needs at least two (some to fit, some to test)",
-                path.display(),
-                relation.samples.len()
-            )));
+            return Err(LensError::TooFew {
+                what: format!("samples in {}", path.display()),
+                need: 2,
+                got: relation.samples.len(),
+                fix: "an LRE needs some samples to fit and some to test".into(),
+            });
         }
         Ok(relation)
     }
@@ -80,18 +81,22 @@ impl Relation {
     /// subject goes.
     ///
     /// # Errors
-    /// [`LensError::InvalidArgument`] naming the problem.
+    /// [`LensError::BadTemplate`] naming the problem.
     pub fn template(&self, given: Option<&str>) -> Result<String> {
-        let t = match given {
-            Some(t) => t.to_string(),
-            None => self.prompt_templates.first().cloned().ok_or_else(|| {
-                LensError::InvalidArgument(format!(
-                    "relation '{}' has no prompt_templates; pass a template such as \
-                     \"{{}} students are typically\"",
-                    self.name
-                ))
-            })?,
-        };
+        let t =
+            match given {
+                Some(t) => t.to_string(),
+                None => self.prompt_templates.first().cloned().ok_or_else(|| {
+                    LensError::BadTemplate {
+                        template: String::new(),
+                        detail: format!(
+                            "relation '{}' has no prompt_templates; pass a template such as \
+                         \"{{}} students are typically\"",
+                            self.name
+                        ),
+                    }
+                })?,
+            };
         check_template(&t)?;
         Ok(t)
     }
@@ -121,14 +126,17 @@ impl Relation {
 /// Checks that a template has exactly one `{}`.
 ///
 /// # Errors
-/// [`LensError::InvalidArgument`].
+/// [`LensError::BadTemplate`].
 pub fn check_template(t: &str) -> Result<()> {
     match t.matches("{}").count() {
         1 => Ok(()),
-        n => Err(LensError::InvalidArgument(format!(
-            "template {t:?} has {n} '{{}}' placeholders; it needs exactly one, where the subject \
-             goes (e.g. \"{{}} students are typically\")"
-        ))),
+        n => Err(LensError::BadTemplate {
+            template: t.to_string(),
+            detail: format!(
+                "it has {n} '{{}}' placeholders; it needs exactly one, where the subject \
+                 goes (e.g. \"{{}} students are typically\")"
+            ),
+        }),
     }
 }
 

@@ -22,7 +22,7 @@ impl Candidates {
     /// in whitespace).
     ///
     /// # Errors
-    /// [`LensError::InvalidArgument`] if an object has no tokens or two objects share their
+    /// [`LensError::BadData`] if an object has no tokens or two objects share their
     /// first token (they could not be told apart).
     pub fn new(model: &HookedTransformer, objects: &[String], template: &str) -> Result<Self> {
         let space = if template.ends_with(char::is_whitespace) {
@@ -33,16 +33,20 @@ impl Candidates {
         let mut ids = Vec::with_capacity(objects.len());
         for o in objects {
             let toks = model.tokenizer().encode(&format!("{space}{o}"))?;
-            let id = *toks
-                .first()
-                .ok_or_else(|| LensError::InvalidArgument(format!("object {o:?} has no tokens")))?;
+            let id = *toks.first().ok_or_else(|| LensError::BadData {
+                what: "candidate objects".into(),
+                detail: format!("object {o:?} has no tokens; drop the empty object"),
+            })?;
             if let Some(j) = ids.iter().position(|&x| x == id) {
-                return Err(LensError::InvalidArgument(format!(
-                    "objects {:?} and {o:?} start with the same token {:?}: the model's next token \
-                     cannot tell them apart. Drop one, or rename it",
-                    objects[j],
-                    model.to_string(&[id])?
-                )));
+                return Err(LensError::BadData {
+                    what: "candidate objects".into(),
+                    detail: format!(
+                        "objects {:?} and {o:?} start with the same token {:?}: the model's next token \
+                         cannot tell them apart. Drop one, or rename it",
+                        objects[j],
+                        model.to_string(&[id])?
+                    ),
+                });
             }
             ids.push(id);
         }
@@ -212,7 +216,7 @@ impl LreStates {
 /// offsets (robust to tokenizers that merge differently).
 ///
 /// # Errors
-/// [`LensError::InvalidArgument`] if no token covers the subject; tokenizer errors.
+/// [`LensError::BadData`] if no token covers the subject; tokenizer errors.
 pub fn subject_last_token(
     model: &HookedTransformer,
     template: &str,
@@ -225,9 +229,8 @@ pub fn subject_last_token(
     offsets
         .iter()
         .rposition(|&(s, e)| s < end && e > start)
-        .ok_or_else(|| {
-            LensError::InvalidArgument(format!(
-                "no token of {prompt:?} covers the subject {subject:?}; is the subject empty?"
-            ))
+        .ok_or_else(|| LensError::BadData {
+            what: format!("prompt {prompt:?}"),
+            detail: format!("no token covers the subject {subject:?}; is the subject empty?"),
         })
 }
