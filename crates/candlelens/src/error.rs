@@ -12,59 +12,108 @@ use std::path::PathBuf;
 pub enum LensError {
     /// A model name that is neither an alias, a local path, nor a plausible hub repo id.
     #[error("unknown model '{name}'{hint}. Use an alias (`lens models` lists them), a local folder with config.json, a .gguf file, or a hub repo id like 'owner/name'")]
-    UnknownModel { name: String, hint: String },
+    UnknownModel {
+        /// The name given.
+        name: String,
+        /// A " (did you mean ...)" suggestion or a note on the name, or empty.
+        hint: String,
+    },
 
     /// An embedded model whose files have not been fetched yet.
     #[error(
         "model '{alias}' is not on this machine (looked for {path}). Fetch it with: {command}"
     )]
     ModelNotFetched {
+        /// The embedded model's alias.
         alias: String,
+        /// The path that was looked for.
         path: PathBuf,
+        /// The command that fetches it.
         command: String,
     },
 
     /// A file the loader needs does not exist.
     #[error("file not found: {path}. {fix}")]
-    MissingFile { path: PathBuf, fix: String },
+    MissingFile {
+        /// The path that was looked for.
+        path: PathBuf,
+        /// What the file is needed for, or how to get it.
+        fix: String,
+    },
 
     /// A file exists but cannot be read as what it claims to be (truncated, corrupt, wrong format).
     #[error("corrupt or truncated file {path}: {detail}. Re-download it (for the embedded models: scripts/fetch-models)")]
-    CorruptFile { path: PathBuf, detail: String },
+    CorruptFile {
+        /// The file that cannot be read.
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
 
     /// The checkpoint's architecture has no weight mapping.
     #[error("unsupported architecture '{arch}'. Supported: {supported}")]
-    UnsupportedArchitecture { arch: String, supported: String },
+    UnsupportedArchitecture {
+        /// The architecture named by the checkpoint (`model_type`).
+        arch: String,
+        /// The architectures that are supported.
+        supported: String,
+    },
 
     /// A config field holds a value the forward pass does not implement.
     #[error("unsupported config value {field} = {value}: {fix}")]
     UnsupportedConfig {
+        /// The config field.
         field: String,
+        /// The value it holds.
         value: String,
+        /// The values that are supported, or what to do instead.
         fix: String,
     },
 
     /// A weight the architecture needs is missing from the checkpoint, or has the wrong shape.
     #[error("weight '{name}' {problem}. The checkpoint does not match its config; re-download it or check the architecture")]
-    BadWeight { name: String, problem: String },
+    BadWeight {
+        /// The weight's name in the checkpoint.
+        name: String,
+        /// What is wrong (missing, or its shape and the expected one).
+        problem: String,
+    },
 
     /// A hook name that does not parse.
     #[error("unknown hook name '{name}'{hint}. Hook names follow TransformerLens, e.g. 'blocks.0.hook_resid_pre' (`lens inspect --model M` lists them all)")]
-    UnknownHook { name: String, hint: String },
+    UnknownHook {
+        /// The name given.
+        name: String,
+        /// A " (did you mean ...)" suggestion, or empty.
+        hint: String,
+    },
 
     /// A layer index beyond the model.
     #[error("layer {layer} is out of range: the model has {n_layers} layers (0..={max})", max = n_layers.saturating_sub(1))]
-    LayerOutOfRange { layer: usize, n_layers: usize },
+    LayerOutOfRange {
+        /// The layer index given.
+        layer: usize,
+        /// How many layers the model has.
+        n_layers: usize,
+    },
 
     /// A position index beyond the prompt.
     #[error("position {pos} is out of range for a prompt of {len} tokens (0..={max}); negative positions count from the end", max = len.saturating_sub(1))]
-    PositionOutOfRange { pos: i64, len: usize },
+    PositionOutOfRange {
+        /// The position given (negative counts from the end).
+        pos: i64,
+        /// The prompt's length in tokens.
+        len: usize,
+    },
 
     /// A string expected to be one token is several (or none).
     #[error("'{text}' is {n} tokens ({tokens:?}), not one. Pick a single-token answer, or add/remove the leading space")]
     NotSingleToken {
+        /// The string given.
         text: String,
+        /// How many tokens it is.
         n: usize,
+        /// The tokens it splits into.
         tokens: Vec<String>,
     },
 
@@ -74,23 +123,41 @@ pub enum LensError {
 
     /// A prompt longer than the model's context.
     #[error("the prompt has {len} tokens but the model's context is {n_ctx}. Shorten it")]
-    PromptTooLong { len: usize, n_ctx: usize },
+    PromptTooLong {
+        /// The prompt's length in tokens.
+        len: usize,
+        /// The model's context length.
+        n_ctx: usize,
+    },
 
     /// A token id outside the vocabulary.
     #[error("token id {id} is outside the vocabulary (size {d_vocab})")]
-    TokenOutOfRange { id: u32, d_vocab: usize },
+    TokenOutOfRange {
+        /// The token id given.
+        id: u32,
+        /// The vocabulary size.
+        d_vocab: usize,
+    },
 
     /// A hook returned a replacement of the wrong shape.
     #[error("hook on '{hook}' returned shape {got:?}, expected {want:?}. A hook must return a tensor of the activation's shape")]
     HookShape {
+        /// The hook point's name.
         hook: String,
+        /// The shape the hook returned.
         got: Vec<usize>,
+        /// The activation's shape.
         want: Vec<usize>,
     },
 
     /// An activation that the cache does not hold.
     #[error("the cache has no '{name}'. Run run_with_cache with a filter that includes it (cached: {available})")]
-    NotCached { name: String, available: String },
+    NotCached {
+        /// The hook name asked for.
+        name: String,
+        /// The names the cache does hold (the first few), or "nothing".
+        available: String,
+    },
 
     /// A name that is not one of a fixed set of choices (a patch target, a dtype, a device, a
     /// method, a file format).
@@ -216,9 +283,13 @@ pub enum LensError {
     /// Downloading from the hub failed.
     #[error("hub download of {repo}/{file} failed: {detail}. {fix}")]
     Hub {
+        /// The hub repo id.
         repo: String,
+        /// The file in the repo.
         file: String,
+        /// What the download reported.
         detail: String,
+        /// What to do about it.
         fix: String,
     },
 
@@ -233,21 +304,32 @@ pub enum LensError {
     /// An I/O error with the path involved.
     #[error("cannot read {path}: {source}")]
     Io {
+        /// The path involved.
         path: PathBuf,
+        /// The underlying I/O error.
         source: std::io::Error,
     },
 
     /// A JSON document that does not parse.
     #[error("invalid JSON in {what}: {detail}")]
-    Json { what: String, detail: String },
+    Json {
+        /// The document (a file path, or `config.json`).
+        what: String,
+        /// The parse error, or the field that is missing.
+        detail: String,
+    },
 
     /// An entity or attribute of a binding prompt that is not a token of its own in the
     /// tokenized prompt (split into pieces, or merged with its neighbours).
     #[error("{role} '{entry}' of prompt {prompt} is not a token of its own there (its characters fall in the tokens {tokens:?}). Keep only entries that are single tokens (binding::one_token_rows), and check that the template separates them from their neighbours")]
     BindingPosition {
+        /// Which entry it is (`"entity E_0"`, `"attribute A_1"`).
         role: String,
+        /// The entry's text.
         entry: String,
+        /// The prompt's index in the batch.
         prompt: usize,
+        /// The tokens its characters fall in.
         tokens: Vec<String>,
     },
 }
@@ -307,33 +389,33 @@ mod tests {
 
     #[test]
     fn bad_arguments_get_their_own_kind() {
-        use crate::patching::PatchTarget;
+        use crate::interp::patching::PatchTarget;
         let e = PatchTarget::parse("resid_pree").unwrap_err();
         assert!(
             matches!(&e, LensError::UnknownChoice { given, .. } if given == "resid_pree"),
             "{e}"
         );
         assert!(e.to_string().contains("resid_pre, resid_mid"), "{e}");
-        let e = crate::LoadOptions::parse("cpu", "f64").unwrap_err();
+        let e = crate::load::LoadOptions::parse("cpu", "f64").unwrap_err();
         assert!(
             matches!(&e, LensError::UnknownChoice { what, .. } if what == "dtype"),
             "{e}"
         );
-        let e = crate::LoadOptions::parse("tpu", "f32").unwrap_err();
+        let e = crate::load::LoadOptions::parse("tpu", "f32").unwrap_err();
         assert!(
             matches!(&e, LensError::UnknownChoice { what, .. } if what == "device"),
             "{e}"
         );
-        let e = crate::lre::check_template("{} and {}").unwrap_err();
+        let e = crate::studies::lre::check_template("{} and {}").unwrap_err();
         assert!(matches!(e, LensError::BadTemplate { .. }), "{e}");
-        let mut r = crate::lre::PyRandom::seed(0);
+        let mut r = crate::studies::pyrandom::PyRandom::seed(0);
         let names = vec!["a".to_string(), "b".to_string()];
-        let e = crate::binding::sample_prompts(
+        let e = crate::studies::binding::sample_prompts(
             &mut r,
             1,
             &names,
             &names,
-            crate::binding::Task::Fruit,
+            crate::studies::binding::Task::Fruit,
             None,
             3,
         )

@@ -39,7 +39,7 @@ pub use error::{LensError, Result};
 pub use hooks::{HookFilter, HookPoint, Hooks};
 pub use load::LoadOptions;
 pub use model::{HookedTransformer, LogitsAt};
-pub use tokens::Tokens;
+pub use tokens::{Prompts, Tokens};
 
 /// Everything a notebook needs, in one `use candlelens::prelude::*;`.
 pub mod prelude {
@@ -58,60 +58,5 @@ pub mod prelude {
     pub use crate::interp::prompts::PromptTest;
     pub use crate::load::LoadOptions;
     pub use crate::viz::{AttentionView, Figure, Table};
-    pub use crate::Prompts;
     pub use candle_core::{DType, Device, IndexOp, Tensor, D};
-}
-
-/// One prompt or several: what `to_tokens` accepts.
-pub trait Prompts {
-    /// The prompts as string slices.
-    fn prompts(&self) -> Vec<&str>;
-}
-
-impl Prompts for &str {
-    fn prompts(&self) -> Vec<&str> {
-        vec![self]
-    }
-}
-
-impl Prompts for String {
-    fn prompts(&self) -> Vec<&str> {
-        vec![self.as_str()]
-    }
-}
-
-impl Prompts for &String {
-    fn prompts(&self) -> Vec<&str> {
-        vec![self.as_str()]
-    }
-}
-
-impl Prompts for &[&str] {
-    fn prompts(&self) -> Vec<&str> {
-        self.to_vec()
-    }
-}
-
-impl<const N: usize> Prompts for [&str; N] {
-    fn prompts(&self) -> Vec<&str> {
-        self.to_vec()
-    }
-}
-
-impl Prompts for Vec<&str> {
-    fn prompts(&self) -> Vec<&str> {
-        self.clone()
-    }
-}
-
-impl Prompts for &[String] {
-    fn prompts(&self) -> Vec<&str> {
-        self.iter().map(String::as_str).collect()
-    }
-}
-
-impl Prompts for Vec<String> {
-    fn prompts(&self) -> Vec<&str> {
-        self.iter().map(String::as_str).collect()
-    }
 }

@@ -55,12 +55,19 @@ pub struct RotaryConfig {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub enum RopeScaling {
     /// Positions divided by `factor` (HF "linear").
-    Linear { factor: f64 },
+    Linear {
+        /// The divisor of the positions.
+        factor: f64,
+    },
     /// The `llama3` rule: long wavelengths divided by `factor`, short ones kept, smooth between.
     Llama3 {
+        /// The divisor of the long-wavelength frequencies.
         factor: f64,
+        /// Wavelengths above `original_max_position_embeddings / low_freq_factor` are scaled.
         low_freq_factor: f64,
+        /// Wavelengths below `original_max_position_embeddings / high_freq_factor` are kept.
         high_freq_factor: f64,
+        /// The context length the model was first trained with.
         original_max_position_embeddings: f64,
     },
 }
@@ -71,7 +78,10 @@ pub enum AttentionKind {
     /// Full causal attention.
     Global,
     /// Causal attention to the last `window` positions (the query's own included).
-    Local { window: usize },
+    Local {
+        /// The window's length in positions.
+        window: usize,
+    },
 }
 
 /// An architecture-neutral description of a decoder-only transformer.
@@ -81,19 +91,29 @@ pub struct ModelConfig {
     pub architecture: String,
     /// A human name (alias, repo id or file name).
     pub name: String,
+    /// Number of transformer blocks.
     pub n_layers: usize,
+    /// Width of the residual stream.
     pub d_model: usize,
+    /// Number of query heads.
     pub n_heads: usize,
     /// Key/value heads: `n_heads` for MHA, fewer for grouped-query attention, 1 for MQA.
     pub n_kv_heads: usize,
+    /// Dimension of each attention head.
     pub d_head: usize,
+    /// Width of the MLP's hidden layer.
     pub d_mlp: usize,
+    /// Vocabulary size (rows of `W_E`, columns of `W_U`).
     pub d_vocab: usize,
     /// Maximum context length.
     pub n_ctx: usize,
+    /// The normalisation the blocks and the final norm use.
     pub norm: NormKind,
+    /// The epsilon of every norm.
     pub norm_eps: f64,
+    /// How positions enter the model (learned `W_pos` or rotary).
     pub positional: Positional,
+    /// The MLP nonlinearity.
     pub act: Activation,
     /// `act(x W_gate) * (x W_in)` instead of `act(x W_in)`.
     pub gated_mlp: bool,
@@ -143,9 +163,9 @@ impl ModelConfig {
     ///
     /// # Errors
     /// [`crate::LensError::UnsupportedConfig`] naming the inconsistent field.
-    pub fn validate(&self) -> crate::Result<()> {
+    pub fn validate(&self) -> crate::error::Result<()> {
         let bad = |field: &str, value: String, fix: &str| {
-            Err(crate::LensError::UnsupportedConfig {
+            Err(crate::error::LensError::UnsupportedConfig {
                 field: field.into(),
                 value,
                 fix: fix.into(),

@@ -82,7 +82,7 @@ impl HookedTransformer {
     ///
     /// # Errors
     /// [`LensError::EmptyPrompt`], [`LensError::PromptTooLong`].
-    pub fn to_tokens<P: crate::Prompts>(
+    pub fn to_tokens<P: crate::engine::tokens::Prompts>(
         &self,
         prompts: P,
         prepend_bos: Option<bool>,

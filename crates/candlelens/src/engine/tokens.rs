@@ -122,6 +122,60 @@ impl Tokens {
     }
 }
 
+/// One prompt or several: what `to_tokens` accepts.
+pub trait Prompts {
+    /// The prompts as string slices.
+    fn prompts(&self) -> Vec<&str>;
+}
+
+impl Prompts for &str {
+    fn prompts(&self) -> Vec<&str> {
+        vec![self]
+    }
+}
+
+impl Prompts for String {
+    fn prompts(&self) -> Vec<&str> {
+        vec![self.as_str()]
+    }
+}
+
+impl Prompts for &String {
+    fn prompts(&self) -> Vec<&str> {
+        vec![self.as_str()]
+    }
+}
+
+impl Prompts for &[&str] {
+    fn prompts(&self) -> Vec<&str> {
+        self.to_vec()
+    }
+}
+
+impl<const N: usize> Prompts for [&str; N] {
+    fn prompts(&self) -> Vec<&str> {
+        self.to_vec()
+    }
+}
+
+impl Prompts for Vec<&str> {
+    fn prompts(&self) -> Vec<&str> {
+        self.clone()
+    }
+}
+
+impl Prompts for &[String] {
+    fn prompts(&self) -> Vec<&str> {
+        self.iter().map(String::as_str).collect()
+    }
+}
+
+impl Prompts for Vec<String> {
+    fn prompts(&self) -> Vec<&str> {
+        self.iter().map(String::as_str).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

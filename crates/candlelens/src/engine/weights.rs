@@ -13,41 +13,52 @@ use crate::error::{LensError, Result};
 /// optional bias (LayerNorm).
 #[derive(Clone, Debug)]
 pub struct NormWeights {
+    /// Effective scale `[d_model]`.
     pub w: Tensor,
+    /// Bias `[d_model]` (LayerNorm only).
     pub b: Option<Tensor>,
 }
 
 /// One block's weights.
 #[derive(Clone, Debug)]
 pub struct LayerWeights {
+    /// Norm before attention (`ln1`); parallel blocks also feed its output to the MLP.
     pub ln1: NormWeights,
     /// Norm on the attention output before it joins the residual (Gemma 2/3).
     pub ln1_post: Option<NormWeights>,
+    /// Norm before the MLP (`ln2`); a copy of `ln1` for parallel blocks.
     pub ln2: NormWeights,
     /// Norm on the MLP output before it joins the residual (Gemma 2/3).
     pub ln2_post: Option<NormWeights>,
     /// `[n_heads * d_head, d_model]`.
     pub w_q: Tensor,
+    /// `[n_heads * d_head]`.
     pub b_q: Option<Tensor>,
     /// `[n_kv_heads * d_head, d_model]`.
     pub w_k: Tensor,
+    /// `[n_kv_heads * d_head]`.
     pub b_k: Option<Tensor>,
     /// `[n_kv_heads * d_head, d_model]`.
     pub w_v: Tensor,
+    /// `[n_kv_heads * d_head]`.
     pub b_v: Option<Tensor>,
     /// Per-head RMSNorm scale `[d_head]` (Qwen3, Gemma 3).
     pub q_norm: Option<Tensor>,
+    /// Per-head RMSNorm scale of the keys `[d_head]` (Qwen3, Gemma 3).
     pub k_norm: Option<Tensor>,
     /// `[d_model, n_heads * d_head]`.
     pub w_o: Tensor,
+    /// `[d_model]`.
     pub b_o: Option<Tensor>,
     /// `[d_mlp, d_model]` (the "up" projection).
     pub w_in: Tensor,
+    /// `[d_mlp]`.
     pub b_in: Option<Tensor>,
     /// `[d_mlp, d_model]` for gated MLPs.
     pub w_gate: Option<Tensor>,
     /// `[d_model, d_mlp]`.
     pub w_out: Tensor,
+    /// `[d_model]`.
     pub b_out: Option<Tensor>,
 }
 
@@ -58,10 +69,13 @@ pub struct Weights {
     pub w_e: Tensor,
     /// `[n_ctx, d_model]` for learned positions.
     pub w_pos: Option<Tensor>,
+    /// One entry per block, `n_layers` in all.
     pub layers: Vec<LayerWeights>,
+    /// The final norm before the unembedding (`ln_final`).
     pub ln_final: NormWeights,
     /// `[d_vocab, d_model]` (the transpose of TransformerLens's `W_U`); shares `w_e` when tied.
     pub w_u: Tensor,
+    /// `[d_vocab]`.
     pub b_u: Option<Tensor>,
 }
 

@@ -34,6 +34,7 @@ pub struct ResidStack {
 /// Direct logit attribution of a stack onto per-prompt directions.
 #[derive(Clone, Debug)]
 pub struct Attribution {
+    /// One label per component, as in the stack.
     pub labels: Vec<String>,
     /// Per component, the dot product with the direction averaged over the batch.
     pub values: Vec<f32>,

@@ -13,9 +13,13 @@ use crate::error::{LensError, Result};
 pub struct TopToken {
     /// 0 = most likely.
     pub rank: usize,
+    /// The token id.
     pub id: u32,
+    /// The token as a string.
     pub token: String,
+    /// Its logit at that position.
     pub logit: f32,
+    /// Its softmax probability at that position.
     pub prob: f32,
 }
 

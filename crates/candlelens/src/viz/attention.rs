@@ -9,6 +9,7 @@ use crate::error::{LensError, Result};
 /// Attention patterns of several heads over one prompt.
 #[derive(Clone, Debug)]
 pub struct AttentionView {
+    /// The title shown above the view.
     pub title: String,
     /// The prompt's tokens.
     pub tokens: Vec<String>,

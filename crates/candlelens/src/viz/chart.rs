@@ -10,31 +10,48 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 pub enum Chart {
     /// `values[row][col]`, rows drawn top to bottom (layers on y), RdBu centred at 0.
     Heatmap {
+        /// The cells, `values[row][col]`.
         values: Vec<Vec<f32>>,
+        /// One label per column.
         x_labels: Vec<String>,
+        /// One label per row.
         y_labels: Vec<String>,
+        /// The x axis's title.
         x_title: String,
+        /// The y axis's title.
         y_title: String,
     },
     /// One or more series over shared x values.
     Line {
+        /// The shared x values.
         x: Vec<f32>,
+        /// `(name, y values)` per series, one y per x.
         series: Vec<(String, Vec<f32>)>,
+        /// Tick labels in place of the x values, one per x.
         x_labels: Option<Vec<String>>,
+        /// The x axis's title.
         x_title: String,
+        /// The y axis's title.
         y_title: String,
     },
     /// One bar per label.
     Bar {
+        /// One label per bar.
         labels: Vec<String>,
+        /// One height per bar.
         values: Vec<f32>,
+        /// The y axis's title.
         y_title: String,
     },
     /// Points `(x, y)` with optional labels.
     Scatter {
+        /// The points `(x, y)`.
         points: Vec<(f32, f32)>,
+        /// One label per point, or empty for none.
         labels: Vec<String>,
+        /// The x axis's title.
         x_title: String,
+        /// The y axis's title.
         y_title: String,
     },
 }

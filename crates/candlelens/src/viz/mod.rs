@@ -41,9 +41,13 @@ fn ensure_font() {
 /// A chart with a title and a size, rendered on demand.
 #[derive(Clone, Debug)]
 pub struct Figure {
+    /// What to draw.
     pub chart: Chart,
+    /// The title above the chart.
     pub title: String,
+    /// Width in pixels.
     pub width: u32,
+    /// Height in pixels.
     pub height: u32,
 }
 

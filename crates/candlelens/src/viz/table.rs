@@ -15,8 +15,11 @@ pub fn escape(s: &str) -> String {
 /// A table of strings with a header row.
 #[derive(Clone, Debug, Default)]
 pub struct Table {
+    /// The title shown above the table (empty for none).
     pub title: String,
+    /// The column headers.
     pub headers: Vec<String>,
+    /// The rows, one cell per column.
     pub rows: Vec<Vec<String>>,
 }
 

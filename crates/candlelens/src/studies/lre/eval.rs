@@ -13,6 +13,7 @@ use crate::error::{LensError, Result};
 /// One test subject's outcome.
 #[derive(Clone, Debug, Serialize)]
 pub struct Prediction {
+    /// The test subject.
     pub subject: String,
     /// The dataset's object.
     pub expected: String,
@@ -29,8 +30,11 @@ pub struct Prediction {
 /// An operator's predictions on a test set.
 #[derive(Clone, Debug, Serialize)]
 pub struct LreEval {
+    /// The operator's layer.
     pub layer: usize,
+    /// How the operator was estimated (its [`Estimator`](super::operator::Estimator) as text).
     pub estimator: String,
+    /// One row per test subject.
     pub predictions: Vec<Prediction>,
 }
 
@@ -218,6 +222,7 @@ pub fn layer_sweep(
 /// One causality edit.
 #[derive(Clone, Debug, Serialize)]
 pub struct Edit {
+    /// The test subject.
     pub subject: String,
     /// The model's answer before the edit (its top candidate).
     pub from: String,
@@ -247,8 +252,11 @@ pub struct CausalityReport<'a> {
 /// The outcome of [`causality`].
 #[derive(Clone, Debug, Serialize)]
 pub struct Causality {
+    /// The layer whose `hook_resid_post` is edited (the operator's layer).
     pub layer: usize,
+    /// Rank of the pseudo-inverse.
     pub rank: usize,
+    /// One row per test subject.
     pub edits: Vec<Edit>,
     /// Objects the model gives for no training subject: their `z'` averages the subjects the
     /// dataset labels with them instead.

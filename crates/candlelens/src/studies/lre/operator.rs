@@ -18,7 +18,10 @@ pub enum Estimator {
     Regression,
     /// The paper's: `W` = mean Jacobian `∂z/∂h`, `b` = mean `z − W h`, applied as `β W h + b`;
     /// outputs are final-block residuals, decoded by the final norm and `W_U`.
-    Jacobian { beta: f32 },
+    Jacobian {
+        /// The scale `β` on `W h`.
+        beta: f32,
+    },
 }
 
 impl std::fmt::Display for Estimator {
@@ -35,6 +38,7 @@ impl std::fmt::Display for Estimator {
 pub struct LreOperator {
     /// The layer whose `hook_resid_post` at the subject's last token is the input `h`.
     pub layer: usize,
+    /// How it was estimated.
     pub estimator: Estimator,
     /// `W [d_out, d_model]`.
     pub weight: Tensor,

@@ -10,7 +10,9 @@ use crate::studies::pyrandom::PyRandom;
 /// One fact of a relation: `subject` ("engineering") → `object` ("men").
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sample {
+    /// The subject (`"engineering"`).
     pub subject: String,
+    /// The object the relation maps it to (`"men"`).
     pub object: String,
 }
 
@@ -18,10 +20,13 @@ pub struct Sample {
 /// The source's `data_sample.json` is a bare list of samples; [`Relation::from_file`] reads both.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Relation {
+    /// The relation's name (the file's name for a bare list).
     #[serde(default)]
     pub name: String,
+    /// Prompt templates, each with one `{}` where the subject goes.
     #[serde(default)]
     pub prompt_templates: Vec<String>,
+    /// The facts.
     pub samples: Vec<Sample>,
 }
 

@@ -13,7 +13,9 @@ use crate::error::{LensError, Result};
 /// the prompt (`" men"` after "... are typically").
 #[derive(Clone, Debug)]
 pub struct Candidates {
+    /// The objects, as the dataset spells them.
     pub objects: Vec<String>,
+    /// Each object's first token id, in the same order.
     pub ids: Vec<u32>,
 }
 
@@ -76,6 +78,7 @@ impl Candidates {
 /// One prompt's activations.
 #[derive(Clone, Debug)]
 pub struct SubjectState {
+    /// The subject and its object.
     pub sample: Sample,
     /// The template filled with the subject.
     pub prompt: String,
@@ -110,8 +113,11 @@ impl SubjectState {
 /// sweep then costs no further forward passes).
 #[derive(Clone, Debug)]
 pub struct LreStates {
+    /// The prompt template (one `{}` for the subject).
     pub template: String,
+    /// The objects the prompts are scored on.
     pub candidates: Candidates,
+    /// One entry per subject.
     pub items: Vec<SubjectState>,
 }
 

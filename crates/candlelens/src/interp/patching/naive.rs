@@ -1,0 +1,89 @@
+//! The one-forward-per-cell reference: a full forward of the corrupted prompt with a hook that
+//! puts in one clean activation — what TransformerLens's patching functions run, and what the
+//! tests hold the fast sweep equal to.
+
+use std::time::Instant;
+
+use crate::engine::hooks::{HookPoint, Hooks};
+use crate::error::Result;
+
+use super::{PatchGrid, PatchTarget, Patcher};
+
+impl<'m> Patcher<'m> {
+    /// One cell the naive way: a full forward of the corrupted prompt with a hook that puts in
+    /// the clean activation. `row`/`col` index the grid as [`Self::sweep`] lays it out.
+    /// Returns the normalised score.
+    ///
+    /// # Errors
+    /// Hook and tensor errors.
+    pub fn naive(&self, target: PatchTarget, row: usize, col: usize) -> Result<f32> {
+        let cfg = &self.model.cfg;
+        let (hp, pos, head) = match target {
+            PatchTarget::ResidPre => (HookPoint::ResidPre(row), Some(col), None),
+            PatchTarget::ResidMid => (HookPoint::ResidMid(row), Some(col), None),
+            PatchTarget::ResidPost => (HookPoint::ResidPost(row), Some(col), None),
+            PatchTarget::AttnOut => (HookPoint::AttnOut(row), Some(col), None),
+            PatchTarget::MlpOut => (HookPoint::MlpOut(row), Some(col), None),
+            PatchTarget::HeadsAllPos => (HookPoint::Z(row), None, Some(col)),
+            PatchTarget::HeadsByPos => (
+                HookPoint::Z(row / cfg.n_heads),
+                Some(col),
+                Some(row % cfg.n_heads),
+            ),
+        };
+        let clean = self.clean.at(hp)?.clone();
+        let mut hooks = Hooks::new();
+        hooks.add_filter(hp.into(), move |act, _| {
+            let dims = act.dims().to_vec();
+            let mut ranges: Vec<std::ops::Range<usize>> = dims.iter().map(|&d| 0..d).collect();
+            if let Some(p) = pos {
+                ranges[1] = p..p + 1;
+            }
+            if let Some(h) = head {
+                ranges[2] = h..h + 1;
+            }
+            let mut src = clean.clone();
+            for (axis, r) in ranges.iter().enumerate() {
+                src = src.narrow(axis, r.start, r.end - r.start)?;
+            }
+            Ok(Some(act.slice_assign(&ranges, &src)?))
+        });
+        let logits = self
+            .model
+            .run_with_hooks(&self.corrupt_tokens, &mut hooks)?;
+        let m = (self.metric)(&self.model.gather_last(&logits, &self.corrupt_tokens)?)?;
+        Ok(self.score(m))
+    }
+
+    /// The whole grid the naive way (one full forward per cell).
+    ///
+    /// # Errors
+    /// As [`Self::naive`].
+    pub fn naive_sweep(&self, target: PatchTarget) -> Result<PatchGrid> {
+        let t0 = Instant::now();
+        let cfg = &self.model.cfg;
+        let seq = self.corrupt_tokens.max_len();
+        let (rows, cols) = match target {
+            PatchTarget::HeadsAllPos => (cfg.n_layers, cfg.n_heads),
+            PatchTarget::HeadsByPos => (cfg.n_layers * cfg.n_heads, seq),
+            _ => (cfg.n_layers, seq),
+        };
+        let bar = crate::notebook::progress::Progress::new(
+            &format!("naive patching {}", target.name()),
+            (rows * cols) as u64,
+            self.progress,
+        );
+        let mut values = vec![vec![0f32; cols]; rows];
+        for (r, row) in values.iter_mut().enumerate() {
+            for (c, v) in row.iter_mut().enumerate() {
+                *v = self.naive(target, r, c)?;
+                bar.inc();
+            }
+        }
+        bar.finish();
+        let mut grid = self.grid(target, values);
+        grid.seconds = t0.elapsed().as_secs_f64();
+        grid.forward_equivalents = (rows * cols) as f64;
+        Ok(grid)
+    }
+}

@@ -1,0 +1,372 @@
+//! The fast exact sweep: every cell of a target as an injection into the corrupted run's
+//! residual stream, grouped by the position it starts at, each group run as one growing batch
+//! from the first layer it touches (see the module docs of [`super`]).
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use candle_core::{DType, IndexOp, Tensor};
+
+use crate::engine::block::PastKv;
+use crate::engine::config::Positional;
+use crate::engine::hooks::{HookPoint, NoHooks};
+use crate::error::{LensError, Result};
+
+use super::{CellMetric, PatchGrid, PatchTarget, Patcher};
+
+/// Where a patched run enters the network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// As the residual entering block `layer` (`layer == n_layers`: straight to the unembedding).
+    Pre,
+    /// As `resid_mid` of block `layer` (sequential blocks only).
+    Mid,
+}
+
+/// One patched run: the residual stream from `start` on, `[batch, seq - start, d_model]`.
+struct Injection {
+    layer: usize,
+    stage: Stage,
+    start: usize,
+    rows: Tensor,
+    cell: (usize, usize),
+}
+
+impl<'m> Patcher<'m> {
+    /// `base[:, start..]` with position `start` replaced by `value [batch, d_model]`.
+    fn rows_with(&self, base: &Tensor, start: usize, value: &Tensor) -> Result<Tensor> {
+        let seq = base.dim(1)?;
+        let first = value.unsqueeze(1)?;
+        if start + 1 == seq {
+            return Ok(first);
+        }
+        Ok(Tensor::cat(
+            &[&first, &base.narrow(1, start + 1, seq - start - 1)?],
+            1,
+        )?)
+    }
+
+    /// The attention output that `z [batch, pos, head, d_head]` produces (post-norm included).
+    fn attn_out_from_z(&self, l: usize, z: &Tensor) -> Result<Tensor> {
+        self.model.block(l)?.attn_out_from_z(z)
+    }
+
+    /// The injection that puts `attn_out` values `new [batch, n, d_model]` (positions
+    /// `start..start + n`) into the corrupted run at layer `l`; later positions keep the
+    /// corrupted residual.
+    fn attn_injection(
+        &self,
+        l: usize,
+        start: usize,
+        new: &Tensor,
+        cell: (usize, usize),
+    ) -> Result<Injection> {
+        let seq = self.corrupt_tokens.max_len();
+        let n = new.dim(1)?;
+        let co_attn = self
+            .corrupt
+            .at(HookPoint::AttnOut(l))?
+            .narrow(1, start, n)?;
+        let delta = (new - co_attn)?;
+        let (layer, stage, base) = if self.model.cfg.parallel_attn_mlp {
+            (l + 1, Stage::Pre, self.corrupt.at(HookPoint::ResidPost(l))?)
+        } else {
+            (l, Stage::Mid, self.corrupt.at(HookPoint::ResidMid(l))?)
+        };
+        let head = (base.narrow(1, start, n)? + delta)?;
+        let rows = if start + n == seq {
+            head
+        } else {
+            Tensor::cat(&[&head, &base.narrow(1, start + n, seq - start - n)?], 1)?
+        };
+        Ok(Injection {
+            layer,
+            stage,
+            start,
+            rows,
+            cell,
+        })
+    }
+
+    /// Builds the injections of a sweep; cells that are no-ops are left out (score 0).
+    fn injections(&self, target: PatchTarget) -> Result<(Vec<Injection>, usize, usize)> {
+        let cfg = &self.model.cfg;
+        let (n_layers, seq) = (cfg.n_layers, self.corrupt_tokens.max_len());
+        let mut out = Vec::new();
+        let same = |a: &Tensor, b: &Tensor| -> Result<bool> {
+            Ok((a - b)?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_dtype(DType::F32)?
+                .to_scalar::<f32>()?
+                == 0.0)
+        };
+        match target {
+            PatchTarget::ResidPre
+            | PatchTarget::ResidMid
+            | PatchTarget::ResidPost
+            | PatchTarget::MlpOut
+            | PatchTarget::AttnOut => {
+                if target == PatchTarget::ResidMid && cfg.parallel_attn_mlp {
+                    return Err(LensError::Unsupported {
+                        what: "resid_mid".into(),
+                        fix: "this model runs attention and MLP in parallel, so it has no resid_mid; patch resid_pre or resid_post".into(),
+                    });
+                }
+                for l in 0..n_layers {
+                    for p in 0..seq {
+                        let hp = match target {
+                            PatchTarget::ResidPre => HookPoint::ResidPre(l),
+                            PatchTarget::ResidMid => HookPoint::ResidMid(l),
+                            PatchTarget::ResidPost => HookPoint::ResidPost(l),
+                            PatchTarget::AttnOut => HookPoint::AttnOut(l),
+                            _ => HookPoint::MlpOut(l),
+                        };
+                        let clean_v = self.act(true, hp)?.i((.., p))?;
+                        let corrupt_v = self.act(false, hp)?.i((.., p))?;
+                        if same(&clean_v, &corrupt_v)? {
+                            continue;
+                        }
+                        // the clean value enters the residual stream as it is, at this stage
+                        let resid_at = |layer: usize, stage: Stage| -> Result<Injection> {
+                            Ok(Injection {
+                                layer,
+                                stage,
+                                start: p,
+                                rows: self.rows_with(self.corrupt.at(hp)?, p, &clean_v)?,
+                                cell: (l, p),
+                            })
+                        };
+                        let inj = match target {
+                            PatchTarget::ResidPre => resid_at(l, Stage::Pre)?,
+                            PatchTarget::ResidMid => resid_at(l, Stage::Mid)?,
+                            PatchTarget::ResidPost => resid_at(l + 1, Stage::Pre)?,
+                            PatchTarget::AttnOut => {
+                                self.attn_injection(l, p, &clean_v.unsqueeze(1)?, (l, p))?
+                            }
+                            _ => {
+                                let post = self.corrupt.at(HookPoint::ResidPost(l))?;
+                                let value = ((post.i((.., p))? - &corrupt_v)? + &clean_v)?;
+                                Injection {
+                                    layer: l + 1,
+                                    stage: Stage::Pre,
+                                    start: p,
+                                    rows: self.rows_with(post, p, &value)?,
+                                    cell: (l, p),
+                                }
+                            }
+                        };
+                        out.push(inj);
+                    }
+                }
+                Ok((out, n_layers, seq))
+            }
+            PatchTarget::HeadsAllPos => {
+                for l in 0..n_layers {
+                    let cz = self.clean.at(HookPoint::Z(l))?;
+                    let kz = self.corrupt.at(HookPoint::Z(l))?;
+                    for h in 0..cfg.n_heads {
+                        // [batch, pos, d_head] -> largest difference per position
+                        let diff = (cz.i((.., .., h))? - kz.i((.., .., h))?)?
+                            .abs()?
+                            .max(2)?
+                            .max(0)?
+                            .to_dtype(DType::F32)?
+                            .to_vec1::<f32>()?;
+                        let Some(start) = diff.iter().position(|&d| d > 0.0) else {
+                            continue;
+                        };
+                        let z = kz.narrow(1, start, seq - start)?;
+                        let z = z.slice_assign(
+                            &[0..z.dim(0)?, 0..seq - start, h..h + 1, 0..cfg.d_head],
+                            &cz.narrow(1, start, seq - start)?.narrow(2, h, 1)?,
+                        )?;
+                        let new = self.attn_out_from_z(l, &z)?;
+                        out.push(self.attn_injection(l, start, &new, (l, h))?);
+                    }
+                }
+                Ok((out, n_layers, cfg.n_heads))
+            }
+            PatchTarget::HeadsByPos => {
+                for l in 0..n_layers {
+                    let cz = self.clean.at(HookPoint::Z(l))?;
+                    let kz = self.corrupt.at(HookPoint::Z(l))?;
+                    for h in 0..cfg.n_heads {
+                        for p in 0..seq {
+                            let c = cz.i((.., p, h))?;
+                            let k = kz.i((.., p, h))?;
+                            if same(&c, &k)? {
+                                continue;
+                            }
+                            let z = kz.narrow(1, p, 1)?;
+                            let z = z.slice_assign(
+                                &[0..z.dim(0)?, 0..1, h..h + 1, 0..cfg.d_head],
+                                &cz.narrow(1, p, 1)?.narrow(2, h, 1)?,
+                            )?;
+                            let new = self.attn_out_from_z(l, &z)?;
+                            let inj = self.attn_injection(l, p, &new, (l * cfg.n_heads + h, p))?;
+                            out.push(inj);
+                        }
+                    }
+                }
+                Ok((out, n_layers * cfg.n_heads, seq))
+            }
+        }
+    }
+
+    /// Keys and values of the corrupted run at layer `l` for positions `..start`.
+    fn past(&self, l: usize, start: usize) -> Result<Option<PastKv>> {
+        if start == 0 {
+            return Ok(None);
+        }
+        let k = match self.model.cfg.positional {
+            Positional::Rotary(_) => self.corrupt.at(HookPoint::RotK(l))?,
+            Positional::Learned => self.corrupt.at(HookPoint::K(l))?,
+        };
+        let v = self.corrupt.at(HookPoint::V(l))?;
+        Ok(Some(PastKv {
+            k: k.narrow(1, 0, start)?.contiguous()?,
+            v: v.narrow(1, 0, start)?.contiguous()?,
+        }))
+    }
+
+    /// Runs every injection starting at `start` in one growing batch; returns each cell's
+    /// metric and the block evaluations spent (in position-rows).
+    fn run_group(&self, start: usize, mut injs: Vec<Injection>) -> Result<(Vec<CellMetric>, f64)> {
+        let m = self.model;
+        let n_layers = m.cfg.n_layers;
+        let b = self.corrupt_tokens.batch();
+        let seq = self.corrupt_tokens.max_len();
+        let s = seq - start;
+        let ctx = m.context(seq)?;
+        injs.sort_by_key(|i| (i.layer, i.stage == Stage::Mid));
+        let mut cells = Vec::new();
+        let mut x: Option<Tensor> = None;
+        let mut work = 0f64;
+        let mut pending = injs.into_iter().peekable();
+        let join = |x: Option<Tensor>, rows: Tensor| -> Result<Tensor> {
+            Ok(match x {
+                Some(x) => Tensor::cat(&[&x, &rows], 0)?,
+                None => rows,
+            })
+        };
+        for l in 0..=n_layers {
+            while let Some(inj) = pending.next_if(|i| i.layer == l && i.stage == Stage::Pre) {
+                cells.push(inj.cell);
+                x = Some(join(x, inj.rows)?);
+            }
+            if l == n_layers {
+                break;
+            }
+            let has_mid = pending
+                .peek()
+                .is_some_and(|i| i.layer == l && i.stage == Stage::Mid);
+            if x.is_none() && !has_mid {
+                continue;
+            }
+            let mut mid = None;
+            if let Some(xc) = x.take() {
+                let runs = xc.dim(0)? / b;
+                let past = self
+                    .past(l, start)?
+                    .map(|p| -> Result<PastKv> {
+                        Ok(PastKv {
+                            k: p.k.repeat((runs, 1, 1, 1))?,
+                            v: p.v.repeat((runs, 1, 1, 1))?,
+                        })
+                    })
+                    .transpose()?;
+                work += (runs * b * s) as f64;
+                let (attn_out, n1, _) =
+                    m.block(l)?
+                        .attn_half(&xc, &ctx, start, past.as_ref(), &mut NoHooks)?;
+                if m.cfg.parallel_attn_mlp {
+                    let mlp_out = m.block(l)?.mlp(&n1, &mut NoHooks)?;
+                    x = Some(((xc + attn_out)? + mlp_out)?);
+                    continue;
+                }
+                mid = Some((xc + attn_out)?);
+            }
+            while let Some(inj) = pending.next_if(|i| i.layer == l && i.stage == Stage::Mid) {
+                cells.push(inj.cell);
+                mid = Some(join(mid, inj.rows)?);
+            }
+            if let Some(mid) = mid {
+                x = Some(m.block(l)?.mlp_half(mid, &mut NoHooks)?);
+            }
+        }
+        let Some(x) = x else {
+            return Ok((Vec::new(), work));
+        };
+        // each prompt's final position, in suffix coordinates; prompts that end before the
+        // patched position keep their corrupted final residual
+        let runs = x.dim(0)? / b;
+        let last = self.corrupt_tokens.last_positions();
+        let final_corrupt = self.corrupt.at(HookPoint::ResidPost(n_layers - 1))?;
+        let mut finals = Vec::with_capacity(runs * b);
+        for r in 0..runs {
+            for (i, &lp) in last.iter().enumerate() {
+                finals.push(if lp >= start {
+                    x.i((r * b + i, lp - start))?
+                } else {
+                    final_corrupt.i((i, lp))?
+                });
+            }
+        }
+        let logits = m.unembed_residual(&Tensor::stack(&finals, 0)?)?;
+        let mut out = Vec::with_capacity(runs);
+        for (r, cell) in cells.into_iter().enumerate() {
+            out.push((cell, (self.metric)(&logits.narrow(0, r * b, b)?)?));
+        }
+        Ok((out, work))
+    }
+
+    /// The fast sweep over every layer and position (or head) of `target`.
+    ///
+    /// # Errors
+    /// Tensor errors, metric errors.
+    pub fn sweep(&self, target: PatchTarget) -> Result<PatchGrid> {
+        let t0 = Instant::now();
+        let (injs, rows, cols) = self.injections(target)?;
+        let mut groups: BTreeMap<usize, Vec<Injection>> = BTreeMap::new();
+        for inj in injs {
+            groups.entry(inj.start).or_default().push(inj);
+        }
+        let mut values = vec![vec![0f32; cols]; rows];
+        let mut work = 0f64;
+        let bar = crate::notebook::progress::Progress::new(
+            &format!("patching {}", target.name()),
+            groups.len() as u64,
+            self.progress,
+        );
+        for (start, injs) in groups {
+            let (res, w) = self.run_group(start, injs)?;
+            work += w;
+            for ((r, c), v) in res {
+                values[r][c] = self.score(v);
+            }
+            bar.inc();
+        }
+        bar.finish();
+        let cfg = &self.model.cfg;
+        let seq = self.corrupt_tokens.max_len();
+        let full = (cfg.n_layers * seq * self.corrupt_tokens.batch()) as f64;
+        let mut grid = self.grid(target, values);
+        grid.seconds = t0.elapsed().as_secs_f64();
+        grid.forward_equivalents = work / full;
+        Ok(grid)
+    }
+
+    /// TransformerLens's "every block": resid_pre, attn_out and mlp_out grids.
+    ///
+    /// # Errors
+    /// As [`Self::sweep`].
+    pub fn every_block(&self) -> Result<[PatchGrid; 3]> {
+        Ok([
+            self.sweep(PatchTarget::ResidPre)?,
+            self.sweep(PatchTarget::AttnOut)?,
+            self.sweep(PatchTarget::MlpOut)?,
+        ])
+    }
+}
