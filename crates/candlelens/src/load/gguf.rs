@@ -338,7 +338,7 @@ fn meta_bool(c: &Content, key: &str) -> Option<bool> {
 /// Reads a GGUF model: config, weights (dequantized), tokenizer.
 ///
 /// # Errors
-/// See [`GgufFile::open`], [`GgufFile::config`], [`crate::load::arch::llama_like_weights`].
+/// See [`GgufFile::open`], [`GgufFile::config`], and the weight mapping of [`crate::load::arch`].
 pub fn load(
     path: &Path,
     name: &str,

@@ -144,7 +144,7 @@ impl BindingBatch {
     /// `(correct, incorrect)` ids of the attributes themselves as the context writes them —
     /// for the capital task the country (`"Peru"`) instead of its capital: what a model that
     /// copies the bound attribute rather than looking up its capital answers. Score them with
-    /// [`Evaluation::rescore`].
+    /// [`super::Evaluation::rescore`].
     ///
     /// # Errors
     /// [`LensError::NotSingleToken`] for an attribute that is not one token.
