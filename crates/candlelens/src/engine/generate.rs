@@ -116,7 +116,8 @@ impl HookedTransformer {
                 let mut x = self.embed_ids(&ids, offset, &mut NoHooks)?;
                 for (l, slot) in past.iter_mut().enumerate() {
                     let (y, kv) =
-                        self.run_block_at(l, x, &ctx, offset, slot.as_ref(), &mut NoHooks)?;
+                        self.block(l)?
+                            .forward(x, &ctx, offset, slot.as_ref(), &mut NoHooks)?;
                     x = y;
                     *slot = Some(kv);
                 }

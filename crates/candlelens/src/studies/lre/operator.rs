@@ -239,7 +239,7 @@ pub fn jacobian(
     let mut pasts: Vec<Option<PastKv>> = Vec::new();
     let mut x_l = None;
     for l in 0..n_layers {
-        let (out, kv) = model.run_block_at(l, x, &ctx, 0, None, &mut NoHooks)?;
+        let (out, kv) = model.block(l)?.forward(x, &ctx, 0, None, &mut NoHooks)?;
         if l > layer {
             pasts.push(
                 (subject_pos > 0)
@@ -299,7 +299,8 @@ pub fn jacobian(
                 })
                 .transpose()?;
             xin = model
-                .run_block_at(l, xin, &ctx, subject_pos, past.as_ref(), &mut NoHooks)?
+                .block(l)?
+                .forward(xin, &ctx, subject_pos, past.as_ref(), &mut NoHooks)?
                 .0;
         }
         let zb = xin.i((.., t - subject_pos - 1))?.to_dtype(DType::F32)?;
