@@ -25,13 +25,54 @@ pub enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Median forward time over N runs after a warm-up.
+    /// Median forward time over N runs after a warm-up (one prompt, or a batch from --prompts).
     Forward {
         #[command(flatten)]
         input: Input,
+        /// Compute only each prompt's last-position logits.
+        #[arg(long)]
+        last: bool,
+        /// Also time the forward's matrix products alone (the same shapes and count, on
+        /// random inputs): the floor a forward on this gemm cannot beat.
+        #[arg(long)]
+        floor: bool,
         /// Timed runs.
         #[arg(long, default_value_t = 10)]
         runs: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// run_with_cache with every hook against the plain forward doing the same logits work,
+    /// medians over N runs each, interleaved, in one process.
+    Cache {
+        #[command(flatten)]
+        input: Input,
+        /// Compute only each prompt's last-position logits (both sides).
+        #[arg(long)]
+        last: bool,
+        /// Timed runs.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The LRE Jacobian estimator: seconds per training subject on the gender relation
+    /// (data/data_sample.json, the source's template and split).
+    Jacobian {
+        /// Alias, local folder, .gguf path, or hub repo id.
+        #[arg(long)]
+        model: String,
+        /// The layer h is read at.
+        #[arg(long)]
+        layer: usize,
+        /// Training subjects to average over.
+        #[arg(long, default_value_t = 2)]
+        subjects: usize,
+        /// The relation file.
+        #[arg(long, default_value = "data/data_sample.json")]
+        data: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -55,7 +96,26 @@ pub enum BenchCmd {
 
 pub fn bench(cmd: &BenchCmd) -> candlelens::Result<()> {
     match cmd {
-        BenchCmd::Forward { input, runs, json } => forward(input, *runs, *json),
+        BenchCmd::Forward {
+            input,
+            last,
+            floor,
+            runs,
+            json,
+        } => forward(input, *last, *floor, *runs, *json),
+        BenchCmd::Cache {
+            input,
+            last,
+            runs,
+            json,
+        } => cache(input, *last, *runs, *json),
+        BenchCmd::Jacobian {
+            model,
+            layer,
+            subjects,
+            data,
+            json,
+        } => jacobian(model, *layer, *subjects, data, *json),
         BenchCmd::Load { model, dtype, json } => load(model, dtype, *json),
         BenchCmd::Patch {
             model,
@@ -70,6 +130,8 @@ pub fn bench(cmd: &BenchCmd) -> candlelens::Result<()> {
 #[derive(Serialize)]
 struct ForwardBench {
     model: String,
+    batch: usize,
+    last: bool,
     n_tokens: usize,
     runs: usize,
     median_ms: f64,
@@ -78,27 +140,93 @@ struct ForwardBench {
     rss_mb: f64,
     peak_rss_mb: f64,
     threads: usize,
+    /// With `--floor`: the forward's matrix products alone, timed the same way.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gemm_floor_ms: Option<f64>,
 }
 
-fn forward(input: &Input, runs: usize, as_json: bool) -> candlelens::Result<()> {
+/// The median and the minimum of `runs` timings (ms) of `f`, after one warm-up call.
+fn time_ms(
+    runs: usize,
+    mut f: impl FnMut() -> candlelens::Result<()>,
+) -> candlelens::Result<Vec<f64>> {
+    f()?;
+    let mut ms = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        let t = Instant::now();
+        f()?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    ms.sort_by(f64::total_cmp);
+    Ok(ms)
+}
+
+/// Reads one logit back, so that lazy back-ends have finished the work.
+fn touch(logits: &Tensor) -> candlelens::Result<()> {
+    logits
+        .flatten_all()?
+        .i(0)?
+        .to_dtype(DType::F32)?
+        .to_scalar::<f32>()?;
+    Ok(())
+}
+
+/// The forward's matrix products alone, on random inputs of the same shapes: every linear map
+/// of a block at `batch * pos` rows (times `n_layers`), the attention products per head, and
+/// the unembedding at the rows the logits are computed for. Medians of `runs`, in ms.
+fn gemm_floor_ms(
+    model: &HookedTransformer,
+    tokens: &Tokens,
+    last: bool,
+    runs: usize,
+) -> candlelens::Result<f64> {
+    use candlelens::engine::ops::linear;
+    let cfg = &model.cfg;
+    let (b, p) = (tokens.batch(), tokens.max_len());
+    let dev = model.device();
+    let dt = model.dtype();
+    let median = |ms: Vec<f64>| ms[ms.len() / 2];
+    let w = &model.weights.layers[0];
+    let mut mats = vec![&w.w_q, &w.w_k, &w.w_v, &w.w_o, &w.w_in, &w.w_out];
+    mats.extend(w.w_gate.as_ref());
+    let mut per_layer = 0.0;
+    for m in mats {
+        let x = Tensor::randn(0f32, 1f32, (b * p, m.dim(1)?), dev)?.to_dtype(dt)?;
+        per_layer += median(time_ms(runs, || touch(&linear(&x, m, None)?))?);
+    }
+    let q = Tensor::randn(0f32, 1f32, (b, cfg.n_heads, p, cfg.d_head), dev)?.to_dtype(dt)?;
+    let k = Tensor::randn(0f32, 1f32, (b, cfg.n_heads, p, cfg.d_head), dev)?.to_dtype(dt)?;
+    per_layer += median(time_ms(runs, || {
+        let s = q.matmul(&k.t()?)?;
+        touch(&s.matmul(&k)?)
+    })?);
+    let rows = if last { b } else { b * p };
+    let x = Tensor::randn(0f32, 1f32, (rows, cfg.d_model), dev)?.to_dtype(dt)?;
+    let unembed = median(time_ms(runs, || {
+        touch(&linear(&x, &model.weights.w_u, None)?)
+    })?);
+    Ok(per_layer * cfg.n_layers as f64 + unembed)
+}
+
+fn forward(
+    input: &Input,
+    last: bool,
+    floor: bool,
+    runs: usize,
+    as_json: bool,
+) -> candlelens::Result<()> {
     let t0 = Instant::now();
     let model = input.load()?;
     let load_s = t0.elapsed().as_secs_f64();
     let tokens = input.tokens(&model)?;
-    model.forward(&tokens)?; // warm-up
-    let mut ms = Vec::with_capacity(runs);
-    for _ in 0..runs.max(1) {
-        let t = Instant::now();
-        let logits = model.forward(&tokens)?;
-        logits
-            .i((0, 0, 0))?
-            .to_dtype(DType::F32)?
-            .to_scalar::<f32>()?;
-        ms.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    ms.sort_by(f64::total_cmp);
+    let at = if last { LogitsAt::Last } else { LogitsAt::All };
+    let ms = time_ms(runs, || {
+        touch(&model.forward_with(&tokens, at, &mut candlelens::hooks::NoHooks)?)
+    })?;
     let report = ForwardBench {
         model: model.cfg.name.clone(),
+        batch: tokens.batch(),
+        last,
         n_tokens: tokens.max_len(),
         runs: ms.len(),
         median_ms: ms[ms.len() / 2],
@@ -107,6 +235,115 @@ fn forward(input: &Input, runs: usize, as_json: bool) -> candlelens::Result<()> 
         rss_mb: rss_mb("VmRSS:"),
         peak_rss_mb: rss_mb("VmHWM:"),
         threads: candle_core::utils::get_num_threads(),
+        gemm_floor_ms: floor
+            .then(|| gemm_floor_ms(&model, &tokens, last, runs))
+            .transpose()?,
+    };
+    emit_json(&report, as_json);
+    Ok(())
+}
+
+/// What `lens bench cache` prints.
+#[derive(Serialize)]
+struct CacheBench {
+    model: String,
+    batch: usize,
+    last: bool,
+    n_tokens: usize,
+    runs: usize,
+    /// Median of `run_with_cache` with every hook.
+    cache_ms: f64,
+    /// Median of the plain forward computing the same logits.
+    forward_ms: f64,
+    /// `cache_ms / forward_ms`.
+    ratio: f64,
+    /// Activations cached and their size.
+    n_cached: usize,
+    cached_mb: f64,
+}
+
+fn cache(input: &Input, last: bool, runs: usize, as_json: bool) -> candlelens::Result<()> {
+    let model = input.load()?;
+    let tokens = input.tokens(&model)?;
+    let at = if last { LogitsAt::Last } else { LogitsAt::All };
+    let mut hooks = Hooks::new();
+    let mut sizes = (0usize, 0usize);
+    // interleave the two so that the machine's drift hits both alike
+    let (mut c_ms, mut f_ms) = (Vec::new(), Vec::new());
+    for i in 0..=runs.max(1) {
+        let t = Instant::now();
+        let (logits, cache) = model.run_with_hooks_and_cache(&tokens, &mut hooks, None, at)?;
+        touch(&logits)?;
+        let c = t.elapsed().as_secs_f64() * 1e3;
+        sizes = (
+            cache.len(),
+            cache
+                .keys()
+                .filter_map(|hp| cache.at(*hp).ok())
+                .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+                .sum(),
+        );
+        drop(cache);
+        let t = Instant::now();
+        touch(&model.forward_with(&tokens, at, &mut candlelens::hooks::NoHooks)?)?;
+        let f = t.elapsed().as_secs_f64() * 1e3;
+        if i > 0 {
+            c_ms.push(c);
+            f_ms.push(f);
+        }
+    }
+    c_ms.sort_by(f64::total_cmp);
+    f_ms.sort_by(f64::total_cmp);
+    let (cache_ms, forward_ms) = (c_ms[c_ms.len() / 2], f_ms[f_ms.len() / 2]);
+    let report = CacheBench {
+        model: model.cfg.name.clone(),
+        batch: tokens.batch(),
+        last,
+        n_tokens: tokens.max_len(),
+        runs: c_ms.len(),
+        cache_ms,
+        forward_ms,
+        ratio: cache_ms / forward_ms,
+        n_cached: sizes.0,
+        cached_mb: sizes.1 as f64 / (1024.0 * 1024.0),
+    };
+    emit_json(&report, as_json);
+    Ok(())
+}
+
+/// What `lens bench jacobian` prints.
+#[derive(Serialize)]
+struct JacobianBench {
+    model: String,
+    layer: usize,
+    subjects: usize,
+    d_model: usize,
+    seconds_per_subject: f64,
+}
+
+fn jacobian(
+    model: &str,
+    layer: usize,
+    subjects: usize,
+    data: &str,
+    as_json: bool,
+) -> candlelens::Result<()> {
+    use candlelens::lre::{Candidates, LreOperator, LreStates, Relation};
+    let model = HookedTransformer::from_pretrained(model)?;
+    let rel = Relation::from_file(data)?;
+    let template = rel.template(Some("{} students are typically"))?;
+    let (train, _) = rel.split_like_source(42, 0.6);
+    let cands = Candidates::new(&model, &rel.objects(), &template)?;
+    let n = subjects.clamp(1, train.len());
+    let states = LreStates::collect(&model, &train[..n], &template, &cands)?;
+    let t = Instant::now();
+    LreOperator::fit_jacobian(&model, &states.items, layer, 1.0)?;
+    let report = JacobianBench {
+        model: model.cfg.name.clone(),
+        layer,
+        subjects: n,
+        d_model: model.cfg.d_model,
+        seconds_per_subject: t.elapsed().as_secs_f64() / n as f64,
     };
     emit_json(&report, as_json);
     Ok(())

@@ -12,8 +12,15 @@ pub struct Input {
     #[arg(long)]
     pub model: String,
     /// Prompt text.
-    #[arg(long, conflicts_with = "tokens", required_unless_present = "tokens")]
+    #[arg(
+        long,
+        conflicts_with_all = ["tokens", "prompts"],
+        required_unless_present_any = ["tokens", "prompts"]
+    )]
     pub prompt: Option<String>,
+    /// A file with one prompt per line, run as one right-padded batch (empty lines skipped).
+    #[arg(long, conflicts_with = "tokens")]
+    pub prompts: Option<std::path::PathBuf>,
     /// Comma-separated token ids (used as given; no BOS added).
     #[arg(long, value_delimiter = ',')]
     pub tokens: Option<Vec<u32>>,
@@ -38,14 +45,40 @@ impl Input {
         HookedTransformer::from_pretrained_with(&self.model, &opts)
     }
 
-    /// The prompt's tokens: the ids as given, or the text tokenized.
+    /// The prompts' tokens: the ids as given, the text tokenized, or the file's lines as one
+    /// right-padded batch.
     pub fn tokens(&self, model: &HookedTransformer) -> candlelens::Result<Tokens> {
-        match (&self.prompt, &self.tokens) {
-            (_, Some(ids)) => model.tokens_from_ids(ids.clone()),
-            (Some(p), None) => model.to_tokens(p.as_str(), bos_flag(self.bos, self.no_bos)),
-            (None, None) => Err(LensError::EmptyPrompt),
+        let bos = bos_flag(self.bos, self.no_bos);
+        match (&self.prompt, &self.tokens, &self.prompts) {
+            (_, Some(ids), _) => model.tokens_from_ids(ids.clone()),
+            (Some(p), None, _) => model.to_tokens(p.as_str(), bos),
+            (None, None, Some(path)) => model.to_tokens(read_prompts(path)?, bos),
+            (None, None, None) => Err(LensError::EmptyPrompt),
         }
     }
+}
+
+/// One prompt per non-empty line of `path`.
+fn read_prompts(path: &std::path::Path) -> candlelens::Result<Vec<String>> {
+    if !path.exists() {
+        return Err(LensError::MissingFile {
+            path: path.to_path_buf(),
+            fix: "pass a text file with one prompt per line".into(),
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| LensError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    let prompts: Vec<String> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect();
+    if prompts.is_empty() {
+        return Err(LensError::EmptyPrompt);
+    }
+    Ok(prompts)
 }
 
 /// `--bos` / `--no-bos` as `prepend_bos` (`None`: the tokenizer's default).
