@@ -96,6 +96,79 @@ fn jacobian_matches_finite_differences_on_every_family() {
     }
 }
 
+/// `uᵀ J` by reverse-mode autograd (candle's backward through the blocks, an independent
+/// derivative): the whole prompt from `blocks.{layer+1}` on, `h` a variable at `pos`.
+fn vjp_autograd(
+    m: &HookedTransformer,
+    ids: &[u32],
+    layer: usize,
+    pos: usize,
+    u: &Tensor,
+) -> Vec<f32> {
+    let tokens = m.tokens_from_ids(ids.to_vec()).unwrap();
+    let t = ids.len();
+    let ctx = m.context(t).unwrap();
+    let mut x = m.embed(&tokens, &mut candlelens::hooks::NoHooks).unwrap();
+    for l in 0..=layer {
+        x = m
+            .run_block(l, x, &ctx, &mut candlelens::hooks::NoHooks)
+            .unwrap();
+    }
+    let h = candle_core::Var::from_tensor(&x.i((0, pos)).unwrap()).unwrap();
+    let mut parts = Vec::new();
+    if pos > 0 {
+        parts.push(x.narrow(1, 0, pos).unwrap());
+    }
+    parts.push(h.as_tensor().reshape((1, 1, m.cfg.d_model)).unwrap());
+    if pos + 1 < t {
+        parts.push(x.narrow(1, pos + 1, t - pos - 1).unwrap());
+    }
+    let mut x = Tensor::cat(&parts, 1).unwrap();
+    for l in layer + 1..m.cfg.n_layers {
+        x = m
+            .run_block(l, x, &ctx, &mut candlelens::hooks::NoHooks)
+            .unwrap();
+    }
+    let loss = (x.i((0, t - 1)).unwrap() * u).unwrap().sum_all().unwrap();
+    let grads = loss.backward().unwrap();
+    common::to_vec(grads.get(h.as_tensor()).unwrap())
+}
+
+#[test]
+fn jacobian_equals_reverse_mode_autograd_on_every_family() {
+    // the forward-mode Jacobian (Block::jvp) against candle's backward, to float rounding
+    let ids = [3u32, 17, 42, 5, 99, 8, 21];
+    for family in [
+        "gpt2", "gptj", "llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3",
+    ] {
+        let m = tiny(family);
+        let d = m.cfg.d_model;
+        for (layer, pos) in [(0usize, 2usize), (0, 0), (m.cfg.n_layers - 2, 6)] {
+            let jac = lre::jacobian(&m, &ids, pos, layer, 5 * (ids.len() - pos)).unwrap();
+            let u = Tensor::randn(0f32, 1f32, d, m.device()).unwrap();
+            let want = vjp_autograd(&m, &ids, layer, pos, &u);
+            let got = common::to_vec(
+                &u.unsqueeze(0)
+                    .unwrap()
+                    .matmul(&jac.j)
+                    .unwrap()
+                    .squeeze(0)
+                    .unwrap(),
+            );
+            let scale = want
+                .iter()
+                .map(|x| x.abs())
+                .fold(0.0f32, f32::max)
+                .max(1e-6);
+            let err = common::max_abs(&got, &want);
+            assert!(
+                err / scale < 1e-4,
+                "{family} layer {layer} pos {pos}: max |uᵀJ (forward mode) - uᵀJ (autograd)| {err} (scale {scale})"
+            );
+        }
+    }
+}
+
 #[test]
 fn jacobian_rejects_bad_layer_and_position() {
     let m = tiny("llama");

@@ -16,9 +16,9 @@ use crate::error::{LensError, Result};
 /// Per-forward tables: rotary cos/sin per base and causal masks per attention kind.
 pub struct ForwardCtx {
     pub(crate) seq: usize,
-    rope_global: Option<(Tensor, Tensor)>,
-    rope_local: Option<(Tensor, Tensor)>,
-    masks: Vec<(AttentionKind, Tensor)>,
+    pub(crate) rope_global: Option<(Tensor, Tensor)>,
+    pub(crate) rope_local: Option<(Tensor, Tensor)>,
+    pub(crate) masks: Vec<(AttentionKind, Tensor)>,
 }
 
 /// Keys (after rotary) and values of the positions seen so far in one layer,
@@ -116,7 +116,17 @@ impl<'a> Block<'a> {
         self.w
     }
 
-    fn norm_spec(&self) -> NormSpec {
+    /// The model's config.
+    pub fn cfg(&self) -> &'a ModelConfig {
+        self.cfg
+    }
+
+    /// The compute dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub(crate) fn norm_spec(&self) -> NormSpec {
         NormSpec {
             kind: self.cfg.norm,
             eps: self.cfg.norm_eps,
@@ -126,7 +136,7 @@ impl<'a> Block<'a> {
 
     /// Rotary on `x [batch, pos, heads, d_head]`: the first `dim` dims of each head rotate,
     /// as two halves (HF / NeoX) or as adjacent pairs (`interleaved`, GPT-J).
-    fn rotate(
+    pub(crate) fn rotate(
         &self,
         x: &Tensor,
         cos: &Tensor,

@@ -5,7 +5,7 @@
 //!   tensors in the canonical layout.
 //! - [`ops`] holds the small shared operations (hook firing, `linear`, activations, norms);
 //!   [`rope`] the rotary tables and causal masks; [`block`] one transformer block as a view over
-//!   one layer's weights ([`block::Block`]).
+//!   one layer's weights ([`block::Block`]); [`jvp`] its forward-mode derivative.
 //! - [`model`] is [`HookedTransformer`]: embed, blocks, unembed, and the TransformerLens entry
 //!   points (`run_with_cache`, `run_with_hooks`, `to_tokens`, ...).
 //! - [`tokenizer`] and [`tokens`] turn text into right-padded batches; [`hooks`] names every
@@ -20,6 +20,7 @@ pub mod cache;
 pub mod config;
 pub mod generate;
 pub mod hooks;
+pub mod jvp;
 pub mod model;
 pub mod ops;
 pub mod rope;

@@ -1,7 +1,7 @@
 //! LRE operators `z ≈ β W h + b`: fitted by regression (the source) or from the model's own
 //! Jacobian (Hernandez et al. 2023).
 
-use candle_core::{DType, IndexOp, Tensor, Var};
+use candle_core::{DType, IndexOp, Tensor};
 
 use super::linalg::{least_norm_fit, low_rank_pinv};
 use super::states::{LreStates, SubjectState};
@@ -190,9 +190,10 @@ impl LreOperator {
     }
 }
 
-/// Rows of the Jacobian computed per backward pass are chosen so that a pass runs about this many
-/// token positions (bigger batches use both cores better; memory grows with it).
-pub const JACOBIAN_TOKENS: usize = 512;
+/// Tangents carried per pass are chosen so that a pass runs about this many token positions
+/// (tangents × positions from the subject on): big batches keep the matrix products efficient;
+/// memory grows with it (~`JACOBIAN_TOKENS · d_mlp` floats).
+pub const JACOBIAN_TOKENS: usize = 8192;
 
 /// One subject's Jacobian and the point it was taken at.
 pub struct SubjectJacobian {
@@ -205,13 +206,14 @@ pub struct SubjectJacobian {
 }
 
 /// The Jacobian of the last block's output at the final position with respect to
-/// `blocks.{layer}.hook_resid_post` at `subject_pos`, by reverse-mode autograd.
+/// `blocks.{layer}.hook_resid_post` at `subject_pos`, exactly, by forward-mode derivatives.
 ///
 /// Positions before the subject do not depend on `h` (causal attention), so one forward caches
-/// their keys and values; then blocks `layer + 1 ..` run only on positions `subject_pos ..` for
-/// copies of the prompt — as many as fit in `chunk_tokens` positions — copy `i` carrying its own
-/// `h` variable and back-propagating output dimension `i`: one backward pass gives that many rows
-/// of `J`.
+/// their keys and values; then blocks `layer + 1 ..` run on positions `subject_pos ..` once,
+/// carrying a batch of tangents `e_i` (one per input dimension, at the subject) through each
+/// block's Jacobian-vector product ([`crate::engine::block::Block::jvp`]): the tangent of the
+/// final position's output along `e_i` is column `i` of `J`. `chunk_tokens` bounds the tangent
+/// rows of a pass (tangents × positions), which bounds memory.
 ///
 /// # Errors
 /// [`LensError::LayerOutOfRange`], [`LensError::PositionOutOfRange`], tensor errors.
@@ -275,45 +277,34 @@ pub fn jacobian(
             z,
         });
     }
-    let rest = (subject_pos + 1 < t)
-        .then(|| x_l.narrow(1, subject_pos + 1, t - subject_pos - 1))
-        .transpose()?;
-    let chunk = (chunk_tokens / (t - subject_pos)).max(1);
-    let mut rows = Vec::new();
+    // the suffix from the subject on, and one tangent per input dimension at the subject
+    let p = t - subject_pos;
+    let x_suffix = x_l.narrow(1, subject_pos, p)?;
+    let chunk = (chunk_tokens / p).max(1);
+    let mut cols = Vec::new();
     let mut c0 = 0;
     while c0 < d {
-        let b = chunk.min(d - c0);
-        let hv = Var::from_tensor(&h.unsqueeze(0)?.repeat((b, 1))?)?;
-        let mut xin = hv.as_tensor().unsqueeze(1)?;
-        if let Some(r) = &rest {
-            xin = Tensor::cat(&[&xin, &r.repeat((b, 1, 1))?], 1)?;
+        let n = chunk.min(d - c0);
+        let mut dx = eye
+            .narrow(0, c0, n)?
+            .to_dtype(model.dtype())?
+            .unsqueeze(1)?; // [n, 1, d]: e_i at the subject
+        if p > 1 {
+            let zeros = Tensor::zeros((n, p - 1, d), model.dtype(), dev)?;
+            dx = Tensor::cat(&[&dx, &zeros], 1)?;
         }
+        let mut x = x_suffix.clone();
         for (i, l) in (layer + 1..n_layers).enumerate() {
-            let past = pasts[i]
-                .as_ref()
-                .map(|p| -> Result<PastKv> {
-                    Ok(PastKv {
-                        k: p.k.repeat((b, 1, 1, 1))?,
-                        v: p.v.repeat((b, 1, 1, 1))?,
-                    })
-                })
-                .transpose()?;
-            xin = model
+            (x, dx) = model
                 .block(l)?
-                .forward(xin, &ctx, subject_pos, past.as_ref(), &mut NoHooks)?
-                .0;
+                .jvp(&x, &dx, &ctx, subject_pos, pasts[i].as_ref())?;
         }
-        let zb = xin.i((.., t - subject_pos - 1))?.to_dtype(DType::F32)?;
-        let loss = (zb * eye.narrow(0, c0, b)?)?.sum_all()?;
-        let grads = loss.backward()?;
-        let g = grads.get(hv.as_tensor()).ok_or_else(|| {
-            LensError::Internal("no gradient reached the subject's hidden state".into())
-        })?;
-        rows.push(g.to_dtype(DType::F32)?);
-        c0 += b;
+        // column i of J is the tangent of z along e_i
+        cols.push(dx.i((.., p - 1))?.to_dtype(DType::F32)?);
+        c0 += n;
     }
     Ok(SubjectJacobian {
-        j: Tensor::cat(&rows, 0)?,
+        j: Tensor::cat(&cols, 0)?.t()?.contiguous()?,
         h: h.to_dtype(DType::F32)?,
         z,
     })
