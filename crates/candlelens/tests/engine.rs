@@ -12,12 +12,16 @@ fn cache_has_every_hook_with_its_shape() {
     let m = model("smollm2-135m");
     let tokens = m.to_tokens("The capital of France is", None).unwrap();
     let (b, p) = (1, tokens.max_len());
-    let (_, cache) = m.run_with_cache(&tokens, None).unwrap();
+    // the default leaves out the opt-in per-head results, as TransformerLens does
+    let (_, plain) = m.run_with_cache(&tokens, None).unwrap();
+    assert!(!plain.contains(HookPoint::Result(0)));
+    assert!(plain.contains(HookPoint::Z(0)));
+    let (_, cache) = m
+        .run_with_cache(&tokens, Some(HookFilter::AllWithResult))
+        .unwrap();
+    assert_eq!(cache.len(), plain.len() + m.cfg.n_layers);
     let cfg = &m.cfg;
     for (hp, _) in HookPoint::all_for(cfg) {
-        if hp == HookPoint::Result(hp.layer().unwrap_or(0)) {
-            // opt-in, but the All filter asks for it
-        }
         let t = cache.at(hp).unwrap_or_else(|e| panic!("{e}"));
         let want: Vec<usize> = match hp {
             HookPoint::Q(_) | HookPoint::RotQ(_) | HookPoint::Z(_) => {

@@ -298,8 +298,13 @@ impl HookSink for NoHooks {
 
 /// Which hook points a hook or a cache applies to.
 pub enum HookFilter {
-    /// Every hook point.
+    /// Every hook point except the opt-in `attn.hook_result` (as TransformerLens caches by
+    /// default: its `hook_result` needs `use_attn_result`). The per-head results cost one
+    /// `[batch, pos, head, d_model]` tensor per layer; ask for them by name, or with
+    /// [`HookFilter::AllWithResult`].
     All,
+    /// Every hook point, `attn.hook_result` included.
+    AllWithResult,
     /// Exactly these points.
     Points(Vec<HookPoint>),
     /// Any predicate (e.g. `|hp| hp.suffix() == "hook_resid_pre"`).
@@ -310,7 +315,8 @@ impl HookFilter {
     /// Whether the filter selects `point`.
     pub fn matches(&self, point: &HookPoint) -> bool {
         match self {
-            HookFilter::All => true,
+            HookFilter::All => !matches!(point, HookPoint::Result(_)),
+            HookFilter::AllWithResult => true,
             HookFilter::Points(ps) => ps.contains(point),
             HookFilter::Predicate(f) => f(point),
         }
