@@ -21,6 +21,7 @@ pub mod config;
 pub mod generate;
 pub mod hooks;
 pub mod jvp;
+pub mod malloc;
 pub mod model;
 pub mod ops;
 pub mod rope;

@@ -50,6 +50,7 @@ impl HookedTransformer {
     ) -> Result<Self> {
         cfg.validate()?;
         weights.validate(&cfg)?;
+        crate::engine::malloc::tune();
         let dtype = weights.w_e.dtype();
         Ok(HookedTransformer {
             cfg,

@@ -1,0 +1,30 @@
+//! The C allocator's settings for tensor work. A forward allocates and frees tensors of tens
+//! of megabytes; glibc serves blocks above its mmap threshold with fresh `mmap`s and trims the
+//! heap back to the system, so every such tensor is new memory whose first touch page-faults.
+//! [`tune`] raises the mmap threshold to its maximum (32 MiB) and stops heap trimming, so freed
+//! tensors are reused: measured on SmolLM2 (50 prompts, 2 cores) a `run_with_cache` that
+//! caches 3.5 GB went from 1.43× to 1.01× the plain forward, and the plain forward from 2.2 to
+//! 2.1 s. The cost: the process keeps its peak heap after big runs (reused, not returned).
+//!
+//! Set `CANDLELENS_MALLOC=system` to leave the allocator as it is. Only glibc on Linux is
+//! tuned; elsewhere this does nothing.
+
+/// Environment variable that turns the tuning off (`system`).
+pub const MALLOC_VAR: &str = "CANDLELENS_MALLOC";
+
+/// Tunes glibc's malloc for tensor work, once per process (see the module docs).
+pub fn tune() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var(MALLOC_VAR).is_ok_and(|v| v.eq_ignore_ascii_case("system")) {
+            return;
+        }
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: mallopt only changes allocator parameters; it is safe to call at any time.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 32 * 1024 * 1024);
+            // -1: never trim (glibc reads it as the largest size)
+            libc::mallopt(libc::M_TRIM_THRESHOLD, -1);
+        }
+    });
+}
