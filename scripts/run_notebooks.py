@@ -86,14 +86,17 @@ def main(names):
         print("run-notebooks: no such notebook: " + ", ".join(str(p) for p in missing), file=sys.stderr)
         return 2
     failed = 0
+    total = 0.0
     for p in paths:
         print(f"running {p.name} ...", flush=True)
         seconds, problems = run(p)
+        total += seconds
         status = "ok" if not problems else "FAILED"
         print(f"  {p.name}: {status} in {seconds:.1f} s -> reports/{p.stem}.html", flush=True)
         for pr in problems:
             print(f"    {pr}", flush=True)
         failed += bool(problems)
+    print(f"total {total:.1f} s ({total / 60:.1f} min) for {len(paths)} notebooks")
     print(f"{len(paths) - failed} passed, {failed} failed")
     return 1 if failed else 0
 
