@@ -171,6 +171,21 @@ impl NormSpec {
         hooks: Option<(HookPoint, HookPoint)>,
         sink: &mut dyn HookSink,
     ) -> Result<Tensor> {
+        // no hook reads the scale or the output: candle's fused kernels (one pass per row, on
+        // every core) compute the same function
+        let hooked = hooks.is_some_and(|(hs, hn)| sink.wants(&hs) || sink.wants(&hn));
+        if !hooked && self.dtype == DType::F32 && x.dtype() == DType::F32 && !x.track_op() {
+            let eps = self.eps as f32;
+            match (self.kind, &w.b) {
+                (NormKind::RmsNorm, None) => {
+                    return Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &w.w, eps)?)
+                }
+                (NormKind::LayerNorm, Some(b)) => {
+                    return Ok(candle_nn::ops::layer_norm(&x.contiguous()?, &w.w, b, eps)?)
+                }
+                _ => {}
+            }
+        }
         let x32 = x.to_dtype(DType::F32)?;
         let centred = match self.kind {
             NormKind::LayerNorm => x32.broadcast_sub(&x32.mean_keepdim(D::Minus1)?)?,
@@ -200,6 +215,13 @@ impl NormSpec {
     /// # Errors
     /// Tensor errors.
     pub fn head_rms(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        if self.dtype == DType::F32 && x.dtype() == DType::F32 && !x.track_op() {
+            return Ok(candle_nn::ops::rms_norm(
+                &x.contiguous()?,
+                w,
+                self.eps as f32,
+            )?);
+        }
         let x32 = x.to_dtype(DType::F32)?;
         let scale = (x32.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?;
         Ok(x32
