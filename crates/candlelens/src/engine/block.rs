@@ -16,9 +16,9 @@ use crate::error::{LensError, Result};
 /// Per-forward tables: rotary cos/sin per base and causal masks per attention kind.
 pub struct ForwardCtx {
     pub(crate) seq: usize,
-    pub(crate) rope_global: Option<(Tensor, Tensor)>,
-    pub(crate) rope_local: Option<(Tensor, Tensor)>,
-    pub(crate) masks: Vec<(AttentionKind, Tensor)>,
+    rope_global: Option<(Tensor, Tensor)>,
+    rope_local: Option<(Tensor, Tensor)>,
+    masks: Vec<(AttentionKind, Tensor)>,
 }
 
 /// Keys (after rotary) and values of the positions seen so far in one layer,
@@ -71,6 +71,50 @@ impl ForwardCtx {
             rope_global,
             rope_local,
             masks,
+        })
+    }
+
+    /// The rotary `(cos, sin)` rows of positions `offset..offset + p` for a layer of attention
+    /// `kind` (local layers have their own base where the family has one).
+    pub(crate) fn rope(
+        &self,
+        kind: AttentionKind,
+        offset: usize,
+        p: usize,
+    ) -> Result<(Tensor, Tensor)> {
+        let tables = match (kind, &self.rope_local) {
+            (AttentionKind::Local { .. }, Some(t)) => t,
+            _ => self.rope_global.as_ref().ok_or_else(|| {
+                LensError::Internal("rotary tables missing from the forward context".into())
+            })?,
+        };
+        Ok((
+            tables.0.narrow(0, offset, p)?,
+            tables.1.narrow(0, offset, p)?,
+        ))
+    }
+
+    /// The additive causal mask of attention `kind` for queries `offset..offset + p` over the
+    /// first `t` keys, `[p, t]`.
+    pub(crate) fn mask(
+        &self,
+        kind: AttentionKind,
+        offset: usize,
+        p: usize,
+        t: usize,
+    ) -> Result<Tensor> {
+        let mask = self
+            .masks
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, m)| m)
+            .ok_or_else(|| {
+                LensError::Internal("causal mask missing from the forward context".into())
+            })?;
+        Ok(if offset == 0 && p == self.seq && t == self.seq {
+            mask.clone()
+        } else {
+            mask.narrow(0, offset, p)?.narrow(1, 0, t)?
         })
     }
 }
@@ -315,14 +359,7 @@ impl<'a> Block<'a> {
         let kind = cfg.layer_attention[l];
         let (q, k) = match &cfg.positional {
             Positional::Rotary(r) => {
-                let tables = match (kind, &ctx.rope_local) {
-                    (AttentionKind::Local { .. }, Some(t)) => t,
-                    _ => ctx.rope_global.as_ref().ok_or_else(|| {
-                        LensError::Internal("rotary tables missing from the forward context".into())
-                    })?,
-                };
-                let cos = tables.0.narrow(0, offset, p)?;
-                let sin = tables.1.narrow(0, offset, p)?;
+                let (cos, sin) = ctx.rope(kind, offset, p)?;
                 let q = self.rotate(&q, &cos, &sin, r.dim, r.interleaved)?;
                 let k = self.rotate(&k, &cos, &sin, r.dim, r.interleaved)?;
                 (
@@ -358,19 +395,7 @@ impl<'a> Block<'a> {
         if let Some(cap) = cfg.attn_softcap {
             scores = ((scores / cap)?.tanh()? * cap)?;
         }
-        let mask = ctx
-            .masks
-            .iter()
-            .find(|(k, _)| *k == kind)
-            .map(|(_, m)| m)
-            .ok_or_else(|| {
-                LensError::Internal("causal mask missing from the forward context".into())
-            })?;
-        let mask = if offset == 0 && p == ctx.seq {
-            mask.clone()
-        } else {
-            mask.narrow(0, offset, p)?.narrow(1, 0, t)?
-        };
+        let mask = ctx.mask(kind, offset, p, t)?;
         let scores = hook(sink, HookPoint::AttnScores(l), scores.broadcast_add(&mask)?)?;
         let scores32 = scores.to_dtype(DType::F32)?;
         // the fused softmax kernel carries no gradient; the composed one does

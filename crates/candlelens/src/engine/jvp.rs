@@ -11,10 +11,10 @@
 use candle_core::{DType, Tensor, D};
 
 use crate::engine::block::{Block, ForwardCtx, PastKv};
-use crate::engine::config::{Activation, AttentionKind, NormKind, Positional};
+use crate::engine::config::{Activation, NormKind, Positional};
 use crate::engine::ops::{activation, linear, NormSpec};
 use crate::engine::weights::NormWeights;
-use crate::error::{LensError, Result};
+use crate::error::Result;
 
 /// `(y, dy)` of a norm: `y` of the primal `x [1, pos, d]`, `dy [n, pos, d]` of the tangents
 /// `dx [n, pos, d]`: `d(c / r) = dc / r − c · mean(c ⊙ dc) / r³` with `c` the (centred) input and
@@ -49,18 +49,18 @@ fn rms_tangent(c: &Tensor, dc: &Tensor, r: &Tensor) -> Result<Tensor> {
     Ok((dc.broadcast_div(r)? - c.broadcast_mul(&m.broadcast_div(&r3)?)?)?)
 }
 
-/// Per-head RMSNorm (q/k norm) of `x [1, pos, heads, d_head]` and tangents `[n, ...]`.
+/// Per-head RMSNorm (q/k norm) of `x [1, pos, heads, d_head]` and tangents `[n, ...]`: the
+/// norm's derivative over `d_head` with the scale `w [d_head]`.
 fn head_rms_jvp(spec: NormSpec, w: &Tensor, x: &Tensor, dx: &Tensor) -> Result<(Tensor, Tensor)> {
-    let (c, dc) = (x.to_dtype(DType::F32)?, dx.to_dtype(DType::F32)?);
-    let r = (c.sqr()?.mean_keepdim(D::Minus1)? + spec.eps)?.sqrt()?;
-    let y = c
-        .broadcast_div(&r)?
-        .to_dtype(spec.dtype)?
-        .broadcast_mul(w)?;
-    let dy = rms_tangent(&c, &dc, &r)?
-        .to_dtype(spec.dtype)?
-        .broadcast_mul(w)?;
-    Ok((y, dy))
+    let spec = NormSpec {
+        kind: NormKind::RmsNorm,
+        ..spec
+    };
+    let w = NormWeights {
+        w: w.clone(),
+        b: None,
+    };
+    norm_jvp(spec, &w, x, dx)
 }
 
 /// The derivative of the activation at `x`, elementwise.
@@ -114,7 +114,7 @@ impl Block<'_> {
     /// (their tangents are zero: causal attention). No hooks fire.
     ///
     /// # Errors
-    /// Tensor errors; [`LensError::Internal`] if the context lacks a table this layer needs.
+    /// Tensor errors; [`crate::LensError::Internal`] if the context lacks a table this layer needs.
     pub fn jvp(
         &self,
         x: &Tensor,
@@ -208,14 +208,7 @@ impl Block<'_> {
         }
         let kind = cfg.layer_attention[self.layer];
         if let Positional::Rotary(r) = &cfg.positional {
-            let tables = match (kind, &ctx.rope_local) {
-                (AttentionKind::Local { .. }, Some(t)) => t,
-                _ => ctx.rope_global.as_ref().ok_or_else(|| {
-                    LensError::Internal("rotary tables missing from the forward context".into())
-                })?,
-            };
-            let cos = tables.0.narrow(0, offset, p)?;
-            let sin = tables.1.narrow(0, offset, p)?;
+            let (cos, sin) = ctx.rope(kind, offset, p)?;
             // rotary is linear in its input: the tangents rotate like the values
             q = self.rotate(&q, &cos, &sin, r.dim, r.interleaved)?;
             dq = self.rotate(&dq, &cos, &sin, r.dim, r.interleaved)?;
@@ -251,16 +244,7 @@ impl Block<'_> {
             ds = ds.broadcast_mul(&(1.0 - th.sqr()?)?)?;
             s = (th * cap)?;
         }
-        let mask = ctx
-            .masks
-            .iter()
-            .find(|(k, _)| *k == kind)
-            .map(|(_, m)| m)
-            .ok_or_else(|| {
-                LensError::Internal("causal mask missing from the forward context".into())
-            })?
-            .narrow(0, offset, p)?
-            .narrow(1, 0, t)?;
+        let mask = ctx.mask(kind, offset, p, t)?;
         let a = candle_nn::ops::softmax_last_dim(&s.broadcast_add(&mask)?.to_dtype(DType::F32)?)?;
         let ds32 = ds.to_dtype(DType::F32)?;
         let a_ds = ds32.broadcast_mul(&a)?;
