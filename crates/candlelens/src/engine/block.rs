@@ -171,11 +171,7 @@ impl<'a> Block<'a> {
     }
 
     pub(crate) fn norm_spec(&self) -> NormSpec {
-        NormSpec {
-            kind: self.cfg.norm,
-            eps: self.cfg.norm_eps,
-            dtype: self.dtype,
-        }
+        NormSpec::of(self.cfg, self.dtype)
     }
 
     /// Rotary on `x [batch, pos, heads, d_head]`: the first `dim` dims of each head rotate,

@@ -385,11 +385,7 @@ impl HookedTransformer {
 
     /// The norm switches of this model (kind, epsilon, compute dtype).
     pub fn norm_spec(&self) -> NormSpec {
-        NormSpec {
-            kind: self.cfg.norm,
-            eps: self.cfg.norm_eps,
-            dtype: self.dtype,
-        }
+        NormSpec::of(&self.cfg, self.dtype)
     }
 
     /// Block `l` as a [`Block`] view: run it whole, or its attention and MLP halves.

@@ -5,7 +5,7 @@
 
 use candle_core::{DType, Tensor, D};
 
-use crate::engine::config::{Activation, NormKind};
+use crate::engine::config::{Activation, ModelConfig, NormKind};
 use crate::engine::hooks::{HookPoint, HookSink};
 use crate::engine::weights::NormWeights;
 use crate::error::Result;
@@ -158,6 +158,15 @@ pub struct NormSpec {
 }
 
 impl NormSpec {
+    /// The norm switches of a model config, computing in `dtype`.
+    pub fn of(cfg: &ModelConfig, dtype: DType) -> Self {
+        NormSpec {
+            kind: cfg.norm,
+            eps: cfg.norm_eps,
+            dtype,
+        }
+    }
+
     /// Normalises `x [batch, pos, d]` with weights `w`, firing `(scale, normalized)` hooks
     /// if given: `(x - mean) / sqrt(var + eps) * w + b` (LayerNorm) or `x / rms * w`
     /// (RMSNorm). The scale hook sees `[batch, pos, 1]`.
