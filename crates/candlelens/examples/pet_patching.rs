@@ -12,15 +12,10 @@ fn main() -> candlelens::Result<()> {
     let mut args = std::env::args().skip(1);
     let name = args.next().unwrap_or_else(|| "gemma-3-270m".into());
     let out = args.next().unwrap_or_else(|| "pet_patching".into());
-    let model = HookedTransformer::from_pretrained(&name)?;
+    let model = std::sync::Arc::new(HookedTransformer::from_pretrained(&name)?);
     let clean = model.to_tokens(PET, None)?;
     let corrupt = model.to_tokens(SWAPPED, None)?;
-    let pairs = [(
-        model.to_single_token(" Peb")?,
-        model.to_single_token(" Rachel")?,
-    )];
-    let metric: candlelens::patching::Metric =
-        Box::new(move |l| Ok(metrics::mean(&metrics::logit_diff(l, &pairs)?)));
+    let metric = metrics::logit_diff_metric(&model.answer_pairs(&[(" Peb", " Rachel")])?);
     let grid = Patcher::new(&model, &clean, &corrupt, metric)?.sweep(PatchTarget::ResidPre)?;
     println!(
         "clean logit diff {:.4}, corrupted {:.4}",

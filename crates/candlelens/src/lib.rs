@@ -55,7 +55,7 @@ pub mod prelude {
     pub use crate::error::LensError;
     pub use crate::interp::metrics::{self, TokenGroups};
     pub use crate::interp::patching::{PatchGrid, PatchTarget, Patcher};
-    pub use crate::interp::prompts::PromptTest;
+    pub use crate::interp::prompts::{PromptTest, TestPromptOptions};
     pub use crate::load::LoadOptions;
     pub use crate::viz::{AttentionView, Figure, Table};
     pub use candle_core::{DType, Device, IndexOp, Tensor, D};

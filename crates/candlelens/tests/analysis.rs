@@ -19,32 +19,15 @@ fn check_attribution(m: &HookedTransformer, prompts: &[&str], answers: &[(&str, 
     let last = m.gather_last(&logits, &tokens).unwrap();
     let want = metrics::mean(&metrics::logit_diff(&last, &pairs).unwrap());
     let dirs = m.logit_diff_directions(&pairs).unwrap();
-    // LayerNorm adds its bias after normalising: a constant the components do not carry
-    let bias_term = match &m.weights.ln_final.b {
-        Some(b) => {
-            let b = b.to_dtype(DType::F32).unwrap().unsqueeze(0).unwrap();
-            let w = m
-                .weights
-                .ln_final
-                .w
-                .to_dtype(DType::F32)
-                .unwrap()
-                .unsqueeze(0)
-                .unwrap();
-            let raw = dirs.broadcast_div(&w).unwrap();
-            to_vec(&raw.broadcast_mul(&b).unwrap().sum(1).unwrap())
-                .iter()
-                .sum::<f32>()
-                / pairs.len() as f32
-        }
-        None => 0.0,
-    };
+    // LayerNorm adds its bias after normalising, and b_U is added to the logits: constants the
+    // components do not carry
+    let bias_term = metrics::mean(&m.logit_diff_bias(&pairs).unwrap());
     let acc = cache.accumulated_resid(None, true, Pos::Last).unwrap();
     assert_eq!(acc.labels.len(), 2 * m.cfg.n_layers + 1);
     assert_eq!(acc.labels[0], "0_pre");
     assert_eq!(acc.labels[1], "0_mid");
     assert_eq!(acc.labels.last().unwrap(), "final_post");
-    let lens = m.logit_attribution(&cache, &acc, Pos::Last, &dirs).unwrap();
+    let lens = m.logit_attribution(&cache, &acc, &dirs).unwrap();
     let final_lens = lens.values.last().unwrap() + bias_term;
     assert!(
         (final_lens - want).abs() < 1e-3,
@@ -53,7 +36,7 @@ fn check_attribution(m: &HookedTransformer, prompts: &[&str], answers: &[(&str, 
     );
 
     let dec = cache.decompose_resid(None, true, Pos::Last).unwrap();
-    let attr = m.logit_attribution(&cache, &dec, Pos::Last, &dirs).unwrap();
+    let attr = m.logit_attribution(&cache, &dec, &dirs).unwrap();
     let total: f32 = attr.values.iter().sum::<f32>() + bias_term;
     assert!(
         (total - want).abs() < 1e-3,
@@ -106,21 +89,15 @@ fn attribution_adds_up_with_layernorm_and_learned_positions() {
     assert_eq!(&dec.labels[..3], &["embed", "pos_embed", "0_attn_out"]);
     let pair = (5u32, v - 7);
     let dirs = m.logit_diff_directions(&[pair]).unwrap();
-    let attr = m.logit_attribution(&cache, &dec, Pos::Last, &dirs).unwrap();
+    let attr = m.logit_attribution(&cache, &dec, &dirs).unwrap();
     let last = m.gather_last(&logits, &tokens).unwrap();
     let want = metrics::logit_diff(&last, &[pair]).unwrap()[0];
-    let b = m
-        .weights
-        .ln_final
-        .b
-        .as_ref()
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap();
-    let ids = Tensor::new(&[pair.0, pair.1], m.device()).unwrap();
-    let wu = m.weights.w_u.index_select(&ids, 0).unwrap();
-    let bias = to_vec(&wu.broadcast_mul(&b).unwrap().sum(1).unwrap());
-    let total: f32 = attr.values.iter().sum::<f32>() + bias[0] - bias[1];
+    let bias = m.logit_diff_bias(&[pair]).unwrap();
+    assert!(
+        bias[0].abs() > 1e-3,
+        "the tiny GPT-2's final LayerNorm has a bias"
+    );
+    let total: f32 = attr.values.iter().sum::<f32>() + bias[0];
     assert!((total - want).abs() < 1e-4, "{total} vs {want}");
 }
 
@@ -132,9 +109,7 @@ fn softcapped_models_say_attribution_is_not_exact() {
     let (_, cache) = m.run_with_cache(&tokens, None).unwrap();
     let acc = cache.accumulated_resid(None, false, Pos::At(-1)).unwrap();
     let dirs = m.logit_diff_directions(&[(5, 6)]).unwrap();
-    let attr = m
-        .logit_attribution(&cache, &acc, Pos::At(-1), &dirs)
-        .unwrap();
+    let attr = m.logit_attribution(&cache, &acc, &dirs).unwrap();
     assert!(attr.note.unwrap().contains("soft-caps"));
     // per-head results still sum to attn_out through the frozen post-norm
     let heads = cache.stack_head_results(&m, Some(1), Pos::All).unwrap();
@@ -147,7 +122,14 @@ fn softcapped_models_say_attribution_is_not_exact() {
 fn test_prompt_reports_ranks_like_transformer_lens() {
     let m = model("gemma-3-270m");
     let t = m
-        .test_prompt("Is Paris the capital of France?\n", "Yes", None, false, 10)
+        .test_prompt(
+            "Is Paris the capital of France?\n",
+            "Yes",
+            &TestPromptOptions {
+                prepend_space_to_answer: false,
+                ..Default::default()
+            },
+        )
         .unwrap();
     assert_eq!(
         t.prompt_tokens,
@@ -177,7 +159,14 @@ fn test_prompt_reports_ranks_like_transformer_lens() {
     );
     // multi-token answers are scored token by token
     let t = m
-        .test_prompt("The capital of France is", "Paris, France", None, true, 3)
+        .test_prompt(
+            "The capital of France is",
+            "Paris, France",
+            &TestPromptOptions {
+                top_k: 3,
+                ..Default::default()
+            },
+        )
         .unwrap();
     assert_eq!(t.answer.len(), t.answer_tokens.len());
     assert!(t.answer_tokens.len() >= 2);
@@ -212,12 +201,7 @@ fn group_metrics_on_the_paris_question() {
     let (_, cache) = m.run_with_cache(&tokens, None).unwrap();
     let acc = cache.accumulated_resid(None, false, Pos::Last).unwrap();
     let attr = m
-        .logit_attribution(
-            &cache,
-            &acc,
-            Pos::Last,
-            &m.group_diff_directions(&[g]).unwrap(),
-        )
+        .logit_attribution(&cache, &acc, &m.group_diff_directions(&[g]).unwrap())
         .unwrap();
     assert!((attr.values.last().unwrap() - ld).abs() < 1e-3);
 }

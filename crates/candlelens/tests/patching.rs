@@ -4,13 +4,15 @@
 
 mod common;
 
+use std::sync::Arc;
+
 use candlelens::metrics;
 use candlelens::prelude::*;
 use common::*;
 
-fn tiny(family: &str) -> HookedTransformer {
+fn tiny(family: &str) -> Arc<HookedTransformer> {
     let dir = fixture_path(&format!("tiny/{family}"));
-    HookedTransformer::from_pretrained(dir.to_str().unwrap()).unwrap()
+    Arc::new(HookedTransformer::from_pretrained(dir.to_str().unwrap()).unwrap())
 }
 
 /// Clean prompts and corruptions that change two token positions.
@@ -38,16 +40,13 @@ fn pair(m: &HookedTransformer) -> (Tokens, Tokens) {
 }
 
 fn compare(
-    m: &HookedTransformer,
+    m: &Arc<HookedTransformer>,
     clean: &Tokens,
     corrupt: &Tokens,
     pairs: &[(u32, u32)],
     targets: &[PatchTarget],
 ) {
-    let pairs = pairs.to_vec();
-    let metric: candlelens::patching::Metric =
-        Box::new(move |l| Ok(metrics::mean(&metrics::logit_diff(l, &pairs)?)));
-    let mut p = Patcher::new(m, clean, corrupt, metric).unwrap();
+    let mut p = Patcher::new(m, clean, corrupt, metrics::logit_diff_metric(pairs)).unwrap();
     p.progress = false;
     let gap = (p.clean_metric() - p.corrupted_metric()).abs();
     assert!(

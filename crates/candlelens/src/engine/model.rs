@@ -159,6 +159,44 @@ impl HookedTransformer {
         Ok(ids[0])
     }
 
+    /// `(correct, incorrect)` token ids of answer pairs given as strings, e.g.
+    /// `[(" Peb", " Rachel")]` — the pairs a logit-difference metric reads
+    /// ([`crate::metrics::logit_diff_metric`]). Each string must be one token.
+    ///
+    /// # Errors
+    /// [`LensError::NotSingleToken`] naming the answer and its pieces.
+    pub fn answer_pairs(&self, pairs: &[(&str, &str)]) -> Result<Vec<(u32, u32)>> {
+        pairs
+            .iter()
+            .map(|(c, i)| Ok((self.to_single_token(c)?, self.to_single_token(i)?)))
+            .collect()
+    }
+
+    /// Position labels `"{token}_{pos}"` for prompt `b` of a batch (the sources' axis labels,
+    /// e.g. `Peb_26`; the token is trimmed of surrounding spaces and shows `·` when blank).
+    /// Padding positions are left out.
+    ///
+    /// # Errors
+    /// [`LensError::OutOfRange`] for a prompt index outside the batch; tokenizer errors.
+    pub fn position_labels(&self, tokens: &Tokens, b: usize) -> Result<Vec<String>> {
+        if b >= tokens.batch() {
+            return Err(LensError::OutOfRange {
+                what: "prompt".into(),
+                index: b,
+                len: tokens.batch(),
+            });
+        }
+        Ok(self
+            .ids_to_str_tokens(tokens.row(b))?
+            .iter()
+            .enumerate()
+            .map(|(p, t)| {
+                let t = t.trim();
+                format!("{}_{p}", if t.is_empty() { "·" } else { t })
+            })
+            .collect())
+    }
+
     /// Decodes ids to text.
     ///
     /// # Errors

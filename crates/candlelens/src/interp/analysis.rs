@@ -29,6 +29,9 @@ pub struct ResidStack {
     pub stack: Tensor,
     /// One label per component (`"3_pre"`, `"5_attn_out"`, `"L2H7"`, ...).
     pub labels: Vec<String>,
+    /// The positions the stack was taken at; [`ActivationCache::apply_ln_to_stack`] and
+    /// [`HookedTransformer::logit_attribution`] read the norm's scale at the same ones.
+    pub pos: Pos,
 }
 
 /// Direct logit attribution of a stack onto per-prompt directions.
@@ -65,6 +68,41 @@ impl Attribution {
             .collect()
     }
 
+    /// The `(layer, head)` of the `k` largest components of a per-head attribution (labels
+    /// `L{l}H{h}`, from [`ActivationCache::stack_head_results`]), largest first — the heads the
+    /// sources show attention patterns for.
+    ///
+    /// # Errors
+    /// [`LensError::BadData`] if the labels are not head labels.
+    pub fn top_heads(&self, k: usize) -> Result<Vec<(usize, usize)>> {
+        self.top(k).iter().map(|(l, _, _)| parse_head(l)).collect()
+    }
+
+    /// The `(layer, head)` of the `k` most negative components, most negative first.
+    ///
+    /// # Errors
+    /// As [`Self::top_heads`].
+    pub fn bottom_heads(&self, k: usize) -> Result<Vec<(usize, usize)>> {
+        self.bottom(k).iter().map(|(l, _, _)| parse_head(l)).collect()
+    }
+
+    /// A per-head attribution as a layer × head heatmap.
+    ///
+    /// # Errors
+    /// [`LensError::Mismatch`] if there are not `n_layers * n_heads` values.
+    pub fn head_figure(&self, n_layers: usize, n_heads: usize, title: &str) -> Result<crate::viz::Figure> {
+        let heads: Vec<String> = (0..n_heads).map(|h| h.to_string()).collect();
+        let layers: Vec<String> = (0..n_layers).map(|l| l.to_string()).collect();
+        Ok(crate::viz::Figure::heatmap(self.grid(n_layers, n_heads)?, heads, layers, title).axes("Head", "Layer"))
+    }
+
+    /// The attribution per component as a line over the labels (the sources' per-layer plot).
+    pub fn line_figure(&self, title: &str) -> crate::viz::Figure {
+        let x: Vec<f32> = (0..self.values.len()).map(|i| i as f32).collect();
+        crate::viz::Figure::line(x, vec![("logit diff".into(), self.values.clone())], Some(self.labels.clone()), title)
+            .axes("component", "logit diff")
+    }
+
     /// Values reshaped to `[rows][cols]` (per-head attribution as layer x head).
     ///
     /// # Errors
@@ -81,6 +119,17 @@ impl Attribution {
         }
         Ok(self.values.chunks(cols).map(<[f32]>::to_vec).collect())
     }
+}
+
+/// `"L3H5"` → `(3, 5)`.
+fn parse_head(label: &str) -> Result<(usize, usize)> {
+    let bad = || LensError::BadData {
+        what: format!("component label {label:?}"),
+        detail: "head rankings need a per-head stack (stack_head_results, labels L{l}H{h})".into(),
+    };
+    let rest = label.strip_prefix('L').ok_or_else(bad)?;
+    let (l, h) = rest.split_once('H').ok_or_else(bad)?;
+    Ok((l.parse().map_err(|_| bad())?, h.parse().map_err(|_| bad())?))
 }
 
 impl ActivationCache {
@@ -159,6 +208,7 @@ impl ActivationCache {
         Ok(ResidStack {
             stack: Tensor::stack(&parts, 0)?,
             labels,
+            pos,
         })
     }
 
@@ -194,6 +244,7 @@ impl ActivationCache {
         Ok(ResidStack {
             stack: Tensor::stack(&parts, 0)?,
             labels,
+            pos,
         })
     }
 
@@ -235,13 +286,14 @@ impl ActivationCache {
         Ok(ResidStack {
             stack: Tensor::stack(&parts, 0)?,
             labels,
+            pos,
         })
     }
 
     /// Applies the final norm to every component as the model applies it to their sum, with
-    /// the norm's scale frozen at the cached `ln_final.hook_scale` (LayerNorm: each component
-    /// is also centred). `stack` is `[components, batch, d_model]` at `pos` (or with a `pos`
-    /// axis for [`Pos::All`]). The weight is not applied: it is folded into
+    /// the norm's scale frozen at the cached `ln_final.hook_scale` at the stack's positions
+    /// (LayerNorm: each component is also centred). Returns `[components, batch, d_model]` (or
+    /// with a `pos` axis for [`Pos::All`]). The weight is not applied: it is folded into
     /// [`HookedTransformer::tokens_to_residual_directions`], as TransformerLens folds it into
     /// `W_U`.
     ///
@@ -250,11 +302,10 @@ impl ActivationCache {
     pub fn apply_ln_to_stack(
         &self,
         model: &HookedTransformer,
-        stack: &Tensor,
-        pos: Pos,
+        stack: &ResidStack,
     ) -> Result<Tensor> {
-        let scale = self.select(self.at(HookPoint::LnFinalScale)?, pos)?; // [b, (p,) 1]
-        let mut x = stack.to_dtype(DType::F32)?;
+        let scale = self.select(self.at(HookPoint::LnFinalScale)?, stack.pos)?; // [b, (p,) 1]
+        let mut x = stack.stack.to_dtype(DType::F32)?;
         if model.cfg.norm == NormKind::LayerNorm {
             x = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
         }
@@ -296,6 +347,46 @@ impl HookedTransformer {
         Ok((self.tokens_to_residual_directions(&c)? - self.tokens_to_residual_directions(&i)?)?)
     }
 
+    /// The part of each pair's logit difference that no residual component carries: the final
+    /// norm's bias and the unembedding bias, `b_ln · (W_U[c] − W_U[i]) + b_U[c] − b_U[i]`
+    /// (TransformerLens folds both into `b_U`, which `residual_stack_to_logit_diff` leaves
+    /// out). Zero for models without those biases (RMSNorm, no `b_U`). One value per pair.
+    /// The final residual's attribution plus this equals the logit difference (before any
+    /// softcap).
+    ///
+    /// # Errors
+    /// [`LensError::TokenOutOfRange`].
+    pub fn logit_diff_bias(&self, pairs: &[(u32, u32)]) -> Result<Vec<f32>> {
+        let ids: Vec<u32> = pairs.iter().flat_map(|&(c, i)| [c, i]).collect();
+        if let Some(&id) = ids.iter().find(|&&t| t as usize >= self.cfg.d_vocab) {
+            return Err(LensError::TokenOutOfRange {
+                id,
+                d_vocab: self.cfg.d_vocab,
+            });
+        }
+        let per_token: Vec<f32> = if ids.is_empty() {
+            Vec::new()
+        } else {
+            let idx = Tensor::new(ids.as_slice(), self.device())?;
+            let mut v = Tensor::zeros(ids.len(), DType::F32, self.device())?;
+            if let Some(b) = &self.weights.ln_final.b {
+                let rows = self
+                    .weights
+                    .w_u
+                    .index_select(&idx, 0)?
+                    .to_dtype(DType::F32)?;
+                v = (v + rows
+                    .matmul(&b.to_dtype(DType::F32)?.unsqueeze(1)?)?
+                    .squeeze(1)?)?;
+            }
+            if let Some(bu) = &self.weights.b_u {
+                v = (v + bu.index_select(&idx, 0)?.to_dtype(DType::F32)?)?;
+            }
+            v.to_vec1()?
+        };
+        Ok(per_token.chunks(2).map(|ci| ci[0] - ci[1]).collect())
+    }
+
     /// Per prompt, mean direction of the correct group minus mean direction of the incorrect
     /// one (the Paris source's group direction): `[batch, d_model]`.
     ///
@@ -316,9 +407,9 @@ impl HookedTransformer {
         Ok(Tensor::stack(&rows, 0)?)
     }
 
-    /// Direct logit attribution: every component of `stack` (at one position per prompt),
-    /// with the final norm applied, dotted with the prompt's direction and averaged over the
-    /// batch. With a final-logit softcap (Gemma 2) the logits are `cap * tanh(x / cap)` of
+    /// Direct logit attribution: every component of `stack` (at the one position per prompt it
+    /// was taken at), with the final norm applied, dotted with the prompt's direction and
+    /// averaged over the batch. With a final-logit softcap (Gemma 2) the logits are `cap * tanh(x / cap)` of
     /// these sums: the note says so.
     ///
     /// # Errors
@@ -327,16 +418,15 @@ impl HookedTransformer {
         &self,
         cache: &ActivationCache,
         stack: &ResidStack,
-        pos: Pos,
         directions: &Tensor,
     ) -> Result<Attribution> {
-        if pos == Pos::All {
+        if stack.pos == Pos::All {
             return Err(LensError::Unsupported {
                 what: "logit attribution at Pos::All".into(),
                 fix: "it reads one position per prompt; use Pos::Last or Pos::At".into(),
             });
         }
-        let scaled = cache.apply_ln_to_stack(self, &stack.stack, pos)?; // [c, b, d]
+        let scaled = cache.apply_ln_to_stack(self, stack)?; // [c, b, d]
         let (_, b, _) = scaled.dims3()?;
         let dirs = directions.to_dtype(DType::F32)?;
         if dirs.dims2()?.0 != b {

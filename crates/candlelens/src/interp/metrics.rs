@@ -27,6 +27,22 @@ pub fn logit_diff(last_logits: &Tensor, pairs: &[(u32, u32)]) -> Result<Vec<f32>
         .collect()
 }
 
+/// The patching metric "mean logit difference over the answer pairs" (TransformerLens's
+/// `logits_to_ave_logit_diff`): [`logit_diff`] then [`mean`]. It owns its pairs, so the
+/// [`Patcher`](crate::patching::Patcher) it goes into can be kept across notebook cells.
+/// Pairs come from strings with [`HookedTransformer::answer_pairs`](crate::HookedTransformer::answer_pairs).
+pub fn logit_diff_metric(pairs: &[(u32, u32)]) -> crate::patching::Metric {
+    let pairs = pairs.to_vec();
+    Box::new(move |l| Ok(mean(&logit_diff(l, &pairs)?)))
+}
+
+/// The patching metric "mean group logit difference" (the Paris source's metric):
+/// [`group_logit_diff`] then [`mean`].
+pub fn group_logit_diff_metric(groups: &[TokenGroups]) -> crate::patching::Metric {
+    let groups = groups.to_vec();
+    Box::new(move |l| Ok(mean(&group_logit_diff(l, &groups)?)))
+}
+
 /// The mean of per-prompt values (the sources' `.mean()`).
 pub fn mean(v: &[f32]) -> f32 {
     if v.is_empty() {

@@ -23,6 +23,36 @@ pub struct TopToken {
     pub prob: f32,
 }
 
+/// How [`HookedTransformer::test_prompt`] builds and reports its run (TransformerLens's keyword
+/// arguments). `TestPromptOptions::default()` is TransformerLens's default call: the tokenizer's
+/// BOS choice, a space put before an answer that lacks one, the top 10 tokens.
+///
+/// ```
+/// # use candlelens::prompts::TestPromptOptions;
+/// // the Paris source: `prepend_bos=True, prepend_space_to_answer=False`
+/// let opts = TestPromptOptions { prepend_bos: Some(true), prepend_space_to_answer: false, ..Default::default() };
+/// assert_eq!(opts.top_k, 10);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TestPromptOptions {
+    /// Prepend BOS to the prompt; `None` = the tokenizer's default.
+    pub prepend_bos: Option<bool>,
+    /// Put a space before the answer when it has none (TransformerLens's default: true).
+    pub prepend_space_to_answer: bool,
+    /// How many of the model's top tokens to list at each answer position.
+    pub top_k: usize,
+}
+
+impl Default for TestPromptOptions {
+    fn default() -> Self {
+        TestPromptOptions {
+            prepend_bos: None,
+            prepend_space_to_answer: true,
+            top_k: 10,
+        }
+    }
+}
+
 /// The result of [`HookedTransformer::test_prompt`].
 #[derive(Clone, Debug)]
 pub struct PromptTest {
@@ -37,6 +67,12 @@ pub struct PromptTest {
 }
 
 impl PromptTest {
+    /// The probability of the whole answer after the prompt: the product of each answer token's
+    /// probability given everything before it (for a one-token answer, that token's probability).
+    pub fn answer_prob(&self) -> f64 {
+        self.answer.iter().map(|t| t.prob as f64).product()
+    }
+
     /// `(token, rank)` of each answer token.
     pub fn answer_ranks(&self) -> Vec<(String, usize)> {
         self.answer
@@ -87,8 +123,10 @@ impl fmt::Display for PromptTest {
 
 impl HookedTransformer {
     /// Runs `prompt + answer` and reports, at each answer token's position, the answer's rank,
-    /// logit and probability and the model's top-k (TransformerLens's `test_prompt`).
-    /// `prepend_space_to_answer` puts a space before the answer first (TL's default: true).
+    /// logit and probability and the model's top-k (TransformerLens's `test_prompt`). The prompt
+    /// and the answer are tokenized separately and joined, as TransformerLens does, so every
+    /// answer token is scored — a tokenizer that writes `" 5"` as `" "` + `"5"` gets both scored,
+    /// i.e. exactly the text `prompt + answer` ([`PromptTest::answer_prob`] multiplies them).
     ///
     /// # Errors
     /// [`LensError::EmptyPrompt`] for an empty answer; tokenizer and model errors.
@@ -96,10 +134,13 @@ impl HookedTransformer {
         &self,
         prompt: &str,
         answer: &str,
-        prepend_bos: Option<bool>,
-        prepend_space_to_answer: bool,
-        top_k: usize,
+        opts: &TestPromptOptions,
     ) -> Result<PromptTest> {
+        let TestPromptOptions {
+            prepend_bos,
+            prepend_space_to_answer,
+            top_k,
+        } = *opts;
         let answer = if prepend_space_to_answer && !answer.starts_with(' ') {
             format!(" {answer}")
         } else {

@@ -3,6 +3,8 @@
 
 pub mod progress;
 
+use std::sync::Arc;
+
 use crate::engine::model::HookedTransformer;
 use crate::error::Result;
 use crate::load::LoadOptions;
@@ -32,12 +34,22 @@ pub fn pick_model<'a>(source: &'a str, embedded: &'a str) -> &'a str {
     name
 }
 
+/// Prints one of our numbers beside the one the source printed for the same step:
+/// `"{what}: {ours}   (source: {source})"`. The source's value is for the source's model; with
+/// an embedded stand-in the two agree only in kind.
+pub fn vs_source(what: &str, ours: impl std::fmt::Display, source: &str) {
+    println!("{what}: {ours}   (source: {source})");
+}
+
 /// Loads the model [`pick_model`] chooses (device and dtype from `CANDLELENS_DEVICE` /
-/// `CANDLELENS_DTYPE`, default cpu / f32) and prints a one-line summary.
+/// `CANDLELENS_DTYPE`, default cpu / f32) and prints a one-line summary. The model comes shared
+/// (an [`Arc`]): every `&HookedTransformer` method works on it as is, and values that keep the
+/// model (a [`crate::patching::Patcher`]) clone the handle, not the weights, so they can live
+/// in a notebook variable across cells.
 ///
 /// # Errors
 /// Loading errors.
-pub fn load(source: &str, embedded: &str) -> Result<HookedTransformer> {
+pub fn load(source: &str, embedded: &str) -> Result<Arc<HookedTransformer>> {
     let name = pick_model(source, embedded);
     let device = std::env::var("CANDLELENS_DEVICE").unwrap_or_else(|_| "cpu".into());
     let dtype = std::env::var("CANDLELENS_DTYPE").unwrap_or_else(|_| "f32".into());
@@ -54,7 +66,7 @@ pub fn load(source: &str, embedded: &str) -> Result<HookedTransformer> {
         c.d_vocab,
         c.n_params() as f64 / 1e6
     );
-    Ok(model)
+    Ok(Arc::new(model))
 }
 
 /// The prompt and answers as this model can score them as single next tokens. Where an answer

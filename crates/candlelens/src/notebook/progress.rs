@@ -1,12 +1,28 @@
-//! Progress of long sweeps: a bar on a terminal, a compact start/end line elsewhere (notebooks,
-//! logs), nothing when disabled.
+//! Progress of long sweeps: a bar on a terminal, a start and an end line elsewhere, nothing when
+//! disabled. In a notebook (the evcxr kernel) the lines go to stdout, so an exported report shows
+//! them as ordinary output rather than as red stderr blocks; elsewhere they go to stderr, so the
+//! CLI's `--json` stdout stays clean.
 
 use std::io::IsTerminal;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-/// A progress reporter on stderr.
+/// Whether this code runs inside the evcxr kernel's child process.
+fn in_notebook() -> bool {
+    std::env::var_os("EVCXR_IS_RUNTIME").is_some()
+}
+
+/// Prints one progress line where this context reads them (see the module docs).
+fn line(msg: std::fmt::Arguments) {
+    if in_notebook() {
+        println!("{msg}");
+    } else {
+        eprintln!("{msg}");
+    }
+}
+
+/// A progress reporter (see the module docs for where it writes).
 pub struct Progress {
     bar: Option<ProgressBar>,
     label: String,
@@ -18,7 +34,7 @@ pub struct Progress {
 impl Progress {
     /// Starts reporting `total` steps of `label`.
     pub fn new(label: &str, total: u64, enabled: bool) -> Self {
-        let bar = (enabled && std::io::stderr().is_terminal()).then(|| {
+        let bar = (enabled && !in_notebook() && std::io::stderr().is_terminal()).then(|| {
             let b = ProgressBar::new(total);
             if let Ok(style) = ProgressStyle::with_template(
                 "{msg} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}",
@@ -28,6 +44,9 @@ impl Progress {
             b.set_message(label.to_string());
             b
         });
+        if enabled && bar.is_none() {
+            line(format_args!("{label}: {total} steps ..."));
+        }
         Progress {
             bar,
             label: label.to_string(),
@@ -48,12 +67,12 @@ impl Progress {
     pub fn finish(&self) {
         match &self.bar {
             Some(b) => b.finish_and_clear(),
-            None if self.enabled => eprintln!(
+            None if self.enabled => line(format_args!(
                 "{}: {} steps in {:.1} s",
                 self.label,
                 self.total,
                 self.start.elapsed().as_secs_f64()
-            ),
+            )),
             None => {}
         }
     }

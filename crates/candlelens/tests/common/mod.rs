@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use candlelens::prelude::*;
 use serde_json::Value;
@@ -20,17 +20,21 @@ pub fn read_fixture(name: &str) -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
-/// Loads an embedded model once; fails with the fetch command if it is absent.
-pub fn model(alias: &'static str) -> &'static HookedTransformer {
-    static SMOL: OnceLock<HookedTransformer> = OnceLock::new();
-    static GEMMA: OnceLock<HookedTransformer> = OnceLock::new();
+/// Loads an embedded model once (shared, as notebooks hold it); fails with the fetch command if
+/// it is absent.
+pub fn model(alias: &'static str) -> &'static Arc<HookedTransformer> {
+    static SMOL: OnceLock<Arc<HookedTransformer>> = OnceLock::new();
+    static GEMMA: OnceLock<Arc<HookedTransformer>> = OnceLock::new();
     let cell = match alias {
         "smollm2-135m" => &SMOL,
         "gemma-3-270m" => &GEMMA,
         other => panic!("no test model {other}"),
     };
     cell.get_or_init(|| {
-        HookedTransformer::from_pretrained(alias).unwrap_or_else(|e| panic!("loading {alias}: {e}"))
+        Arc::new(
+            HookedTransformer::from_pretrained(alias)
+                .unwrap_or_else(|e| panic!("loading {alias}: {e}")),
+        )
     })
 }
 

@@ -411,7 +411,7 @@ fn patch(
     sample: Option<usize>,
     as_json: bool,
 ) -> candlelens::Result<()> {
-    let model = HookedTransformer::from_pretrained(model)?;
+    let model = std::sync::Arc::new(HookedTransformer::from_pretrained(model)?);
     let clean = model.to_tokens(PET, None)?;
     let corrupt = model.to_tokens(PET_SWAPPED, None)?;
     let mut p = Patcher::new(&model, &clean, &corrupt, answer_metric(&model, answers)?)?;

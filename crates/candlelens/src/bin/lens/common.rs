@@ -123,15 +123,10 @@ pub fn rss_mb(field: &str) -> f64 {
 
 /// The logit difference of `answers[0]` over `answers[1]` (each one token), averaged over the
 /// batch.
-pub fn answer_metric<'a>(
+pub fn answer_metric(
     model: &HookedTransformer,
     answers: &[String],
-) -> candlelens::Result<candlelens::patching::Metric<'a>> {
-    let pair = (
-        model.to_single_token(&answers[0])?,
-        model.to_single_token(&answers[1])?,
-    );
-    Ok(Box::new(move |l| {
-        Ok(metrics::mean(&metrics::logit_diff(l, &[pair])?))
-    }))
+) -> candlelens::Result<candlelens::patching::Metric> {
+    let pairs = model.answer_pairs(&[(answers[0].as_str(), answers[1].as_str())])?;
+    Ok(metrics::logit_diff_metric(&pairs))
 }

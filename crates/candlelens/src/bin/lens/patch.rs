@@ -45,7 +45,7 @@ struct PatchReport<'a> {
 }
 
 pub fn patch(a: &PatchArgs) -> candlelens::Result<()> {
-    let model = HookedTransformer::from_pretrained(&a.model)?;
+    let model = std::sync::Arc::new(HookedTransformer::from_pretrained(&a.model)?);
     let bos = bos_flag(a.bos, a.no_bos);
     let clean = model.to_tokens(a.clean.as_str(), bos)?;
     let corrupt = model.to_tokens(a.corrupt.as_str(), bos)?;

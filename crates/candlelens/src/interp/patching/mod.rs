@@ -18,6 +18,8 @@
 mod naive;
 mod sweep;
 
+use std::sync::Arc;
+
 use candle_core::Tensor;
 
 use crate::engine::cache::ActivationCache;
@@ -27,8 +29,10 @@ use crate::engine::tokens::Tokens;
 use crate::error::{LensError, Result};
 use crate::interp::metrics::normalise;
 
-/// A metric of final-position logits `[batch, d_vocab]` (e.g. mean logit difference).
-pub type Metric<'a> = Box<dyn Fn(&Tensor) -> Result<f32> + 'a>;
+/// A metric of final-position logits `[batch, d_vocab]` (e.g. mean logit difference; see
+/// [`crate::metrics::logit_diff_metric`]). It owns what it reads, so a [`Patcher`] holding it can
+/// be kept across notebook cells.
+pub type Metric = Box<dyn Fn(&Tensor) -> Result<f32>>;
 
 /// What a sweep patches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,13 +169,15 @@ impl PatchGrid {
     }
 }
 
-/// Everything a sweep needs from the clean and corrupted runs.
-pub struct Patcher<'m> {
-    model: &'m HookedTransformer,
+/// Everything a sweep needs from the clean and corrupted runs. It shares the model (an [`Arc`]),
+/// so it owns all it holds and lives as long as the caller wants (across evcxr cells too): build
+/// it once, then sweep as many targets as needed.
+pub struct Patcher {
+    model: Arc<HookedTransformer>,
     corrupt_tokens: Tokens,
     clean: ActivationCache,
     corrupt: ActivationCache,
-    metric: Metric<'m>,
+    metric: Metric,
     clean_value: f32,
     corrupt_value: f32,
     /// Show progress on stderr.
@@ -193,16 +199,17 @@ fn needed(hp: &HookPoint) -> bool {
     )
 }
 
-impl<'m> Patcher<'m> {
-    /// Runs the clean and corrupted prompts once each and caches what sweeps read.
+impl Patcher {
+    /// Runs the clean and corrupted prompts once each and caches what sweeps read. The model is
+    /// shared, not copied (`Arc::clone`).
     ///
     /// # Errors
     /// [`LensError::Mismatch`] if the two batches differ in shape.
     pub fn new(
-        model: &'m HookedTransformer,
+        model: &Arc<HookedTransformer>,
         clean: &Tokens,
         corrupt: &Tokens,
-        metric: Metric<'m>,
+        metric: Metric,
     ) -> Result<Self> {
         if clean.batch() != corrupt.batch() || clean.lengths() != corrupt.lengths() {
             return Err(LensError::Mismatch {
@@ -221,7 +228,7 @@ impl<'m> Patcher<'m> {
         let clean_value = metric(&model.gather_last(&cl, clean)?)?;
         let corrupt_value = metric(&model.gather_last(&co, corrupt)?)?;
         Ok(Patcher {
-            model,
+            model: Arc::clone(model),
             corrupt_tokens: corrupt.clone(),
             clean: clean_cache,
             corrupt: corrupt_cache,
@@ -230,6 +237,21 @@ impl<'m> Patcher<'m> {
             corrupt_value,
             progress: true,
         })
+    }
+
+    /// The model the sweeps run.
+    pub fn model(&self) -> &Arc<HookedTransformer> {
+        &self.model
+    }
+
+    /// The clean run's cache (the activations a sweep puts in).
+    pub fn clean_cache(&self) -> &ActivationCache {
+        &self.clean
+    }
+
+    /// The corrupted run's cache.
+    pub fn corrupted_cache(&self) -> &ActivationCache {
+        &self.corrupt
     }
 
     /// The metric on the clean run.

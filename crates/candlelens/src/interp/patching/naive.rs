@@ -9,7 +9,7 @@ use crate::error::Result;
 
 use super::{PatchGrid, PatchTarget, Patcher};
 
-impl<'m> Patcher<'m> {
+impl Patcher {
     /// One cell the naive way: a full forward of the corrupted prompt with a hook that puts in
     /// the clean activation. `row`/`col` index the grid as [`Self::sweep`] lays it out.
     /// Returns the normalised score.

@@ -32,7 +32,7 @@ struct Injection {
     cell: (usize, usize),
 }
 
-impl<'m> Patcher<'m> {
+impl Patcher {
     /// `base[:, start..]` with position `start` replaced by `value [batch, d_model]`.
     fn rows_with(&self, base: &Tensor, start: usize, value: &Tensor) -> Result<Tensor> {
         let seq = base.dim(1)?;
@@ -234,7 +234,7 @@ impl<'m> Patcher<'m> {
     /// Runs every injection starting at `start` in one growing batch; returns each cell's
     /// metric and the block evaluations spent (in position-rows).
     fn run_group(&self, start: usize, mut injs: Vec<Injection>) -> Result<(Vec<CellMetric>, f64)> {
-        let m = self.model;
+        let m = &*self.model;
         let n_layers = m.cfg.n_layers;
         let b = self.corrupt_tokens.batch();
         let seq = self.corrupt_tokens.max_len();

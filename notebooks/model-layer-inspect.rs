@@ -1,0 +1,86 @@
+// ---
+// jupyter:
+//   candlelens:
+//     expect:
+//     - text/html
+//   jupytext:
+//     notebook_metadata_filter: candlelens
+//     text_representation:
+//       extension: .rs
+//       format_name: percent
+//       format_version: '1.3'
+//       jupytext_version: 1.19.6
+//   kernelspec:
+//     display_name: Rust
+//     language: rust
+//     name: rust
+// ---
+
+// %% [markdown]
+// # Model layer inspection
+//
+// The source's utility notebook (`shared/seeds/001`, `model-layer-inspect.ipynb`): inspect a model's
+// architecture and layer names to configure an experiment with a new model. Here: the config as
+// Candlelens reads it, the PyTorch module names the source's notebooks use (`transformer.h.15`,
+// `model.layers.15`) and the TransformerLens hook names they map to, and every hook point with the
+// shape it actually has on a prompt.
+//
+// Set `CANDLELENS_INSPECT_MODEL` to any alias (`lens models`), local folder, `.gguf` file or hub id;
+// the default is the embedded Gemma 3 270M.
+
+// %%
+// :dep candlelens = { path = "../crates/candlelens", default-features = false }
+use candlelens::prelude::*;
+
+// %%
+let name = std::env::var("CANDLELENS_INSPECT_MODEL").unwrap_or_else(|_| "gemma-3-270m".to_string());
+let model = HookedTransformer::from_pretrained(&name)?;
+{
+    let c = &model.cfg;
+    println!("{name}: {} architecture, {:.1}M parameters", c.architecture, c.n_params() as f64 / 1e6);
+    println!("n_layers {}  d_model {}  n_heads {}  n_kv_heads {}  d_head {}  d_mlp {}  d_vocab {}  n_ctx {}",
+        c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.d_head, c.d_mlp, c.d_vocab, c.n_ctx);
+    println!("norm {:?}  activation {:?}  gated MLP {}  q/k norm {}  post-norms {}  positional {:?}",
+        c.norm, c.act, c.gated_mlp, c.qk_norm, c.post_norms, c.positional);
+    println!("attention per layer: {}", c.layer_attention.iter().map(|k| format!("{k:?}")).collect::<Vec<_>>().join(" "));
+}
+
+// %% [markdown]
+// ## Layer names: the source's and ours
+//
+// A source notebook's `LAYER_NAME = "transformer.h.15"` (GPT-2) or `"model.layers.15"` (Llama, Qwen,
+// Gemma) is the output of block 15: `blocks.15.hook_resid_post` here. `layer_from_module_name`
+// translates and checks the range.
+
+// %%
+{
+    let mut t = Table::new("Layer names", ["PyTorch module (GPT-2)", "PyTorch module (Llama / Qwen / Gemma)", "Candlelens / TransformerLens"]);
+    let n = model.cfg.n_layers;
+    for l in [0, n / 2, n - 1] {
+        let hf = format!("model.layers.{l}");
+        let layer = layer_from_module_name(&hf, n)?;
+        t.row([format!("transformer.h.{l}"), hf, format!("blocks.{layer}.hook_resid_post")]);
+    }
+    t.evcxr_display();
+}
+
+// %% [markdown]
+// ## Every hook point, with its shape on a prompt
+//
+// `run_with_cache` on a short prompt; the table lists each cached activation of the embedding, the
+// first block and the final norm with the shape it has (`[batch, pos, ...]`). Every block has the
+// same points.
+
+// %%
+{
+    let tokens = model.to_tokens("The capital of France is", None)?;
+    let (logits, cache) = model.run_with_cache(&tokens, None)?;
+    println!("{:?} -> logits {:?}; {} cached activations", model.to_str_tokens("The capital of France is", None)?, logits.dims(), cache.len());
+    let mut t = Table::new("Hook points (block 0 shown; blocks 1.. alike)", ["hook", "shape"]);
+    for (hp, _) in HookPoint::all_for(&model.cfg) {
+        let n = hp.to_string();
+        if n.starts_with("blocks.") && !n.starts_with("blocks.0.") { continue; }
+        if let Ok(a) = cache.at(hp.clone()) { t.row([n, format!("{:?}", a.dims())]); }
+    }
+    t.evcxr_display();
+}

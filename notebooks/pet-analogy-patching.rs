@@ -1,0 +1,391 @@
+// -*- coding: utf-8 -*-
+// ---
+// jupyter:
+//   candlelens:
+//     expect:
+//     - image/svg+xml
+//     - text/html
+//   jupytext:
+//     notebook_metadata_filter: candlelens
+//     text_representation:
+//       extension: .rs
+//       format_name: percent
+//       format_version: '1.3'
+//       jupytext_version: 1.19.6
+//   kernelspec:
+//     display_name: Rust
+//     language: rust
+//     name: rust
+// ---
+
+// %% [markdown]
+// # The pet-analogy patching study
+//
+// Reproduces `shared/seeds/002_a10da29a1469ef09.txt` ("Analyze GPT-2-Small / GPT-2-Large") step by
+// step. The source runs GPT-2 **small** first (loss, four `test_prompt`s, the number sequence's logit
+// difference, logit lens, per-head attribution and attention, the layer-9 attention patterns, then the
+// pet analogy), then GPT-2 **large** (loss, eighteen `test_prompt`s, the pet analogy with the check
+// that the final residual stream's attribution is the logit difference, per-layer and per-head
+// attribution, and all the activation patching).
+//
+// Offline both roles are played by the embedded Gemma 3 270M (loaded once); with
+// `CANDLELENS_MODEL_SET=source` the notebook loads GPT-2 small and GPT-2 large from the hub, as the
+// source did. Every number the source printed is printed beside ours as `(source: …)`; they agree
+// only for the source's models.
+
+// %%
+// :dep candlelens = { path = "../crates/candlelens", default-features = false }
+use candlelens::prelude::*;
+use candlelens::{metrics, notebook};
+use candlelens::notebook::vs_source;
+
+// %%
+let small = notebook::load("gpt2", "gemma-3-270m")?;
+let large = if notebook::use_source_models() { notebook::load("gpt2-large", "gemma-3-270m")? } else { small.clone() };
+if !notebook::use_source_models() { println!("the embedded model plays both GPT-2 small's and GPT-2 large's parts"); };
+
+// %% [markdown]
+// ## GPT-2 small
+//
+// ### Loss on "1 2 3 4" (with BOS)
+
+// %%
+vs_source("Model loss (small)", format!("{:.4}", small.loss(&small.to_tokens("1 2 3 4", Some(true))?)?), "2.1871");
+
+// %% [markdown]
+// ### Test prompts
+//
+// `test_prompt(prompt, answer, prepend_bos=True)` as the source calls it. The prompt and the answer
+// are scored exactly as written: where a tokenizer writes `" 5"` as `" "` + `"5"` (Gemma, SmolLM2),
+// both tokens are scored and the table's probability is that of the whole answer. The source's
+// column quotes its top token and the answer's rank.
+
+// %%
+/// Runs `test_prompt` on each `(prompt, answer, source's result)`, prints TransformerLens's text
+/// and returns a summary table.
+fn test_prompts(model: &HookedTransformer, tests: &[(&str, &str, &str)], title: &str) -> candlelens::Result<Table> {
+    let opts = TestPromptOptions { prepend_bos: Some(true), ..Default::default() };
+    let mut summary = Table::new(title, ["prompt", "answer tokens", "ranks", "P(answer)", "our top-3", "source"]);
+    for (prompt, answer, source) in tests {
+        let t = model.test_prompt(prompt, answer, &opts)?;
+        println!("{t}");
+        let top3: Vec<String> = t.top_k[0].iter().take(3).map(|x| format!("{:?} {:.1}%", x.token, 100.0 * x.prob)).collect();
+        let ranks: Vec<String> = t.answer.iter().map(|a| a.rank.to_string()).collect();
+        summary.row([format!("{prompt:?}"), format!("{:?}", t.answer_tokens), ranks.join(", "),
+                     format!("{:.2}%", 100.0 * t.answer_prob()), top3.join(", "), source.to_string()]);
+    }
+    Ok(summary)
+}
+test_prompts(&small, &[
+    ("1 2 3 4", " 5", "\" 5\" 96.17%, rank 0"),
+    ("2 4", " 6", "top \"/\" 10.63%; \" 6\" rank 8, 2.24%"),
+    ("Mary is a human. Fido is a dog. The pet of this family is Fido. Rachel is a human. Pebbles is a cat. The pet of this family is", " Peb", "\" Peb\" 70.16%, rank 0"),
+    ("The human is Mary. The dog is Fido. The pet is Fido. The human is Rachel. The dog is Pebbles. The pet is", " Peb", "\" Peb\" 13.43%, rank 0"),
+], "test_prompt on the small model")?.evcxr_display();
+
+// %% [markdown]
+// ### Number sequence: logit difference and logit lens
+//
+// After "1 2 3 4" the source compares `" 5"` with `" Next"`. A logit difference needs each answer to
+// be one token: where `" 5"` is two for this tokenizer, the space moves to the end of the prompt and
+// `"5"` is compared with `"Next"` — the same text, one token later (the note says so). The logit lens
+// reads the accumulated residual stream (final norm applied with its cached scale) along
+// `W_U[correct] - W_U[incorrect]`, a line over half-layers as in the source.
+
+// %%
+/// The cache and logit-difference directions one analysis section reads.
+struct Analysis { tokens: Tokens, cache: ActivationCache, pairs: Vec<(u32, u32)>, dirs: Tensor, logit_diff: f32 }
+
+fn analyse(model: &HookedTransformer, prompts: &[&str], answers: &[(&str, &str)]) -> candlelens::Result<Analysis> {
+    let tokens = model.to_tokens(prompts, Some(true))?;
+    let pairs = model.answer_pairs(answers)?;
+    let (logits, cache) = model.run_with_cache(&tokens, None)?;
+    let per_prompt = metrics::logit_diff(&model.gather_last(&logits, &tokens)?, &pairs)?;
+    println!("Per prompt logit difference: {per_prompt:?}");
+    let dirs = model.logit_diff_directions(&pairs)?;
+    Ok(Analysis { tokens, cache, pairs, dirs, logit_diff: metrics::mean(&per_prompt) })
+}
+
+fn logit_lens(model: &HookedTransformer, a: &Analysis) -> candlelens::Result<Figure> {
+    let acc = a.cache.accumulated_resid(None, true, Pos::Last)?;
+    let lens = model.logit_attribution(&a.cache, &acc, &a.dirs)?;
+    if let Some(n) = &lens.note { println!("note: {n}"); }
+    let x: Vec<f32> = (0..lens.values.len()).map(|i| i as f32 / 2.0).collect();
+    Ok(Figure::line(x, vec![("logit diff".into(), lens.values)], Some(lens.labels), "Logit Difference From Accumulate Residual Stream").axes("layer", "logit diff"))
+}
+
+let (seq_prompt, seq_answers, note) = notebook::adapt_answers(&small, "1 2 3 4", &[" 5", " Next"]);
+if let Some(n) = note { println!("note: {n}"); }
+let seq = analyse(&small, &[seq_prompt.as_str()], &[(seq_answers[0].as_str(), seq_answers[1].as_str())])?;
+vs_source("Average logit difference (small)", format!("{:.4}", seq.logit_diff), "5.4894");
+logit_lens(&small, &seq)?.evcxr_display();
+
+// %% [markdown]
+// ### Per-head attribution and the top heads' attention
+//
+// Each head's direct contribution to the logit difference, then the attention patterns of the three
+// most positive and the three most negative heads (pick a head, hover a cell).
+
+// %%
+fn per_head(model: &HookedTransformer, a: &Analysis) -> candlelens::Result<candlelens::analysis::Attribution> {
+    let heads = a.cache.stack_head_results(model, None, Pos::Last)?;
+    model.logit_attribution(&a.cache, &heads, &a.dirs)
+}
+let seq_heads = per_head(&small, &seq)?;
+seq_heads.head_figure(small.cfg.n_layers, small.cfg.n_heads, "Logit Difference From Each Head")?.evcxr_display();
+
+// %%
+println!("top positive: {:?}", seq_heads.top(3));
+AttentionView::from_cache(&small, &seq.cache, 0, &seq_heads.top_heads(3)?, "Top 3 Positive Logit Attribution Heads")?.evcxr_display();
+
+// %%
+println!("top negative: {:?}", seq_heads.bottom(3));
+AttentionView::from_cache(&small, &seq.cache, 0, &seq_heads.bottom_heads(3)?, "Top 3 Negative Logit Attribution Heads")?.evcxr_display();
+
+// %% [markdown]
+// ### Layer 9, every head, on "1 2 3 4"
+//
+// The source's `gpt2_cache["pattern", 9, "attn"]` on exactly "1 2 3 4" (with BOS).
+
+// %%
+let l9_tokens = small.to_tokens("1 2 3 4", Some(true))?;
+let (_, l9_cache) = small.run_with_cache(&l9_tokens, Some(HookPoint::Pattern(9).into()))?;
+let l9_heads: Vec<(usize, usize)> = (0..small.cfg.n_heads).map(|h| (9, h)).collect();
+AttentionView::from_cache(&small, &l9_cache, 0, &l9_heads, "Layer 9 Head Attention Patterns")?.evcxr_display();
+
+// %% [markdown]
+// ### The pet analogy on the small model
+//
+// "... Rachel is a human. Pebbles is a cat. The pet of this family is" → `" Peb"` rather than
+// `" Rachel"`.
+
+// %%
+const PET: &str = "Mary is a human. Fido is a dog. The pet of this family is Fido. Rachel is a human. Pebbles is a cat. The pet of this family is";
+let pet_small = analyse(&small, &[PET], &[(" Peb", " Rachel")])?;
+vs_source("Average logit difference (small)", format!("{:.4}", pet_small.logit_diff), "5.5811");
+logit_lens(&small, &pet_small)?.evcxr_display();
+
+// %%
+let pet_small_heads = per_head(&small, &pet_small)?;
+pet_small_heads.head_figure(small.cfg.n_layers, small.cfg.n_heads, "Logit Difference From Each Head")?.evcxr_display();
+
+// %%
+println!("top positive: {:?}", pet_small_heads.top(3));
+AttentionView::from_cache(&small, &pet_small.cache, 0, &pet_small_heads.top_heads(3)?, "Top 3 Positive Logit Attribution Heads")?.evcxr_display();
+
+// %%
+println!("top negative: {:?}", pet_small_heads.bottom(3));
+AttentionView::from_cache(&small, &pet_small.cache, 0, &pet_small_heads.bottom_heads(3)?, "Top 3 Negative Logit Attribution Heads")?.evcxr_display();
+
+// %% [markdown]
+// ## GPT-2 large
+//
+// ### Loss and test prompts
+//
+// The eighteen prompts the source tries on the large model, and how the tokenizer splits
+// `"  Pebbles"` (two leading spaces). The source's two empty `test_prompt("", "")` calls printed
+// nothing and are left out.
+
+// %%
+vs_source("Model loss (large)", format!("{:.4}", large.loss(&large.to_tokens("1 2 3 4", Some(true))?)?), "2.5091");
+vs_source("to_str_tokens(\"  Pebbles\")", format!("{:?}", large.to_str_tokens("  Pebbles", Some(true))?), "['<|endoftext|>', ' ', ' Peb', 'bles']");
+
+// %%
+test_prompts(&large, &[
+    ("1 2 3 4", " 5", "\" 5\" 96.91%, rank 0"),
+    ("2 4", " 6", "top \" 5\" 8.82%; \" 6\" not in the top 10"),
+    ("2 4 6", " 8", "top \" 7\" 13.95%; \" 8\" rank 1, 8.17%"),
+    ("2 4 6 8", " 10", "top \" 9\" 24.26%; \" 10\" rank 1, 18.25%"),
+    ("Monday Tuesday Wednesday", " Thursday", "\" Thursday\" 99.20%, rank 0"),
+    ("Mary is a human. Fido is a dog. The pet of this family is Fido. Rachel is a human. Pebbles is a cat. The pet of this family is", " Peb", "\" Peb\" 88.42%, rank 0"),
+    ("Mary is a human. Fido is a dog. The pet of this family is Fido. Pebbles is a cat. Rachel is a human. The pet of this family is", " Peb", "top \" Rachel\" 74.65%; \" Peb\" rank 1, 4.03%"),
+    ("When John and Mary went to the shops, John gave the bag to", " Mary", "\" Mary\" 62.49%, rank 0"),
+    ("When Mary and John went to the shops, John gave the bag to", " Mary", "\" Mary\" 77.37%, rank 0"),
+    ("Mary is a teacher. Fido is a student. The child is Fido. Pebbles is a student. Rachel is a teacher. The child is", " Peb", "top \" Rachel\" 48.08%; \" Peb\" 29.16%"),
+    ("Mary. Fido. Fido. Pebbles. Rachel. ", " Rachel", "top \" \" 68.21%"),
+    ("Mary is X. Fido is Y. Z is Fido. Pebbles is Y. Rachel is X. Z is ", " Peb", "top \"____\" 31.26%"),
+    ("Mary is X. Fido is Y. Z is Fido. Pebbles is Y. Rachel is X. Z is", " Peb", "top \" F\" 37.21%"),
+    ("Mary is X. Fido is Y. Z is Fido. Pebbles is X. Rachel is Y. Z is", " Peb", "top \" F\" 34.41%; \" Peb\" rank 4, 3.29%"),
+    ("Mary is the hero. Fido is the mentor. The main character is Mary. Pebbles is the hero. Rachel is the mentor. The main character is", " Peb", "top \" Rachel\" 54.54%; \" Peb\" 24.94%"),
+    ("Mary is X. Fido is Y. Z is Fido. John is Y. Larry is X. Z is John. Pebbles is X. Rachel is Y. Z is", " Peb", "top \" Rachel\" 49.74%; \" Peb\" 18.71%"),
+    ("The human is Mary. The dog is Fido. The pet is Fido. The dog is Pebbles. The human is Rachel. The pet is", " Peb", "top \" Rachel\" 35.58%; \" Peb\" 13.47%"),
+    ("The human is Mary. The dog is Fido. The pet is Fido. The human is Rachel. The dog is Pebbles. The pet is", " Peb", "\" Peb\" 90.00%, rank 0"),
+], "test_prompt on the large model")?.evcxr_display();
+
+// %% [markdown]
+// ### The pet analogy, and the check that the final residual stream carries the logit difference
+//
+// The final residual stream, through the final norm, dotted with `W_U[" Peb"] - W_U[" Rachel"]`,
+// should give back the logit difference. What it leaves out is a constant: the final norm's bias and
+// the unembedding bias along that direction (GPT-2's LayerNorm has a bias; RMSNorm models have
+// none), computed from the weights below. The source printed its check from a run with two prompts
+// (the pet prompt and its sentence-swapped version: 0.8093 = (4.5368 − 2.9183) / 2), and its
+// calculated value differs by that bias term.
+
+// %%
+let pet = analyse(&large, &[PET], &[(" Peb", " Rachel")])?;
+vs_source("Average logit difference (large)", format!("{:.4}", pet.logit_diff), "4.5368");
+let final_resid = pet.cache.accumulated_resid(None, false, Pos::Last)?;
+let calculated = *large.logit_attribution(&pet.cache, &final_resid, &pet.dirs)?.values.last().expect("final_post");
+let bias = metrics::mean(&large.logit_diff_bias(&pet.pairs)?);
+vs_source("Calculated average logit diff", format!("{calculated:.4}"), "1.1993 (2-prompt run)");
+vs_source("Original logit difference", format!("{:.4}", pet.logit_diff), "0.8093 (2-prompt run)");
+println!("norm and unembedding bias along the direction: {bias:+.4}; calculated + bias = {:.4}; gap to the logit difference {:.2e}",
+    calculated + bias, (calculated + bias - pet.logit_diff).abs());
+logit_lens(&large, &pet)?.evcxr_display();
+
+// %% [markdown]
+// ### Per-layer attribution
+//
+// Each component's direct contribution (`decompose_resid`: embeddings, then every layer's attention
+// and MLP output), as the source's line.
+
+// %%
+let dec = pet.cache.decompose_resid(None, true, Pos::Last)?;
+let per_layer = large.logit_attribution(&pet.cache, &dec, &pet.dirs)?;
+for (label, _, v) in per_layer.top(3) { println!("largest: {label} {v:+.3}"); }
+for (label, _, v) in per_layer.bottom(2) { println!("most negative: {label} {v:+.3}"); }
+per_layer.line_figure("Logit Difference From Each Layer").evcxr_display();
+
+// %%
+let pet_heads = per_head(&large, &pet)?;
+pet_heads.head_figure(large.cfg.n_layers, large.cfg.n_heads, "Logit Difference From Each Head")?.evcxr_display();
+
+// %%
+println!("top positive: {:?}", pet_heads.top(3));
+AttentionView::from_cache(&large, &pet.cache, 0, &pet_heads.top_heads(3)?, "Top 3 Positive Logit Attribution Heads")?.evcxr_display();
+
+// %%
+println!("top negative: {:?}", pet_heads.bottom(3));
+AttentionView::from_cache(&large, &pet.cache, 0, &pet_heads.bottom_heads(3)?, "Top 3 Negative Logit Attribution Heads")?.evcxr_display();
+
+// %% [markdown]
+// ## Activation patching of the residual stream (large model)
+//
+// Run the corrupted prompt, put the clean `resid_pre` back at one (layer, position), and measure
+// `(patched - corrupted) / (clean - corrupted)` of the logit difference: 1 = the clean answer is
+// fully restored, 0 = no effect. A corruption is usable only if it lowers the logit difference; each
+// one is checked before any sweep.
+//
+// ### Corrupt by swapping sentences
+//
+// "Pebbles is a cat. Rachel is a human."
+
+// %%
+/// Clean and corrupted prompts with their answers: the patcher (both runs cached) if the corruption
+/// lowers the logit difference clearly (by at least 10% of the clean value), else `None` with the
+/// verdict printed.
+fn corruption(model: &std::sync::Arc<HookedTransformer>, clean: &[&str], corrupt: &[&str], answers: &[(&str, &str)], source: &str) -> candlelens::Result<Option<(Patcher, Tokens)>> {
+    let clean_t = model.to_tokens(clean, Some(true))?;
+    let corrupt_t = model.to_tokens(corrupt, Some(true))?;
+    let p = Patcher::new(model, &clean_t, &corrupt_t, metrics::logit_diff_metric(&model.answer_pairs(answers)?))?;
+    vs_source("Corrupted Average Logit Diff, Clean Average Logit Diff", format!("{:.4}, {:.4}", p.corrupted_metric(), p.clean_metric()), source);
+    if p.corrupted_metric() >= p.clean_metric() {
+        println!("verdict: rejected — the corruption does not lower the logit difference (corrupted ≥ clean), so patching it cannot show what restores the answer");
+        return Ok(None);
+    }
+    if p.clean_metric() - p.corrupted_metric() < 0.1 * p.clean_metric().abs() {
+        println!("verdict: rejected — the corruption lowers the logit difference by only {:.4} (under 10% of the clean value): normalised scores would divide by a near-zero number",
+            p.clean_metric() - p.corrupted_metric());
+        return Ok(None);
+    }
+    println!("verdict: usable — the corruption lowers the logit difference by {:.4}", p.clean_metric() - p.corrupted_metric());
+    Ok(Some((p, clean_t)))
+}
+
+fn sweep(model: &HookedTransformer, p: &Patcher, clean_t: &Tokens, title: &str) -> candlelens::Result<Figure> {
+    let grid = p.sweep(PatchTarget::ResidPre)?;
+    let labels = model.position_labels(clean_t, 0)?;
+    let strongest: Vec<String> = grid.strongest(5).iter()
+        .map(|(l, pos, v)| format!("layer {l} at {}: {v:+.2}", pos.parse::<usize>().ok().and_then(|i| labels.get(i)).map_or(pos.as_str(), |s| s.as_str()))).collect();
+    println!("strongest cells: {}", strongest.join("; "));
+    println!("sweep {:.1} s, {:.0} forward-equivalents instead of {} (exact: tests hold it equal to one forward per cell)", grid.seconds, grid.forward_equivalents, grid.naive_forwards);
+    Ok(grid.figure(title, Some(labels)))
+}
+
+const SENTENCE_SWAP: &str = "Mary is a human. Fido is a dog. The pet of this family is Fido. Pebbles is a cat. Rachel is a human. The pet of this family is";
+if let Some((p, t)) = corruption(&large, &[PET], &[SENTENCE_SWAP], &[(" Peb", " Rachel")], "-2.9183, 4.5368")? {
+    sweep(&large, &p, &t, "Logit Difference From Patched Residual Stream")?.evcxr_display();
+}
+println!("source's reading (GPT-2 large): early and middle layers attend negatively to Rachel, positively to Pebbles (esp 'bles'), and then attention moves so that later layers attend to the last token 'is'");
+
+// %% [markdown]
+// ### Corrupt by switching words
+//
+// "Rachel is a cat. Pebbles is a human." The source measured this corruption, found corrupted >
+// clean, called it a bad input and did not patch it; the verdict below is computed for the model run,
+// and a sweep runs only if this model's logit difference clearly drops (beyond the source).
+
+// %%
+const WORD_SWAP: &str = "Mary is a human. Fido is a dog. The pet of this family is Fido. Rachel is a cat. Pebbles is a human. The pet of this family is";
+if let Some((p, t)) = corruption(&large, &[PET], &[WORD_SWAP], &[(" Peb", " Rachel")], "5.1553, 4.5368 → rejected")? {
+    println!("for this model the word swap does lower the logit difference; the source did not patch it, so this sweep is beyond the source");
+    sweep(&large, &p, &t, "Logit Difference From Patched Residual Stream (word swap, not in the source)")?.evcxr_display();
+};
+
+// %% [markdown]
+// ### The IOI batch
+//
+// The source's patching demo batch: eight prompts, each corrupted by swapping the subject's name with
+// its partner's. The source computed only the corrupted logit difference here (its "clean 4.5368"
+// is the pet prompt's value carried over) and ran no sweep; so does this notebook.
+
+// %%
+let formats = ["When John and Mary went to the shops,{} gave the bag to", "When Tom and James went to the park,{} gave the ball to",
+               "When Dan and Sid went to the shops,{} gave an apple to", "After Martin and Amy went to the park,{} gave a drink to"];
+let names = [(" Mary", " John"), (" Tom", " James"), (" Dan", " Sid"), (" Martin", " Amy")];
+let mut ioi_prompts = Vec::new();
+let mut ioi_answers = Vec::new();
+for (f, (a, b)) in formats.iter().zip(names) {
+    for (c, i) in [(a, b), (b, a)] {
+        ioi_answers.push((c, i));
+        ioi_prompts.push(f.replace("{}", i));
+    }
+}
+let mut ioi_corrupt = Vec::new();
+for pair in ioi_prompts.chunks(2) { ioi_corrupt.push(pair[1].clone()); ioi_corrupt.push(pair[0].clone()); }
+println!("{ioi_prompts:?}");
+println!("{ioi_answers:?}");
+{
+    let c: Vec<&str> = ioi_corrupt.iter().map(|s| s.as_str()).collect();
+    let pairs = large.answer_pairs(&ioi_answers)?;
+    let t = large.to_tokens(c.as_slice(), Some(true))?;
+    let corrupted = metrics::mean(&metrics::logit_diff(&large.gather_last(&large.forward(&t)?, &t)?, &pairs)?);
+    vs_source("Corrupted Average Logit Diff (IOI)", format!("{corrupted:.4}"), "-4.5051");
+};
+
+// %% [markdown]
+// ### Number sequence: "1 2 3 5" against "1 2 3 4"
+//
+// The source compares `" 5"` with `" 6"` after "1 2 3 4" (clean), and corrupts the prompt to
+// "1 2 3 5". It first checks with `test_prompt` that the corrupted prompt ranks `" 6"` above `" 5"`
+// ("Since this corrupted sequence ranks 6 above 5, we'll use it"), which here means the corrupted
+// logit difference is negative. Answers that are two tokens for this tokenizer are handled as above.
+
+// %%
+test_prompts(&large, &[("1 2 3 5", " 6", "\" 6\" 41.51%, rank 0; \" 5\" rank 6, 2.75%")], "test_prompt on the corrupted sequence")?.evcxr_display();
+
+// %%
+let (seq_clean, seq_ans, note) = notebook::adapt_answers(&large, "1 2 3 4", &[" 5", " 6"]);
+let (seq_corrupt, _, _) = notebook::adapt_answers(&large, "1 2 3 5", &[" 5", " 6"]);
+if let Some(n) = note { println!("note: {n}"); }
+if let Some((p, t)) = corruption(&large, &[seq_clean.as_str()], &[seq_corrupt.as_str()], &[(seq_ans[0].as_str(), seq_ans[1].as_str())], "-2.7137, 7.3265")? {
+    if p.corrupted_metric() < 0.0 {
+        println!("the corrupted sequence ranks {:?} above {:?}: use it (as the source did)", seq_ans[1], seq_ans[0]);
+    } else {
+        println!("the corrupted sequence still ranks {:?} above {:?} for this model, unlike the source's", seq_ans[0], seq_ans[1]);
+    }
+    sweep(&large, &p, &t, "Logit Difference From Patched Residual Stream (1 2 3 5)")?.evcxr_display();
+}
+println!("source's reading (GPT-2 large): all the layers outputting to the residual stream attend highly to the last token, the one that was changed");
+
+// %%
+test_prompts(&large, &[("1 2 3", " 4", "\" 4\" 94.97%, rank 0")], "test_prompt on \"1 2 3\"")?.evcxr_display();
+
+// %% [markdown]
+// ## Reading the figures
+//
+// The printed "strongest cells" lines say, for the model actually run, where patching restores the
+// answer; the source's reading for GPT-2 large is printed under each sweep. A cell near 1 at an early
+// layer and the position of " Peb"/"bles" means the information still sits at that token; cells near
+// 1 at the final position in late layers mean it has moved to where the prediction is made.
