@@ -24,10 +24,21 @@
 //
 // A relation such as *"{subject} students are typically → men / women"* is decoded by the model in
 // its later layers. The LRE hypothesis: from the subject's hidden state `h` (the residual stream after
-// block `l`, at the subject's last token) the model's output is close to a **linear** function,
-// `z ≈ W h + b`. The source fits `W, b` by linear regression on 60% of `data/data_sample.json`
-// (38 fields → the gendered word of the stereotype; it examines the model's *biases*, not facts
-// about fields) and reports faithfulness on the other 40%.
+// block `l`) the model's output is close to a **linear** function, `z ≈ W h + b`. The source fits
+// `W, b` by linear regression on 60% of `data/data_sample.json` (fields of study → the gendered word
+// of the stereotype; it examines the model's *biases*, not facts about fields) and counts
+// "Faithfulness": how often the operator's top token starts with the dataset's object. Its README's
+// example prints `Faithfulness: 28/38` — a count over all 38 subjects, training ones included; its
+// notebooks print counts over the 16 held-out subjects. Both are printed here.
+//
+// **Which position `h` is read at.** The seed says "at the last token position"; the code behind its
+// printed numbers took the prompt's last token (" typically"), while Hernandez et al. — and the
+// source's later fix — read the subject's last token. Both are kept from the same forward pass
+// (`LreStates::read_at`) and both are evaluated below; the paper's estimators use the subject's.
+//
+// **The data.** The seed shows three rows of `data_sample.json` (nursing → women, engineering → men,
+// computer science → men); the other 35 of this file's 38 rows were written for this project
+// (`data/README.md`), so the split and the counts are not the source's file's.
 //
 // This notebook runs offline on the embedded stand-in (`gemma-3-270m`); set
 // `CANDLELENS_MODEL_SET=source` to run Gemma 3 270M from the Hugging Face hub. It then goes past the
@@ -38,7 +49,8 @@
 // %%
 // :dep candlelens = { path = "../crates/candlelens", default-features = false }
 use candlelens::prelude::*;
-use candlelens::lre::{self, Candidates, LreOperator, LreStates, Relation};
+use candlelens::lre::{self, Candidates, LreOperator, LreStates, ReadAt, Relation};
+use candlelens::notebook::vs_source;
 
 // %%
 let model = candlelens::notebook::load("gemma-3-270m-hf", "gemma-3-270m")?;
@@ -57,14 +69,18 @@ let (train_samples, test_samples) = rel.split_like_source(42, 0.6);
 println!("{} samples: {} train, {} test", rel.samples.len(), train_samples.len(), test_samples.len());
 println!("train: {}", train_samples.iter().map(|s| s.subject.as_str()).collect::<Vec<_>>().join(", "));
 println!("test:  {}", test_samples.iter().map(|s| s.subject.as_str()).collect::<Vec<_>>().join(", "));
+let from_seed: Vec<String> = [("nursing", "women"), ("engineering", "men"), ("computer science", "men")].iter()
+    .filter(|(s, o)| rel.samples.iter().any(|x| x.subject == *s && x.object == *o)).map(|(s, o)| format!("{s} → {o}")).collect();
+println!("rows the seed shows: {} of 3 ({}); the other {} rows were written for this project",
+    from_seed.len(), from_seed.join(", "), rel.samples.len() - from_seed.len());
 
 // %% [markdown]
 // ## Hidden states, once for every layer
 //
 // One batched forward per prompt set caches `blocks.{l}.hook_resid_post` at the subject's last token
-// for all layers (found from the tokenizer's offsets, so multi-token subjects work with any
-// tokenizer), the final block's output `z`, and the model's own next-token logits. Every later step
-// reuses them.
+// (found from the tokenizer's offsets, so multi-token subjects work with any tokenizer) and at the
+// prompt's last token, for all layers, with the final block's output `z` and the model's own
+// next-token logits. Every later step reuses them.
 
 // %%
 let t0 = std::time::Instant::now();
@@ -76,41 +92,64 @@ println!("candidates {:?} -> first tokens {:?}", cands.objects, model.ids_to_str
 {
     let s = &test.items[0];
     let strs = model.ids_to_str_tokens(&s.ids)?;
-    println!("e.g. {:?}: h is read at position {} = {:?}", strs, s.subject_pos, strs[s.subject_pos]);
-}
+    println!("e.g. {:?}: the subject's last token is position {} = {:?}, the prompt's is {} = {:?}",
+        strs, s.subject_pos, strs[s.subject_pos], strs.len() - 1, strs[strs.len() - 1]);
+};
 
 // %% [markdown]
-// ## The source's evaluation at early, middle and late layers
+// ## The source's evaluation at its three layers
 //
-// The source tests GPT-2-XL's layers 5, 15 and 35 of 48 (`transformer.h.15` is the output of block
-// 15, i.e. `blocks.15.hook_resid_post`). The same fractions of depth are used for the model run here.
-// The table keeps the source's columns — ✓ when the LRE's prediction is the dataset's object, and
-// "Faithfulness" is that rate, as the source prints it — and adds the model's own answer: the paper's
-// faithfulness compares the LRE with the model, which the second summary line reports.
+// The source's notebook for this model tests `["model.layers.5", "model.layers.10", "model.layers.15"]` (module outputs, i.e.
+// `blocks.{l}.hook_resid_post`); a stand-in with a different depth is tested at the same fractions
+// of depth. The table keeps the source's columns (`LRE Pred` is the operator's top token over the
+// vocabulary, ✓ when it starts with the object) at the source's position, the prompt's last token,
+// and adds the top candidate and the model's own choice. Each layer then prints the counts at both
+// positions: over the 16 held-out subjects (the source's notebooks) and over all 38 (the README).
 
 // %%
-let layers: Vec<usize> = ["transformer.h.5", "transformer.h.15", "transformer.h.35"].iter()
-    .map(|n| layer_from_module_name(n, 48).map(|l| l * model.cfg.n_layers / 48))
+let source_layers: Vec<usize> = ["model.layers.5", "model.layers.10", "model.layers.15"].iter()
+    .map(|n| layer_from_module_name(n, 18).map(|l| l * model.cfg.n_layers / 18))
     .collect::<candlelens::Result<_>>()?;
-println!("layers (the source's 5, 15, 35 of 48, scaled to {} layers): {:?}\n", model.cfg.n_layers, layers);
-for &l in &layers {
-    let op = LreOperator::fit_regression(&model, &train, l)?;
-    println!("{}", lre::evaluate(&model, &op, &test)?.table());
+println!("layers: {:?} ({})\n", source_layers,
+    if model.cfg.n_layers == 18 { "the source's" } else { "the source's, scaled to this model's depth" });
+let mut counts = Vec::new();
+for &l in &source_layers {
+    for at in [ReadAt::PromptLast, ReadAt::SubjectLast] {
+        let (tr, te) = (train.read_at(at), test.read_at(at));
+        let op = LreOperator::fit_regression(&model, &tr, l)?;
+        let held_out = lre::evaluate(&model, &op, &te)?;
+        if at == ReadAt::PromptLast { println!("{}", held_out.table()); }
+        let (k, n) = held_out.source_count();
+        let (ka, na) = lre::evaluate(&model, &op, &tr.concat(&te)?)?.source_count();
+        println!("layer {l}, h at {at}: Faithfulness {k}/{n} held out, {ka}/{na} over all subjects");
+        counts.push((l, at, k, n, ka, na));
+    }
+    println!();
 }
+vs_source("held-out counts at the three layers, prompt's last token",
+    counts.iter().filter(|c| c.1 == ReadAt::PromptLast).map(|c| format!("{}/{}", c.2, c.3)).collect::<Vec<_>>().join(", "),
+    "11/16, 12/16, 10/16 (the source's notebook for this model, on its own data file)");
+vs_source("over all subjects, middle layer, prompt's last token",
+    counts.iter().filter(|c| c.1 == ReadAt::PromptLast).nth(1).map(|c| format!("{}/{}", c.4, c.5)).unwrap_or_default(),
+    "28/38 (73.68%), GPT-2-XL transformer.h.15 (README example)");
 
 // %% [markdown]
 // ## Faithfulness per layer
 //
-// The regression estimator fitted at every layer from the cached states (no further forward passes).
+// The regression estimator fitted at every layer from the cached states (no further forward passes),
+// at both positions.
 
 // %%
 let t0 = std::time::Instant::now();
+let sweep_prompt = lre::layer_sweep(&model, &train.read_at(ReadAt::PromptLast), &test.read_at(ReadAt::PromptLast), 0..model.cfg.n_layers)?;
 let sweep = lre::layer_sweep(&model, &train, &test, 0..model.cfg.n_layers)?;
-println!("{} layers fitted and evaluated in {:.2} s", sweep.len(), t0.elapsed().as_secs_f64());
+println!("{} layers fitted and evaluated twice in {:.2} s", sweep.len(), t0.elapsed().as_secs_f64());
+fn rate(e: &lre::LreEval) -> f32 { let (k, n) = e.source_count(); k as f32 / n.max(1) as f32 }
 let x: Vec<f32> = (0..sweep.len()).map(|l| l as f32).collect();
 Figure::line(x, vec![
-        ("LRE = dataset object (the source's faithfulness)".into(), sweep.iter().map(|e| e.accuracy() as f32).collect()),
-        ("LRE = the model's own answer".into(), sweep.iter().map(|e| e.faithfulness() as f32).collect()),
+        ("Faithfulness (the source's count), h at the prompt's last token".into(), sweep_prompt.iter().map(rate).collect()),
+        ("Faithfulness (the source's count), h at the subject's last token".into(), sweep.iter().map(rate).collect()),
+        ("LRE = the model's own answer, subject's last token".into(), sweep.iter().map(|e| e.faithfulness() as f32).collect()),
     ], None, "LRE (regression) faithfulness per layer")
     .axes("layer", "fraction of test subjects").evcxr_display();
 
@@ -118,14 +157,14 @@ Figure::line(x, vec![
 // ## The paper's estimator: the mean Jacobian
 //
 // Hernandez et al. take `W` = the Jacobian `∂z/∂h` of the final block's output at the last token with
-// respect to `h`, averaged over 8 training subjects, and `b` = the mean of `z − W h`; the operator is
-// `β W h + b`, decoded by the model's own final norm and unembedding, so it predicts over the whole
-// vocabulary and needs no fitting to the objects. Candle's autograd gives each Jacobian (rows in
-// batches of 128, one backward pass each; tested against finite differences on every architecture).
+// respect to `h` at the subject's last token, averaged over 8 training subjects, and `b` = the mean of
+// `z − W h`; the operator is `β W h + b`, decoded by the model's own final norm and unembedding, so it
+// predicts over the whole vocabulary and needs no fitting to the objects. Each Jacobian is exact
+// (forward-mode derivatives, tested against autograd and finite differences on every architecture).
 // β = 2.25 is the paper's GPT-J value; the loop below shows how the result depends on it.
 
 // %%
-let mid = layers[1];
+let mid = source_layers[1];
 let t0 = std::time::Instant::now();
 let jop = LreOperator::fit_jacobian(&model, &train.items[..8], mid, 2.25)?;
 println!("mean Jacobian over 8 subjects at layer {mid}: {:.1} s", t0.elapsed().as_secs_f64());
@@ -135,7 +174,7 @@ for beta in [1.0f32, 2.25, 4.0, 8.0] {
     let e = lre::evaluate(&model, &jop.with_beta(beta), &test)?;
     println!("beta {beta:>4}: faithful to the model {:>5.1}% over the candidates, {:>5.1}% over the vocabulary",
         100.0 * e.faithfulness(), 100.0 * e.vocab_faithfulness());
-}
+};
 
 // %% [markdown]
 // ## Causality
@@ -172,44 +211,41 @@ println!("Jacobian estimator in {:.1} s", t0.elapsed().as_secs_f64());
 println!("{}", cjac.table());
 println!("regression at the same layer:\n{}", creg.summary());
 
+// %% [markdown]
+// ## What this run shows
+//
+// Computed from the results above, for the model actually run.
+
 // %%
-println!("Source (GPT-2-XL, transformer.h.15, 38 subjects): Faithfulness: 28/38 (73.68%)");
-if let Some(best) = sweep.iter().max_by(|a, b| a.accuracy().total_cmp(&b.accuracy())) {
-    let (k, n) = best.correct();
-    println!("{} best regression layer {}: Faithfulness {k}/{n} ({:.2}%); faithful to the model {:.2}%",
-        model.cfg.name, best.layer, 100.0 * best.accuracy(), 100.0 * best.faithfulness());
-}
-let (k, n) = jeval.faithful();
-println!("{} Jacobian at layer {mid}: faithful to the model {k}/{n}; causality {:.0}% (random control {:.0}%); capitals {:.0}% (regression {:.0}%)",
-    model.cfg.name, 100.0 * caus.efficacy(), 100.0 * caus.random_efficacy(), 100.0 * cjac.faithfulness(), 100.0 * creg.faithfulness());
+{
+    let labels_agree = test.items.iter().filter(|s| cands.objects[s.model_candidate()] == s.sample.object).count();
+    let men = test.items.iter().filter(|s| cands.objects[s.model_candidate()].trim() == "men").count();
+    println!("the model's own answer: \" men\" for {men} and \" women\" for {} of the {} test fields; it agrees with the stereotype labels on {labels_agree}/{}",
+        test.len() - men, test.len(), test.len());
+    if let Some(best) = sweep.iter().max_by(|a, b| rate(a).total_cmp(&rate(b))) {
+        let (k, n) = best.source_count();
+        let (f, _) = best.faithful();
+        println!("regression, best layer {}: Faithfulness {k}/{n} (the source's count) but faithful to the model on {f}/{n}: it learns the labels, not the model's answers", best.layer);
+    }
+    let (f, n) = jeval.faithful();
+    println!("mean Jacobian at layer {mid}: faithful to the model {f}/{n} over the candidates, {:.0}% over the vocabulary", 100.0 * jeval.vocab_faithfulness());
+    println!("causality at layer {mid}: the edit flips {:.0}% of answers, random edits of the same size {:.0}%{}",
+        100.0 * caus.efficacy(), 100.0 * caus.random_efficacy(),
+        if caus.efficacy() > caus.random_efficacy() { "" } else { " — not established for this model" });
+    println!("capitals never seen in training: the Jacobian operator names {:.0}% (as its top candidate), regression {:.0}%", 100.0 * cjac.accuracy(), 100.0 * creg.accuracy());
+};
 
 // %% [markdown]
 // ## Reading the results
 //
-// - **What the source's number measures.** Its "Faithfulness" compares the regression's prediction
-//   with the dataset's label. With two objects that is a classifier's accuracy, and least-norm
-//   regression with 22 examples and hundreds of features fits its training set exactly; the model
-//   itself often disagrees with the stereotype labels (the "Model" column). So the paper's
-//   faithfulness — agreement with the model — is printed beside it. The source's 28/38 counts all 38
-//   subjects of a different file; the numbers here are on the 16 held-out subjects of this file.
+// - **What the source's number measures.** Its "Faithfulness" compares the operator's prediction with
+//   the dataset's label. With two objects that is a classifier's accuracy, and least-norm regression
+//   with 22 examples and hundreds of features fits its training set exactly — which is why a count
+//   over all 38 subjects (the README's 28/38) is higher than the held-out one. The paper's
+//   faithfulness — agreement with the *model* — is printed beside it.
 // - **Regression vs Jacobian.** Regression can only output combinations of the training objects'
 //   unembeddings. The Jacobian operator uses no labels, decodes through the model's own unembedding
-//   and, on the capitals, names objects it never saw — the evidence the paper gives for linear
+//   and, on the capitals, can name objects it never saw — the evidence the paper gives for linear
 //   relation decoding.
 // - **Causality** asks more: whether the edit built from `W⁺` flips the model's answer more often
 //   than a random edit of the same size.
-
-// %% [markdown]
-// ### What Gemma 3 270M shows (embedded run)
-//
-// - Gemma 3 270M answers " women" for 15 of the 16 test fields: it agrees with the stereotype labels
-//   on 9/16. Regression reaches the source-style "Faithfulness" 15/16 at its best layer because it
-//   learns the labels, but it agrees with the *model* on only 10/16.
-// - The mean Jacobian at layer 5 (8 subjects, β = 2.25) agrees with the model's choice on 15/16
-//   subjects and with its top token over the whole 262k vocabulary on 7/16 (9/16 at β = 1; large β
-//   overshoots).
-// - Causality is weak for this model: the edits are about 3% of `|h|`, and flip 1 of 16 answers
-//   (random edits of the same size: 0). The model never answers " men" for a training subject, so
-//   the " men" target averages the subjects labelled men.
-// - On the capitals, the Jacobian operator names 11 of 12 unseen capitals (India → " Bangkok"
-//   instead of " New Delhi"); regression names none.

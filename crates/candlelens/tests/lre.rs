@@ -3,9 +3,9 @@
 
 mod common;
 
-use candlelens::lre::{self, Candidates, LreOperator, LreStates, Relation, Sample};
+use candlelens::lre::{self, Candidates, LreOperator, LreStates, ReadAt, Relation, Sample};
 use candlelens::prelude::*;
-use common::{fixture_path, model};
+use common::{fixture_path, max_abs, model, to_vec};
 
 fn tiny(family: &str) -> HookedTransformer {
     let dir = fixture_path("tiny").join(family);
@@ -336,4 +336,39 @@ fn lens_lre_prints_the_documented_json() {
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("regression or jacobian"), "{err}");
+}
+
+#[test]
+fn h_can_be_read_at_the_subject_or_the_prompt_end() {
+    let m = model("smollm2-135m");
+    let rel = relation();
+    let template = "{} students are typically";
+    let cands = Candidates::new(m, &rel.objects(), template).unwrap();
+    let states = LreStates::collect(m, &rel.samples[..3], template, &cands).unwrap();
+    assert_eq!(states.read_at, ReadAt::SubjectLast);
+    let last = states.read_at(ReadAt::PromptLast);
+    let n = m.cfg.n_layers;
+    for (s, p) in states.items.iter().zip(&last.items) {
+        assert_eq!(s.h_pos, s.subject_pos);
+        assert_eq!(p.h_pos, p.ids.len() - 1);
+        assert!(s.h_pos < p.h_pos, "the subject ends before \" students are typically\"");
+        // at the prompt's end, the last block's output is z itself
+        let d = max_abs(&to_vec(&p.h.i(n - 1).unwrap()), &to_vec(&p.z));
+        assert!(d < 1e-6, "{d}");
+        // a direct forward agrees on h at the subject's last token
+        let tokens = m.to_tokens(s.prompt.as_str(), None).unwrap();
+        let (_, cache) = m.run_with_cache(&tokens, None).unwrap();
+        let want = cache
+            .at(HookPoint::ResidPost(3))
+            .unwrap()
+            .i((0, s.subject_pos))
+            .unwrap();
+        assert!(max_abs(&to_vec(&s.h.i(3).unwrap()), &to_vec(&want)) < 1e-4);
+    }
+    // switching back restores the subject's states
+    let back = last.read_at(ReadAt::SubjectLast);
+    assert!(max_abs(&to_vec(&back.items[0].h), &to_vec(&states.items[0].h)) < 1e-9);
+    let all = states.concat(&states).unwrap();
+    assert_eq!(all.len(), 6);
+    assert!(states.concat(&last).is_err(), "mixed read positions");
 }

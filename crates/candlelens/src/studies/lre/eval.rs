@@ -69,10 +69,24 @@ impl LreEval {
         ratio(k, n)
     }
 
-    /// Agreement with the dataset's objects, `(k, n)` — what the source prints as
-    /// "Faithfulness" (its labels are the associations the model was expected to make).
+    /// Agreement with the dataset's objects over the candidates, `(k, n)`: the operator's top
+    /// candidate is the dataset's object (the labels are the associations the model was expected
+    /// to make). The source's own count reads the whole vocabulary: [`Self::source_count`].
     pub fn correct(&self) -> (usize, usize) {
         (self.count(|p| p.predicted == p.expected), self.n())
+    }
+
+    /// The count the source prints as "Faithfulness: k/n": the operator's top token over the
+    /// whole vocabulary, stripped and lower-cased, starts with the dataset's object (its
+    /// `lre.py` `evaluate`), `(k, n)`.
+    pub fn source_count(&self) -> (usize, usize) {
+        (
+            self.count(|p| {
+                let object = p.expected.trim().to_lowercase();
+                !object.is_empty() && p.lre_vocab_top1.trim().to_lowercase().starts_with(&object)
+            }),
+            self.n(),
+        )
     }
 
     /// [`Self::correct`] as a fraction.
@@ -94,8 +108,9 @@ impl LreEval {
         ratio(self.count(|p| p.model_top1 == p.expected), self.n())
     }
 
-    /// The per-subject table in the source's layout (`Subject | Expected | LRE Pred | ✓`, ✓ when
-    /// the prediction is the expected object) with the model's own answer added, then the
+    /// The per-subject table in the source's layout (`Subject | Expected | LRE Pred | ✓`: the
+    /// operator's top token over the vocabulary, ✓ when it starts with the expected object, as
+    /// the source counts) with the top candidate and the model's own candidate added, then the
     /// summary lines.
     pub fn table(&self) -> String {
         let mut out = format!(
@@ -103,14 +118,16 @@ impl LreEval {
             self.layer, self.estimator
         );
         for p in &self.predictions {
-            let mark = if p.predicted == p.expected {
-                "✓"
-            } else {
-                "✗"
-            };
+            let object = p.expected.trim().to_lowercase();
+            let hit = !object.is_empty() && p.lre_vocab_top1.trim().to_lowercase().starts_with(&object);
+            let mark = if hit { "✓" } else { "✗" };
             out += &format!(
-                "Subject: {:<20}| Expected: {:<11}| LRE Pred: {:<12}| {mark} | Model: {}\n",
-                p.subject, p.expected, p.predicted, p.model_top1
+                "Subject: {:<20}| Expected: {:<11}| LRE Pred: {:<12}| {mark} | top candidate: {:<7}| Model: {}\n",
+                p.subject,
+                p.expected,
+                format!("{:?}", p.lre_vocab_top1.trim()),
+                p.predicted,
+                p.model_top1
             );
         }
         out + &self.summary()
@@ -121,10 +138,13 @@ impl LreEval {
     pub fn summary(&self) -> String {
         let (k, n) = self.correct();
         let (f, _) = self.faithful();
+        let (sk, _) = self.source_count();
         format!(
-            "Faithfulness: {k}/{n} ({:.2}%)   [LRE = dataset object, as the source prints it]\n\
+            "Faithfulness: {sk}/{n} ({:.2}%)   [the source's count: LRE's top token over the vocabulary starts with the dataset object]\n\
+             LRE = dataset object over the candidates: {k}/{n} ({:.2}%)\n\
              Faithful to the model: {f}/{n} ({:.2}%) over the candidates, {:.2}% over the vocabulary; \
              the model itself agrees with the dataset on {:.2}%\n",
+            100.0 * ratio(sk, n),
             100.0 * self.accuracy(),
             100.0 * self.faithfulness(),
             100.0 * self.vocab_faithfulness(),
@@ -455,7 +475,7 @@ fn edited_answers(
     let mut add = vec![0f32; b * t * d];
     let delta: Vec<Vec<f32>> = delta.to_dtype(DType::F32)?.to_vec2()?;
     for (i, s) in test.items.iter().enumerate() {
-        let o = (i * t + s.subject_pos) * d;
+        let o = (i * t + s.h_pos) * d;
         add[o..o + d].copy_from_slice(&delta[i]);
     }
     let add = Tensor::from_vec(add, (b, t, d), model.device())?.to_dtype(model.dtype())?;

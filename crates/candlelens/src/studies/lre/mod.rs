@@ -38,4 +38,4 @@ pub use eval::{
 pub use linalg::{least_norm_fit, low_rank_pinv, singular_values};
 pub use operator::{jacobian, Estimator, LreOperator, SubjectJacobian};
 pub use relation::{check_template, Relation, Sample};
-pub use states::{subject_last_token, Candidates, LreStates, SubjectState};
+pub use states::{subject_last_token, Candidates, LreStates, ReadAt, SubjectState};

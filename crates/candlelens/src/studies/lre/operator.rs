@@ -126,7 +126,7 @@ impl LreOperator {
         let mut w_sum = Tensor::zeros((d, d), DType::F32, model.device())?;
         let mut b_sum = Tensor::zeros(d, DType::F32, model.device())?;
         for s in train {
-            let jac = jacobian(model, &s.ids, s.subject_pos, layer, JACOBIAN_TOKENS)?;
+            let jac = jacobian(model, &s.ids, s.h_pos, layer, JACOBIAN_TOKENS)?;
             let b = (&jac.z - jac.j.matmul(&jac.h.unsqueeze(1)?)?.squeeze(1)?)?;
             w_sum = (w_sum + &jac.j)?;
             b_sum = (b_sum + b)?;

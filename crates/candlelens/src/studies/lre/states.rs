@@ -75,6 +75,29 @@ impl Candidates {
     }
 }
 
+/// Which position of the prompt the hidden state `h` is read at. The source's printed numbers
+/// read the prompt's last token (its `lre.py` takes `input_ids.shape[1] - 1`, though its docstring
+/// says "the last token of the subject"); its later fix, and Hernandez et al., read the subject's
+/// last token. [`LreStates::collect`] keeps both from the one forward; [`LreStates::read_at`]
+/// switches between them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReadAt {
+    /// The subject's last token (Hernandez et al.; the default).
+    #[default]
+    SubjectLast,
+    /// The prompt's last token (the source's printed runs).
+    PromptLast,
+}
+
+impl std::fmt::Display for ReadAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ReadAt::SubjectLast => "the subject's last token",
+            ReadAt::PromptLast => "the prompt's last token",
+        })
+    }
+}
+
 /// One prompt's activations.
 #[derive(Clone, Debug)]
 pub struct SubjectState {
@@ -86,8 +109,13 @@ pub struct SubjectState {
     pub ids: Vec<u32>,
     /// Position of the subject's last token.
     pub subject_pos: usize,
-    /// `blocks.{l}.hook_resid_post` at the subject's last token, `[n_layers, d_model]`.
+    /// Position `h` is read at ([`LreStates::read_at`]): `subject_pos` or the last position.
+    pub h_pos: usize,
+    /// `blocks.{l}.hook_resid_post` at `h_pos`, `[n_layers, d_model]`.
     pub h: Tensor,
+    /// The same at the subject's last token and at the prompt's last token (what
+    /// [`LreStates::read_at`] switches between).
+    h_both: [Tensor; 2],
     /// The final block's output (before the final norm) at the last position, `[d_model]`.
     pub z: Tensor,
     /// The model's next token over the whole vocabulary.
@@ -119,11 +147,14 @@ pub struct LreStates {
     pub candidates: Candidates,
     /// One entry per subject.
     pub items: Vec<SubjectState>,
+    /// Where every item's `h` is read.
+    pub read_at: ReadAt,
 }
 
 impl LreStates {
     /// Runs each `template.replace("{}", subject)` once (batched), caching every layer's
-    /// residual stream at the subject's last token.
+    /// residual stream at the subject's last token and at the prompt's last token; `h` reads the
+    /// subject's ([`ReadAt::SubjectLast`]; switch with [`Self::read_at`]).
     ///
     /// # Errors
     /// Template, tokenizer and forward errors.
@@ -157,21 +188,26 @@ impl LreStates {
                 let ids = tokens.row(i).to_vec();
                 let subject_pos = subject_last_token(model, template, &sample.subject)?;
                 let last_pos = ids.len() - 1;
-                let h = Tensor::stack(
-                    &resid
-                        .iter()
-                        .map(|r| r.i((i, subject_pos)))
-                        .collect::<candle_core::Result<Vec<_>>>()?,
-                    0,
-                )?
-                .to_dtype(DType::F32)?;
+                let at = |pos: usize| -> Result<Tensor> {
+                    Ok(Tensor::stack(
+                        &resid
+                            .iter()
+                            .map(|r| r.i((i, pos)))
+                            .collect::<candle_core::Result<Vec<_>>>()?,
+                        0,
+                    )?
+                    .to_dtype(DType::F32)?)
+                };
+                let h_both = [at(subject_pos)?, at(last_pos)?];
                 let z = resid[n_layers - 1].i((i, last_pos))?.to_dtype(DType::F32)?;
                 items.push(SubjectState {
                     sample: sample.clone(),
                     prompt: prompts[i].clone(),
                     ids,
                     subject_pos,
-                    h,
+                    h_pos: subject_pos,
+                    h: h_both[0].clone(),
+                    h_both,
                     z,
                     model_top1: top1[i],
                     candidate_logits: candidates
@@ -186,7 +222,43 @@ impl LreStates {
             template: template.to_string(),
             candidates: candidates.clone(),
             items,
+            read_at: ReadAt::SubjectLast,
         })
+    }
+
+    /// The same states with `h` read at `at` (no forward pass: both positions were kept).
+    pub fn read_at(&self, at: ReadAt) -> LreStates {
+        let mut out = self.clone();
+        out.read_at = at;
+        for s in &mut out.items {
+            let (k, pos) = match at {
+                ReadAt::SubjectLast => (0, s.subject_pos),
+                ReadAt::PromptLast => (1, s.ids.len() - 1),
+            };
+            s.h = s.h_both[k].clone();
+            s.h_pos = pos;
+        }
+        out
+    }
+
+    /// `self` followed by `other` (e.g. the training and the test subjects, to count over all
+    /// of them as the source's README does).
+    ///
+    /// # Errors
+    /// [`LensError::Mismatch`] if the two differ in template, candidates or read position.
+    pub fn concat(&self, other: &LreStates) -> Result<LreStates> {
+        if self.template != other.template
+            || self.candidates.ids != other.candidates.ids
+            || self.read_at != other.read_at
+        {
+            return Err(LensError::Mismatch {
+                what: "LRE state sets".into(),
+                detail: "they differ in template, candidates or read position; collect both with the same ones".into(),
+            });
+        }
+        let mut out = self.clone();
+        out.items.extend(other.items.iter().cloned());
+        Ok(out)
     }
 
     /// Number of subjects.
