@@ -351,7 +351,10 @@ fn h_can_be_read_at_the_subject_or_the_prompt_end() {
     for (s, p) in states.items.iter().zip(&last.items) {
         assert_eq!(s.h_pos, s.subject_pos);
         assert_eq!(p.h_pos, p.ids.len() - 1);
-        assert!(s.h_pos < p.h_pos, "the subject ends before \" students are typically\"");
+        assert!(
+            s.h_pos < p.h_pos,
+            "the subject ends before \" students are typically\""
+        );
         // at the prompt's end, the last block's output is z itself
         let d = max_abs(&to_vec(&p.h.i(n - 1).unwrap()), &to_vec(&p.z));
         assert!(d < 1e-6, "{d}");

@@ -83,24 +83,40 @@ impl Attribution {
     /// # Errors
     /// As [`Self::top_heads`].
     pub fn bottom_heads(&self, k: usize) -> Result<Vec<(usize, usize)>> {
-        self.bottom(k).iter().map(|(l, _, _)| parse_head(l)).collect()
+        self.bottom(k)
+            .iter()
+            .map(|(l, _, _)| parse_head(l))
+            .collect()
     }
 
     /// A per-head attribution as a layer × head heatmap.
     ///
     /// # Errors
     /// [`LensError::Mismatch`] if there are not `n_layers * n_heads` values.
-    pub fn head_figure(&self, n_layers: usize, n_heads: usize, title: &str) -> Result<crate::viz::Figure> {
+    pub fn head_figure(
+        &self,
+        n_layers: usize,
+        n_heads: usize,
+        title: &str,
+    ) -> Result<crate::viz::Figure> {
         let heads: Vec<String> = (0..n_heads).map(|h| h.to_string()).collect();
         let layers: Vec<String> = (0..n_layers).map(|l| l.to_string()).collect();
-        Ok(crate::viz::Figure::heatmap(self.grid(n_layers, n_heads)?, heads, layers, title).axes("Head", "Layer"))
+        Ok(
+            crate::viz::Figure::heatmap(self.grid(n_layers, n_heads)?, heads, layers, title)
+                .axes("Head", "Layer"),
+        )
     }
 
     /// The attribution per component as a line over the labels (the sources' per-layer plot).
     pub fn line_figure(&self, title: &str) -> crate::viz::Figure {
         let x: Vec<f32> = (0..self.values.len()).map(|i| i as f32).collect();
-        crate::viz::Figure::line(x, vec![("logit diff".into(), self.values.clone())], Some(self.labels.clone()), title)
-            .axes("component", "logit diff")
+        crate::viz::Figure::line(
+            x,
+            vec![("logit diff".into(), self.values.clone())],
+            Some(self.labels.clone()),
+            title,
+        )
+        .axes("component", "logit diff")
     }
 
     /// Values reshaped to `[rows][cols]` (per-head attribution as layer x head).

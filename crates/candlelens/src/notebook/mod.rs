@@ -69,6 +69,43 @@ pub fn load(source: &str, embedded: &str) -> Result<Arc<HookedTransformer>> {
     Ok(Arc::new(model))
 }
 
+/// Loads the model a notebook runs when the embedded stand-in is chosen by measurement: with
+/// `CANDLELENS_MODEL_SET=source`, the source's model; otherwise every embedded candidate is
+/// loaded and scored by `score` (higher is better; the string says what was measured), the
+/// scores are printed side by side, and the best is kept (the others are dropped).
+///
+/// # Errors
+/// Loading errors and whatever `score` returns; [`crate::LensError::TooFew`] for no candidate.
+pub fn load_best<F>(source: &str, candidates: &[&str], score: F) -> Result<Arc<HookedTransformer>>
+where
+    F: Fn(&HookedTransformer) -> Result<(f64, String)>,
+{
+    if use_source_models() {
+        return load(source, source);
+    }
+    let mut best: Option<(f64, Arc<HookedTransformer>)> = None;
+    for &name in candidates {
+        let model = HookedTransformer::from_pretrained(name)?;
+        let (s, what) = score(&model)?;
+        println!("measured {name}: {what}");
+        if best.as_ref().is_none_or(|(b, _)| s > *b) {
+            best = Some((s, Arc::new(model)));
+        }
+    }
+    let (_, model) = best.ok_or_else(|| crate::LensError::TooFew {
+        what: "embedded candidates".into(),
+        need: 1,
+        got: 0,
+        fix: "name at least one embedded model to measure".into(),
+    })?;
+    let c = &model.cfg;
+    println!(
+        "Using model {} (the embedded stand-in that measured best; set {MODEL_SET_VAR}=source for the source's {source})",
+        c.name
+    );
+    Ok(model)
+}
+
 /// The prompt and answers as this model can score them as single next tokens. Where an answer
 /// with a leading space is not one token but is one without it (Gemma and SmolLM2 write " 5"
 /// as " " + "5"), the space moves to the end of the prompt; otherwise both stay as given.

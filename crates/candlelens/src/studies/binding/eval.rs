@@ -9,7 +9,10 @@ use crate::engine::hooks::{HookFilter, Hooks};
 use crate::engine::model::{HookedTransformer, LogitsAt};
 use crate::error::{LensError, Result};
 
+use super::lists::BindingLists;
 use super::positions::BindingBatch;
+use super::prompts::{sample_prompts, Task};
+use crate::studies::pyrandom::PyRandom;
 
 /// How a batch is answered: the source's metrics on the final position's logits.
 #[derive(Clone, Debug)]
@@ -161,4 +164,34 @@ pub fn evaluate(
         LogitsAt::Last,
     )?;
     evaluate_logits(&logits, &batch.answers)
+}
+
+/// The clean capital task as the entity-binding notebook first runs it: `all`'s lists filtered
+/// to one token for `model`, `n` prompts of two pairs drawn after `random.seed(seed)`, one
+/// forward. Returns the filtered lists and the evaluation — the measurement that picks an
+/// embedded stand-in able to do the task.
+///
+/// # Errors
+/// [`LensError::TooFew`] if too few entries are one token for this tokenizer; tokenizer and
+/// forward errors.
+pub fn clean_capital(
+    model: &HookedTransformer,
+    all: &BindingLists,
+    n: usize,
+    seed: u64,
+) -> Result<(BindingLists, Evaluation)> {
+    let lists = all.one_token(model)?;
+    let mut rng = PyRandom::seed(seed);
+    let prompts = sample_prompts(
+        &mut rng,
+        n,
+        &lists.names,
+        &lists.countries,
+        Task::Capital,
+        Some(&lists.capitals),
+        2,
+    )?;
+    let batch = BindingBatch::new(model, prompts)?;
+    let eval = evaluate(model, &batch, &mut Hooks::new())?;
+    Ok((lists, eval))
 }

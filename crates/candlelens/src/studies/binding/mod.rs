@@ -59,7 +59,7 @@ mod positions;
 mod prompts;
 mod vectors;
 
-pub use eval::{evaluate, evaluate_logits, Evaluation};
+pub use eval::{clean_capital, evaluate, evaluate_logits, Evaluation};
 pub use intervention::{intervene, Intervention, Role};
 pub use lists::{is_one_token, one_token_rows, BindingLists};
 pub use positions::{find_positions, BindingBatch, BindingPositions};

@@ -119,7 +119,8 @@ impl LreEval {
         );
         for p in &self.predictions {
             let object = p.expected.trim().to_lowercase();
-            let hit = !object.is_empty() && p.lre_vocab_top1.trim().to_lowercase().starts_with(&object);
+            let hit =
+                !object.is_empty() && p.lre_vocab_top1.trim().to_lowercase().starts_with(&object);
             let mark = if hit { "✓" } else { "✗" };
             out += &format!(
                 "Subject: {:<20}| Expected: {:<11}| LRE Pred: {:<12}| {mark} | top candidate: {:<7}| Model: {}\n",
