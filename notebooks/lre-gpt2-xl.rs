@@ -107,31 +107,18 @@ println!("candidates {:?} -> first tokens {:?}", cands.objects, model.ids_to_str
 // positions: over the 16 held-out subjects (the source's notebooks) and over all 38 (the README).
 
 // %%
-let source_layers: Vec<usize> = ["transformer.h.5", "transformer.h.15", "transformer.h.35"].iter()
-    .map(|n| layer_from_module_name(n, 48).map(|l| l * model.cfg.n_layers / 48))
-    .collect::<candlelens::Result<_>>()?;
+let source_layers = lre::steps::source_layers(&model, &["transformer.h.5", "transformer.h.15", "transformer.h.35"], 48)?;
 println!("layers: {:?} ({})\n", source_layers,
     if model.cfg.n_layers == 48 { "the source's" } else { "the source's, scaled to this model's depth" });
-let mut counts = Vec::new();
-for &l in &source_layers {
-    for at in [ReadAt::PromptLast, ReadAt::SubjectLast] {
-        let (tr, te) = (train.read_at(at), test.read_at(at));
-        let op = LreOperator::fit_regression(&model, &tr, l)?;
-        let held_out = lre::evaluate(&model, &op, &te)?;
-        if at == ReadAt::PromptLast { println!("{}", held_out.table()); }
-        let (k, n) = held_out.source_count();
-        let (ka, na) = lre::evaluate(&model, &op, &tr.concat(&te)?)?.source_count();
-        println!("layer {l}, h at {at}: Faithfulness {k}/{n} held out, {ka}/{na} over all subjects");
-        counts.push((l, at, k, n, ka, na));
-    }
-    println!();
-}
-vs_source("held-out counts at the three layers, prompt's last token",
-    counts.iter().filter(|c| c.1 == ReadAt::PromptLast).map(|c| format!("{}/{}", c.2, c.3)).collect::<Vec<_>>().join(", "),
-    "11/16, 11/16, 14/16 (the source's notebook for this model, on its own data file)");
-vs_source("over all subjects, middle layer, prompt's last token",
-    counts.iter().filter(|c| c.1 == ReadAt::PromptLast).nth(1).map(|c| format!("{}/{}", c.4, c.5)).unwrap_or_default(),
-    "28/38 (73.68%), GPT-2-XL transformer.h.15 (README example)");
+let counts = lre::steps::source_evaluation(&model, &train, &test, &source_layers)?;
+{
+    let at_prompt: Vec<_> = counts.iter().filter(|c| c.read_at == ReadAt::PromptLast).collect();
+    vs_source("held-out counts at the three layers, prompt's last token",
+        at_prompt.iter().map(|c| format!("{}/{}", c.held_out.0, c.held_out.1)).collect::<Vec<_>>().join(", "),
+        "11/16, 11/16, 14/16 (the source's notebook for this model, on its own data file)");
+    vs_source("over all subjects, middle layer, prompt's last token", format!("{}/{}", at_prompt[1].all.0, at_prompt[1].all.1),
+        "28/38 (73.68%), GPT-2-XL transformer.h.15 (README example)");
+};
 
 // %% [markdown]
 // ## Faithfulness per layer
@@ -141,17 +128,9 @@ vs_source("over all subjects, middle layer, prompt's last token",
 
 // %%
 let t0 = std::time::Instant::now();
-let sweep_prompt = lre::layer_sweep(&model, &train.read_at(ReadAt::PromptLast), &test.read_at(ReadAt::PromptLast), 0..model.cfg.n_layers)?;
-let sweep = lre::layer_sweep(&model, &train, &test, 0..model.cfg.n_layers)?;
-println!("{} layers fitted and evaluated twice in {:.2} s", sweep.len(), t0.elapsed().as_secs_f64());
-fn rate(e: &lre::LreEval) -> f32 { let (k, n) = e.source_count(); k as f32 / n.max(1) as f32 }
-let x: Vec<f32> = (0..sweep.len()).map(|l| l as f32).collect();
-Figure::line(x, vec![
-        ("Faithfulness (the source's count), h at the prompt's last token".into(), sweep_prompt.iter().map(rate).collect()),
-        ("Faithfulness (the source's count), h at the subject's last token".into(), sweep.iter().map(rate).collect()),
-        ("LRE = the model's own answer, subject's last token".into(), sweep.iter().map(|e| e.faithfulness() as f32).collect()),
-    ], None, "LRE (regression) faithfulness per layer")
-    .axes("layer", "fraction of test subjects").evcxr_display();
+let (sweep, figure) = lre::steps::faithfulness_per_layer(&model, &train, &test)?;
+println!("{} layers fitted and evaluated at both positions in {:.2} s", sweep.len(), t0.elapsed().as_secs_f64());
+figure.evcxr_display();
 
 // %% [markdown]
 // ## The paper's estimator: the mean Jacobian
@@ -217,23 +196,9 @@ println!("regression at the same layer:\n{}", creg.summary());
 // Computed from the results above, for the model actually run.
 
 // %%
-{
-    let labels_agree = test.items.iter().filter(|s| cands.objects[s.model_candidate()] == s.sample.object).count();
-    let men = test.items.iter().filter(|s| cands.objects[s.model_candidate()].trim() == "men").count();
-    println!("the model's own answer: \" men\" for {men} and \" women\" for {} of the {} test fields; it agrees with the stereotype labels on {labels_agree}/{}",
-        test.len() - men, test.len(), test.len());
-    if let Some(best) = sweep.iter().max_by(|a, b| rate(a).total_cmp(&rate(b))) {
-        let (k, n) = best.source_count();
-        let (f, _) = best.faithful();
-        println!("regression, best layer {}: Faithfulness {k}/{n} (the source's count) but faithful to the model on {f}/{n}: it learns the labels, not the model's answers", best.layer);
-    }
-    let (f, n) = jeval.faithful();
-    println!("mean Jacobian at layer {mid}: faithful to the model {f}/{n} over the candidates, {:.0}% over the vocabulary", 100.0 * jeval.vocab_faithfulness());
-    println!("causality at layer {mid}: the edit flips {:.0}% of answers, random edits of the same size {:.0}%{}",
-        100.0 * caus.efficacy(), 100.0 * caus.random_efficacy(),
-        if caus.efficacy() > caus.random_efficacy() { "" } else { " — not established for this model" });
-    println!("capitals never seen in training: the Jacobian operator names {:.0}% (as its top candidate), regression {:.0}%", 100.0 * cjac.accuracy(), 100.0 * creg.accuracy());
-};
+print!("{}", lre::steps::observations(&lre::steps::Results {
+    test: &test, candidates: &cands, sweep: &sweep, jacobian: &jeval, causality: &caus, capitals: (&cjac, &creg),
+}));
 
 // %% [markdown]
 // ## Reading the results

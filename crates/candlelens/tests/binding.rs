@@ -492,6 +492,10 @@ fn smollm2_on_the_sources_capital_prompts() {
         assert_eq!(strs[pos.attributes[1] - 1], " of");
     }
     let clean = binding::evaluate(model, &batch, &mut Hooks::new()).unwrap();
+    // the notebook's measurement is this run: same lists, same prompts (seed 0), same numbers
+    let (measured_lists, measured) = binding::clean_capital(model, &lists(), 16, 0).unwrap();
+    assert_eq!(measured_lists.countries, l.countries);
+    assert_eq!(measured.per_prompt, clean.per_prompt);
     let country = clean
         .rescore(&batch.attribute_answers(model).unwrap())
         .unwrap();

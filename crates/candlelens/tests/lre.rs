@@ -375,3 +375,18 @@ fn h_can_be_read_at_the_subject_or_the_prompt_end() {
     assert_eq!(all.len(), 6);
     assert!(states.concat(&last).is_err(), "mixed read positions");
 }
+
+#[test]
+fn source_layers_keep_the_fraction_of_depth() {
+    let m = model("smollm2-135m"); // 30 layers
+    let modules = ["model.layers.5", "model.layers.10", "model.layers.15"];
+    assert_eq!(
+        lre::steps::source_layers(m, &modules, 18).unwrap(),
+        vec![8, 16, 25]
+    );
+    assert_eq!(
+        lre::steps::source_layers(m, &["model.layers.5"], 30).unwrap(),
+        vec![5]
+    );
+    assert!(lre::steps::source_layers(m, &["lm_head"], 18).is_err());
+}

@@ -5,6 +5,11 @@ use candle_core::{DType, Tensor};
 
 use crate::error::{LensError, Result};
 
+/// A metric of final-position logits `[batch, d_vocab]` (e.g. mean logit difference, see
+/// [`logit_diff_metric`]), as activation patching scores a run. It owns what it reads, so a
+/// [`Patcher`](crate::interp::patching::Patcher) holding it can be kept across notebook cells.
+pub type Metric = Box<dyn Fn(&Tensor) -> Result<f32>>;
+
 fn rows(last_logits: &Tensor) -> Result<Vec<Vec<f32>>> {
     Ok(last_logits.to_dtype(DType::F32)?.to_vec2()?)
 }
@@ -29,16 +34,16 @@ pub fn logit_diff(last_logits: &Tensor, pairs: &[(u32, u32)]) -> Result<Vec<f32>
 
 /// The patching metric "mean logit difference over the answer pairs" (TransformerLens's
 /// `logits_to_ave_logit_diff`): [`logit_diff`] then [`mean`]. It owns its pairs, so the
-/// [`Patcher`](crate::patching::Patcher) it goes into can be kept across notebook cells.
-/// Pairs come from strings with [`HookedTransformer::answer_pairs`](crate::HookedTransformer::answer_pairs).
-pub fn logit_diff_metric(pairs: &[(u32, u32)]) -> crate::patching::Metric {
+/// [`Patcher`](crate::interp::patching::Patcher) it goes into can be kept across notebook cells.
+/// Pairs come from strings with [`HookedTransformer::answer_pairs`](crate::engine::model::HookedTransformer::answer_pairs).
+pub fn logit_diff_metric(pairs: &[(u32, u32)]) -> Metric {
     let pairs = pairs.to_vec();
     Box::new(move |l| Ok(mean(&logit_diff(l, &pairs)?)))
 }
 
 /// The patching metric "mean group logit difference" (the Paris source's metric):
 /// [`group_logit_diff`] then [`mean`].
-pub fn group_logit_diff_metric(groups: &[TokenGroups]) -> crate::patching::Metric {
+pub fn group_logit_diff_metric(groups: &[TokenGroups]) -> Metric {
     let groups = groups.to_vec();
     Box::new(move |l| Ok(mean(&group_logit_diff(l, &groups)?)))
 }

@@ -6,7 +6,7 @@ pub mod progress;
 use std::sync::Arc;
 
 use crate::engine::model::HookedTransformer;
-use crate::error::Result;
+use crate::error::{LensError, Result};
 use crate::load::LoadOptions;
 
 /// The environment variable that picks the models: `embedded` (default; works offline) or
@@ -75,7 +75,7 @@ pub fn load(source: &str, embedded: &str) -> Result<Arc<HookedTransformer>> {
 /// scores are printed side by side, and the best is kept (the others are dropped).
 ///
 /// # Errors
-/// Loading errors and whatever `score` returns; [`crate::LensError::TooFew`] for no candidate.
+/// Loading errors and whatever `score` returns; [`LensError::TooFew`] for no candidate.
 pub fn load_best<F>(source: &str, candidates: &[&str], score: F) -> Result<Arc<HookedTransformer>>
 where
     F: Fn(&HookedTransformer) -> Result<(f64, String)>,
@@ -92,7 +92,7 @@ where
             best = Some((s, Arc::new(model)));
         }
     }
-    let (_, model) = best.ok_or_else(|| crate::LensError::TooFew {
+    let (_, model) = best.ok_or_else(|| LensError::TooFew {
         what: "embedded candidates".into(),
         need: 1,
         got: 0,

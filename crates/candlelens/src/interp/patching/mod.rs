@@ -29,10 +29,7 @@ use crate::engine::tokens::Tokens;
 use crate::error::{LensError, Result};
 use crate::interp::metrics::normalise;
 
-/// A metric of final-position logits `[batch, d_vocab]` (e.g. mean logit difference; see
-/// [`crate::metrics::logit_diff_metric`]). It owns what it reads, so a [`Patcher`] holding it can
-/// be kept across notebook cells.
-pub type Metric = Box<dyn Fn(&Tensor) -> Result<f32>>;
+pub use crate::interp::metrics::Metric;
 
 /// What a sweep patches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -29,6 +29,7 @@ mod operator;
 
 mod relation;
 mod states;
+pub mod steps;
 
 pub use crate::studies::pyrandom::PyRandom;
 pub use eval::{
