@@ -121,6 +121,34 @@ pub enum LensError {
     #[error("the prompt is empty (no tokens). Pass some text, or prepend BOS")]
     EmptyPrompt,
 
+    /// An empty answer (`test_prompt`): nothing to score.
+    #[error("the answer is empty (no tokens to score). Pass the text the model should continue with, e.g. \" Paris\"")]
+    EmptyAnswer,
+
+    /// A numeric parameter that is NaN, infinite or outside its range (a temperature, β, a
+    /// token budget).
+    #[error("{name} = {value} is not allowed: {fix}")]
+    BadParameter {
+        /// The parameter.
+        name: String,
+        /// The value given.
+        value: String,
+        /// The allowed range.
+        fix: String,
+    },
+
+    /// A patching metric the corruption does not move: normalised scores
+    /// `(patched − corrupted) / (clean − corrupted)` would divide by zero.
+    #[error("the corruption does not change the metric (clean {clean}, corrupted {corrupted}), so normalised patching scores would divide by zero. {fix}")]
+    NoEffect {
+        /// The metric on the clean run.
+        clean: f32,
+        /// The metric on the corrupted run.
+        corrupted: f32,
+        /// What to change.
+        fix: String,
+    },
+
     /// A prompt longer than the model's context.
     #[error("the prompt has {len} tokens but the model's context is {n_ctx}. Shorten it")]
     PromptTooLong {

@@ -205,3 +205,34 @@ fn group_metrics_on_the_paris_question() {
         .unwrap();
     assert!((attr.values.last().unwrap() - ld).abs() < 1e-3);
 }
+
+#[test]
+fn bad_parameters_are_typed_errors() {
+    let m = model("smollm2-135m");
+    let err = m
+        .test_prompt(
+            "The capital of France is",
+            "",
+            &TestPromptOptions::default(),
+        )
+        .unwrap_err();
+    assert!(matches!(err, LensError::EmptyAnswer), "{err}");
+    let tokens = m.to_tokens("1 2 3", None).unwrap();
+    for opts in [
+        GenerateOptions {
+            temperature: f64::NAN,
+            ..Default::default()
+        },
+        GenerateOptions {
+            temperature: -1.0,
+            ..Default::default()
+        },
+        GenerateOptions {
+            max_new_tokens: usize::MAX,
+            ..Default::default()
+        },
+    ] {
+        let err = m.generate_tokens(&tokens, &opts).unwrap_err();
+        assert!(matches!(err, LensError::BadParameter { .. }), "{err}");
+    }
+}

@@ -80,5 +80,6 @@ fn sampling_is_seeded_and_text_decodes() {
             },
         )
         .unwrap_err();
-    assert!(matches!(err, LensError::PromptTooLong { .. }), "{err}");
+    assert!(matches!(err, LensError::BadParameter { .. }), "{err}");
+    assert!(err.to_string().contains("new tokens fit"), "{err}");
 }

@@ -390,3 +390,21 @@ fn source_layers_keep_the_fraction_of_depth() {
     );
     assert!(lre::steps::source_layers(m, &["lm_head"], 18).is_err());
 }
+
+#[test]
+fn a_non_finite_beta_is_a_typed_error() {
+    let m = model("smollm2-135m");
+    let rel = relation();
+    let template = "{} students are typically";
+    let cands = Candidates::new(m, &rel.objects(), template).unwrap();
+    let states = LreStates::collect(m, &rel.samples[..2], template, &cands).unwrap();
+    for beta in [f32::NAN, f32::INFINITY, 0.0, -1.0] {
+        let err = LreOperator::fit_jacobian(m, &states.items[..1], 3, beta).unwrap_err();
+        assert!(
+            matches!(err, LensError::BadParameter { .. }),
+            "{beta}: {err}"
+        );
+    }
+    let op = LreOperator::fit_jacobian(m, &states.items[..1], 3, 1.0).unwrap();
+    assert!(lre::evaluate(m, &op.with_beta(f32::NAN), &states).is_err());
+}

@@ -182,6 +182,40 @@ fn patching_errors_are_typed() {
         Box::new(|l| Ok(metrics::mean(&metrics::logit_diff(l, &[(5, 9)])?)));
     let err = Patcher::new(&m, &a, &b, metric).err().unwrap();
     assert!(err.to_string().contains("same number of tokens"), "{err}");
+    // a corruption or answers that leave the metric unchanged: no grid of NaN or zeros
+    let (clean, corrupt) = pair(&m);
+    let same = Patcher::new(&m, &clean, &clean, metrics::logit_diff_metric(&[(5, 9)])).unwrap();
+    let err = same.sweep(PatchTarget::ResidPre).unwrap_err();
+    assert!(matches!(err, LensError::NoEffect { .. }), "{err}");
+    let equal_answers =
+        Patcher::new(&m, &clean, &corrupt, metrics::logit_diff_metric(&[(5, 5)])).unwrap();
+    assert!(matches!(
+        equal_answers.sweep(PatchTarget::AttnOut),
+        Err(LensError::NoEffect { .. })
+    ));
+    assert!(equal_answers.naive(PatchTarget::AttnOut, 0, 0).is_err());
+    // `lens patch` exits non-zero with the fix instead of panicking or printing NaN
+    let dir = fixture_path("tiny/llama");
+    for answers in [vec![], vec![" a", " a"]] {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_lens"));
+        cmd.args([
+            "patch",
+            "--model",
+            dir.to_str().unwrap(),
+            "--clean",
+            "The pet of this family is",
+            "--corrupt",
+            "The cat of this family is",
+        ]);
+        if !answers.is_empty() {
+            cmd.arg("--answers").args(&answers);
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{answers:?}: {stderr}");
+        assert!(stderr.contains("--answers"), "{answers:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
     assert!(PatchTarget::parse("resid_pro").is_err());
     assert_eq!(
         PatchTarget::parse("hook_resid_pre").unwrap(),

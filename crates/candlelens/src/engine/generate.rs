@@ -96,16 +96,35 @@ impl HookedTransformer {
         tokens: &Tokens,
         opts: &GenerateOptions,
     ) -> Result<Vec<Vec<u32>>> {
+        if !(opts.temperature.is_finite() && opts.temperature >= 0.0) {
+            return Err(LensError::BadParameter {
+                name: "temperature".into(),
+                value: opts.temperature.to_string(),
+                fix: "use 0 for greedy decoding or a finite positive number to sample".into(),
+            });
+        }
         let mut rng = Rng(opts.seed);
         let mut out = Vec::with_capacity(tokens.batch());
         for row in tokens.rows() {
-            let total = row.len() + opts.max_new_tokens;
-            if total > self.cfg.n_ctx {
+            if row.len() > self.cfg.n_ctx {
                 return Err(LensError::PromptTooLong {
-                    len: total,
+                    len: row.len(),
                     n_ctx: self.cfg.n_ctx,
                 });
             }
+            let room = self.cfg.n_ctx - row.len();
+            if opts.max_new_tokens > room {
+                return Err(LensError::BadParameter {
+                    name: "max_new_tokens".into(),
+                    value: opts.max_new_tokens.to_string(),
+                    fix: format!(
+                        "the model's context holds {} tokens and the prompt takes {}: at most {room} new tokens fit",
+                        self.cfg.n_ctx,
+                        row.len()
+                    ),
+                });
+            }
+            let total = row.len() + opts.max_new_tokens;
             let ctx = self.context(total)?;
             let mut past: Vec<Option<PastKv>> = vec![None; self.cfg.n_layers];
             let mut ids = Tensor::new(row.as_slice(), &self.device)?.unsqueeze(0)?;

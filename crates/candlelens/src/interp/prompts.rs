@@ -129,7 +129,8 @@ impl HookedTransformer {
     /// i.e. exactly the text `prompt + answer` ([`PromptTest::answer_prob`] multiplies them).
     ///
     /// # Errors
-    /// [`LensError::EmptyPrompt`] for an empty answer; tokenizer and model errors.
+    /// [`LensError::EmptyAnswer`] for an empty answer, [`LensError::EmptyPrompt`] for an empty
+    /// prompt; tokenizer and model errors.
     pub fn test_prompt(
         &self,
         prompt: &str,
@@ -141,6 +142,9 @@ impl HookedTransformer {
             prepend_space_to_answer,
             top_k,
         } = *opts;
+        if answer.is_empty() {
+            return Err(LensError::EmptyAnswer);
+        }
         let answer = if prepend_space_to_answer && !answer.starts_with(' ') {
             format!(" {answer}")
         } else {
@@ -149,7 +153,7 @@ impl HookedTransformer {
         let prompt_ids = self.tokenizer().encode_with_bos(prompt, prepend_bos)?;
         let answer_ids = self.tokenizer().encode(&answer)?;
         if answer_ids.is_empty() {
-            return Err(LensError::EmptyPrompt);
+            return Err(LensError::EmptyAnswer);
         }
         if prompt_ids.is_empty() {
             return Err(LensError::EmptyPrompt);

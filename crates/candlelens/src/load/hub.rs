@@ -1,18 +1,44 @@
 //! Downloads from the Hugging Face hub (users' machines; this project's CI never calls it).
 //! Files already in the HF cache (`$HF_HOME/hub`) are used without a request.
+//!
+//! A download that receives nothing for [`stall_timeout`] (a proxy or firewall that accepts the
+//! connection and never answers) is abandoned with [`LensError::Hub`] naming the endpoint; a
+//! response cut short (fewer bytes than the hub announced) is removed from the cache before the
+//! error is returned, so no later run reads a truncated file. Chunk failures are retried twice.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use hf_hub::api::sync::{ApiBuilder, ApiError};
+use hf_hub::api::sync::{Api, ApiBuilder, ApiError};
+use hf_hub::api::Progress;
 use hf_hub::{Cache, Repo, RepoType};
 
 use crate::error::{LensError, Result};
 
+/// The environment variable for [`stall_timeout`], in seconds.
+pub const HUB_TIMEOUT_VAR: &str = "CANDLELENS_HUB_TIMEOUT";
+
+/// How long a download may go without receiving a byte before it is abandoned:
+/// `CANDLELENS_HUB_TIMEOUT` seconds, default 30.
+pub fn stall_timeout() -> Duration {
+    let secs = std::env::var(HUB_TIMEOUT_VAR)
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .unwrap_or(30.0);
+    Duration::from_secs_f64(secs)
+}
+
 /// A hub repository's files, fetched lazily.
 pub struct HubRepo {
     repo_id: String,
-    api: Option<hf_hub::api::sync::ApiRepo>,
+    repo: Repo,
+    api: Option<Api>,
     cache: hf_hub::CacheRepo,
+    endpoint: String,
+    timeout: Duration,
 }
 
 fn token() -> Option<String> {
@@ -22,44 +48,179 @@ fn token() -> Option<String> {
         .or_else(|| Cache::from_env().token())
 }
 
+/// What the download thread reports: when it last received data, how many bytes the hub
+/// announced and how many arrived.
+struct Watch {
+    last: Instant,
+    size: usize,
+    received: usize,
+}
+
+/// hf-hub's progress callback: feeds the watchdog and draws the bar.
+struct Watcher {
+    state: Arc<Mutex<Watch>>,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Watcher {
+    fn with<F: FnOnce(&mut Watch)>(&self, f: F) {
+        if let Ok(mut w) = self.state.lock() {
+            f(&mut w);
+        }
+    }
+}
+
+impl Progress for Watcher {
+    fn init(&mut self, size: usize, filename: &str) {
+        self.with(|w| {
+            w.size = size;
+            w.received = 0;
+            w.last = Instant::now();
+        });
+        if let Some(b) = &self.bar {
+            b.set_length(size as u64);
+            b.set_position(0);
+            b.set_message(filename.to_string());
+        }
+    }
+
+    fn update(&mut self, size: usize) {
+        self.with(|w| {
+            w.received += size;
+            w.last = Instant::now();
+        });
+        if let Some(b) = &self.bar {
+            b.inc(size as u64);
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
 impl HubRepo {
-    /// A handle on `owner/name` (revision `main`).
+    /// A handle on `owner/name` (revision `main`), with the endpoint (`HF_ENDPOINT`) and cache
+    /// (`HF_HOME`) from the environment.
     ///
     /// # Errors
     /// [`LensError::Hub`] if the client cannot be built.
     pub fn new(repo_id: &str) -> Result<Self> {
-        let repo = Repo::new(repo_id.to_string(), RepoType::Model);
-        let cache = Cache::from_env().repo(repo.clone());
-        let api = ApiBuilder::from_env()
-            .with_token(token())
-            .with_progress(true)
-            .build()
+        let endpoint = std::env::var("HF_ENDPOINT")
             .ok()
-            .map(|a| a.repo(repo));
+            .filter(|e| !e.is_empty())
+            .unwrap_or_else(|| "https://huggingface.co".into());
+        Self::with(repo_id, &endpoint, None, stall_timeout())
+    }
+
+    fn with(
+        repo_id: &str,
+        endpoint: &str,
+        cache_dir: Option<&Path>,
+        timeout: Duration,
+    ) -> Result<Self> {
+        let repo = Repo::new(repo_id.to_string(), RepoType::Model);
+        let (cache, mut builder) = match cache_dir {
+            Some(dir) => (
+                Cache::new(dir.to_path_buf()),
+                ApiBuilder::from_cache(Cache::new(dir.to_path_buf())),
+            ),
+            None => (Cache::from_env(), ApiBuilder::from_env()),
+        };
+        builder = builder
+            .with_endpoint(endpoint.to_string())
+            .with_token(token())
+            .with_progress(false)
+            .with_retries(2);
         Ok(HubRepo {
             repo_id: repo_id.to_string(),
-            api,
-            cache,
+            cache: cache.repo(repo.clone()),
+            repo,
+            api: builder.build().ok(),
+            endpoint: endpoint.to_string(),
+            timeout,
         })
     }
 
-    /// The local path of a file, downloading it (with a progress bar) if it is not cached.
+    /// The local path of a file, downloading it (with a progress bar on a terminal) if it is
+    /// not cached. A download silent for [`stall_timeout`] is abandoned; a truncated one is
+    /// removed from the cache.
     ///
     /// # Errors
     /// [`LensError::Hub`] naming the fix: `HF_TOKEN` for gated repos (401/403), the repo id for 404,
-    /// the network otherwise.
+    /// the endpoint and `CANDLELENS_HUB_TIMEOUT` for a stalled connection, a retry for a
+    /// truncated file, the network otherwise.
     pub fn get(&self, file: &str) -> Result<PathBuf> {
         if let Some(p) = self.cache.get(file) {
             return Ok(p);
         }
-        let api = self.api.as_ref().ok_or_else(|| LensError::Hub {
+        let err = |detail: String, fix: String| LensError::Hub {
             repo: self.repo_id.clone(),
             file: file.to_string(),
-            detail: "no HTTP client".into(),
-            fix: "check your TLS setup".into(),
-        })?;
-        api.get(file)
-            .map_err(|e| hub_error(&self.repo_id, file, &e))
+            detail,
+            fix,
+        };
+        let api = self
+            .api
+            .clone()
+            .ok_or_else(|| err("no HTTP client".into(), "check your TLS setup".into()))?;
+        let state = Arc::new(Mutex::new(Watch {
+            last: Instant::now(),
+            size: 0,
+            received: 0,
+        }));
+        let use_bar = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let watcher = Watcher {
+            state: Arc::clone(&state),
+            bar: use_bar.then(|| indicatif::ProgressBar::new(0)),
+        };
+        let (tx, rx) = mpsc::channel();
+        let (repo, name) = (self.repo.clone(), file.to_string());
+        std::thread::spawn(move || {
+            let _ = tx.send(api.repo(repo).download_with_progress(&name, watcher));
+        });
+        let path = loop {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(r) => break r.map_err(|e| hub_error(&self.repo_id, file, &e))?,
+                Err(RecvTimeoutError::Timeout) => {
+                    let idle = state.lock().map(|w| w.last.elapsed()).unwrap_or_default();
+                    if idle > self.timeout {
+                        return Err(err(
+                            format!("no data from {} for {:.0} s", self.endpoint, idle.as_secs_f64()),
+                            format!(
+                                "the connection stalled (a proxy or firewall?): check the network or HF_ENDPOINT, \
+                                 raise {HUB_TIMEOUT_VAR}=<seconds> for a slow link, or put the files in the HF cache \
+                                 (HF_HOME); offline, use the embedded models (smollm2-135m, gemma-3-270m)"
+                            ),
+                        ));
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(LensError::Internal(
+                        "the download thread ended without a result".into(),
+                    ))
+                }
+            }
+        };
+        let (size, received) = state.lock().map(|w| (w.size, w.received)).unwrap_or((0, 0));
+        let on_disk = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        if size > 0 && on_disk != size as u64 {
+            // the response ended early: take the file back out of the cache
+            if let Ok(blob) = std::fs::canonicalize(&path) {
+                let _ = std::fs::remove_file(blob);
+            }
+            let _ = std::fs::remove_file(&path);
+            return Err(err(
+                format!(
+                    "the download was cut short: {on_disk} of {size} bytes ({received} received)"
+                ),
+                "run the command again to retry; the partial file was removed from the cache"
+                    .into(),
+            ));
+        }
+        Ok(path)
     }
 
     /// Whether a file exists (cached, or listed by the hub).
@@ -108,5 +269,94 @@ mod tests {
         }
         let msg = hub_error("nobody/nothing", "config.json", &status(404)).to_string();
         assert!(msg.contains("check the repo id"), "{msg}");
+    }
+
+    /// A local "hub" that answers each request with `respond(request_head)` (None: hold the
+    /// connection open and say nothing). Returns its endpoint.
+    fn fake_hub(respond: fn(&str) -> Option<Vec<u8>>) -> String {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                match respond(&String::from_utf8_lossy(&head)) {
+                    Some(reply) => {
+                        let _ = stream.write_all(&reply);
+                    }
+                    None => held.push(stream),
+                }
+            }
+        });
+        endpoint
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("candlelens-hub-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn a_stalled_connection_is_a_typed_error_within_the_timeout() {
+        let endpoint = fake_hub(|_| None);
+        let dir = scratch("stall");
+        let repo = HubRepo::with(
+            "someone/model",
+            &endpoint,
+            Some(&dir),
+            Duration::from_millis(800),
+        )
+        .unwrap();
+        let t0 = Instant::now();
+        let err = repo.get("config.json").unwrap_err().to_string();
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+        assert!(err.contains("no data from http://127.0.0.1"), "{err}");
+        assert!(err.contains(HUB_TIMEOUT_VAR), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_truncated_download_does_not_stay_in_the_cache() {
+        let endpoint = fake_hub(|head| {
+            Some(if head.contains("bytes=0-0") {
+                // metadata: the file has 100 bytes
+                b"HTTP/1.1 206 Partial Content\r\nx-repo-commit: c0ffee\r\netag: \"e7a9\"\r\ncontent-range: bytes 0-0/100\r\ncontent-length: 1\r\nconnection: close\r\n\r\nx".to_vec()
+            } else {
+                // the body stops after 40 bytes and the connection closes (no content-length)
+                let mut r = b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n".to_vec();
+                r.extend([b'a'; 40]);
+                r
+            })
+        });
+        let dir = scratch("truncated");
+        let repo = HubRepo::with(
+            "someone/model",
+            &endpoint,
+            Some(&dir),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let err = repo.get("model.safetensors").unwrap_err().to_string();
+        assert!(err.contains("cut short: 40 of 100 bytes"), "{err}");
+        // nothing of it is left where a later run would find it
+        assert!(repo.cache.get("model.safetensors").is_none());
+        let blobs = dir.join("models--someone--model").join("blobs");
+        let left: Vec<_> = std::fs::read_dir(&blobs)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(
+            left.iter()
+                .all(|p| p.extension().is_some_and(|e| e == "lock")),
+            "{left:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

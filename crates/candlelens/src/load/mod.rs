@@ -169,6 +169,17 @@ pub fn resolve_in(name: &str, models_dir: &Path) -> Result<Resolved> {
             fix: "A model folder needs config.json + safetensors + tokenizer.json, or exactly one .gguf file".into(),
         });
     }
+    // a name written as a path (./x, ../x, /abs, ~/x, or a model file's extension) that is not
+    // there is a missing file, not an unknown model or a hub id
+    let file_like = [".gguf", ".safetensors", ".json", ".bin", ".pt"]
+        .iter()
+        .any(|ext| name.to_ascii_lowercase().ends_with(ext));
+    if file_like || ["./", "../", "/", "~"].iter().any(|p| name.starts_with(p)) || name == "." {
+        return Err(LensError::MissingFile {
+            path: path.to_path_buf(),
+            fix: "no such file or folder: check the path (a model is a .gguf file, or a folder with config.json + safetensors + tokenizer.json; `~` is not expanded)".into(),
+        });
+    }
     let looks_like_repo = name.split('/').count() == 2
         && !name.starts_with('.')
         && !name.starts_with('/')
@@ -298,6 +309,23 @@ fn load_folder(files: &FolderFiles, name: &str, opts: &LoadOptions) -> Result<Ho
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_paths_say_file_not_found() {
+        for name in [
+            "models/nope.gguf",
+            "./x",
+            "/abs/y",
+            "nope.safetensors",
+            "~/m",
+        ] {
+            let e = resolve(name).unwrap_err();
+            assert!(matches!(e, LensError::MissingFile { .. }), "{name}: {e}");
+            assert!(e.to_string().contains("no such file"), "{name}: {e}");
+        }
+        // a hub id still goes to the hub
+        assert!(matches!(resolve("owner/name"), Ok(Resolved::Hub(_))));
+    }
 
     #[test]
     fn unknown_names_get_a_suggestion() {

@@ -127,6 +127,21 @@ pub fn answer_metric(
     model: &HookedTransformer,
     answers: &[String],
 ) -> candlelens::Result<candlelens::patching::Metric> {
+    if answers.len() != 2 {
+        return Err(candlelens::LensError::Mismatch {
+            what: "--answers".into(),
+            detail: format!(
+                "got {} answer(s) {answers:?}; give the correct and the incorrect answer, e.g. --answers \" Peb\" \" Rachel\"",
+                answers.len()
+            ),
+        });
+    }
+    if answers[0] == answers[1] {
+        return Err(candlelens::LensError::Mismatch {
+            what: "--answers".into(),
+            detail: format!("both answers are {:?}: their logit difference is always 0; give two different answers", answers[0]),
+        });
+    }
     let pairs = model.answer_pairs(&[(answers[0].as_str(), answers[1].as_str())])?;
     Ok(metrics::logit_diff_metric(&pairs))
 }

@@ -261,6 +261,24 @@ impl Patcher {
         self.corrupt_value
     }
 
+    /// Whether the corruption moves the metric at all; without that every normalised score is
+    /// `x / 0`.
+    ///
+    /// # Errors
+    /// [`LensError::NoEffect`] when `|clean − corrupted|` is below `1e-6` of their scale.
+    pub fn check_effect(&self) -> Result<()> {
+        let (c, k) = (self.clean_value, self.corrupt_value);
+        let scale = c.abs().max(k.abs()).max(1.0);
+        if !c.is_finite() || !k.is_finite() || (c - k).abs() <= 1e-6 * scale {
+            return Err(LensError::NoEffect {
+                clean: c,
+                corrupted: k,
+                fix: "choose a corruption that changes the answer (and answers that differ), or compare raw metrics instead of normalised scores".into(),
+            });
+        }
+        Ok(())
+    }
+
     fn score(&self, m: f32) -> f32 {
         normalise(m, self.clean_value, self.corrupt_value)
     }

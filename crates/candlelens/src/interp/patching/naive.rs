@@ -17,6 +17,7 @@ impl Patcher {
     /// # Errors
     /// Hook and tensor errors.
     pub fn naive(&self, target: PatchTarget, row: usize, col: usize) -> Result<f32> {
+        self.check_effect()?;
         let cfg = &self.model.cfg;
         let (hp, pos, head) = match target {
             PatchTarget::ResidPre => (HookPoint::ResidPre(row), Some(col), None),
@@ -60,6 +61,7 @@ impl Patcher {
     /// # Errors
     /// As [`Self::naive`].
     pub fn naive_sweep(&self, target: PatchTarget) -> Result<PatchGrid> {
+        self.check_effect()?;
         let t0 = Instant::now();
         let cfg = &self.model.cfg;
         let seq = self.corrupt_tokens.max_len();

@@ -325,8 +325,10 @@ impl Patcher {
     /// The fast sweep over every layer and position (or head) of `target`.
     ///
     /// # Errors
-    /// Tensor errors, metric errors.
+    /// [`LensError::NoEffect`] if the corruption does not move the metric (every normalised
+    /// score would be `x / 0`); tensor errors, metric errors.
     pub fn sweep(&self, target: PatchTarget) -> Result<PatchGrid> {
+        self.check_effect()?;
         let t0 = Instant::now();
         let (injs, rows, cols) = self.injections(target)?;
         let mut groups: BTreeMap<usize, Vec<Injection>> = BTreeMap::new();

@@ -114,6 +114,7 @@ impl LreOperator {
         layer: usize,
         beta: f32,
     ) -> Result<Self> {
+        check_beta(beta)?;
         if train.is_empty() {
             return Err(LensError::TooFew {
                 what: "training subjects for the Jacobian estimator".into(),
@@ -156,7 +157,7 @@ impl LreOperator {
     /// Shape errors.
     pub fn apply(&self, h: &Tensor) -> Result<Tensor> {
         let beta = match self.estimator {
-            Estimator::Jacobian { beta } => f64::from(beta),
+            Estimator::Jacobian { beta } => check_beta(beta)?,
             Estimator::Regression => 1.0,
         };
         let wh = (h.to_dtype(DType::F32)?.matmul(&self.weight.t()?)? * beta)?;
@@ -308,4 +309,17 @@ pub fn jacobian(
         h: h.to_dtype(DType::F32)?,
         z,
     })
+}
+
+/// β must be a finite positive scale.
+fn check_beta(beta: f32) -> Result<f64> {
+    if beta.is_finite() && beta > 0.0 {
+        Ok(f64::from(beta))
+    } else {
+        Err(LensError::BadParameter {
+            name: "beta".into(),
+            value: beta.to_string(),
+            fix: "β scales the Jacobian operator: give a finite positive number (the paper uses 2.25)".into(),
+        })
+    }
 }
