@@ -88,6 +88,17 @@ pub enum LensError {
         hint: String,
     },
 
+    /// A hook point the model's architecture never fires (a hook there would silently never run).
+    #[error("this {architecture} model has no hook point {hook}, so a hook or cache filter on it would never run. Its points are (layer 0 shown; every block has the same): {available}")]
+    HookNotOnModel {
+        /// The hook name given.
+        hook: String,
+        /// The model's architecture.
+        architecture: String,
+        /// The points it has.
+        available: String,
+    },
+
     /// A layer index beyond the model.
     #[error("layer {layer} is out of range: the model has {n_layers} layers (0..={max})", max = n_layers.saturating_sub(1))]
     LayerOutOfRange {

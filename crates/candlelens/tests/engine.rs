@@ -160,6 +160,48 @@ fn hook_errors_are_typed() {
         "{err}"
     );
 
+    // points this architecture never fires: rejected, never silently ignored
+    for name in ["hook_pos_embed", "blocks.0.ln1_post.hook_scale"] {
+        let mut hooks = Hooks::new();
+        hooks.add(name, |_, _| Ok(None)).unwrap();
+        let err = m.run_with_hooks(&tokens, &mut hooks).unwrap_err();
+        assert!(
+            matches!(err, LensError::HookNotOnModel { .. }),
+            "{name}: {err}"
+        );
+        assert!(err.to_string().contains("blocks.0.hook_resid_pre"), "{err}");
+        let filter = HookFilter::names(&[name]).unwrap();
+        assert!(matches!(
+            m.run_with_cache(&tokens, Some(filter)),
+            Err(LensError::HookNotOnModel { .. })
+        ));
+    }
+    // Gemma 3 has post-attention norms: the same hook is fine there
+    let g = model("gemma-3-270m");
+    let gt = g.to_tokens("Hello world", None).unwrap();
+    let (_, cache) = g
+        .run_with_cache(
+            &gt,
+            Some(HookFilter::names(&["blocks.0.ln1_post.hook_scale"]).unwrap()),
+        )
+        .unwrap();
+    assert!(cache.get("blocks.0.ln1_post.hook_scale").is_ok());
+    // the attention viewer names the index that is out of range
+    let (_, pc) = g
+        .run_with_cache(&gt, Some(HookPoint::Pattern(0).into()))
+        .unwrap();
+    for (b, heads) in [(3, vec![(0, 0)]), (0, vec![(0, 99)]), (0, vec![(99, 0)])] {
+        let err = AttentionView::from_cache(g, &pc, b, &heads, "t").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LensError::OutOfRange { .. } | LensError::LayerOutOfRange { .. }
+            ),
+            "{b} {heads:?}: {err}"
+        );
+    }
+    assert!(AttentionView::from_cache(g, &pc, 0, &[(0, 1)], "t").is_ok());
+
     let mut hooks = Hooks::new();
     hooks
         .add("blocks.0.hook_resid_pre", |act, _| {

@@ -184,18 +184,35 @@ impl HookPoint {
         Ok(hp)
     }
 
-    /// Errors if this hook's layer does not exist in the model.
+    /// Errors if the model never fires this hook: its layer does not exist, or the architecture
+    /// has no such point (`hook_pos_embed` on a rotary model, `ln1_post.*` without post-norms,
+    /// `hook_rot_q` without rotary embeddings). A hook there would silently never run.
     ///
     /// # Errors
-    /// [`LensError::LayerOutOfRange`].
+    /// [`LensError::LayerOutOfRange`], [`LensError::HookNotOnModel`] listing the points the
+    /// model has.
     pub fn check(&self, cfg: &ModelConfig) -> Result<()> {
-        match self.layer() {
-            Some(l) if l >= cfg.n_layers => Err(LensError::LayerOutOfRange {
-                layer: l,
-                n_layers: cfg.n_layers,
-            }),
-            _ => Ok(()),
+        if let Some(l) = self.layer() {
+            if l >= cfg.n_layers {
+                return Err(LensError::LayerOutOfRange {
+                    layer: l,
+                    n_layers: cfg.n_layers,
+                });
+            }
         }
+        if HookPoint::all_for(cfg).iter().any(|(hp, _)| hp == self) {
+            return Ok(());
+        }
+        let layer0: Vec<String> = HookPoint::all_for(cfg)
+            .iter()
+            .filter(|(hp, _)| hp.layer().is_none_or(|l| l == 0))
+            .map(|(hp, _)| hp.to_string())
+            .collect();
+        Err(LensError::HookNotOnModel {
+            hook: self.to_string(),
+            architecture: cfg.architecture.to_string(),
+            available: layer0.join(", "),
+        })
     }
 
     /// Every hook point the model fires, in forward order, with its TransformerLens shape

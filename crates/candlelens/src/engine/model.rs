@@ -226,7 +226,8 @@ impl HookedTransformer {
     /// Runs with user hooks; returns logits `[batch, pos, d_vocab]`.
     ///
     /// # Errors
-    /// Whatever a hook returns, [`LensError::HookShape`], [`LensError::LayerOutOfRange`].
+    /// Whatever a hook returns, [`LensError::HookShape`], [`LensError::LayerOutOfRange`],
+    /// [`LensError::HookNotOnModel`] for a hook on a point the architecture does not have.
     pub fn run_with_hooks(&self, tokens: &Tokens, hooks: &mut Hooks) -> Result<Tensor> {
         for hp in hooks.points() {
             hp.check(&self.cfg)?;
@@ -238,12 +239,18 @@ impl HookedTransformer {
     /// Returns `(logits [batch, pos, d_vocab], cache)`.
     ///
     /// # Errors
-    /// As [`Self::forward`].
+    /// As [`Self::forward`]; [`LensError::HookNotOnModel`] / [`LensError::LayerOutOfRange`] for
+    /// a named point the model never fires.
     pub fn run_with_cache(
         &self,
         tokens: &Tokens,
         filter: Option<HookFilter>,
     ) -> Result<(Tensor, ActivationCache)> {
+        if let Some(HookFilter::Points(ps)) = &filter {
+            for hp in ps {
+                hp.check(&self.cfg)?;
+            }
+        }
         let mut cache = ActivationCache::recorder(filter.unwrap_or(HookFilter::All));
         let logits = self.forward_with(tokens, LogitsAt::All, &mut cache)?;
         Ok((logits, cache.finish(tokens.clone())))
@@ -262,6 +269,11 @@ impl HookedTransformer {
     ) -> Result<(Tensor, ActivationCache)> {
         for hp in hooks.points() {
             hp.check(&self.cfg)?;
+        }
+        if let Some(HookFilter::Points(ps)) = &filter {
+            for hp in ps {
+                hp.check(&self.cfg)?;
+            }
         }
         let mut cache = ActivationCache::recorder(filter.unwrap_or(HookFilter::All));
         let logits = self.forward_with(tokens, at, &mut Chain(hooks, &mut cache))?;

@@ -59,7 +59,9 @@ impl AttentionView {
     /// The patterns of `heads` (`(layer, head)`) for prompt `batch` of a cache that holds them.
     ///
     /// # Errors
-    /// [`LensError::NotCached`] without `hook_pattern` for a layer; tokenizer errors.
+    /// [`LensError::NotCached`] without `hook_pattern` for a layer; [`LensError::OutOfRange`] /
+    /// [`LensError::LayerOutOfRange`] for a prompt, head or layer the cache does not have;
+    /// tokenizer errors.
     pub fn from_cache(
         model: &crate::engine::model::HookedTransformer,
         cache: &crate::engine::cache::ActivationCache,
@@ -71,11 +73,31 @@ impl AttentionView {
         let tokens = cache.tokens().ok_or_else(|| LensError::NoTokens {
             what: "an attention view from a cache".into(),
         })?;
+        if batch >= tokens.batch() {
+            return Err(LensError::OutOfRange {
+                what: "prompt (batch index) of the cache".into(),
+                index: batch,
+                len: tokens.batch(),
+            });
+        }
         let len = tokens.lengths()[batch];
         let str_tokens = model.ids_to_str_tokens(tokens.row(batch))?;
         let mut patterns = Vec::new();
         let mut labels = Vec::new();
         for &(l, h) in heads {
+            if l >= model.cfg.n_layers {
+                return Err(LensError::LayerOutOfRange {
+                    layer: l,
+                    n_layers: model.cfg.n_layers,
+                });
+            }
+            if h >= model.cfg.n_heads {
+                return Err(LensError::OutOfRange {
+                    what: format!("head of layer {l}"),
+                    index: h,
+                    len: model.cfg.n_heads,
+                });
+            }
             let p = cache
                 .at(crate::engine::hooks::HookPoint::Pattern(l))?
                 .i((batch, h, ..len, ..len))?
