@@ -336,9 +336,10 @@ pub enum LensError {
     #[error("tokenizer error: {0}")]
     Tokenizer(String),
 
-    /// A tensor operation failed (a bug, or a shape the caller passed).
+    /// A tensor operation failed (a bug, or a shape the caller passed). Candle's captured
+    /// backtrace (with `RUST_BACKTRACE` set) is dropped so the message stays readable.
     #[error("tensor error: {0}")]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
 
     /// An I/O error with the path involved.
     #[error("cannot read {path}: {source}")]
@@ -409,6 +410,20 @@ pub(crate) fn did_you_mean<'a>(
     }
 }
 
+/// Candle errors without the backtrace candle attaches when `RUST_BACKTRACE` is set (it would
+/// land in the middle of the message a notebook prints).
+impl From<candle_core::Error> for LensError {
+    fn from(e: candle_core::Error) -> Self {
+        fn strip(e: candle_core::Error) -> candle_core::Error {
+            match e {
+                candle_core::Error::WithBacktrace { inner, .. } => strip(*inner),
+                other => other,
+            }
+        }
+        LensError::Candle(strip(e))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -418,6 +433,18 @@ mod tests {
         let hint = did_you_mean("hook_resid_pr", ["hook_resid_pre", "hook_resid_post"]);
         assert_eq!(hint, " (did you mean 'hook_resid_pre'?)");
         assert_eq!(did_you_mean("zzzzzzzz", ["hook_resid_pre"]), "");
+    }
+
+    #[test]
+    fn candle_backtraces_stay_out_of_the_message() {
+        let e = candle_core::Error::WithBacktrace {
+            inner: Box::new(candle_core::Error::Msg("shape mismatch in matmul".into())),
+            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+        };
+        assert_eq!(
+            LensError::from(e).to_string(),
+            "tensor error: shape mismatch in matmul"
+        );
     }
 
     #[test]

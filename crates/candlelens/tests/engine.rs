@@ -352,3 +352,67 @@ fn bad_files_get_typed_errors() {
     assert!(matches!(err, LensError::MissingFile { .. }), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A copy of a tiny checkpoint folder with one config field replaced.
+fn tiny_with(family: &str, field: &str, value: serde_json::Value) -> std::path::PathBuf {
+    let src = fixture_path(&format!("tiny/{family}"));
+    let dir = std::env::temp_dir().join(format!(
+        "candlelens-cfg-{family}-{}-{}",
+        field.replace('/', "_"),
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["model.safetensors", "tokenizer.json"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    cfg[field] = value;
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    dir
+}
+
+#[test]
+fn damaged_config_dimensions_are_typed_errors_not_panics() {
+    for (family, field, value) in [
+        ("llama", "num_attention_heads", serde_json::json!(0)),
+        (
+            "llama",
+            "num_hidden_layers",
+            serde_json::json!(1_000_000_000_000u64),
+        ),
+        ("llama", "num_key_value_heads", serde_json::json!(0)),
+        ("llama", "head_dim", serde_json::json!(0)),
+        ("gpt2", "n_head", serde_json::json!(0)),
+        ("gpt2", "n_layer", serde_json::json!(0)),
+        ("gpt2", "n_head", serde_json::json!(100_000)),
+    ] {
+        let dir = tiny_with(family, field, value.clone());
+        let err = HookedTransformer::from_pretrained(dir.to_str().unwrap())
+            .err()
+            .unwrap_or_else(|| panic!("{family} {field}={value} loaded"));
+        assert!(
+            matches!(err, LensError::UnsupportedConfig { .. }),
+            "{family} {field}={value}: {err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn a_config_without_model_type_names_the_field_and_the_choices() {
+    let dir = tiny_with("llama", "model_type", serde_json::Value::Null);
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    cfg.as_object_mut().unwrap().remove("model_type");
+    cfg["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    let err = HookedTransformer::from_pretrained(dir.to_str().unwrap())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("missing 'model_type'"), "{err}");
+    assert!(err.contains("LlamaForCausalLM"), "{err}");
+    assert!(err.contains("qwen3"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

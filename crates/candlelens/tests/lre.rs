@@ -284,6 +284,35 @@ fn typed_errors_for_bad_input() {
         states.h_at(30),
         Err(LensError::LayerOutOfRange { .. })
     ));
+    // a malformed sample is named, with its field, in both file formats
+    let dir = std::env::temp_dir().join(format!("candlelens-lre-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, text, want) in [
+        (
+            "bare.json",
+            r#"[{"subject": "a", "object": "b"}, {"subject": 5, "object": "c"}]"#,
+            "sample 1",
+        ),
+        (
+            "paper.json",
+            r#"{"samples": [{"subject": "a", "object": "b"}, {"subject": "x"}]}"#,
+            "missing field `object`",
+        ),
+        (
+            "templates.json",
+            r#"{"prompt_templates": "{} is", "samples": []}"#,
+            "prompt_templates",
+        ),
+        ("neither.json", r#""just text""#, "expected ["),
+    ] {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        let err = Relation::from_file(&p).unwrap_err();
+        assert!(matches!(err, LensError::Json { .. }), "{name}: {err}");
+        assert!(err.to_string().contains(want), "{name}: {err}");
+        assert!(!err.to_string().contains("untagged"), "{name}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -20,7 +20,7 @@ use crate::engine::config::{
 use crate::engine::tokenizer::{self, GgufVocab, LensTokenizer};
 use crate::engine::weights::TensorSource;
 use crate::error::{LensError, Result};
-use crate::load::arch::{gemma3_layers, Family};
+use crate::load::arch::{check_dim, gemma3_layers, Family};
 
 /// An open GGUF file.
 pub struct GgufFile {
@@ -72,8 +72,11 @@ impl GgufFile {
         let family = Family::from_name(&arch)?;
         let n_heads = meta_usize(&content, &format!("{arch}.attention.head_count"))
             .ok_or_else(|| corrupt(path, "no attention.head_count"))?;
-        let n_kv_heads =
-            meta_usize(&content, &format!("{arch}.attention.head_count_kv")).unwrap_or(n_heads);
+        let n_heads = check_dim("attention.head_count", n_heads)?;
+        let n_kv_heads = check_dim(
+            "attention.head_count_kv",
+            meta_usize(&content, &format!("{arch}.attention.head_count_kv")).unwrap_or(n_heads),
+        )?;
         Ok(GgufFile {
             path: path.to_path_buf(),
             content,
@@ -100,12 +103,14 @@ impl GgufFile {
             meta_usize(c, &format!("{arch}.{key}"))
                 .ok_or_else(|| corrupt(&self.path, format!("metadata has no {arch}.{key}")))
         };
-        let d_model = need("embedding_length")?;
-        let n_layers = need("block_count")?;
-        let d_mlp = need("feed_forward_length")?;
+        let d_model = check_dim("embedding_length", need("embedding_length")?)?;
+        let n_layers = check_dim("block_count", need("block_count")?)?;
+        let d_mlp = check_dim("feed_forward_length", need("feed_forward_length")?)?;
         let n_heads = self.n_heads;
-        let d_head =
-            meta_usize(c, &format!("{arch}.attention.key_length")).unwrap_or(d_model / n_heads);
+        let d_head = check_dim(
+            "attention.key_length",
+            meta_usize(c, &format!("{arch}.attention.key_length")).unwrap_or(d_model / n_heads),
+        )?;
         let eps = meta_f64(c, &format!("{arch}.attention.layer_norm_rms_epsilon")).unwrap_or(1e-6);
         let base = meta_f64(c, &format!("{arch}.rope.freq_base")).unwrap_or(10000.0);
         let d_vocab = match c.tensor_infos.get("token_embd.weight") {

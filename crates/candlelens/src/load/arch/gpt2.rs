@@ -4,15 +4,16 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use super::{hidden_act, norm, Json};
+use super::{check_dim, hidden_act, norm, Json};
 use crate::engine::config::{AttentionKind, ModelConfig, NormKind, Positional};
 use crate::engine::weights::{to_compute, LayerWeights, TensorSource, Weights};
 use crate::error::Result;
 
 pub(super) fn config(j: &Json, name: &str) -> Result<ModelConfig> {
-    let d_model = j.usize("n_embd")?;
-    let n_heads = j.usize("n_head")?;
-    let n_layers = j.usize("n_layer")?;
+    let d_model = j.dim("n_embd")?;
+    let n_heads = j.dim("n_head")?;
+    let n_layers = j.dim("n_layer")?;
+    check_dim("n_embd / n_head", d_model / n_heads)?;
     Ok(ModelConfig {
         architecture: "gpt2".into(),
         name: name.to_string(),
@@ -21,8 +22,8 @@ pub(super) fn config(j: &Json, name: &str) -> Result<ModelConfig> {
         n_heads,
         n_kv_heads: n_heads,
         d_head: d_model / n_heads,
-        d_mlp: j.usize_or("n_inner", 4 * d_model),
-        d_vocab: j.usize("vocab_size")?,
+        d_mlp: j.dim_or("n_inner", 4 * d_model)?,
+        d_vocab: j.dim("vocab_size")?,
         n_ctx: j.usize_or("n_positions", 1024),
         norm: NormKind::LayerNorm,
         norm_eps: j.f64_or("layer_norm_epsilon", 1e-5),

@@ -50,11 +50,11 @@ fn layer_kinds(
 /// The config of a Llama-style family.
 pub(super) fn config(family: Family, j: &Json, name: &str) -> Result<ModelConfig> {
     let v = j.v;
-    let d_model = j.usize("hidden_size")?;
-    let n_heads = j.usize("num_attention_heads")?;
-    let n_layers = j.usize("num_hidden_layers")?;
-    let d_head = j.usize_or("head_dim", d_model / n_heads);
-    let n_kv_heads = j.usize_or("num_key_value_heads", n_heads);
+    let d_model = j.dim("hidden_size")?;
+    let n_heads = j.dim("num_attention_heads")?;
+    let n_layers = j.dim("num_hidden_layers")?;
+    let d_head = j.dim_or("head_dim", d_model / n_heads)?;
+    let n_kv_heads = j.dim_or("num_key_value_heads", n_heads)?;
     let gemma = family.norm_plus_one();
     let default_base = if family == Family::Gemma3 {
         1_000_000.0
@@ -86,8 +86,8 @@ pub(super) fn config(family: Family, j: &Json, name: &str) -> Result<ModelConfig
         n_heads,
         n_kv_heads,
         d_head,
-        d_mlp: j.usize("intermediate_size")?,
-        d_vocab: j.usize("vocab_size")?,
+        d_mlp: j.dim("intermediate_size")?,
+        d_vocab: j.dim("vocab_size")?,
         n_ctx: j.usize_or("max_position_embeddings", 2048),
         norm: NormKind::RmsNorm,
         norm_eps: j.f64_or("rms_norm_eps", 1e-6),

@@ -79,9 +79,17 @@ pub fn config_from_hf(v: &Value, name: &str) -> Result<(Family, ModelConfig)> {
         v,
         what: "config.json",
     };
-    let model_type = j.str("model_type").ok_or_else(|| LensError::Json {
-        what: "config.json".into(),
-        detail: "missing 'model_type'".into(),
+    let model_type = j.str("model_type").ok_or_else(|| {
+        let architectures = v
+            .get("architectures")
+            .map(|a| format!(" (it lists architectures {a})"))
+            .unwrap_or_default();
+        LensError::Json {
+            what: "config.json".into(),
+            detail: format!(
+                "missing 'model_type'{architectures}; add the field with one of the supported types: {SUPPORTED}"
+            ),
+        }
     })?;
     let family = Family::from_name(model_type)?;
     let cfg = match family {
@@ -154,6 +162,25 @@ pub(crate) struct Json<'a> {
     pub what: &'a str,
 }
 
+/// The largest value a model dimension may take (layers and heads far below it; widths and
+/// vocabularies too).
+pub(crate) const MAX_DIM: usize = 1 << 24;
+
+/// `value` as a model dimension of `field`: positive and at most [`MAX_DIM`].
+///
+/// # Errors
+/// [`LensError::UnsupportedConfig`] naming the field.
+pub(crate) fn check_dim(field: &str, value: usize) -> Result<usize> {
+    if value == 0 || value > MAX_DIM {
+        return Err(LensError::UnsupportedConfig {
+            field: field.to_string(),
+            value: value.to_string(),
+            fix: format!("a model dimension must be between 1 and {MAX_DIM}; the config is damaged or not a model's"),
+        });
+    }
+    Ok(value)
+}
+
 impl Json<'_> {
     pub fn usize(&self, key: &str) -> Result<usize> {
         self.v
@@ -164,6 +191,18 @@ impl Json<'_> {
                 what: self.what.into(),
                 detail: format!("missing integer field '{key}'"),
             })
+    }
+    /// A model dimension (layers, heads, widths, vocabulary): a positive integer below a bound
+    /// no real checkpoint reaches, checked before anything divides by it or allocates from it.
+    pub fn dim(&self, key: &str) -> Result<usize> {
+        check_dim(key, self.usize(key)?)
+    }
+    /// [`Self::dim`] with a default for an absent key.
+    pub fn dim_or(&self, key: &str, default: usize) -> Result<usize> {
+        match self.v.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(_) => self.dim(key),
+        }
     }
     pub fn usize_or(&self, key: &str, default: usize) -> usize {
         self.v

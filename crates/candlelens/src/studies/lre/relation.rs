@@ -30,13 +30,6 @@ pub struct Relation {
     pub samples: Vec<Sample>,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum RelationFile {
-    Paper(Relation),
-    Bare(Vec<Sample>),
-}
-
 impl Relation {
     /// Reads a relation file: the paper's format, or a bare `[{subject, object}, ...]` list
     /// (named after the file, no templates).
@@ -53,23 +46,64 @@ impl Relation {
             });
         }
         let text = std::fs::read_to_string(path).map_err(|e| LensError::io(path, e))?;
-        let file: RelationFile = serde_json::from_str(&text).map_err(|e| LensError::Json {
+        let json_err = |detail: String| LensError::Json {
             what: path.display().to_string(),
-            detail: format!(
-                "{e}; expected [{{\"subject\", \"object\"}}, ...] or \
-                 {{\"prompt_templates\": [...], \"samples\": [...]}}"
-            ),
-        })?;
-        let relation = match file {
-            RelationFile::Paper(r) => r,
-            RelationFile::Bare(samples) => Relation {
+            detail,
+        };
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| json_err(e.to_string()))?;
+        // the samples one by one, so an error names the sample and its field
+        let samples_of = |list: &[serde_json::Value]| -> Result<Vec<Sample>> {
+            list.iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    Sample::deserialize(v).map_err(|e| {
+                        let mut shown = v.to_string();
+                        if shown.len() > 120 {
+                            shown = format!("{}…", shown.chars().take(120).collect::<String>());
+                        }
+                        json_err(format!(
+                            "sample {i} {shown}: {e}; each sample is {{\"subject\": \"...\", \"object\": \"...\"}}"
+                        ))
+                    })
+                })
+                .collect()
+        };
+        let relation = match &value {
+            serde_json::Value::Array(list) => Relation {
                 name: path
                     .file_stem()
                     .map(|s| s.to_string_lossy().into_owned())
                     .unwrap_or_default(),
                 prompt_templates: Vec::new(),
-                samples,
+                samples: samples_of(list)?,
             },
+            serde_json::Value::Object(map) => {
+                let list = map.get("samples").and_then(|v| v.as_array()).ok_or_else(|| {
+                    json_err("no \"samples\" list; expected {\"prompt_templates\": [...], \"samples\": [...]}".into())
+                })?;
+                let text_list = |key: &str| -> Result<Vec<String>> {
+                    match map.get(key) {
+                        None => Ok(Vec::new()),
+                        Some(v) => Vec::<String>::deserialize(v)
+                            .map_err(|e| json_err(format!("field \"{key}\": {e}; expected a list of strings"))),
+                    }
+                };
+                Relation {
+                    name: match map.get("name") {
+                        None => String::new(),
+                        Some(v) => String::deserialize(v)
+                            .map_err(|e| json_err(format!("field \"name\": {e}")))?,
+                    },
+                    prompt_templates: text_list("prompt_templates")?,
+                    samples: samples_of(list)?,
+                }
+            }
+            _ => {
+                return Err(json_err(
+                    "expected [{\"subject\", \"object\"}, ...] or {\"prompt_templates\": [...], \"samples\": [...]}".into(),
+                ))
+            }
         };
         if relation.samples.len() < 2 {
             return Err(LensError::TooFew {
