@@ -32,6 +32,20 @@ pub enum LensError {
         command: String,
     },
 
+    /// An embedded model's file differs from the sha256 that `scripts/fetch-models` pinned: it
+    /// was damaged after it was fetched.
+    #[error("model file {path} is damaged: its sha256 is {got}, the pinned one is {want}. Fetch it again with: {command}")]
+    ChecksumMismatch {
+        /// The damaged file.
+        path: PathBuf,
+        /// The pinned sha256.
+        want: String,
+        /// The file's sha256.
+        got: String,
+        /// The command that replaces it.
+        command: String,
+    },
+
     /// A file the loader needs does not exist.
     #[error("file not found: {path}. {fix}")]
     MissingFile {

@@ -5,6 +5,7 @@ pub mod gguf;
 pub mod hub;
 pub mod registry;
 pub mod safetensors;
+pub mod verify;
 
 use std::path::{Path, PathBuf};
 
@@ -111,6 +112,7 @@ pub enum Resolved {
 ///
 /// # Errors
 /// [`LensError::ModelNotFetched`] for an embedded model whose file is absent,
+/// [`LensError::ChecksumMismatch`] for one whose file differs from its pinned sha256,
 /// [`LensError::UnknownModel`] with a did-you-mean for anything else unrecognised.
 pub fn resolve(name: &str) -> Result<Resolved> {
     resolve_in(name, &registry::models_dir())
@@ -123,9 +125,10 @@ pub fn resolve(name: &str) -> Result<Resolved> {
 pub fn resolve_in(name: &str, models_dir: &Path) -> Result<Resolved> {
     if let Some(e) = registry::lookup(name) {
         return match e.source {
-            Source::Embedded { dir, file } => {
+            Source::Embedded { dir, file, sha256 } => {
                 let path = models_dir.join(dir).join(file);
                 if path.exists() {
+                    verify::check_pinned(&path, sha256, e.alias)?;
                     Ok(Resolved::Gguf(path))
                 } else {
                     Err(LensError::ModelNotFetched {
@@ -370,5 +373,38 @@ mod tests {
         let dir = std::env::temp_dir().join("candlelens-empty-models-dir");
         let msg = resolve_in("gemma-3-270m", &dir).unwrap_err().to_string();
         assert!(msg.contains("scripts/fetch-models gemma-3-270m"), "{msg}");
+    }
+
+    #[test]
+    fn a_damaged_embedded_model_is_named_before_it_loads() {
+        let dir = std::env::temp_dir().join(format!("candlelens-damaged-{}", std::process::id()));
+        let model = dir.join("smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf");
+        std::fs::create_dir_all(model.parent().unwrap()).unwrap();
+        std::fs::write(&model, b"GGUF and then not much").unwrap();
+        let err = resolve_in("smollm2-135m", &dir).unwrap_err();
+        assert!(matches!(err, LensError::ChecksumMismatch { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("scripts/fetch-models smollm2-135m"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn pinned_hashes_agree_with_fetch_models() {
+        let script = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/fetch-models"),
+        )
+        .unwrap();
+        for e in registry::REGISTRY {
+            if let Source::Embedded { sha256, .. } = e.source {
+                assert!(
+                    script.contains(&format!("_SHA={sha256}")),
+                    "{}: pinned hash {sha256} is not the one scripts/fetch-models checks",
+                    e.alias
+                );
+            }
+        }
     }
 }

@@ -11,6 +11,9 @@ pub enum Source {
         dir: &'static str,
         /// File name.
         file: &'static str,
+        /// The file's pinned sha256 (hex), the same as in `scripts/fetch-models`; checked at load
+        /// by [`crate::load::verify`].
+        sha256: &'static str,
     },
     /// A Hugging Face hub repository.
     Hub {
@@ -37,6 +40,7 @@ pub const REGISTRY: &[Entry] = &[
         source: Source::Embedded {
             dir: "smollm2-135m",
             file: "SmolLM2-135M-Instruct.Q4_1.gguf",
+            sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         },
         about: "SmolLM2-135M-Instruct (Llama architecture), Q4_1 GGUF dequantized to f32; embedded default",
     },
@@ -45,6 +49,7 @@ pub const REGISTRY: &[Entry] = &[
         source: Source::Embedded {
             dir: "gemma-3-270m",
             file: "gemma-3-270m-q4_k_m.gguf",
+            sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         },
         about: "Gemma 3 270M base, Q4_K_M GGUF dequantized to f32; embedded (Gemma Terms of Use)",
     },
