@@ -113,7 +113,7 @@ let mut order: Vec<usize> = (0..attr.values.len()).collect();
 order.sort_by(|&a, &b| attr.values[b].total_cmp(&attr.values[a]));
 let top: Vec<usize> = order.into_iter().take(3).collect();
 for &i in &top { println!("{}: {:+.3}", attr.labels[i], attr.values[i]); }
-let str_tokens = model.ids_to_str_tokens(tokens.row(0))?;
+let str_tokens = model.ids_to_str_tokens(tokens.row(0)?)?;
 let mut patterns = Vec::new();
 for &i in &top {
     let (l, h) = (i / model.cfg.n_heads, i % model.cfg.n_heads);

@@ -122,7 +122,7 @@ for (name, batch) in [("capital", &capital), ("fruit", &fruit)] {
     for p in &batch.positions { if !distinct.contains(&p) { distinct.push(p); } }
     println!("  {} distinct position sets over {} prompts", distinct.len(), batch.len());
 }
-println!("{:?}", model.ids_to_str_tokens(fruit.tokens.row(1))?);
+println!("{:?}", model.ids_to_str_tokens(fruit.tokens.row(1)?)?);
 
 // %% [markdown]
 // ## Before the intervention

@@ -22,7 +22,7 @@ fn main() -> candlelens::Result<()> {
         grid.clean, grid.corrupted
     );
     let labels: Vec<String> = model
-        .ids_to_str_tokens(clean.row(0))?
+        .ids_to_str_tokens(clean.row(0)?)?
         .iter()
         .enumerate()
         .map(|(i, t)| format!("{t}_{i}"))

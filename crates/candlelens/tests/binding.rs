@@ -199,7 +199,9 @@ fn positions_are_found_from_the_tokens() {
     for task in [Task::Capital, Task::Fruit] {
         let batch = tiny_batch(&model, task, 6, 3);
         for (i, (p, pos)) in batch.prompts.iter().zip(&batch.positions).enumerate() {
-            let strs = model.ids_to_str_tokens(batch.tokens.row(i)).unwrap();
+            let strs = model
+                .ids_to_str_tokens(batch.tokens.row(i).unwrap())
+                .unwrap();
             for k in 0..2 {
                 assert_eq!(
                     strs[pos.entities[k]].trim(),
@@ -235,7 +237,7 @@ fn positions_are_found_from_the_tokens() {
     };
     let pos = binding::find_positions(&model, &prompt, 0, None).unwrap();
     let ids = model.to_tokens(p.text.as_str(), None).unwrap();
-    let strs = model.ids_to_str_tokens(ids.row(0)).unwrap();
+    let strs = model.ids_to_str_tokens(ids.row(0).unwrap()).unwrap();
     let want_e0 = strs.iter().position(|s| s == " F").unwrap();
     assert_eq!(strs[want_e0 - 1], ":");
     assert_eq!(
@@ -486,7 +488,9 @@ fn smollm2_on_the_sources_capital_prompts() {
     .unwrap();
     let batch = BindingBatch::new(model, prompts).unwrap();
     for (i, (p, pos)) in batch.prompts.iter().zip(&batch.positions).enumerate() {
-        let strs = model.ids_to_str_tokens(batch.tokens.row(i)).unwrap();
+        let strs = model
+            .ids_to_str_tokens(batch.tokens.row(i).unwrap())
+            .unwrap();
         assert_eq!(strs[pos.entities[1]], p.entities[1]); // after "\n": no space
         assert_eq!(strs[pos.attributes[1]], p.attributes[1]); // glued to "of"
         assert_eq!(strs[pos.attributes[1] - 1], " of");

@@ -35,7 +35,7 @@ fn check(m: &HookedTransformer, prompt: &str, n: usize) {
     let cached = m.generate_tokens(&tokens, &opts).unwrap().remove(0);
     assert_eq!(
         cached,
-        naive_greedy(m, tokens.row(0), n),
+        naive_greedy(m, tokens.row(0).unwrap(), n),
         "{}: {prompt}",
         m.cfg.name
     );

@@ -199,10 +199,10 @@ fn subject_positions_follow_the_tokenizer() {
                 .to_tokens(template.replace("{}", subject).as_str(), None)
                 .unwrap();
             let pos = lre::subject_last_token(m, template, subject).unwrap();
-            let strs = m.ids_to_str_tokens(ids.row(0)).unwrap();
+            let strs = m.ids_to_str_tokens(ids.row(0).unwrap()).unwrap();
             let bos = usize::from(
                 m.tokenizer()
-                    .decode(&ids.row(0)[..1])
+                    .decode(&ids.row(0).unwrap()[..1])
                     .unwrap()
                     .starts_with('<'),
             );

@@ -30,7 +30,7 @@ fn check_family(family: &str) {
     let tokens = model.to_tokens(prompts.as_slice(), None).unwrap();
     for (b, want) in fx["token_ids"].as_array().unwrap().iter().enumerate() {
         assert_eq!(
-            tokens.row(b),
+            tokens.row(b).unwrap(),
             u32s(want).as_slice(),
             "{family}: tokens of prompt {b}"
         );
@@ -309,4 +309,50 @@ fn lens_patch_prints_the_grid() {
             "position {p}: {cell}"
         );
     }
+}
+
+#[test]
+fn a_cache_used_with_another_model_or_missing_points_is_a_typed_error() {
+    let tiny = |f: &str| {
+        HookedTransformer::from_pretrained(fixture_path(&format!("tiny/{f}")).to_str().unwrap())
+            .unwrap()
+    };
+    let (llama, gpt2) = (tiny("llama"), tiny("gpt2"));
+    let tokens = llama.to_tokens("The cat sat", None).unwrap();
+    let (_, cache) = llama.run_with_cache(&tokens, None).unwrap();
+    cache.check_model(&llama.cfg).unwrap();
+
+    // the llama cache handed to gpt2's analyses
+    let e = cache
+        .stack_head_results(&gpt2, None, Pos::Last)
+        .unwrap_err();
+    assert!(matches!(e, LensError::Mismatch { .. }), "{e}");
+    assert!(
+        e.to_string().contains("run run_with_cache on this model"),
+        "{e}"
+    );
+    let stack = cache.accumulated_resid(None, false, Pos::Last).unwrap();
+    assert!(cache.apply_ln_to_stack(&gpt2, &stack).is_err());
+    let e = AttentionView::from_cache(&gpt2, &cache, 0, &[(0, 0)], "x").unwrap_err();
+    assert!(matches!(e, LensError::Mismatch { .. }), "{e}");
+
+    // a cache without the residual stream: NotCached, not an underflow
+    let only_z = HookFilter::Points(vec![HookPoint::Z(0)]);
+    let (_, zc) = llama.run_with_cache(&tokens, Some(only_z)).unwrap();
+    let e = zc.accumulated_resid(None, false, Pos::Last).unwrap_err();
+    assert!(matches!(e, LensError::NotCached { .. }), "{e}");
+
+    // head results of a z with the wrong head count name the shape wanted
+    let z = cache.at(HookPoint::Z(0)).unwrap();
+    let two_heads = z.narrow(2, 0, 2).unwrap();
+    let e = gpt2.head_results(0, &two_heads).unwrap_err();
+    assert!(matches!(e, LensError::Mismatch { .. }), "{e}");
+    assert!(e.to_string().contains("hook_z"), "{e}");
+    assert!(matches!(
+        llama.head_results(99, z),
+        Err(LensError::LayerOutOfRange { .. })
+    ));
+
+    // a prompt index past the batch
+    assert!(matches!(tokens.row(3), Err(LensError::OutOfRange { .. })));
 }

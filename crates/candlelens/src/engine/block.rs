@@ -441,9 +441,19 @@ impl<'a> Block<'a> {
     /// `[batch, pos, head, d_model]` (TransformerLens's `hook_result`).
     ///
     /// # Errors
-    /// Shape errors.
+    /// [`LensError::Mismatch`] when `z` is not `[batch, pos, n_heads, d_head]` of this model.
     pub fn head_results(&self, z: &Tensor) -> Result<Tensor> {
         let cfg = self.cfg;
+        let dims = z.dims();
+        if dims.len() != 4 || dims[2] != cfg.n_heads || dims[3] != cfg.d_head {
+            return Err(LensError::Mismatch {
+                what: "z and the model".into(),
+                detail: format!(
+                    "z has shape {dims:?}; head results need [batch, pos, {}, {}], this model's blocks.{}.attn.hook_z",
+                    cfg.n_heads, cfg.d_head, self.layer
+                ),
+            });
+        }
         let (b, p, h, dh) = z.dims4()?;
         // W_O[h] = w_o[:, h*dh..(h+1)*dh]^T  ->  [h, dh, d_model]
         let w_o = self.w.w_o.t()?.reshape((h, dh, cfg.d_model))?;

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use candle_core::Tensor;
 
+use crate::engine::config::ModelConfig;
 use crate::engine::hooks::{HookFilter, HookPoint, HookSink};
 use crate::engine::tokens::Tokens;
 use crate::error::{LensError, Result};
@@ -14,6 +15,34 @@ pub struct ActivationCache {
     acts: BTreeMap<HookPoint, Tensor>,
     filter: HookFilter,
     tokens: Option<Tokens>,
+    origin: Option<Origin>,
+}
+
+/// Which model recorded a cache: what [`ActivationCache::check_model`] compares.
+#[derive(Clone, Debug, PartialEq)]
+struct Origin {
+    name: String,
+    n_layers: usize,
+    n_heads: usize,
+    d_model: usize,
+}
+
+impl Origin {
+    fn of(cfg: &ModelConfig) -> Self {
+        Origin {
+            name: cfg.name.clone(),
+            n_layers: cfg.n_layers,
+            n_heads: cfg.n_heads,
+            d_model: cfg.d_model,
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} ({} layers, {} heads, d_model {})",
+            self.name, self.n_layers, self.n_heads, self.d_model
+        )
+    }
 }
 
 impl ActivationCache {
@@ -23,12 +52,34 @@ impl ActivationCache {
             acts: BTreeMap::new(),
             filter,
             tokens: None,
+            origin: None,
         }
     }
 
-    pub(crate) fn finish(mut self, tokens: Tokens) -> Self {
+    pub(crate) fn finish(mut self, tokens: Tokens, cfg: &ModelConfig) -> Self {
         self.tokens = Some(tokens);
+        self.origin = Some(Origin::of(cfg));
         self
+    }
+
+    /// Checks that this cache was recorded on a model shaped like `cfg` (same name, layers,
+    /// heads and width), before an analysis combines the two.
+    ///
+    /// # Errors
+    /// [`LensError::Mismatch`] naming both models. A cache filled by hand through
+    /// [`Self::recorder`] carries no origin and passes.
+    pub fn check_model(&self, cfg: &ModelConfig) -> Result<()> {
+        match &self.origin {
+            Some(o) if *o != Origin::of(cfg) => Err(LensError::Mismatch {
+                what: "cache and model".into(),
+                detail: format!(
+                    "the cache was recorded on {}, the model is {}; run run_with_cache on this model",
+                    o.describe(),
+                    Origin::of(cfg).describe()
+                ),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// The tokens the cache was recorded on.

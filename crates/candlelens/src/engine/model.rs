@@ -187,7 +187,7 @@ impl HookedTransformer {
             });
         }
         Ok(self
-            .ids_to_str_tokens(tokens.row(b))?
+            .ids_to_str_tokens(tokens.row(b)?)?
             .iter()
             .enumerate()
             .map(|(p, t)| {
@@ -253,7 +253,7 @@ impl HookedTransformer {
         }
         let mut cache = ActivationCache::recorder(filter.unwrap_or(HookFilter::All));
         let logits = self.forward_with(tokens, LogitsAt::All, &mut cache)?;
-        Ok((logits, cache.finish(tokens.clone())))
+        Ok((logits, cache.finish(tokens.clone(), &self.cfg)))
     }
 
     /// Hooks and a cache in one run: the cache sees the hooked activations.
@@ -277,7 +277,7 @@ impl HookedTransformer {
         }
         let mut cache = ActivationCache::recorder(filter.unwrap_or(HookFilter::All));
         let logits = self.forward_with(tokens, at, &mut Chain(hooks, &mut cache))?;
-        Ok((logits, cache.finish(tokens.clone())))
+        Ok((logits, cache.finish(tokens.clone(), &self.cfg)))
     }
 
     /// Mean next-token cross-entropy over every real position of every prompt.

@@ -56,8 +56,18 @@ impl Tokens {
     }
 
     /// The ids of prompt `i` (unpadded).
-    pub fn row(&self, i: usize) -> &[u32] {
-        &self.rows[i]
+    ///
+    /// # Errors
+    /// [`LensError::OutOfRange`] when the batch has no prompt `i`.
+    pub fn row(&self, i: usize) -> Result<&[u32]> {
+        self.rows
+            .get(i)
+            .map(Vec::as_slice)
+            .ok_or_else(|| LensError::OutOfRange {
+                what: "prompt".into(),
+                index: i,
+                len: self.rows.len(),
+            })
     }
 
     /// All rows, unpadded.
@@ -111,9 +121,10 @@ impl Tokens {
     /// Resolves a possibly negative position (`-1` = last) for prompt `i`.
     ///
     /// # Errors
-    /// [`LensError::PositionOutOfRange`].
+    /// [`LensError::OutOfRange`] when the batch has no prompt `i`,
+    /// [`LensError::PositionOutOfRange`] when `pos` is outside it.
     pub fn resolve_pos(&self, i: usize, pos: i64) -> Result<usize> {
-        let len = self.rows[i].len();
+        let len = self.row(i)?.len();
         let p = if pos < 0 { len as i64 + pos } else { pos };
         if p < 0 || p >= len as i64 {
             return Err(LensError::PositionOutOfRange { pos, len });
@@ -188,6 +199,25 @@ mod tests {
         let ids: Vec<Vec<u32>> = t.to_tensor(&Device::Cpu).unwrap().to_vec2().unwrap();
         assert_eq!(ids, vec![vec![1, 2, 3], vec![4, 0, 0]]);
         assert_eq!(t.resolve_pos(0, -1).unwrap(), 2);
+        assert_eq!(t.row(1).unwrap(), &[4]);
+        let e = t.row(2).unwrap_err().to_string();
+        assert!(e.contains("prompt") && e.contains('2'), "{e}");
+        assert!(matches!(
+            t.resolve_pos(5, 0),
+            Err(LensError::OutOfRange {
+                index: 5,
+                len: 2,
+                ..
+            })
+        ));
+        assert!(matches!(
+            t.resolve_pos(1, -2),
+            Err(LensError::PositionOutOfRange { pos: -2, len: 1 })
+        ));
+        assert!(matches!(
+            t.resolve_pos(0, i64::MIN),
+            Err(LensError::PositionOutOfRange { .. })
+        ));
         assert!(matches!(
             t.resolve_pos(1, 1),
             Err(LensError::PositionOutOfRange { pos: 1, len: 1 })

@@ -205,6 +205,10 @@ impl ActivationCache {
         pos: Pos,
     ) -> Result<ResidStack> {
         let n = self.n_layers();
+        if n == 0 {
+            // no residual stream at all: name the first point it needs
+            self.at(HookPoint::ResidPre(0))?;
+        }
         let layer = self.layer_or_all(layer)?;
         let mut parts = Vec::new();
         let mut labels = Vec::new();
@@ -271,13 +275,15 @@ impl ActivationCache {
     /// else) sum to `hook_attn_out` exactly, the norm's scale frozen at its cached value.
     ///
     /// # Errors
-    /// [`LensError::NotCached`] (needs `hook_z`, and `ln1_post.hook_scale` for Gemma 2/3).
+    /// [`LensError::NotCached`] (needs `hook_z`, and `ln1_post.hook_scale` for Gemma 2/3),
+    /// [`LensError::Mismatch`] for a cache recorded on another model.
     pub fn stack_head_results(
         &self,
         model: &HookedTransformer,
         layer: Option<usize>,
         pos: Pos,
     ) -> Result<ResidStack> {
+        self.check_model(&model.cfg)?;
         let layer = self.layer_or_all(layer)?;
         let mut parts = Vec::new();
         let mut labels = Vec::new();
@@ -314,12 +320,14 @@ impl ActivationCache {
     /// `W_U`.
     ///
     /// # Errors
-    /// [`LensError::NotCached`] without `ln_final.hook_scale`.
+    /// [`LensError::NotCached`] without `ln_final.hook_scale`, [`LensError::Mismatch`] for a
+    /// cache recorded on another model.
     pub fn apply_ln_to_stack(
         &self,
         model: &HookedTransformer,
         stack: &ResidStack,
     ) -> Result<Tensor> {
+        self.check_model(&model.cfg)?;
         let scale = self.select(self.at(HookPoint::LnFinalScale)?, stack.pos)?; // [b, (p,) 1]
         let mut x = stack.stack.to_dtype(DType::F32)?;
         if model.cfg.norm == NormKind::LayerNorm {

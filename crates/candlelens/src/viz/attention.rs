@@ -70,6 +70,7 @@ impl AttentionView {
         title: &str,
     ) -> Result<Self> {
         use candle_core::{DType, IndexOp};
+        cache.check_model(&model.cfg)?;
         let tokens = cache.tokens().ok_or_else(|| LensError::NoTokens {
             what: "an attention view from a cache".into(),
         })?;
@@ -81,7 +82,7 @@ impl AttentionView {
             });
         }
         let len = tokens.lengths()[batch];
-        let str_tokens = model.ids_to_str_tokens(tokens.row(batch))?;
+        let str_tokens = model.ids_to_str_tokens(tokens.row(batch)?)?;
         let mut patterns = Vec::new();
         let mut labels = Vec::new();
         for &(l, h) in heads {

@@ -53,7 +53,7 @@ pub fn patch(a: &PatchArgs) -> candlelens::Result<()> {
     let mut p = Patcher::new(&model, &clean, &corrupt, answer_metric(&model, &a.answers)?)?;
     p.progress = !a.json;
     let grid = p.sweep(target)?;
-    let str_tokens = model.ids_to_str_tokens(clean.row(0))?;
+    let str_tokens = model.ids_to_str_tokens(clean.row(0)?)?;
     if a.json {
         let report = PatchReport {
             model: &model.cfg.name,

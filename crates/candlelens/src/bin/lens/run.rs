@@ -54,7 +54,7 @@ pub fn run(args: &RunArgs) -> candlelens::Result<()> {
     let row: Vec<f32> = logits.i((0, last))?.to_dtype(DType::F32)?.to_vec1()?;
     let mut order: Vec<usize> = (0..row.len()).collect();
     order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
-    let token_ids = tokens.row(0).to_vec();
+    let token_ids = tokens.row(0)?.to_vec();
     let str_tokens = model.ids_to_str_tokens(&token_ids)?;
     let mut top_k = Vec::new();
     for &i in order.iter().take(args.top_k) {

@@ -184,7 +184,7 @@ impl BindingBatch {
                 len: self.len(),
             });
         };
-        let strs = model.ids_to_str_tokens(self.tokens.row(i))?;
+        let strs = model.ids_to_str_tokens(self.tokens.row(i)?)?;
         let mut parts = Vec::new();
         for k in 0..pos.entities.len() {
             for (role, p) in [("E", pos.entities[k]), ("A", pos.attributes[k])] {

@@ -185,7 +185,7 @@ impl LreStates {
                 .map(|l| cache.at(HookPoint::ResidPost(l)))
                 .collect::<Result<_>>()?;
             for (i, sample) in chunk.iter().enumerate() {
-                let ids = tokens.row(i).to_vec();
+                let ids = tokens.row(i)?.to_vec();
                 let subject_pos = subject_last_token(model, template, &sample.subject)?;
                 let last_pos = ids.len() - 1;
                 let at = |pos: usize| -> Result<Tensor> {
