@@ -57,9 +57,34 @@ impl GgufFile {
         let mut reader = BufReader::new(file);
         let content = Content::read(&mut reader).map_err(|e| corrupt(path, e))?;
         for (name, info) in &content.tensor_infos {
-            let bytes = info.shape.elem_count() / info.ggml_dtype.block_size()
-                * info.ggml_dtype.type_size();
-            let end = content.tensor_data_offset + info.offset + bytes as u64;
+            // dimensions come from the file: multiply and add without overflowing
+            let dims = info.shape.dims();
+            let elems = dims
+                .iter()
+                .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
+            let block = info.ggml_dtype.block_size() as u64;
+            let bytes = match elems {
+                // an empty tensor is never a weight (and candle cannot view an empty buffer
+                // as blocks)
+                Some(n) if n > 0 && n % block == 0 => {
+                    (n / block).checked_mul(info.ggml_dtype.type_size() as u64)
+                }
+                _ => None,
+            };
+            let Some(bytes) = bytes else {
+                return Err(corrupt(
+                    path,
+                    format!(
+                        "tensor '{name}' has shape {dims:?}, which is not a whole, non-zero number of {:?} blocks of {block}",
+                        info.ggml_dtype
+                    ),
+                ));
+            };
+            let end = content
+                .tensor_data_offset
+                .checked_add(info.offset)
+                .and_then(|x| x.checked_add(bytes))
+                .unwrap_or(u64::MAX);
             if end > file_len {
                 return Err(corrupt(
                     path,

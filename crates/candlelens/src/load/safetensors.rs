@@ -115,11 +115,35 @@ impl SafetensorsSource {
                     (Some(s), Some(e)) if s <= e => (s, e),
                     _ => return Err(bad()),
                 };
-                if data_start + e > len {
+                let end = data_start.saturating_add(e);
+                if end > len {
                     return Err(corrupt(
                         p,
-                        format!("tensor {name} ends at byte {} but the file has {len} (truncated download?)", data_start + e),
+                        format!("tensor {name} ends at byte {end} but the file has {len} (truncated download?)"),
                     ));
+                }
+                // the shape must describe the bytes it claims (checked before anything is
+                // allocated from it)
+                let elems = shape
+                    .iter()
+                    .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
+                let width = match dtype {
+                    "F32" | "I32" | "U32" => Some(4),
+                    "BF16" | "F16" | "I16" | "U16" => Some(2),
+                    "F64" | "I64" | "U64" => Some(8),
+                    "I8" | "U8" | "BOOL" => Some(1),
+                    _ => None,
+                };
+                if let Some(w) = width {
+                    if elems.and_then(|n| n.checked_mul(w)) != Some(e - s) {
+                        return Err(corrupt(
+                            p,
+                            format!(
+                                "tensor {name}: shape {shape:?} of {dtype} does not fit its {} bytes",
+                                e - s
+                            ),
+                        ));
+                    }
                 }
                 index.insert(
                     name.clone(),
@@ -157,7 +181,17 @@ impl TensorSource for SafetensorsSource {
             return Ok(None);
         };
         let (path, file) = &self.files[e.file];
-        let n: usize = e.shape.iter().product();
+        // open() checked that the shape's element count times the width is the byte range
+        let n = e
+            .shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(|| {
+                corrupt(
+                    path,
+                    format!("tensor {name}: shape {:?} overflows", e.shape),
+                )
+            })?;
         let nbytes = (e.end - e.start) as usize;
         let width = match e.dtype.as_str() {
             "F32" => 4,
@@ -170,7 +204,7 @@ impl TensorSource for SafetensorsSource {
                 })
             }
         };
-        if nbytes != n * width {
+        if Some(nbytes) != n.checked_mul(width) {
             return Err(corrupt(
                 path,
                 format!(
