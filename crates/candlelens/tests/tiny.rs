@@ -356,3 +356,38 @@ fn a_cache_used_with_another_model_or_missing_points_is_a_typed_error() {
     // a prompt index past the batch
     assert!(matches!(tokens.row(3), Err(LensError::OutOfRange { .. })));
 }
+
+#[test]
+fn the_hook_audit_reports_what_fired_and_what_never_did() {
+    let model =
+        HookedTransformer::from_pretrained(fixture_path("tiny/llama").to_str().unwrap()).unwrap();
+    let tokens = model.to_tokens("The cat sat", None).unwrap();
+    let mut hooks = Hooks::new();
+    hooks
+        .add("blocks.0.hook_resid_pre", |a, _| Ok(Some(a.zeros_like()?)))
+        .unwrap();
+    hooks.add_filter(HookFilter::suffix("attn.hook_pattern").unwrap(), |_, _| {
+        Ok(None)
+    });
+    // a rotary model has no learned positions: this predicate matches nothing
+    hooks.add_filter(HookFilter::suffix("hook_pos_embed").unwrap(), |a, _| {
+        Ok(Some(a.zeros_like()?))
+    });
+    model.run_with_hooks(&tokens, &mut hooks).unwrap();
+    let audit = hooks.audit();
+    let n = model.cfg.n_layers;
+    assert_eq!(audit.fired.len(), 1 + n, "{audit}");
+    assert_eq!(audit.fired[0].point, HookPoint::ResidPre(0));
+    assert_eq!((audit.fired[0].calls, audit.fired[0].replaced), (1, 1));
+    assert_eq!(audit.replacements(), 1);
+    assert_eq!(
+        audit.never_fired,
+        vec!["hook 2 (a predicate filter)".to_string()]
+    );
+    assert!(!audit.all_fired());
+    assert!(audit.to_string().contains("never fired: hook 2"), "{audit}");
+
+    // the audit covers the last run only
+    model.run_with_hooks(&tokens, &mut hooks).unwrap();
+    assert_eq!(hooks.audit(), audit);
+}

@@ -223,7 +223,8 @@ impl HookedTransformer {
         self.forward_with(tokens, LogitsAt::Last, &mut NoHooks)
     }
 
-    /// Runs with user hooks; returns logits `[batch, pos, d_vocab]`.
+    /// Runs with user hooks; returns logits `[batch, pos, d_vocab]`. Afterwards
+    /// [`Hooks::audit`] says where each hook ran and which never did.
     ///
     /// # Errors
     /// Whatever a hook returns, [`LensError::HookShape`], [`LensError::LayerOutOfRange`],
@@ -232,6 +233,7 @@ impl HookedTransformer {
         for hp in hooks.points() {
             hp.check(&self.cfg)?;
         }
+        hooks.start_audit();
         self.forward_with(tokens, LogitsAt::All, hooks)
     }
 
@@ -270,6 +272,7 @@ impl HookedTransformer {
         for hp in hooks.points() {
             hp.check(&self.cfg)?;
         }
+        hooks.start_audit();
         if let Some(HookFilter::Points(ps)) = &filter {
             for hp in ps {
                 hp.check(&self.cfg)?;
