@@ -26,7 +26,9 @@ pub mod viz;
 
 // The flat paths notebooks and users already write (`candlelens::patching::Patcher`,
 // `candlelens::lre::Relation`, ...) keep working.
-pub use engine::{block, cache, config, generate, hooks, model, tokenizer, tokens, weights};
+pub use engine::{
+    block, cache, config, generate, hooks, model, tokenizer, tokens, user_hooks, weights,
+};
 pub use interp::{analysis, metrics, patching, prompts};
 pub use load::arch;
 pub use notebook::progress;
@@ -36,10 +38,11 @@ pub use block::{ForwardCtx, PastKv};
 pub use cache::ActivationCache;
 pub use config::ModelConfig;
 pub use error::{LensError, Result};
-pub use hooks::{HookAudit, HookFilter, HookPoint, Hooks};
+pub use hooks::{HookFilter, HookPoint};
 pub use load::LoadOptions;
 pub use model::{HookedTransformer, LogitsAt};
 pub use tokens::{Prompts, Tokens};
+pub use user_hooks::{HookAudit, Hooks};
 
 /// Everything a notebook needs, in one `use candlelens::prelude::*;`.
 pub mod prelude {
@@ -49,11 +52,10 @@ pub mod prelude {
     // `Result` is left out on purpose: a one-argument alias in scope breaks code that writes
     // `Result<T, E>` (notebook cells, evcxr's generated code). Write `candlelens::Result`.
     pub use crate::engine::generate::GenerateOptions;
-    pub use crate::engine::hooks::{
-        layer_from_module_name, HookAudit, HookFilter, HookPoint, Hooks,
-    };
+    pub use crate::engine::hooks::{layer_from_module_name, HookFilter, HookPoint};
     pub use crate::engine::model::{HookedTransformer, LogitsAt};
     pub use crate::engine::tokens::Tokens;
+    pub use crate::engine::user_hooks::{HookAudit, Hooks};
     pub use crate::error::LensError;
     pub use crate::interp::metrics::{self, TokenGroups};
     pub use crate::interp::patching::{PatchGrid, PatchTarget, Patcher};

@@ -177,8 +177,13 @@ fn build_gguf(over: Option<(usize, Option<Value>)>) -> (Vec<u8>, u64) {
         let mut buf = std::io::Cursor::new(Vec::new());
         gguf_file::write(&mut buf, &meta_refs, &tensor_refs).unwrap();
         let bytes = buf.into_inner();
-        let offset = gguf_file::Content::read(&mut std::io::Cursor::new(&bytes))
-            .map_or(0, |c| c.tensor_data_offset);
+        // (candle's reader panics on an alignment of 0; the loader catches that, here it only
+        // means there is no header length to report)
+        let offset = std::panic::catch_unwind(|| {
+            gguf_file::Content::read(&mut std::io::Cursor::new(&bytes))
+                .map_or(0, |c| c.tensor_data_offset)
+        })
+        .unwrap_or(0);
         (bytes, offset)
     }
 }
@@ -262,8 +267,23 @@ fn gguf_mutations() -> impl Strategy<Value = Vec<Mutation>> {
     proptest::collection::vec(mutation(*header as usize, bytes.len()), 1..4)
 }
 
+/// Property-test settings: a fixed seed, so CI runs the same cases every time
+/// (`CANDLELENS_FUZZ_SEED=<n>` explores others), and no regression files written into the tree.
+fn fuzz_config(cases: u32) -> ProptestConfig {
+    let seed = std::env::var("CANDLELENS_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20_261_123);
+    ProptestConfig {
+        cases,
+        failure_persistence: None,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(seed),
+        ..ProptestConfig::default()
+    }
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1000, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(fuzz_config(1000))]
 
     #[test]
     fn a_damaged_gguf_is_an_error_or_a_model(muts in gguf_mutations()) {
@@ -281,44 +301,61 @@ proptest! {
     }
 }
 
-/// Metadata values of every type, including the ones that break arithmetic.
-fn meta_value() -> impl Strategy<Value = Option<Value>> {
-    prop_oneof![
-        Just(None),
-        interesting_u64().prop_map(|v| Some(Value::U32(v as u32))),
-        interesting_u64().prop_map(|v| Some(Value::U64(v))),
-        any::<i32>().prop_map(|v| Some(Value::I32(v))),
-        Just(Some(Value::I32(-1))),
-        prop_oneof![
-            Just(f32::NAN),
-            Just(f32::INFINITY),
-            Just(0.0f32),
-            Just(-1.0),
-            any::<f32>()
-        ]
-        .prop_map(|v| Some(Value::F32(v))),
-        Just(Some(Value::String("gemma3".into()))),
-        Just(Some(Value::String("".into()))),
-        Just(Some(Value::Bool(true))),
-        Just(Some(Value::Array(vec![]))),
-        Just(Some(Value::Array(vec![Value::U8(0); 3]))),
-    ]
+/// Metadata values of every type, including the ones that break arithmetic (`None`: the key
+/// removed).
+fn meta_values() -> Vec<Option<Value>> {
+    let ints: [u64; 10] = [
+        0,
+        1,
+        31,
+        u32::MAX as u64,
+        1 << 12,
+        1 << 24,
+        (1 << 24) + 1,
+        1 << 40,
+        u64::MAX / 2,
+        u64::MAX,
+    ];
+    let mut v = vec![None];
+    v.extend(ints.iter().map(|&x| Some(Value::U32(x as u32))));
+    v.extend(ints.iter().map(|&x| Some(Value::U64(x))));
+    v.extend([-1, i32::MIN, 7].map(|x| Some(Value::I32(x))));
+    v.extend([f32::NAN, f32::INFINITY, 0.0, -1.0, 1e30].map(|x| Some(Value::F32(x))));
+    v.extend([
+        Some(Value::String("gemma3".into())),
+        Some(Value::String("gpt2".into())),
+        Some(Value::String(String::new())),
+        Some(Value::Bool(true)),
+        Some(Value::Array(vec![])),
+        Some(Value::Array(vec![Value::U8(0); 3])),
+        Some(Value::Array(vec![Value::String("a".into())])),
+    ]);
+    v
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, failure_persistence: None, ..ProptestConfig::default() })]
-
-    #[test]
-    fn gguf_metadata_of_any_value_is_an_error_or_a_model(k in 0..META_KEYS.len(), value in meta_value()) {
-        let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-        let (bytes, _) = build_gguf(Some((k, value)));
-        let p = write_gguf(&bytes);
-        let (_outcome, largest) = load_and_run(p.to_str().unwrap());
-        prop_assert!(
-            largest <= allocation_bound(bytes.len()),
-            "allocated {largest} bytes at once for a {}-byte file", bytes.len()
-        );
+/// Every metadata key set to every kind of value (or removed): 15 × 36 loads.
+#[test]
+fn gguf_metadata_of_any_value_is_an_error_or_a_model() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut loaded = 0;
+    for (k, key) in META_KEYS.iter().enumerate() {
+        for value in meta_values() {
+            let what = format!("{key} = {value:?}");
+            let (bytes, _) = build_gguf(Some((k, value)));
+            let p = write_gguf(&bytes);
+            let name = p.to_str().unwrap().to_string();
+            let run = std::panic::catch_unwind(|| load_and_run(&name));
+            let (outcome, largest) = run.unwrap_or_else(|_| panic!("panicked on {what}"));
+            assert!(
+                largest <= allocation_bound(bytes.len()),
+                "{what}: allocated {largest} bytes at once for a {}-byte file",
+                bytes.len()
+            );
+            loaded += usize::from(outcome.is_ok());
+        }
     }
+    // values that keep the model valid (the same head count, a removed optional key) load
+    assert!(loaded > 0);
 }
 
 // ---------------------------------------------------------------- safetensors + config
@@ -422,7 +459,7 @@ fn st_mutation() -> impl Strategy<Value = StMutation> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1000, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(fuzz_config(1000))]
 
     #[test]
     fn a_damaged_safetensors_checkpoint_is_an_error_or_a_model(

@@ -27,4 +27,5 @@ pub mod ops;
 pub mod rope;
 pub mod tokenizer;
 pub mod tokens;
+pub mod user_hooks;
 pub mod weights;

@@ -10,10 +10,11 @@ use candle_core::{DType, Device, IndexOp, Tensor, D};
 use crate::engine::block::{Block, ForwardCtx, PastKv};
 use crate::engine::cache::ActivationCache;
 use crate::engine::config::ModelConfig;
-use crate::engine::hooks::{Chain, HookFilter, HookPoint, HookSink, Hooks, NoHooks};
+use crate::engine::hooks::{Chain, HookFilter, HookPoint, HookSink, NoHooks};
 use crate::engine::ops::{hook, linear, NormSpec};
 use crate::engine::tokenizer::LensTokenizer;
 use crate::engine::tokens::Tokens;
+use crate::engine::user_hooks::Hooks;
 use crate::engine::weights::Weights;
 use crate::error::{LensError, Result};
 

@@ -55,7 +55,10 @@ impl GgufFile {
         })?;
         let file_len = file.metadata().map_err(|e| LensError::io(path, e))?.len();
         let mut reader = BufReader::new(file);
-        let content = Content::read(&mut reader).map_err(|e| corrupt(path, e))?;
+        // candle's reader panics on some damaged headers (an alignment of 0): caught here
+        let content = crate::load::guard::catch_panic(|| Content::read(&mut reader))
+            .map_err(|p| corrupt(path, format!("the GGUF header cannot be read ({p})")))?
+            .map_err(|e| corrupt(path, e))?;
         for (name, info) in &content.tensor_infos {
             // dimensions come from the file: multiply and add without overflowing
             let dims = info.shape.dims();

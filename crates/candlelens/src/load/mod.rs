@@ -2,6 +2,7 @@
 
 pub mod arch;
 pub mod gguf;
+mod guard;
 pub mod hub;
 pub mod registry;
 pub mod safetensors;
@@ -263,8 +264,32 @@ impl HookedTransformer {
                     display,
                     opts,
                 )
+                .map_err(in_hub_cache)
             }
         }
+    }
+}
+
+/// A damaged file inside the Hugging Face cache: name the repo's cache folder to delete, since
+/// the hub client trusts a cached file and would hand back the same bytes.
+fn in_hub_cache(e: LensError) -> LensError {
+    match e {
+        LensError::CorruptFile { path, detail } => {
+            let folder = path.ancestors().find(|a| {
+                a.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("models--"))
+            });
+            let detail = match folder {
+                Some(f) => format!(
+                    "{detail}; it is in the Hugging Face cache, which would serve the same bytes again: delete {} and load the model again to re-download it",
+                    f.display()
+                ),
+                None => detail,
+            };
+            LensError::CorruptFile { path, detail }
+        }
+        other => other,
     }
 }
 
@@ -406,5 +431,26 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_damaged_file_in_the_hub_cache_names_the_folder_to_delete() {
+        let path =
+            PathBuf::from("/h/hub/models--openai-community--gpt2/snapshots/abc/model.safetensors");
+        let e = in_hub_cache(LensError::CorruptFile {
+            path,
+            detail: "header length 9 does not fit".into(),
+        });
+        let msg = e.to_string();
+        assert!(
+            msg.contains("delete /h/hub/models--openai-community--gpt2 and load"),
+            "{msg}"
+        );
+        // elsewhere the message is unchanged
+        let e = in_hub_cache(LensError::CorruptFile {
+            path: PathBuf::from("/data/m/model.safetensors"),
+            detail: "x".into(),
+        });
+        assert!(!e.to_string().contains("Hugging Face cache"), "{e}");
     }
 }

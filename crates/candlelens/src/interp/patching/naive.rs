@@ -4,7 +4,8 @@
 
 use std::time::Instant;
 
-use crate::engine::hooks::{HookPoint, Hooks};
+use crate::engine::hooks::HookPoint;
+use crate::engine::user_hooks::Hooks;
 use crate::error::Result;
 
 use super::{PatchGrid, PatchTarget, Patcher};

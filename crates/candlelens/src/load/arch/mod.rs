@@ -166,16 +166,34 @@ pub(crate) struct Json<'a> {
 /// vocabularies too).
 pub(crate) const MAX_DIM: usize = 1 << 24;
 
-/// `value` as a model dimension of `field`: positive and at most [`MAX_DIM`].
+/// The largest number of layers or heads (the largest public models have ~130 layers and
+/// 128 heads): per-layer tables are allocated from these counts before any weight is read.
+pub(crate) const MAX_COUNT: usize = 1 << 12;
+
+/// Whether `field` counts layers or heads (bounded by [`MAX_COUNT`]) rather than a width.
+fn is_count(field: &str) -> bool {
+    field.contains("layer")
+        || field.contains("block_count")
+        || field.contains("head_count")
+        || field.contains("attention_heads")
+        || field.contains("key_value_heads")
+        || field == "n_head"
+}
+
+/// `value` as a model dimension of `field`: positive and at most [`MAX_DIM`] ([`MAX_COUNT`]
+/// for layer and head counts).
 ///
 /// # Errors
 /// [`LensError::UnsupportedConfig`] naming the field.
 pub(crate) fn check_dim(field: &str, value: usize) -> Result<usize> {
-    if value == 0 || value > MAX_DIM {
+    let max = if is_count(field) { MAX_COUNT } else { MAX_DIM };
+    if value == 0 || value > max {
         return Err(LensError::UnsupportedConfig {
             field: field.to_string(),
             value: value.to_string(),
-            fix: format!("a model dimension must be between 1 and {MAX_DIM}; the config is damaged or not a model's"),
+            fix: format!(
+                "this must be between 1 and {max}; the config is damaged or not a model's"
+            ),
         });
     }
     Ok(value)

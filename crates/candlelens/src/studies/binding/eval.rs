@@ -5,8 +5,9 @@ use std::fmt;
 
 use candle_core::{DType, Tensor};
 
-use crate::engine::hooks::{HookFilter, Hooks};
+use crate::engine::hooks::HookFilter;
 use crate::engine::model::{HookedTransformer, LogitsAt};
+use crate::engine::user_hooks::Hooks;
 use crate::error::{LensError, Result};
 
 use super::lists::BindingLists;

@@ -4,8 +4,9 @@
 
 use candle_core::{DType, IndexOp, Tensor};
 
-use crate::engine::hooks::{HookFilter, HookPoint, Hooks};
+use crate::engine::hooks::{HookFilter, HookPoint};
 use crate::engine::model::HookedTransformer;
+use crate::engine::user_hooks::Hooks;
 use crate::error::{LensError, Result};
 use crate::studies::pyrandom::PyRandom;
 

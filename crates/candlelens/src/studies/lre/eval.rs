@@ -6,8 +6,8 @@ use serde::Serialize;
 
 use super::operator::LreOperator;
 use super::states::LreStates;
-use crate::engine::hooks::Hooks;
 use crate::engine::model::HookedTransformer;
+use crate::engine::user_hooks::Hooks;
 use crate::error::{LensError, Result};
 
 /// One test subject's outcome.
