@@ -84,3 +84,28 @@ let model = HookedTransformer::from_pretrained(&name)?;
     }
     t.evcxr_display();
 }
+
+// %% [markdown]
+// ## Weight views
+//
+// TransformerLens's weight matrices under their names and shapes (`model.W_Q` in Python,
+// `model.W_Q()?` here), as the checkpoint holds them: no LayerNorm folding, as TransformerLens's
+// `from_pretrained_no_processing`. Grouped-query models repeat each key/value head for the query
+// heads that share it. The check below recomputes head 0's queries from the normalised residual,
+// `hook_q = ln1.hook_normalized @ W_Q[0, 0] + b_Q[0, 0]`, and compares with the cached `hook_q`.
+
+// %%
+{
+    let mut t = Table::new("Weight views", ["view", "shape"]);
+    for (name, shape) in model.weight_view_shapes() {
+        t.row([name.to_string(), format!("{shape:?}")]);
+    }
+    let tokens = model.to_tokens("The capital of France is", None)?;
+    let (_, cache) = model.run_with_cache(&tokens, None)?;
+    let x = cache.get("blocks.0.ln1.hook_normalized")?.get(0)?;
+    let q = x.matmul(&model.W_Q_at(0)?.get(0)?)?.broadcast_add(&model.b_Q()?.get(0)?.get(0)?)?;
+    let cached = cache.get("blocks.0.attn.hook_q")?.get(0)?.narrow(1, 0, 1)?.squeeze(1)?;
+    let err = (q - cached)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    println!("head 0.0 queries from W_Q vs the cached hook_q: max |difference| = {err:.2e}");
+    t.evcxr_display();
+}

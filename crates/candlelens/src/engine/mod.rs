@@ -28,4 +28,5 @@ pub mod rope;
 pub mod tokenizer;
 pub mod tokens;
 pub mod user_hooks;
+pub mod weight_views;
 pub mod weights;
