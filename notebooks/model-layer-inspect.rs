@@ -1,3 +1,4 @@
+// -*- coding: utf-8 -*-
 // ---
 // jupyter:
 //   candlelens:
@@ -91,8 +92,9 @@ let model = HookedTransformer::from_pretrained(&name)?;
 // TransformerLens's weight matrices under their names and shapes (`model.W_Q` in Python,
 // `model.W_Q()?` here), as the checkpoint holds them: no LayerNorm folding, as TransformerLens's
 // `from_pretrained_no_processing`. Grouped-query models repeat each key/value head for the query
-// heads that share it. The check below recomputes head 0's queries from the normalised residual,
-// `hook_q = ln1.hook_normalized @ W_Q[0, 0] + b_Q[0, 0]`, and compares with the cached `hook_q`.
+// heads that share it. The check below recomputes head 0's values from the normalised residual,
+// `hook_v = ln1.hook_normalized @ W_V[0, 0] + b_V[0, 0]`, and compares with the cached `hook_v`
+// (values, because Gemma 3 and Qwen 3 normalise queries and keys per head before `hook_q`/`hook_k`).
 
 // %%
 {
@@ -103,9 +105,37 @@ let model = HookedTransformer::from_pretrained(&name)?;
     let tokens = model.to_tokens("The capital of France is", None)?;
     let (_, cache) = model.run_with_cache(&tokens, None)?;
     let x = cache.get("blocks.0.ln1.hook_normalized")?.get(0)?;
-    let q = x.matmul(&model.W_Q_at(0)?.get(0)?)?.broadcast_add(&model.b_Q()?.get(0)?.get(0)?)?;
-    let cached = cache.get("blocks.0.attn.hook_q")?.get(0)?.narrow(1, 0, 1)?.squeeze(1)?;
-    let err = (q - cached)?.abs()?.max_all()?.to_scalar::<f32>()?;
-    println!("head 0.0 queries from W_Q vs the cached hook_q: max |difference| = {err:.2e}");
+    let v = x.matmul(&model.W_V_at(0)?.get(0)?)?.broadcast_add(&model.b_V()?.get(0)?.get(0)?)?;
+    let cached = cache.get("blocks.0.attn.hook_v")?.get(0)?.narrow(1, 0, 1)?.squeeze(1)?;
+    let err = (v - cached)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    println!("head 0.0 values from W_V vs the cached hook_v: max |difference| = {err:.2e}");
+    if err > 1e-3 {
+        Err(LensError::Custom(format!("W_V does not reproduce hook_v (max difference {err})")))?;
+    }
+    t.evcxr_display();
+}
+
+// %% [markdown]
+// ## Per-head circuits
+//
+// Each head's OV circuit `W_V W_O` (what it writes, given what it attends to) and QK circuit
+// `W_Q W_Kᵀ` (which directions attend to which) is a `[d_model, d_model]` matrix of rank at most
+// `d_head`, kept factored as TransformerLens's `FactoredMatrix`: the spectra below come from
+// `d_head`-sized matrices. The copying score `Σ Re λ / Σ |λ|` over the OV circuit's eigenvalues
+// is near 1 for a head that writes back what it reads (Elhage et al. 2021).
+
+// %%
+{
+    let l = model.cfg.n_layers - 1;
+    let mut t = Table::new(&format!("Layer {l}: OV and QK circuits per head"),
+        ["head", "OV Frobenius norm", "OV top σ", "OV copying score", "QK top σ"]);
+    for h in 0..model.cfg.n_heads {
+        let ov = model.OV(l, h)?;
+        let s = ov.singular_values()?;
+        let ev = ov.eigenvalues()?;
+        let copying = ev.iter().map(|e| e.re).sum::<f64>() / ev.iter().map(|e| e.norm()).sum::<f64>();
+        let qk = model.QK(l, h)?.singular_values()?;
+        t.row([h.to_string(), format!("{:.3}", ov.norm()?), format!("{:.3}", s[0]), format!("{copying:+.3}"), format!("{:.3}", qk[0])]);
+    }
     t.evcxr_display();
 }

@@ -29,7 +29,7 @@ pub mod viz;
 pub use engine::{
     block, cache, config, generate, hooks, model, tokenizer, tokens, user_hooks, weights,
 };
-pub use interp::{analysis, metrics, patching, prompts};
+pub use interp::{analysis, factored, metrics, patching, prompts};
 pub use load::arch;
 pub use notebook::progress;
 pub use studies::{binding, data, lre};
@@ -49,6 +49,7 @@ pub mod prelude {
     pub use crate::engine::cache::ActivationCache;
     pub use crate::engine::config::ModelConfig;
     pub use crate::interp::analysis::{Attribution, Pos, ResidStack};
+    pub use crate::interp::factored::FactoredMatrix;
     // `Result` is left out on purpose: a one-argument alias in scope breaks code that writes
     // `Result<T, E>` (notebook cells, evcxr's generated code). Write `candlelens::Result`.
     pub use crate::engine::generate::GenerateOptions;

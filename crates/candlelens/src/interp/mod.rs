@@ -2,12 +2,14 @@
 //!
 //! - [`analysis`]: residual-stream decompositions (accumulated, per layer, per head), logit
 //!   attribution, residual directions.
+//! - [`factored`]: low-rank products kept factored, and the per-head OV / QK circuits.
 //! - [`metrics`]: logit differences over answer pairs and token groups, normalisation.
 //! - [`prompts`]: `test_prompt`, how the model ranks an answer.
 //! - [`patching`]: activation patching, an exact fast sweep and the one-forward-per-cell
 //!   reference.
 
 pub mod analysis;
+pub mod factored;
 pub mod metrics;
 pub mod patching;
 pub mod prompts;

@@ -208,10 +208,7 @@ impl HubRepo {
         let on_disk = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         if size > 0 && on_disk != size as u64 {
             // the response ended early: take the file back out of the cache
-            if let Ok(blob) = std::fs::canonicalize(&path) {
-                let _ = std::fs::remove_file(blob);
-            }
-            let _ = std::fs::remove_file(&path);
+            remove_from_cache(&path);
             return Err(err(
                 format!(
                     "the download was cut short: {on_disk} of {size} bytes ({received} received)"
@@ -220,6 +217,18 @@ impl HubRepo {
                     .into(),
             ));
         }
+        // a large (LFS) file's blob is named by its sha256, which the hub announced: check the
+        // bytes that arrived against it before anyone reads them
+        if let Some(want) = lfs_sha256(&path) {
+            let got = crate::load::verify::sha256_file(&path)?;
+            if got != want {
+                remove_from_cache(&path);
+                return Err(err(
+                    format!("the downloaded file's sha256 is {got}, the hub announced {want}"),
+                    "the bytes were damaged on the way (a proxy?): run the command again to retry; the file was removed from the cache".into(),
+                ));
+            }
+        }
         Ok(path)
     }
 
@@ -227,6 +236,23 @@ impl HubRepo {
     pub fn has(&self, file: &str) -> bool {
         self.get(file).is_ok()
     }
+}
+
+/// Removes a snapshot entry and the blob it points to from the HF cache.
+fn remove_from_cache(path: &Path) {
+    if let Ok(blob) = std::fs::canonicalize(path) {
+        let _ = std::fs::remove_file(blob);
+    }
+    let _ = std::fs::remove_file(path);
+}
+
+/// The sha256 a cached file must have, when its blob is named by one (the hub's
+/// `x-linked-etag` of an LFS file); small files are named by their git sha1 and are not checked.
+fn lfs_sha256(path: &Path) -> Option<String> {
+    let blob = std::fs::canonicalize(path).ok()?;
+    let name = blob.file_name()?.to_str()?;
+    (name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| name.to_ascii_lowercase())
 }
 
 /// The typed error for a failed download, naming the fix for the HTTP status.
@@ -357,6 +383,66 @@ mod tests {
                 .all(|p| p.extension().is_some_and(|e| e == "lock")),
             "{left:?}"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn lfs_reply(head: &str, etag: &str, body: &[u8]) -> Vec<u8> {
+        if head.contains("bytes=0-0") {
+            format!(
+                "HTTP/1.1 206 Partial Content\r\nx-repo-commit: c0ffee\r\nx-linked-etag: \"{etag}\"\r\netag: \"abc\"\r\ncontent-range: bytes 0-0/{}\r\ncontent-length: 1\r\nconnection: close\r\n\r\nx",
+                body.len()
+            )
+            .into_bytes()
+        } else {
+            let mut r = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            r.extend_from_slice(body);
+            r
+        }
+    }
+
+    const BODY: &[u8] = b"0123456789012345678901234567890123456789012345678901234567890123456789";
+
+    fn body_sha() -> String {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(BODY)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    #[test]
+    fn an_lfs_download_is_checked_against_its_sha256() {
+        // the right bytes under the wrong hash: refused and removed
+        let endpoint = fake_hub(|head| Some(lfs_reply(head, &"0".repeat(64), BODY)));
+        let dir = scratch("lfs-bad");
+        let repo = HubRepo::with(
+            "someone/model",
+            &endpoint,
+            Some(&dir),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let err = repo.get("model.safetensors").unwrap_err().to_string();
+        assert!(err.contains("the hub announced 0000"), "{err}");
+        assert!(repo.cache.get("model.safetensors").is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+
+        // the right hash: accepted
+        let endpoint = fake_hub(|head| Some(lfs_reply(head, &body_sha(), BODY)));
+        let dir = scratch("lfs-good");
+        let repo = HubRepo::with(
+            "someone/model",
+            &endpoint,
+            Some(&dir),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let path = repo.get("model.safetensors").unwrap();
+        assert_eq!(std::fs::read(path).unwrap(), BODY);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
