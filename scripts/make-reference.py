@@ -9,6 +9,7 @@ Set-up (once; torch from PyPI pulls ~3 GB of CUDA libraries but runs on the CPU)
     scripts/fetch-models
     .venv-ref/bin/python scripts/make-reference.py            # everything
     .venv-ref/bin/python scripts/make-reference.py --only gguf   # or: tiny
+    .venv-ref/bin/python scripts/make-reference.py --family neox # one tiny family
 
 What it writes (under crates/candlelens/tests/fixtures/):
 
@@ -296,6 +297,8 @@ def randomise(model, seed: int):
 def decoder_layers(model):
     if hasattr(model, "model") and hasattr(model.model, "layers"):
         return model.model.layers
+    if hasattr(model, "gpt_neox"):
+        return model.gpt_neox.layers
     return model.transformer.h
 
 
@@ -416,6 +419,24 @@ def tiny_gptj():
     tiny_reference("gptj", model, tk, torch.bfloat16, prepend_bos_id=eot)
 
 
+def tiny_neox():
+    """GPT-NeoX / Pythia: parallel attention + MLP with two LayerNorms, partial rotate-half rotary
+    (a quarter of each head), fused per-head q/k/v with biases."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    tk = tiny_tokenizer("<|endoftext|>", "<|endoftext|>", "<|endoftext|>", add_bos=False)
+    eot = tk.token_to_id("<|endoftext|>")
+    cfg = GPTNeoXConfig(vocab_size=tk.get_vocab_size(), hidden_size=64, intermediate_size=256,
+                        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64,
+                        rotary_pct=0.25, rotary_emb_base=10000, use_parallel_residual=True,
+                        hidden_act="gelu", tie_word_embeddings=False, bos_token_id=eot,
+                        eos_token_id=eot, pad_token_id=eot)
+    torch.manual_seed(0)
+    model = GPTNeoXForCausalLM(cfg)
+    randomise(model, 9)
+    tiny_reference("neox", model, tk, torch.float32, prepend_bos_id=eot)
+
+
 def tiny_qwen2():
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -479,7 +500,12 @@ def tiny_gemma2():
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", choices=["gguf", "tiny"], help="write only one kind of fixture")
+    ap.add_argument("--family", help="write only this tiny family's fixture (e.g. neox)")
     args = ap.parse_args()
+    if args.family:
+        torch.set_grad_enabled(False)
+        globals()[f"tiny_{args.family}"]()
+        return
     torch.set_grad_enabled(False)
     if args.only in (None, "gguf"):
         gguf_reference("smollm2-135m", "SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -487,6 +513,7 @@ def main():
     if args.only in (None, "tiny"):
         tiny_gpt2()
         tiny_gptj()
+        tiny_neox()
         tiny_llama()
         tiny_qwen2()
         tiny_qwen3()

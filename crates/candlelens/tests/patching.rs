@@ -104,14 +104,17 @@ fn fast_sweep_equals_naive_on_every_architecture() {
         let (clean, corrupt) = pair(&m);
         compare(&m, &clean, &corrupt, &[(5, 9)], ALL);
     }
-    // parallel attention + MLP has no resid_mid
-    let m = tiny("gptj");
-    let (clean, corrupt) = pair(&m);
+    // parallel attention + MLP has no resid_mid (GPT-J: one norm; GPT-NeoX: one per branch)
     let no_mid: Vec<PatchTarget> = ALL
         .iter()
         .copied()
         .filter(|t| *t != PatchTarget::ResidMid)
         .collect();
+    let neox = tiny("neox");
+    let (clean, corrupt) = pair(&neox);
+    compare(&neox, &clean, &corrupt, &[(5, 9)], &no_mid);
+    let m = tiny("gptj");
+    let (clean, corrupt) = pair(&m);
     compare(&m, &clean, &corrupt, &[(5, 9)], &no_mid);
     let metric: candlelens::patching::Metric =
         Box::new(|l| Ok(metrics::mean(&metrics::logit_diff(l, &[(5, 9)])?)));

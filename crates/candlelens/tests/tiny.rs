@@ -91,6 +91,7 @@ macro_rules! family_tests {
 family_tests! {
     tiny_gpt2_matches_transformers => "gpt2",
     tiny_gptj_matches_transformers => "gptj",
+    tiny_neox_matches_transformers => "neox",
     tiny_llama_matches_transformers => "llama",
     tiny_qwen2_matches_transformers => "qwen2",
     tiny_qwen3_matches_transformers => "qwen3",
@@ -390,4 +391,35 @@ fn the_hook_audit_reports_what_fired_and_what_never_did() {
     // the audit covers the last run only
     model.run_with_hooks(&tokens, &mut hooks).unwrap();
     assert_eq!(hooks.audit(), audit);
+}
+
+#[test]
+fn parallel_blocks_list_only_the_points_they_fire() {
+    let load = |f: &str| {
+        HookedTransformer::from_pretrained(fixture_path(&format!("tiny/{f}")).to_str().unwrap())
+            .unwrap()
+    };
+    // GPT-J: one norm feeds both branches, so no ln2 and no resid_mid
+    let gptj = load("gptj");
+    for hp in [
+        HookPoint::ResidMid(0),
+        HookPoint::Ln2Normalized(0),
+        HookPoint::Ln2Scale(0),
+    ] {
+        assert!(
+            matches!(hp.check(&gptj.cfg), Err(LensError::HookNotOnModel { .. })),
+            "{hp} on GPT-J"
+        );
+    }
+    // GPT-NeoX: the MLP has its own norm, whose hooks fire with the shapes listed
+    let neox = load("neox");
+    assert!(HookPoint::ResidMid(0).check(&neox.cfg).is_err());
+    let tokens = neox.to_tokens("The cat sat", None).unwrap();
+    let (_, cache) = neox.run_with_cache(&tokens, None).unwrap();
+    for (hp, _) in HookPoint::all_for(&neox.cfg) {
+        if hp != HookPoint::Result(0) && hp != HookPoint::Result(1) {
+            assert!(cache.contains(hp), "{hp} is listed but did not fire");
+        }
+    }
+    assert!(cache.contains(HookPoint::Ln2Normalized(1)));
 }

@@ -227,7 +227,8 @@ impl<'a> Block<'a> {
         let resid_pre = hook(sink, HookPoint::ResidPre(l), x)?;
         let (attn_out, n1, kv) = self.attn_half(&resid_pre, ctx, offset, past, sink)?;
         if self.cfg.parallel_attn_mlp {
-            let mlp_out = self.mlp(&n1, sink)?;
+            let mlp_in = self.parallel_mlp_input(&resid_pre, n1, sink)?;
+            let mlp_out = self.mlp(&mlp_in, sink)?;
             let resid_post = ((resid_pre + attn_out)? + mlp_out)?;
             return Ok((hook(sink, HookPoint::ResidPost(l), resid_post)?, kv));
         }
@@ -267,6 +268,29 @@ impl<'a> Block<'a> {
         }
         let attn_out = hook(sink, HookPoint::AttnOut(l), attn_out)?;
         Ok((attn_out, n1, kv))
+    }
+
+    /// What the MLP of a parallel block reads: `ln2(resid_pre)` (GPT-NeoX, firing the `ln2`
+    /// hooks) or `ln1`'s output `n1` (GPT-J).
+    ///
+    /// # Errors
+    /// Tensor and hook errors.
+    pub fn parallel_mlp_input(
+        &self,
+        resid_pre: &Tensor,
+        n1: Tensor,
+        sink: &mut dyn HookSink,
+    ) -> Result<Tensor> {
+        if !self.cfg.parallel_ln2 {
+            return Ok(n1);
+        }
+        let l = self.layer;
+        self.norm_spec().apply(
+            &self.w.ln2,
+            resid_pre,
+            Some((HookPoint::Ln2Scale(l), HookPoint::Ln2Normalized(l))),
+            sink,
+        )
     }
 
     /// The MLP half of a (sequential) block: `resid_mid [batch, pos, d_model]` ->

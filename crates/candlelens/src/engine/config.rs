@@ -133,8 +133,12 @@ pub struct ModelConfig {
     pub embed_scale: Option<f64>,
     /// `W_U = W_E^T`.
     pub tied_embeddings: bool,
-    /// Attention and MLP read the same normalised input and add in parallel (GPT-J).
+    /// Attention and MLP both read the block's input and add to the residual in parallel
+    /// (GPT-J, GPT-NeoX): there is no `resid_mid`.
     pub parallel_attn_mlp: bool,
+    /// In a parallel block, the MLP reads its own norm `ln2(resid_pre)` (GPT-NeoX) rather than
+    /// `ln1`'s output (GPT-J).
+    pub parallel_ln2: bool,
     /// The BOS token id, if the model has one.
     pub bos_token_id: Option<u32>,
     /// The EOS token id, if the model has one.

@@ -247,13 +247,17 @@ impl HookPoint {
             cfg.d_mlp,
         );
         let rotary = matches!(cfg.positional, crate::engine::config::Positional::Rotary(_));
+        // a parallel block has no resid_mid, and its ln2 only where the MLP has its own norm
+        let mid = !cfg.parallel_attn_mlp;
+        let ln2 = !cfg.parallel_attn_mlp || cfg.parallel_ln2;
         Some(match self {
-            Embed | ResidPre(_) | Ln1Normalized(_) | AttnOut(_) | ResidMid(_)
-            | Ln2Normalized(_) | MlpOut(_) | ResidPost(_) | LnFinalNormalized => {
-                format!("[batch, pos, {dm}]")
-            }
+            Embed | ResidPre(_) | Ln1Normalized(_) | AttnOut(_) | MlpOut(_) | ResidPost(_)
+            | LnFinalNormalized => format!("[batch, pos, {dm}]"),
+            ResidMid(_) if mid => format!("[batch, pos, {dm}]"),
+            Ln2Normalized(_) if ln2 => format!("[batch, pos, {dm}]"),
             PosEmbed if !rotary => format!("[batch, pos, {dm}]"),
-            Ln1Scale(_) | Ln2Scale(_) | LnFinalScale => "[batch, pos, 1]".into(),
+            Ln1Scale(_) | LnFinalScale => "[batch, pos, 1]".into(),
+            Ln2Scale(_) if ln2 => "[batch, pos, 1]".into(),
             Q(_) => format!("[batch, pos, {h}, {dh}]"),
             RotQ(_) if rotary => format!("[batch, pos, {h}, {dh}]"),
             K(_) | V(_) => format!("[batch, pos, {kv}, {dh}]"),

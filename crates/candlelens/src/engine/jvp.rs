@@ -131,7 +131,12 @@ impl Block<'_> {
             (a, da) = norm_jvp(spec, pn, &a, &da)?;
         }
         if self.cfg().parallel_attn_mlp {
-            let (m, dm) = self.mlp_jvp(&n1, &dn1)?;
+            let (m, dm) = if self.cfg().parallel_ln2 {
+                let (n2, dn2) = norm_jvp(spec, &w.ln2, x, dx)?;
+                self.mlp_jvp(&n2, &dn2)?
+            } else {
+                self.mlp_jvp(&n1, &dn1)?
+            };
             return Ok((((x + a)? + m)?, ((dx + da)? + dm)?));
         }
         let mid = (x + a)?;

@@ -132,7 +132,7 @@ impl Weights {
         }
         for l in &self.layers {
             total += n(&l.ln1) + on(&l.ln1_post) + on(&l.ln2_post);
-            if !cfg.parallel_attn_mlp {
+            if !cfg.parallel_attn_mlp || cfg.parallel_ln2 {
                 total += n(&l.ln2);
             }
             total += t(&l.w_q) + t(&l.w_k) + t(&l.w_v) + t(&l.w_o) + t(&l.w_in) + t(&l.w_out);

@@ -180,6 +180,7 @@ impl GgufFile {
             embed_scale: None,
             tied_embeddings: tied,
             parallel_attn_mlp: false,
+            parallel_ln2: false,
             bos_token_id: bos,
             eos_token_id: meta_u32(c, "tokenizer.ggml.eos_token_id"),
             pad_token_id: meta_u32(c, "tokenizer.ggml.padding_token_id")

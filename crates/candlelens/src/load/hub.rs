@@ -108,20 +108,33 @@ impl HubRepo {
     /// # Errors
     /// [`LensError::Hub`] if the client cannot be built.
     pub fn new(repo_id: &str) -> Result<Self> {
+        Self::at_revision(repo_id, None)
+    }
+
+    /// [`Self::new`] at a revision: a branch, tag or commit (Pythia's training checkpoints are
+    /// branches `step1000`, ...); `None` is `main`.
+    ///
+    /// # Errors
+    /// [`LensError::Hub`] if the client cannot be built.
+    pub fn at_revision(repo_id: &str, revision: Option<&str>) -> Result<Self> {
         let endpoint = std::env::var("HF_ENDPOINT")
             .ok()
             .filter(|e| !e.is_empty())
             .unwrap_or_else(|| "https://huggingface.co".into());
-        Self::with(repo_id, &endpoint, None, stall_timeout())
+        Self::with(repo_id, revision, &endpoint, None, stall_timeout())
     }
 
     fn with(
         repo_id: &str,
+        revision: Option<&str>,
         endpoint: &str,
         cache_dir: Option<&Path>,
         timeout: Duration,
     ) -> Result<Self> {
-        let repo = Repo::new(repo_id.to_string(), RepoType::Model);
+        let repo = match revision {
+            Some(rev) => Repo::with_revision(repo_id.to_string(), RepoType::Model, rev.to_string()),
+            None => Repo::new(repo_id.to_string(), RepoType::Model),
+        };
         let (cache, mut builder) = match cache_dir {
             Some(dir) => (
                 Cache::new(dir.to_path_buf()),
@@ -336,6 +349,7 @@ mod tests {
         let dir = scratch("stall");
         let repo = HubRepo::with(
             "someone/model",
+            None,
             &endpoint,
             Some(&dir),
             Duration::from_millis(800),
@@ -365,6 +379,7 @@ mod tests {
         let dir = scratch("truncated");
         let repo = HubRepo::with(
             "someone/model",
+            None,
             &endpoint,
             Some(&dir),
             Duration::from_secs(5),
@@ -421,6 +436,7 @@ mod tests {
         let dir = scratch("lfs-bad");
         let repo = HubRepo::with(
             "someone/model",
+            None,
             &endpoint,
             Some(&dir),
             Duration::from_secs(5),
@@ -436,6 +452,7 @@ mod tests {
         let dir = scratch("lfs-good");
         let repo = HubRepo::with(
             "someone/model",
+            None,
             &endpoint,
             Some(&dir),
             Duration::from_secs(5),

@@ -105,8 +105,13 @@ pub enum Resolved {
     Gguf(PathBuf),
     /// A local checkpoint folder.
     Folder(PathBuf),
-    /// A hub repository id.
-    Hub(String),
+    /// A hub repository id, at a revision (branch, tag or commit; `None`: `main`).
+    Hub {
+        /// `owner/name`.
+        repo: String,
+        /// What followed `@` in the name (`"step3000"` in `pythia-70m@step3000`).
+        revision: Option<String>,
+    },
 }
 
 /// Resolves a model name without loading anything.
@@ -124,6 +129,33 @@ pub fn resolve(name: &str) -> Result<Resolved> {
 /// # Errors
 /// As [`resolve`].
 pub fn resolve_in(name: &str, models_dir: &Path) -> Result<Resolved> {
+    // `alias@revision` / `owner/name@revision`: a hub model at a branch, tag or commit
+    if let Some((base, rev)) = name.rsplit_once('@').filter(|_| !Path::new(name).exists()) {
+        let valid = !rev.is_empty()
+            && rev
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+        if !valid {
+            return Err(LensError::BadParameter {
+                name: "revision".into(),
+                value: rev.to_string(),
+                fix: format!("write the model as NAME@REVISION with a branch, tag or commit after '@' (e.g. pythia-70m@step3000); got '{name}'"),
+            });
+        }
+        return match resolve_in(base, models_dir)? {
+            Resolved::Hub { repo, .. } => Ok(Resolved::Hub {
+                repo,
+                revision: Some(rev.to_string()),
+            }),
+            _ => Err(LensError::BadParameter {
+                name: "revision".into(),
+                value: rev.to_string(),
+                fix: format!(
+                    "'{base}' is a local or embedded model; only hub models have revisions"
+                ),
+            }),
+        };
+    }
     if let Some(e) = registry::lookup(name) {
         return match e.source {
             Source::Embedded { dir, file, sha256 } => {
@@ -139,7 +171,10 @@ pub fn resolve_in(name: &str, models_dir: &Path) -> Result<Resolved> {
                     })
                 }
             }
-            Source::Hub { repo } => Ok(Resolved::Hub(repo.to_string())),
+            Source::Hub { repo } => Ok(Resolved::Hub {
+                repo: repo.to_string(),
+                revision: None,
+            }),
         };
     }
     let path = Path::new(name);
@@ -191,7 +226,10 @@ pub fn resolve_in(name: &str, models_dir: &Path) -> Result<Resolved> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
     if looks_like_repo {
-        return Ok(Resolved::Hub(name.to_string()));
+        return Ok(Resolved::Hub {
+            repo: name.to_string(),
+            revision: None,
+        });
     }
     Err(LensError::UnknownModel {
         name: name.into(),
@@ -237,8 +275,8 @@ impl HookedTransformer {
                 };
                 load_folder(&files, display, opts)
             }
-            Resolved::Hub(repo) => {
-                let hub = hub::HubRepo::new(&repo)?;
+            Resolved::Hub { repo, revision } => {
+                let hub = hub::HubRepo::at_revision(&repo, revision.as_deref())?;
                 let config = hub.get("config.json")?;
                 let tokenizer = hub.get("tokenizer.json")?;
                 let shards = match hub.get("model.safetensors.index.json") {
@@ -323,7 +361,7 @@ fn load_folder(files: &FolderFiles, name: &str, opts: &LoadOptions) -> Result<Ho
         .inner()
         .encode("a", true)
         .map_err(|e| LensError::Tokenizer(e.to_string()))?;
-    let adds_bos = matches!(family, Family::Gpt2 | Family::GptJ)
+    let adds_bos = matches!(family, Family::Gpt2 | Family::GptJ | Family::GptNeoX)
         || cfg
             .bos_token_id
             .is_some_and(|b| probe.get_ids().first() == Some(&b));
@@ -352,7 +390,7 @@ mod tests {
             assert!(e.to_string().contains("no such file"), "{name}: {e}");
         }
         // a hub id still goes to the hub
-        assert!(matches!(resolve("owner/name"), Ok(Resolved::Hub(_))));
+        assert!(matches!(resolve("owner/name"), Ok(Resolved::Hub { .. })));
     }
 
     #[test]
@@ -389,7 +427,10 @@ mod tests {
     fn repo_ids_go_to_the_hub() {
         assert_eq!(
             resolve("google/gemma-3-270m").unwrap(),
-            Resolved::Hub("google/gemma-3-270m".into())
+            Resolved::Hub {
+                repo: "google/gemma-3-270m".into(),
+                revision: None
+            }
         );
     }
 
@@ -452,5 +493,27 @@ mod tests {
             detail: "x".into(),
         });
         assert!(!e.to_string().contains("Hugging Face cache"), "{e}");
+    }
+
+    #[test]
+    fn a_revision_after_at_selects_a_hub_branch() {
+        assert_eq!(
+            resolve("pythia-70m@step3000").unwrap(),
+            Resolved::Hub {
+                repo: "EleutherAI/pythia-70m".into(),
+                revision: Some("step3000".into())
+            }
+        );
+        assert_eq!(
+            resolve("owner/name@v1.0").unwrap(),
+            Resolved::Hub {
+                repo: "owner/name".into(),
+                revision: Some("v1.0".into())
+            }
+        );
+        for bad in ["pythia-70m@", "pythia-70m@a b", "smollm2-135m@step1"] {
+            let e = resolve(bad).unwrap_err();
+            assert!(matches!(e, LensError::BadParameter { .. }), "{bad}: {e}");
+        }
     }
 }

@@ -89,6 +89,118 @@ pub const REGISTRY: &[Entry] = &[
         about: "GPT-J 6B (24 GB in f32: load with dtype bf16)",
     },
     Entry {
+        alias: "pythia-70m",
+        source: Source::Hub {
+            repo: "EleutherAI/pythia-70m",
+        },
+        about: "Pythia 70M (GPT-NeoX); training checkpoints as pythia-70m@step1000 ... @step143000",
+    },
+    Entry {
+        alias: "pythia-70m-deduped",
+        source: Source::Hub {
+            repo: "EleutherAI/pythia-70m-deduped",
+        },
+        about: "Pythia 70M trained on the deduplicated Pile (GPT-NeoX); training checkpoints as pythia-70m-deduped@step1000 ... @step143000",
+    },
+    Entry {
+        alias: "pythia-160m",
+        source: Source::Hub {
+            repo: "EleutherAI/pythia-160m",
+        },
+        about: "Pythia 160M (GPT-NeoX); training checkpoints as pythia-160m@step1000 ... @step143000",
+    },
+    Entry {
+        alias: "pythia-160m-deduped",
+        source: Source::Hub {
+            repo: "EleutherAI/pythia-160m-deduped",
+        },
+        about: "Pythia 160M trained on the deduplicated Pile (GPT-NeoX); training checkpoints as pythia-160m-deduped@step1000 ... @step143000",
+    },
+    Entry {
+        alias: "pythia-410m",
+        source: Source::Hub {
+            repo: "EleutherAI/pythia-410m",
+        },
+        about: "Pythia 410M (GPT-NeoX); training checkpoints as pythia-410m@step1000 ... @step143000",
+    },
+    Entry {
+        alias: "pythia-410m-deduped",
+        source: Source::Hub {
+            repo: "EleutherAI/pythia-410m-deduped",
+        },
+        about: "Pythia 410M trained on the deduplicated Pile (GPT-NeoX); training checkpoints as pythia-410m-deduped@step1000 ... @step143000",
+    },
+    Entry {
+        alias: "pythia-1b",
+        source: Source::Hub {
+            repo: "EleutherAI/pythia-1b",
+        },
+        about: "Pythia 1B (GPT-NeoX); training checkpoints as pythia-1b@step1000 ... @step143000",
+    },
+    Entry {
+        alias: "pythia-1b-deduped",
+        source: Source::Hub {
+            repo: "EleutherAI/pythia-1b-deduped",
+        },
+        about: "Pythia 1B trained on the deduplicated Pile (GPT-NeoX); training checkpoints as pythia-1b-deduped@step1000 ... @step143000",
+    },
+    Entry {
+        alias: "pythia-1.4b",
+        source: Source::Hub {
+            repo: "EleutherAI/pythia-1.4b",
+        },
+        about: "Pythia 1.4B (GPT-NeoX); training checkpoints as pythia-1.4b@step1000 ... @step143000",
+    },
+    Entry {
+        alias: "pythia-1.4b-deduped",
+        source: Source::Hub {
+            repo: "EleutherAI/pythia-1.4b-deduped",
+        },
+        about: "Pythia 1.4B trained on the deduplicated Pile (GPT-NeoX); training checkpoints as pythia-1.4b-deduped@step1000 ... @step143000",
+    },
+    Entry {
+        alias: "pythia-2.8b",
+        source: Source::Hub {
+            repo: "EleutherAI/pythia-2.8b",
+        },
+        about: "Pythia 2.8B (GPT-NeoX); training checkpoints as pythia-2.8b@step1000 ... @step143000",
+    },
+    Entry {
+        alias: "pythia-2.8b-deduped",
+        source: Source::Hub {
+            repo: "EleutherAI/pythia-2.8b-deduped",
+        },
+        about: "Pythia 2.8B trained on the deduplicated Pile (GPT-NeoX); training checkpoints as pythia-2.8b-deduped@step1000 ... @step143000",
+    },
+    Entry {
+        alias: "pythia-6.9b",
+        source: Source::Hub {
+            repo: "EleutherAI/pythia-6.9b",
+        },
+        about: "Pythia 6.9B (GPT-NeoX); training checkpoints as pythia-6.9b@step1000 ... @step143000",
+    },
+    Entry {
+        alias: "pythia-6.9b-deduped",
+        source: Source::Hub {
+            repo: "EleutherAI/pythia-6.9b-deduped",
+        },
+        about: "Pythia 6.9B trained on the deduplicated Pile (GPT-NeoX); training checkpoints as pythia-6.9b-deduped@step1000 ... @step143000",
+    },
+    Entry {
+        alias: "pythia-12b",
+        source: Source::Hub {
+            repo: "EleutherAI/pythia-12b",
+        },
+        about: "Pythia 12B (GPT-NeoX); training checkpoints as pythia-12b@step1000 ... @step143000",
+    },
+    Entry {
+        alias: "pythia-12b-deduped",
+        source: Source::Hub {
+            repo: "EleutherAI/pythia-12b-deduped",
+        },
+        about: "Pythia 12B trained on the deduplicated Pile (GPT-NeoX); training checkpoints as pythia-12b-deduped@step1000 ... @step143000",
+    },
+    Entry {
         alias: "llama-3.2-1b",
         source: Source::Hub {
             repo: "meta-llama/Llama-3.2-1B",

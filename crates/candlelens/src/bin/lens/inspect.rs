@@ -90,6 +90,12 @@ pub fn inspect(a: &InspectArgs) -> candlelens::Result<()> {
         })
         .collect();
     p!(o, "  layer attention {}", kinds.join(" "));
+    let block = match (cfg.parallel_attn_mlp, cfg.parallel_ln2) {
+        (false, _) => "sequential (attention, then MLP)",
+        (true, false) => "parallel attention + MLP from one norm",
+        (true, true) => "parallel attention + MLP, a norm each",
+    };
+    p!(o, "  blocks {block}");
     p!(
         o,
         "  BOS {:?} (prepended by default: {})  EOS {:?}  pad {}",

@@ -282,7 +282,9 @@ impl Patcher {
                     m.block(l)?
                         .attn_half(&xc, &ctx, start, past.as_ref(), &mut NoHooks)?;
                 if m.cfg.parallel_attn_mlp {
-                    let mlp_out = m.block(l)?.mlp(&n1, &mut NoHooks)?;
+                    let block = m.block(l)?;
+                    let mlp_in = block.parallel_mlp_input(&xc, n1, &mut NoHooks)?;
+                    let mlp_out = block.mlp(&mlp_in, &mut NoHooks)?;
                     x = Some(((xc + attn_out)? + mlp_out)?);
                     continue;
                 }

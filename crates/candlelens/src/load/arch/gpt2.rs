@@ -39,6 +39,7 @@ pub(super) fn config(j: &Json, name: &str) -> Result<ModelConfig> {
         embed_scale: None,
         tied_embeddings: true,
         parallel_attn_mlp: false,
+        parallel_ln2: false,
         bos_token_id: j.opt_u32("bos_token_id").or(Some(50256)),
         eos_token_id: j.opt_u32("eos_token_id").or(Some(50256)),
         pad_token_id: j.opt_u32("eos_token_id").unwrap_or(50256),

@@ -46,6 +46,7 @@ pub(super) fn config(j: &Json, name: &str) -> Result<ModelConfig> {
         embed_scale: None,
         tied_embeddings: j.bool_or("tie_word_embeddings", false),
         parallel_attn_mlp: true,
+        parallel_ln2: false,
         bos_token_id: j.opt_u32("bos_token_id").or(Some(50256)),
         eos_token_id: j.opt_u32("eos_token_id").or(Some(50256)),
         pad_token_id: j.opt_u32("eos_token_id").unwrap_or(50256),

@@ -109,6 +109,7 @@ pub(super) fn config(family: Family, j: &Json, name: &str) -> Result<ModelConfig
         embed_scale: gemma.then(|| (d_model as f64).sqrt()),
         tied_embeddings: j.bool_or("tie_word_embeddings", gemma),
         parallel_attn_mlp: false,
+        parallel_ln2: false,
         bos_token_id: j.opt_u32("bos_token_id"),
         eos_token_id: j.opt_u32("eos_token_id"),
         pad_token_id: j.opt_u32("pad_token_id").unwrap_or(0),

@@ -5,6 +5,7 @@
 mod gpt2;
 mod gptj;
 mod llama;
+mod neox;
 
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
@@ -22,6 +23,9 @@ pub enum Family {
     Gpt2,
     /// GPT-J: parallel attention and MLP, partial interleaved rotary, unembedding bias.
     GptJ,
+    /// GPT-NeoX / Pythia: parallel attention and MLP with a norm each, partial rotate-half
+    /// rotary, fused per-head q/k/v.
+    GptNeoX,
     /// Llama 2/3 and look-alikes (SmolLM2).
     Llama,
     /// Qwen 2 / 2.5: q/k/v biases.
@@ -38,7 +42,7 @@ pub enum Family {
 
 /// Names of the supported HF `model_type`s, for error messages.
 pub const SUPPORTED: &str =
-    "gpt2, gptj, llama, qwen2, qwen3, gemma, gemma2, gemma3_text (GGUF: llama, gemma3)";
+    "gpt2, gptj, gpt_neox, llama, qwen2, qwen3, gemma, gemma2, gemma3_text (GGUF: llama, gemma3)";
 
 impl Family {
     /// The family of an HF `model_type` or GGUF `general.architecture`.
@@ -49,6 +53,7 @@ impl Family {
         Ok(match arch {
             "gpt2" => Family::Gpt2,
             "gptj" => Family::GptJ,
+            "gpt_neox" => Family::GptNeoX,
             "llama" => Family::Llama,
             "qwen2" => Family::Qwen2,
             "qwen3" => Family::Qwen3,
@@ -95,6 +100,7 @@ pub fn config_from_hf(v: &Value, name: &str) -> Result<(Family, ModelConfig)> {
     let cfg = match family {
         Family::Gpt2 => gpt2::config(&j, name)?,
         Family::GptJ => gptj::config(&j, name)?,
+        Family::GptNeoX => neox::config(&j, name)?,
         _ => llama::config(family, &j, name)?,
     };
     cfg.validate()?;
@@ -115,6 +121,7 @@ pub fn load_weights(
     let w = match family {
         Family::Gpt2 => gpt2::weights(cfg, src, dtype, dev)?,
         Family::GptJ => gptj::weights(cfg, src, dtype, dev)?,
+        Family::GptNeoX => neox::weights(cfg, src, dtype, dev)?,
         _ => llama::weights(family, cfg, src, dtype, dev)?,
     };
     w.validate(cfg)?;
@@ -331,6 +338,31 @@ mod tests {
             env!("CARGO_MANIFEST_DIR")
         );
         serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn released_pythia_configs_give_the_partial_rotary() {
+        // the hub's Pythia configs predate rope_parameters: rotary_pct and rotary_emb_base
+        let v5 = tiny_config("neox");
+        let mut v4 = v5.clone();
+        v4.as_object_mut().unwrap().remove("rope_parameters");
+        v4["rotary_pct"] = 0.25.into();
+        v4["rotary_emb_base"] = 10000.into();
+        let (fa, a) = config_from_hf(&v5, "x").unwrap();
+        let (_, b) = config_from_hf(&v4, "x").unwrap();
+        assert_eq!(fa, Family::GptNeoX);
+        assert_eq!(a, b);
+        let Positional::Rotary(r) = &a.positional else {
+            panic!()
+        };
+        assert_eq!((r.dim, r.interleaved, r.base), (4, false, 10000.0));
+        assert!(a.parallel_attn_mlp && a.parallel_ln2);
+        // a sequential NeoX has neither
+        v4["use_parallel_residual"] = false.into();
+        let (_, c) = config_from_hf(&v4, "x").unwrap();
+        assert!(!c.parallel_attn_mlp && !c.parallel_ln2);
+        v4["rotary_pct"] = 0.0.into();
+        assert!(config_from_hf(&v4, "x").is_err());
     }
 
     #[test]
