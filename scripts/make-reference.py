@@ -437,6 +437,156 @@ def tiny_neox():
     tiny_reference("neox", model, tk, torch.float32, prepend_bos_id=eot)
 
 
+def tiny_mistral():
+    """Mistral: Llama with a sliding window on every layer, here shorter than the prompts."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    tk = tiny_tokenizer("<s>", "</s>", "<unk>")
+    cfg = MistralConfig(
+        vocab_size=tk.get_vocab_size(), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
+        rms_norm_eps=1e-5, sliding_window=5, tie_word_embeddings=False, hidden_act="silu",
+        bos_token_id=tk.token_to_id("<s>"), eos_token_id=tk.token_to_id("</s>"),
+        pad_token_id=tk.token_to_id("<unk>"),
+    )
+    torch.manual_seed(0)
+    model = MistralForCausalLM(cfg)
+    randomise(model, 10)
+    tiny_reference("mistral", model, tk, torch.bfloat16)
+
+
+def tiny_gpt_neo():
+    """GPT-Neo: learned positions, global and local (window 4, shorter than the prompts) layers
+    alternating, unscaled attention scores, q/k/v without biases."""
+    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+
+    tk = tiny_tokenizer("<|endoftext|>", "<|endoftext|>", "<|endoftext|>", add_bos=False)
+    eot = tk.token_to_id("<|endoftext|>")
+    cfg = GPTNeoConfig(vocab_size=tk.get_vocab_size(), max_position_embeddings=64, hidden_size=64,
+                       num_layers=2, num_heads=4, attention_types=[[["global", "local"], 1]],
+                       window_size=4, intermediate_size=128, activation_function="gelu_new",
+                       bos_token_id=eot, eos_token_id=eot)
+    torch.manual_seed(0)
+    model = GPTNeoForCausalLM(cfg)
+    randomise(model, 11)
+    # randomise() scales by 1/sqrt(fan_in); unscaled scores would saturate the softmax
+    with torch.no_grad():
+        for layer in model.transformer.h:
+            layer.attn.attention.q_proj.weight.mul_(0.25)
+    tiny_reference("gpt_neo", model, tk, torch.float32, prepend_bos_id=eot)
+
+
+def tiny_phi():
+    """Phi-2: one LayerNorm feeding parallel attention and MLP, partial rotate-half rotary (0.4 of
+    each head), biases on q/k/v/dense/fc1/fc2 and on the unembedding."""
+    from transformers import PhiConfig, PhiForCausalLM
+
+    tk = tiny_tokenizer("<|endoftext|>", "<|endoftext|>", "<|endoftext|>", add_bos=False)
+    eot = tk.token_to_id("<|endoftext|>")
+    cfg = PhiConfig(vocab_size=tk.get_vocab_size(), hidden_size=64, intermediate_size=128,
+                    num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64,
+                    partial_rotary_factor=0.4, hidden_act="gelu_new", tie_word_embeddings=False,
+                    bos_token_id=eot, eos_token_id=eot, pad_token_id=eot)
+    torch.manual_seed(0)
+    model = PhiForCausalLM(cfg)
+    randomise(model, 12)
+    tiny_reference("phi", model, tk, torch.float32, prepend_bos_id=eot)
+
+
+def tiny_phi3():
+    """Phi-3 / Phi-4-mini: Llama with fused qkv_proj and gate_up_proj, a sliding window on every
+    layer, partial rotary (Phi-4-mini rotates 3/4 of each head)."""
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    tk = tiny_tokenizer("<s>", "<|endoftext|>", "<unk>")
+    cfg = Phi3Config(vocab_size=tk.get_vocab_size(), hidden_size=64, intermediate_size=96,
+                     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                     max_position_embeddings=256, original_max_position_embeddings=256, partial_rotary_factor=0.75,
+                     rms_norm_eps=1e-5, sliding_window=6, tie_word_embeddings=False,
+                     bos_token_id=tk.token_to_id("<s>"), eos_token_id=tk.token_to_id("<|endoftext|>"),
+                     pad_token_id=tk.token_to_id("<unk>"))
+    torch.manual_seed(0)
+    model = Phi3ForCausalLM(cfg)
+    randomise(model, 13)
+    tiny_reference("phi3", model, tk, torch.bfloat16)
+
+
+def tiny_olmo2():
+    """OLMo 2: no norms before attention and MLP, RMSNorms on their outputs, q and k normalised
+    over all heads at once before rotary."""
+    from transformers import Olmo2Config, Olmo2ForCausalLM
+
+    tk = tiny_tokenizer("<|endoftext|>", "<|endoftext|>", "<|pad|>", add_bos=False)
+    eot = tk.token_to_id("<|endoftext|>")
+    cfg = Olmo2Config(vocab_size=tk.get_vocab_size(), hidden_size=64, intermediate_size=96,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=256, rms_norm_eps=1e-6, tie_word_embeddings=False,
+                      bos_token_id=None, eos_token_id=eot, pad_token_id=tk.token_to_id("<|pad|>"))
+    torch.manual_seed(0)
+    model = Olmo2ForCausalLM(cfg)
+    randomise(model, 14)
+    tiny_reference("olmo2", model, tk, torch.bfloat16, prepend_bos_id=eot)
+
+
+def tiny_mixtral():
+    """Mixtral: Mistral's attention, a sparse MoE MLP (4 experts, top 2, renormalised)."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    tk = tiny_tokenizer("<s>", "</s>", "<unk>")
+    cfg = MixtralConfig(
+        vocab_size=tk.get_vocab_size(), hidden_size=64, intermediate_size=48, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
+        rms_norm_eps=1e-5, sliding_window=None, num_local_experts=4, num_experts_per_tok=2,
+        tie_word_embeddings=False, bos_token_id=tk.token_to_id("<s>"),
+        eos_token_id=tk.token_to_id("</s>"), pad_token_id=tk.token_to_id("<unk>"),
+    )
+    torch.manual_seed(0)
+    model = MixtralForCausalLM(cfg)
+    randomise(model, 15)
+    tiny_reference("mixtral", model, tk, torch.bfloat16)
+
+
+def tiny_qwen2_moe():
+    """Qwen 2 MoE (Qwen1.5-MoE): 4 experts, top 2 without renormalising, and a shared expert of
+    its own width behind a sigmoid gate; q/k/v biases."""
+    from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM
+
+    tk = tiny_tokenizer("<|endoftext|>", "<|im_end|>", "<|endoftext|>", add_bos=False)
+    cfg = Qwen2MoeConfig(
+        vocab_size=tk.get_vocab_size(), hidden_size=64, intermediate_size=96,
+        moe_intermediate_size=32, shared_expert_intermediate_size=80, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        rms_norm_eps=1e-6, num_experts=4, num_experts_per_tok=2, norm_topk_prob=False,
+        decoder_sparse_step=1, mlp_only_layers=[], use_sliding_window=False,
+        tie_word_embeddings=False, bos_token_id=None, eos_token_id=tk.token_to_id("<|im_end|>"),
+        pad_token_id=tk.token_to_id("<|endoftext|>"),
+    )
+    torch.manual_seed(0)
+    model = Qwen2MoeForCausalLM(cfg)
+    randomise(model, 16)
+    tiny_reference("qwen2_moe", model, tk, torch.bfloat16)
+
+
+def tiny_qwen3_moe():
+    """Qwen 3 MoE: per-head q/k norms, 8 experts, top 3, renormalised; no shared expert."""
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    tk = tiny_tokenizer("<|endoftext|>", "<|im_end|>", "<|endoftext|>", add_bos=False)
+    cfg = Qwen3MoeConfig(
+        vocab_size=tk.get_vocab_size(), hidden_size=64, intermediate_size=96,
+        moe_intermediate_size=24, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=256, rms_norm_eps=1e-6,
+        num_experts=8, num_experts_per_tok=3, norm_topk_prob=True, decoder_sparse_step=1,
+        mlp_only_layers=[], use_sliding_window=False, tie_word_embeddings=False,
+        bos_token_id=None, eos_token_id=tk.token_to_id("<|im_end|>"),
+        pad_token_id=tk.token_to_id("<|endoftext|>"),
+    )
+    torch.manual_seed(0)
+    model = Qwen3MoeForCausalLM(cfg)
+    randomise(model, 17)
+    tiny_reference("qwen3_moe", model, tk, torch.bfloat16)
+
+
 def tiny_qwen2():
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -515,6 +665,14 @@ def main():
         tiny_gptj()
         tiny_neox()
         tiny_llama()
+        tiny_mistral()
+        tiny_gpt_neo()
+        tiny_phi()
+        tiny_phi3()
+        tiny_olmo2()
+        tiny_mixtral()
+        tiny_qwen2_moe()
+        tiny_qwen3_moe()
         tiny_qwen2()
         tiny_qwen3()
         tiny_gemma()

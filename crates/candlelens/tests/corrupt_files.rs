@@ -105,6 +105,7 @@ const META_KEYS: &[&str] = &[
     "tokenizer.ggml.merges",
     "tokenizer.ggml.bos_token_id",
     "general.alignment",
+    "llama.expert_count",
 ];
 
 /// The tiny GGUF, with metadata key `META_KEYS[k]` set to `value` (or removed when `None`)
@@ -203,6 +204,37 @@ fn the_tiny_gguf_loads_and_runs() {
     let (outcome, largest) = load_and_run(p.to_str().unwrap());
     outcome.unwrap();
     assert!(largest <= allocation_bound(bytes.len()), "{largest}");
+}
+
+#[test]
+fn gguf_files_of_other_families_or_with_experts_name_what_to_load_instead() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let key = |name: &str| META_KEYS.iter().position(|k| *k == name).unwrap();
+    for (k, value, says) in [
+        (
+            key("llama.expert_count"),
+            Value::U32(8),
+            "llama with 8 experts",
+        ),
+        (
+            key("general.architecture"),
+            Value::String("mistral".into()),
+            "mistral (GGUF)",
+        ),
+    ] {
+        let (bytes, _) = build_gguf(Some((k, Some(value))));
+        let p = write_gguf(&bytes);
+        let e = HookedTransformer::from_pretrained(p.to_str().unwrap())
+            .err()
+            .expect("an unsupported GGUF loaded");
+        let msg = e.to_string();
+        assert!(
+            matches!(e, LensError::UnsupportedArchitecture { .. })
+                && msg.contains(says)
+                && msg.contains("safetensors"),
+            "{msg}"
+        );
+    }
 }
 
 /// Values that break naive header arithmetic.
@@ -333,7 +365,7 @@ fn meta_values() -> Vec<Option<Value>> {
     v
 }
 
-/// Every metadata key set to every kind of value (or removed): 15 × 36 loads.
+/// Every metadata key set to every kind of value (or removed): 16 × 36 loads.
 #[test]
 fn gguf_metadata_of_any_value_is_an_error_or_a_model() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());

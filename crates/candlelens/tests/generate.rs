@@ -47,7 +47,21 @@ fn kv_cache_greedy_equals_full_recompute() {
     check(model("gemma-3-270m"), "The capital of France is", 6);
     // learned positions, sliding windows shorter than the text, partial interleaved rotary,
     // partial rotate-half rotary with a norm per parallel branch
-    for family in ["gpt2", "gemma3", "gemma2", "gptj", "neox"] {
+    for family in [
+        "gpt2",
+        "gemma3",
+        "gemma2",
+        "gptj",
+        "neox",
+        "mistral",
+        "gpt_neo",
+        "phi",
+        "phi3",
+        "olmo2",
+        "mixtral",
+        "qwen2_moe",
+        "qwen3_moe",
+    ] {
         let dir = fixture_path(&format!("tiny/{family}"));
         let m = HookedTransformer::from_pretrained(dir.to_str().unwrap()).unwrap();
         check(&m, "The pet of this family is", 12);

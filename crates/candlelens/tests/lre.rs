@@ -50,7 +50,23 @@ fn z_with(
 fn jacobian_matches_finite_differences_on_every_family() {
     let ids = [3u32, 17, 42, 5, 99, 8, 21];
     for family in [
-        "gpt2", "gptj", "neox", "llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3",
+        "gpt2",
+        "gptj",
+        "gpt_neo",
+        "neox",
+        "phi",
+        "llama",
+        "mistral",
+        "phi3",
+        "olmo2",
+        "qwen2",
+        "qwen3",
+        "gemma",
+        "gemma2",
+        "gemma3",
+        "mixtral",
+        "qwen2_moe",
+        "qwen3_moe",
     ] {
         let m = tiny(family);
         let d = m.cfg.d_model;
@@ -139,7 +155,23 @@ fn jacobian_equals_reverse_mode_autograd_on_every_family() {
     // the forward-mode Jacobian (Block::jvp) against candle's backward, to float rounding
     let ids = [3u32, 17, 42, 5, 99, 8, 21];
     for family in [
-        "gpt2", "gptj", "neox", "llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3",
+        "gpt2",
+        "gptj",
+        "gpt_neo",
+        "neox",
+        "phi",
+        "llama",
+        "mistral",
+        "phi3",
+        "olmo2",
+        "qwen2",
+        "qwen3",
+        "gemma",
+        "gemma2",
+        "gemma3",
+        "mixtral",
+        "qwen2_moe",
+        "qwen3_moe",
     ] {
         let m = tiny(family);
         let d = m.cfg.d_model;

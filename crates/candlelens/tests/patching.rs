@@ -99,20 +99,35 @@ const ALL: &[PatchTarget] = &[
 
 #[test]
 fn fast_sweep_equals_naive_on_every_architecture() {
-    for family in ["gpt2", "llama", "qwen3", "gemma2", "gemma3"] {
+    for family in [
+        "gpt2",
+        "gpt_neo",
+        "llama",
+        "mistral",
+        "phi3",
+        "olmo2",
+        "qwen3",
+        "gemma2",
+        "gemma3",
+        "mixtral",
+        "qwen2_moe",
+    ] {
         let m = tiny(family);
         let (clean, corrupt) = pair(&m);
         compare(&m, &clean, &corrupt, &[(5, 9)], ALL);
     }
-    // parallel attention + MLP has no resid_mid (GPT-J: one norm; GPT-NeoX: one per branch)
+    // parallel attention + MLP has no resid_mid (GPT-J, Phi-2: one norm; GPT-NeoX: one per
+    // branch)
     let no_mid: Vec<PatchTarget> = ALL
         .iter()
         .copied()
         .filter(|t| *t != PatchTarget::ResidMid)
         .collect();
-    let neox = tiny("neox");
-    let (clean, corrupt) = pair(&neox);
-    compare(&neox, &clean, &corrupt, &[(5, 9)], &no_mid);
+    for family in ["neox", "phi"] {
+        let m = tiny(family);
+        let (clean, corrupt) = pair(&m);
+        compare(&m, &clean, &corrupt, &[(5, 9)], &no_mid);
+    }
     let m = tiny("gptj");
     let (clean, corrupt) = pair(&m);
     compare(&m, &clean, &corrupt, &[(5, 9)], &no_mid);

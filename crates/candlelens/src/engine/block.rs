@@ -6,7 +6,7 @@
 
 use candle_core::{DType, Device, Tensor, D};
 
-use crate::engine::config::{AttentionKind, ModelConfig, Positional};
+use crate::engine::config::{AttentionKind, ModelConfig, Positional, QkNorm};
 use crate::engine::hooks::{HookPoint, HookSink};
 use crate::engine::ops::{activation, hook, linear, NormSpec};
 use crate::engine::rope::{causal_mask, rope_tables};
@@ -251,12 +251,16 @@ impl<'a> Block<'a> {
         sink: &mut dyn HookSink,
     ) -> Result<(Tensor, Tensor, PastKv)> {
         let (l, w) = (self.layer, self.w);
-        let n1 = self.norm_spec().apply(
-            &w.ln1,
-            resid_pre,
-            Some((HookPoint::Ln1Scale(l), HookPoint::Ln1Normalized(l))),
-            sink,
-        )?;
+        let n1 = match &w.ln1 {
+            Some(ln1) => self.norm_spec().apply(
+                ln1,
+                resid_pre,
+                Some((HookPoint::Ln1Scale(l), HookPoint::Ln1Normalized(l))),
+                sink,
+            )?,
+            // no pre-norm (OLMo 2): attention reads the residual stream itself
+            None => resid_pre.clone(),
+        };
         let (mut attn_out, kv) = self.attention(&n1, ctx, offset, past, sink)?;
         if let Some(pn) = &w.ln1_post {
             attn_out = self.norm_spec().apply(
@@ -281,16 +285,16 @@ impl<'a> Block<'a> {
         n1: Tensor,
         sink: &mut dyn HookSink,
     ) -> Result<Tensor> {
-        if !self.cfg.parallel_ln2 {
-            return Ok(n1);
-        }
         let l = self.layer;
-        self.norm_spec().apply(
-            &self.w.ln2,
-            resid_pre,
-            Some((HookPoint::Ln2Scale(l), HookPoint::Ln2Normalized(l))),
-            sink,
-        )
+        match &self.w.ln2 {
+            Some(ln2) if self.cfg.parallel_ln2 => self.norm_spec().apply(
+                ln2,
+                resid_pre,
+                Some((HookPoint::Ln2Scale(l), HookPoint::Ln2Normalized(l))),
+                sink,
+            ),
+            _ => Ok(n1),
+        }
     }
 
     /// The MLP half of a (sequential) block: `resid_mid [batch, pos, d_model]` ->
@@ -300,13 +304,19 @@ impl<'a> Block<'a> {
     /// Tensor and hook errors.
     pub fn mlp_half(&self, resid_mid: Tensor, sink: &mut dyn HookSink) -> Result<Tensor> {
         let (l, w) = (self.layer, self.w);
-        let n2 = self.norm_spec().apply(
-            &w.ln2,
-            &resid_mid,
-            Some((HookPoint::Ln2Scale(l), HookPoint::Ln2Normalized(l))),
-            sink,
-        )?;
-        let mlp_out = self.mlp(&n2, sink)?;
+        let mlp_out = match &w.ln2 {
+            Some(ln2) => {
+                let n2 = self.norm_spec().apply(
+                    ln2,
+                    &resid_mid,
+                    Some((HookPoint::Ln2Scale(l), HookPoint::Ln2Normalized(l))),
+                    sink,
+                )?;
+                self.mlp(&n2, sink)?
+            }
+            // no pre-norm (OLMo 2): the MLP reads the residual stream itself
+            None => self.mlp(&resid_mid, sink)?,
+        };
         hook(sink, HookPoint::ResidPost(l), (resid_mid + mlp_out)?)
     }
 
@@ -316,6 +326,25 @@ impl<'a> Block<'a> {
     /// # Errors
     /// Tensor and hook errors.
     pub fn mlp(&self, x: &Tensor, sink: &mut dyn HookSink) -> Result<Tensor> {
+        let (l, w) = (self.layer, self.w);
+        let mut out = match &self.cfg.moe {
+            Some(moe) => self.moe_mlp(x, moe, sink)?,
+            None => self.dense_mlp(x, sink)?,
+        };
+        if let Some(pn) = &w.ln2_post {
+            out = self.norm_spec().apply(
+                pn,
+                &out,
+                Some((HookPoint::Ln2PostScale(l), HookPoint::Ln2PostNormalized(l))),
+                sink,
+            )?;
+        }
+        hook(sink, HookPoint::MlpOut(l), out)
+    }
+
+    /// A dense MLP, `act(x W_gate) ⊙ (x W_in) W_out` or `act(x W_in) W_out`, before the
+    /// post-norm.
+    fn dense_mlp(&self, x: &Tensor, sink: &mut dyn HookSink) -> Result<Tensor> {
         let (l, w) = (self.layer, self.w);
         let post = match &w.w_gate {
             Some(gate) => {
@@ -337,16 +366,7 @@ impl<'a> Block<'a> {
             }
         };
         let post = hook(sink, HookPoint::MlpPost(l), post)?;
-        let mut out = linear(&post, &w.w_out, w.b_out.as_ref())?;
-        if let Some(pn) = &w.ln2_post {
-            out = self.norm_spec().apply(
-                pn,
-                &out,
-                Some((HookPoint::Ln2PostScale(l), HookPoint::Ln2PostNormalized(l))),
-                sink,
-            )?;
-        }
-        hook(sink, HookPoint::MlpOut(l), out)
+        linear(&post, &w.w_out, w.b_out.as_ref())
     }
 
     /// Attention of the positions `offset..offset + pos` of `x [batch, pos, d_model]` (the
@@ -366,10 +386,19 @@ impl<'a> Block<'a> {
         let (l, cfg, w) = (self.layer, self.cfg, self.w);
         let (b, p, _) = x.dims3()?;
         let (h, kv, dh) = (cfg.n_heads, cfg.n_kv_heads, cfg.d_head);
-        let mut q = linear(x, &w.w_q, w.b_q.as_ref())?.reshape((b, p, h, dh))?;
-        let mut k = linear(x, &w.w_k, w.b_k.as_ref())?.reshape((b, p, kv, dh))?;
+        let mut q = linear(x, &w.w_q, w.b_q.as_ref())?;
+        let mut k = linear(x, &w.w_k, w.b_k.as_ref())?;
         let v = linear(x, &w.w_v, w.b_v.as_ref())?.reshape((b, p, kv, dh))?;
-        if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
+        // the q/k norm is an RMSNorm over the last axis: all heads at once before the split
+        // into heads (OLMo 2), or each head after it (Qwen 3, Gemma 3)
+        let qk = (&w.q_norm, &w.k_norm);
+        if let (QkNorm::AllHeads, (Some(qn), Some(kn))) = (cfg.qk_norm, qk) {
+            q = self.norm_spec().head_rms(&q, qn)?;
+            k = self.norm_spec().head_rms(&k, kn)?;
+        }
+        q = q.reshape((b, p, h, dh))?;
+        k = k.reshape((b, p, kv, dh))?;
+        if let (QkNorm::PerHead, (Some(qn), Some(kn))) = (cfg.qk_norm, qk) {
             q = self.norm_spec().head_rms(&q, qn)?;
             k = self.norm_spec().head_rms(&k, kn)?;
         }

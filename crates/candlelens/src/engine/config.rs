@@ -1,6 +1,7 @@
 //! [`ModelConfig`]: one architecture-neutral description of a decoder-only transformer.
 //!
-//! Every supported family (GPT-2, Llama, Qwen, Gemma 1/2/3) is this struct with different
+//! Every supported family (GPT-2, GPT-J, GPT-Neo, GPT-NeoX, Llama, Mistral, Phi, OLMo 2, Qwen,
+//! Gemma 1/2/3) is this struct with different
 //! switches; the one generic forward in [`crate::engine::model`] reads nothing else.
 
 use serde::Serialize;
@@ -72,6 +73,52 @@ pub enum RopeScaling {
     },
 }
 
+/// Where queries and keys are RMS-normalised (before rotary).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum QkNorm {
+    /// No norm on queries and keys.
+    None,
+    /// Each head over its `d_head` dimensions, one scale `[d_head]` shared by the heads
+    /// (Qwen 3, Gemma 3).
+    PerHead,
+    /// All heads at once, over `n_heads * d_head` for queries and `n_kv_heads * d_head` for
+    /// keys, with a scale of that width (OLMo 2).
+    AllHeads,
+}
+
+/// A sparse mixture-of-experts MLP (Mixtral, Qwen 2/3 MoE): a router picks `top_k` of
+/// `n_experts` gated MLPs per token. The experts are laid side by side as one MLP of
+/// `d_mlp = n_experts * d_expert + d_shared` hidden units (expert `e` owns units
+/// `e * d_expert ..`, an always-on shared expert the last `d_shared`), so `hook_pre`,
+/// `hook_post`, `W_in` and `W_out` keep their dense shapes.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MoeConfig {
+    /// Number of routed experts.
+    pub n_experts: usize,
+    /// Experts each token is routed to.
+    pub top_k: usize,
+    /// Hidden width of one routed expert.
+    pub d_expert: usize,
+    /// Hidden width of the shared expert (Qwen 2 MoE), 0 where there is none.
+    pub d_shared: usize,
+    /// Whether the top-k routing probabilities are renormalised to sum to 1 (Mixtral, Qwen 3
+    /// MoE) or kept as softmax probabilities over all experts (Qwen 2 MoE).
+    pub norm_topk_prob: bool,
+}
+
+impl MoeConfig {
+    /// The hidden units of expert `e`: `e * d_expert .. (e + 1) * d_expert`.
+    pub fn units(&self, e: usize) -> std::ops::Range<usize> {
+        e * self.d_expert..(e + 1) * self.d_expert
+    }
+
+    /// The hidden units of the shared expert (empty where there is none).
+    pub fn shared_units(&self) -> std::ops::Range<usize> {
+        let start = self.n_experts * self.d_expert;
+        start..start + self.d_shared
+    }
+}
+
 /// Whether a layer attends to every earlier position or only to a sliding window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum AttentionKind {
@@ -117,9 +164,17 @@ pub struct ModelConfig {
     pub act: Activation,
     /// `act(x W_gate) * (x W_in)` instead of `act(x W_in)`.
     pub gated_mlp: bool,
-    /// RMSNorm of each query and key head over `d_head` before rotary (Qwen3, Gemma 3).
-    pub qk_norm: bool,
-    /// Extra norms on the attention and MLP outputs before they join the residual (Gemma 2/3).
+    /// A sparse mixture of experts in every block's MLP (Mixtral, Qwen 2/3 MoE); `d_mlp`
+    /// then counts the units of all experts.
+    pub moe: Option<MoeConfig>,
+    /// Norms before attention and the MLP (`ln1`, `ln2`); OLMo 2 has none, only the
+    /// post-norms on their outputs.
+    pub pre_norms: bool,
+    /// RMSNorm of queries and keys before rotary (per head: Qwen 3, Gemma 3; over all heads:
+    /// OLMo 2).
+    pub qk_norm: QkNorm,
+    /// Norms on the attention and MLP outputs before they join the residual (Gemma 2/3,
+    /// OLMo 2).
     pub post_norms: bool,
     /// Attention scores multiplied by this before softmax (usually `1/sqrt(d_head)`).
     pub attn_scale: f64,
@@ -158,7 +213,11 @@ impl ModelConfig {
     /// Parameter count (weights only, tied embeddings counted once).
     pub fn n_params(&self) -> usize {
         let attn = self.d_model * self.d_head * (2 * self.n_heads + 2 * self.n_kv_heads);
-        let mlp = self.d_model * self.d_mlp * if self.gated_mlp { 3 } else { 2 };
+        let mut mlp = self.d_model * self.d_mlp * if self.gated_mlp { 3 } else { 2 };
+        if let Some(moe) = &self.moe {
+            // the router, and the shared expert's gate
+            mlp += self.d_model * (moe.n_experts + usize::from(moe.d_shared > 0));
+        }
         let embed = self.d_vocab * self.d_model * if self.tied_embeddings { 1 } else { 2 };
         self.n_layers * (attn + mlp) + embed
     }
@@ -198,6 +257,32 @@ impl ModelConfig {
                 format!("{} entries", self.layer_attention.len()),
                 "needs one entry per layer",
             );
+        }
+        if !self.pre_norms && (self.parallel_attn_mlp || !self.post_norms) {
+            return bad(
+                "pre_norms",
+                "false".into(),
+                "a block without pre-norms needs post-norms and sequential attention and MLP (OLMo 2)",
+            );
+        }
+        if let Some(moe) = &self.moe {
+            if moe.n_experts == 0 || moe.top_k == 0 || moe.top_k > moe.n_experts {
+                return bad(
+                    "num_experts_per_tok",
+                    format!("{} of {} experts", moe.top_k, moe.n_experts),
+                    "must be between 1 and the number of experts",
+                );
+            }
+            if moe.d_expert == 0 || self.d_mlp != moe.n_experts * moe.d_expert + moe.d_shared {
+                return bad(
+                    "moe_intermediate_size",
+                    moe.d_expert.to_string(),
+                    "must be positive; d_mlp counts every expert's units",
+                );
+            }
+            if !self.gated_mlp {
+                return bad("moe", "ungated experts".into(), "experts are gated MLPs");
+            }
         }
         if let Positional::Rotary(r) = &self.positional {
             if r.dim == 0 || r.dim > self.d_head || r.dim % 2 != 0 {

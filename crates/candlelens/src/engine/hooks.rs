@@ -57,6 +57,12 @@ pub enum HookPoint {
     Ln2Scale(usize),
     /// `blocks.{l}.ln2.hook_normalized` — the MLP input `[batch, pos, d_model]`.
     Ln2Normalized(usize),
+    /// `blocks.{l}.mlp.hook_router_logits` — a mixture of experts' router logits
+    /// `[batch, pos, n_experts]` (Mixtral, Qwen MoE).
+    RouterLogits(usize),
+    /// `blocks.{l}.mlp.hook_expert_weights` — the routing weights `[batch, pos, n_experts]`:
+    /// zero for the experts a token does not use. Replace it to reroute.
+    ExpertWeights(usize),
     /// `blocks.{l}.mlp.hook_pre` — input of the nonlinearity (the gate for gated MLPs) `[batch, pos, d_mlp]`.
     MlpPre(usize),
     /// `blocks.{l}.mlp.hook_pre_linear` — the linear (ungated) branch of a gated MLP `[batch, pos, d_mlp]`.
@@ -100,6 +106,8 @@ const BLOCK_HOOKS: &[(&str, MakeHook)] = &[
     ("hook_resid_mid", HookPoint::ResidMid),
     ("ln2.hook_scale", HookPoint::Ln2Scale),
     ("ln2.hook_normalized", HookPoint::Ln2Normalized),
+    ("mlp.hook_router_logits", HookPoint::RouterLogits),
+    ("mlp.hook_expert_weights", HookPoint::ExpertWeights),
     ("mlp.hook_pre", HookPoint::MlpPre),
     ("mlp.hook_pre_linear", HookPoint::MlpPreLinear),
     ("mlp.hook_post", HookPoint::MlpPost),
@@ -125,8 +133,8 @@ impl HookPoint {
             ResidPre(l) | Ln1Scale(l) | Ln1Normalized(l) | Q(l) | K(l) | V(l) | RotQ(l)
             | RotK(l) | AttnScores(l) | Pattern(l) | Z(l) | Result(l) | Ln1PostScale(l)
             | Ln1PostNormalized(l) | AttnOut(l) | ResidMid(l) | Ln2Scale(l) | Ln2Normalized(l)
-            | MlpPre(l) | MlpPreLinear(l) | MlpPost(l) | Ln2PostScale(l) | Ln2PostNormalized(l)
-            | MlpOut(l) | ResidPost(l) => Some(l),
+            | RouterLogits(l) | ExpertWeights(l) | MlpPre(l) | MlpPreLinear(l) | MlpPost(l)
+            | Ln2PostScale(l) | Ln2PostNormalized(l) | MlpOut(l) | ResidPost(l) => Some(l),
         }
     }
 
@@ -247,16 +255,21 @@ impl HookPoint {
             cfg.d_mlp,
         );
         let rotary = matches!(cfg.positional, crate::engine::config::Positional::Rotary(_));
-        // a parallel block has no resid_mid, and its ln2 only where the MLP has its own norm
+        // a parallel block has no resid_mid, and its ln2 only where the MLP has its own norm;
+        // a block without pre-norms (OLMo 2) has neither ln1 nor ln2
         let mid = !cfg.parallel_attn_mlp;
-        let ln2 = !cfg.parallel_attn_mlp || cfg.parallel_ln2;
+        let ln1 = cfg.pre_norms;
+        let ln2 = cfg.pre_norms && (!cfg.parallel_attn_mlp || cfg.parallel_ln2);
         Some(match self {
-            Embed | ResidPre(_) | Ln1Normalized(_) | AttnOut(_) | MlpOut(_) | ResidPost(_)
-            | LnFinalNormalized => format!("[batch, pos, {dm}]"),
+            Embed | ResidPre(_) | AttnOut(_) | MlpOut(_) | ResidPost(_) | LnFinalNormalized => {
+                format!("[batch, pos, {dm}]")
+            }
+            Ln1Normalized(_) if ln1 => format!("[batch, pos, {dm}]"),
             ResidMid(_) if mid => format!("[batch, pos, {dm}]"),
             Ln2Normalized(_) if ln2 => format!("[batch, pos, {dm}]"),
             PosEmbed if !rotary => format!("[batch, pos, {dm}]"),
-            Ln1Scale(_) | LnFinalScale => "[batch, pos, 1]".into(),
+            LnFinalScale => "[batch, pos, 1]".into(),
+            Ln1Scale(_) if ln1 => "[batch, pos, 1]".into(),
             Ln2Scale(_) if ln2 => "[batch, pos, 1]".into(),
             Q(_) => format!("[batch, pos, {h}, {dh}]"),
             RotQ(_) if rotary => format!("[batch, pos, {h}, {dh}]"),
@@ -270,6 +283,12 @@ impl HookPoint {
             }
             Ln1PostScale(_) | Ln2PostScale(_) if cfg.post_norms => "[batch, pos, 1]".into(),
             MlpPre(_) | MlpPost(_) => format!("[batch, pos, {dmlp}]"),
+            RouterLogits(_) | ExpertWeights(_) if cfg.moe.is_some() => {
+                format!(
+                    "[batch, pos, {}]",
+                    cfg.moe.as_ref().map_or(0, |m| m.n_experts)
+                )
+            }
             MlpPreLinear(_) if cfg.gated_mlp => format!("[batch, pos, {dmlp}]"),
             _ => return None,
         })

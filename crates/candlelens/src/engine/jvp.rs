@@ -11,7 +11,7 @@
 use candle_core::{DType, Tensor, D};
 
 use crate::engine::block::{Block, ForwardCtx, PastKv};
-use crate::engine::config::{Activation, NormKind, Positional};
+use crate::engine::config::{Activation, NormKind, Positional, QkNorm};
 use crate::engine::ops::{activation, linear, NormSpec};
 use crate::engine::weights::NormWeights;
 use crate::error::Result;
@@ -49,8 +49,9 @@ fn rms_tangent(c: &Tensor, dc: &Tensor, r: &Tensor) -> Result<Tensor> {
     Ok((dc.broadcast_div(r)? - c.broadcast_mul(&m.broadcast_div(&r3)?)?)?)
 }
 
-/// Per-head RMSNorm (q/k norm) of `x [1, pos, heads, d_head]` and tangents `[n, ...]`: the
-/// norm's derivative over `d_head` with the scale `w [d_head]`.
+/// The q/k RMSNorm over the last axis of `x` (`[1, pos, heads, d_head]` per head, or
+/// `[1, pos, heads * d_head]` over all heads) and tangents `[n, ...]`, with the scale `w` of the
+/// last axis's width.
 fn head_rms_jvp(spec: NormSpec, w: &Tensor, x: &Tensor, dx: &Tensor) -> Result<(Tensor, Tensor)> {
     let spec = NormSpec {
         kind: NormKind::RmsNorm,
@@ -64,7 +65,7 @@ fn head_rms_jvp(spec: NormSpec, w: &Tensor, x: &Tensor, dx: &Tensor) -> Result<(
 }
 
 /// The derivative of the activation at `x`, elementwise.
-fn activation_grad(act: Activation, x: &Tensor) -> Result<Tensor> {
+pub(crate) fn activation_grad(act: Activation, x: &Tensor) -> Result<Tensor> {
     let x32 = x.to_dtype(DType::F32)?;
     let g = match act {
         // d/dx x Φ(x) = Φ(x) + x φ(x)
@@ -125,24 +126,33 @@ impl Block<'_> {
     ) -> Result<(Tensor, Tensor)> {
         let spec = self.norm_spec();
         let w = self.weights();
-        let (n1, dn1) = norm_jvp(spec, &w.ln1, x, dx)?;
+        let (n1, dn1) = match &w.ln1 {
+            Some(ln1) => norm_jvp(spec, ln1, x, dx)?,
+            None => (x.clone(), dx.clone()),
+        };
         let (mut a, mut da) = self.attention_jvp(&n1, &dn1, ctx, offset, past)?;
         if let Some(pn) = &w.ln1_post {
             (a, da) = norm_jvp(spec, pn, &a, &da)?;
         }
         if self.cfg().parallel_attn_mlp {
-            let (m, dm) = if self.cfg().parallel_ln2 {
-                let (n2, dn2) = norm_jvp(spec, &w.ln2, x, dx)?;
-                self.mlp_jvp(&n2, &dn2)?
-            } else {
-                self.mlp_jvp(&n1, &dn1)?
+            let (m, dm) = match &w.ln2 {
+                Some(ln2) if self.cfg().parallel_ln2 => {
+                    let (n2, dn2) = norm_jvp(spec, ln2, x, dx)?;
+                    self.mlp_jvp(&n2, &dn2)?
+                }
+                _ => self.mlp_jvp(&n1, &dn1)?,
             };
             return Ok((((x + a)? + m)?, ((dx + da)? + dm)?));
         }
         let mid = (x + a)?;
         let dmid = (dx + da)?;
-        let (n2, dn2) = norm_jvp(spec, &w.ln2, &mid, &dmid)?;
-        let (m, dm) = self.mlp_jvp(&n2, &dn2)?;
+        let (m, dm) = match &w.ln2 {
+            Some(ln2) => {
+                let (n2, dn2) = norm_jvp(spec, ln2, &mid, &dmid)?;
+                self.mlp_jvp(&n2, &dn2)?
+            }
+            None => self.mlp_jvp(&mid, &dmid)?,
+        };
         Ok(((mid + m)?, (dmid + dm)?))
     }
 
@@ -150,6 +160,13 @@ impl Block<'_> {
     fn mlp_jvp(&self, x: &Tensor, dx: &Tensor) -> Result<(Tensor, Tensor)> {
         let w = self.weights();
         let act = self.cfg().act;
+        if let Some(moe) = &self.cfg().moe {
+            let (mut out, mut dout) = self.moe_jvp(x, dx, moe)?;
+            if let Some(pn) = &w.ln2_post {
+                (out, dout) = norm_jvp(self.norm_spec(), pn, &out, &dout)?;
+            }
+            return Ok((out, dout));
+        }
         let (post, dpost) = match &w.w_gate {
             Some(gate) => {
                 let pre = linear(x, gate, None)?;
@@ -191,23 +208,34 @@ impl Block<'_> {
         let (_, p, _) = x.dims3()?;
         let n = dx.dim(0)?;
         let (h, kv, dh) = (cfg.n_heads, cfg.n_kv_heads, cfg.d_head);
-        let proj = |t: &Tensor, m: &Tensor, b: Option<&Tensor>, heads: usize| -> Result<Tensor> {
+        let split = |t: &Tensor, heads: usize| -> Result<Tensor> {
             let rows = t.dim(0)?;
-            Ok(linear(t, m, b)?.reshape((rows, p, heads, dh))?)
+            Ok(t.reshape((rows, p, heads, dh))?)
         };
         let (mut q, mut dq) = (
-            proj(x, &w.w_q, w.b_q.as_ref(), h)?,
-            proj(dx, &w.w_q, None, h)?,
+            linear(x, &w.w_q, w.b_q.as_ref())?,
+            linear(dx, &w.w_q, None)?,
         );
         let (mut k, mut dk) = (
-            proj(x, &w.w_k, w.b_k.as_ref(), kv)?,
-            proj(dx, &w.w_k, None, kv)?,
+            linear(x, &w.w_k, w.b_k.as_ref())?,
+            linear(dx, &w.w_k, None)?,
         );
         let (v, dv) = (
-            proj(x, &w.w_v, w.b_v.as_ref(), kv)?,
-            proj(dx, &w.w_v, None, kv)?,
+            split(&linear(x, &w.w_v, w.b_v.as_ref())?, kv)?,
+            split(&linear(dx, &w.w_v, None)?, kv)?,
         );
-        if let (Some(qn), Some(kn)) = (&w.q_norm, &w.k_norm) {
+        let qk = (&w.q_norm, &w.k_norm);
+        if let (QkNorm::AllHeads, (Some(qn), Some(kn))) = (cfg.qk_norm, qk) {
+            (q, dq) = head_rms_jvp(self.norm_spec(), qn, &q, &dq)?;
+            (k, dk) = head_rms_jvp(self.norm_spec(), kn, &k, &dk)?;
+        }
+        (q, dq, k, dk) = (
+            split(&q, h)?,
+            split(&dq, h)?,
+            split(&k, kv)?,
+            split(&dk, kv)?,
+        );
+        if let (QkNorm::PerHead, (Some(qn), Some(kn))) = (cfg.qk_norm, qk) {
             (q, dq) = head_rms_jvp(self.norm_spec(), qn, &q, &dq)?;
             (k, dk) = head_rms_jvp(self.norm_spec(), kn, &k, &dk)?;
         }

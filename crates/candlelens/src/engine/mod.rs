@@ -5,7 +5,8 @@
 //!   tensors in the canonical layout.
 //! - [`ops`] holds the small shared operations (hook firing, `linear`, activations, norms);
 //!   [`rope`] the rotary tables and causal masks; [`block`] one transformer block as a view over
-//!   one layer's weights ([`block::Block`]); [`jvp`] its forward-mode derivative.
+//!   one layer's weights ([`block::Block`]); [`jvp`] its forward-mode derivative; [`moe`] the
+//!   sparse mixture-of-experts MLP.
 //! - [`model`] is [`HookedTransformer`]: embed, blocks, unembed, and the TransformerLens entry
 //!   points (`run_with_cache`, `run_with_hooks`, `to_tokens`, ...).
 //! - [`tokenizer`] and [`tokens`] turn text into right-padded batches; [`hooks`] names every
@@ -23,6 +24,7 @@ pub mod hooks;
 pub mod jvp;
 pub mod malloc;
 pub mod model;
+pub mod moe;
 pub mod ops;
 pub mod rope;
 pub mod tokenizer;

@@ -6,7 +6,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::engine::config::{ModelConfig, NormKind};
+use crate::engine::config::{ModelConfig, NormKind, QkNorm};
 use crate::error::{LensError, Result};
 
 /// A normalisation's parameters: effective scale `w` (Gemma's `1 + w` already added) and an
@@ -22,12 +22,14 @@ pub struct NormWeights {
 /// One block's weights.
 #[derive(Clone, Debug)]
 pub struct LayerWeights {
-    /// Norm before attention (`ln1`); parallel blocks also feed its output to the MLP.
-    pub ln1: NormWeights,
+    /// Norm before attention (`ln1`); parallel blocks without an `ln2` also feed its output
+    /// to the MLP. `None` where the family has no pre-norms (OLMo 2).
+    pub ln1: Option<NormWeights>,
     /// Norm on the attention output before it joins the residual (Gemma 2/3).
     pub ln1_post: Option<NormWeights>,
-    /// Norm before the MLP (`ln2`); a copy of `ln1` for parallel blocks.
-    pub ln2: NormWeights,
+    /// Norm before the MLP (`ln2`); `None` for parallel blocks whose MLP reads `ln1`'s output
+    /// (GPT-J, Phi-2) and for families without pre-norms (OLMo 2).
+    pub ln2: Option<NormWeights>,
     /// Norm on the MLP output before it joins the residual (Gemma 2/3).
     pub ln2_post: Option<NormWeights>,
     /// `[n_heads * d_head, d_model]`.
@@ -42,21 +44,28 @@ pub struct LayerWeights {
     pub w_v: Tensor,
     /// `[n_kv_heads * d_head]`.
     pub b_v: Option<Tensor>,
-    /// Per-head RMSNorm scale `[d_head]` (Qwen3, Gemma 3).
+    /// RMSNorm scale of the queries: `[d_head]` per head (Qwen3, Gemma 3) or
+    /// `[n_heads * d_head]` over all heads (OLMo 2).
     pub q_norm: Option<Tensor>,
-    /// Per-head RMSNorm scale of the keys `[d_head]` (Qwen3, Gemma 3).
+    /// RMSNorm scale of the keys: `[d_head]` or `[n_kv_heads * d_head]`.
     pub k_norm: Option<Tensor>,
     /// `[d_model, n_heads * d_head]`.
     pub w_o: Tensor,
     /// `[d_model]`.
     pub b_o: Option<Tensor>,
-    /// `[d_mlp, d_model]` (the "up" projection).
+    /// The router of a mixture of experts, `[n_experts, d_model]` (its logits are `x Rᵀ`).
+    pub router: Option<Tensor>,
+    /// The gate of the shared expert, `[1, d_model]` (Qwen 2 MoE: `sigmoid(x gᵀ)` scales it).
+    pub shared_expert_gate: Option<Tensor>,
+    /// `[d_mlp, d_model]` (the "up" projection; for a mixture of experts, every expert's rows
+    /// in turn, then the shared expert's).
     pub w_in: Tensor,
     /// `[d_mlp]`.
     pub b_in: Option<Tensor>,
     /// `[d_mlp, d_model]` for gated MLPs.
     pub w_gate: Option<Tensor>,
-    /// `[d_model, d_mlp]`.
+    /// `[d_model, d_mlp]` (for a mixture of experts a transposed view of `[d_mlp, d_model]`,
+    /// so that each expert's columns are contiguous rows of the storage).
     pub w_out: Tensor,
     /// `[d_model]`.
     pub b_out: Option<Tensor>,
@@ -131,13 +140,11 @@ impl Weights {
             total += t(&self.w_u);
         }
         for l in &self.layers {
-            total += n(&l.ln1) + on(&l.ln1_post) + on(&l.ln2_post);
-            if !cfg.parallel_attn_mlp || cfg.parallel_ln2 {
-                total += n(&l.ln2);
-            }
+            total += on(&l.ln1) + on(&l.ln2) + on(&l.ln1_post) + on(&l.ln2_post);
             total += t(&l.w_q) + t(&l.w_k) + t(&l.w_v) + t(&l.w_o) + t(&l.w_in) + t(&l.w_out);
             total += o(&l.b_q) + o(&l.b_k) + o(&l.b_v) + o(&l.b_o) + o(&l.b_in) + o(&l.b_out);
             total += o(&l.w_gate) + o(&l.q_norm) + o(&l.k_norm);
+            total += o(&l.router) + o(&l.shared_expert_gate);
         }
         total
     }
@@ -174,8 +181,35 @@ impl Weights {
         }
         for (l, w) in self.layers.iter().enumerate() {
             let n = |s: &str| format!("blocks.{l}.{s}");
-            expect_shape(&n("ln1.w"), &w.ln1.w, &[dm])?;
-            expect_shape(&n("ln2.w"), &w.ln2.w, &[dm])?;
+            // the norms the config's switches promise, each [d_model]
+            let ln2_expected = cfg.pre_norms && (!cfg.parallel_attn_mlp || cfg.parallel_ln2);
+            for (name, nw, expected) in [
+                ("ln1", &w.ln1, cfg.pre_norms),
+                ("ln2", &w.ln2, ln2_expected),
+                ("ln1_post", &w.ln1_post, cfg.post_norms),
+                ("ln2_post", &w.ln2_post, cfg.post_norms),
+            ] {
+                match nw {
+                    Some(nw) if expected => {
+                        expect_shape(&n(&format!("{name}.w")), &nw.w, &[dm])?;
+                        if cfg.norm == NormKind::LayerNorm && nw.b.is_none() {
+                            return Err(LensError::BadWeight {
+                                name: n(&format!("{name}.b")),
+                                problem: "is missing (LayerNorm needs a bias)".into(),
+                            });
+                        }
+                    }
+                    None if !expected => {}
+                    _ => {
+                        return Err(LensError::Internal(format!(
+                            "{}: the weights {} a norm the config {} (a family mapping bug)",
+                            n(name),
+                            if nw.is_some() { "hold" } else { "lack" },
+                            if expected { "needs" } else { "does not use" },
+                        )))
+                    }
+                }
+            }
             expect_shape(&n("attn.W_Q"), &w.w_q, &[h * dh, dm])?;
             expect_shape(&n("attn.W_K"), &w.w_k, &[kv * dh, dm])?;
             expect_shape(&n("attn.W_V"), &w.w_v, &[kv * dh, dm])?;
@@ -185,14 +219,54 @@ impl Weights {
             if let Some(g) = &w.w_gate {
                 expect_shape(&n("mlp.W_gate"), g, &[dmlp, dm])?;
             }
-            if let Some(q) = &w.q_norm {
-                expect_shape(&n("attn.q_norm"), q, &[dh])?;
+            match (&cfg.moe, &w.router) {
+                (Some(moe), Some(r)) => {
+                    expect_shape(&n("mlp.router"), r, &[moe.n_experts, dm])?;
+                    match (&w.shared_expert_gate, moe.d_shared) {
+                        (Some(g), s) if s > 0 => {
+                            expect_shape(&n("mlp.shared_expert_gate"), g, &[1, dm])?
+                        }
+                        (None, 0) => {}
+                        _ => {
+                            return Err(LensError::BadWeight {
+                                name: n("mlp.shared_expert_gate"),
+                                problem: "does not match the config's shared expert".into(),
+                            })
+                        }
+                    }
+                }
+                (None, None) => {}
+                (Some(_), None) => {
+                    return Err(LensError::BadWeight {
+                        name: n("mlp.router"),
+                        problem: "is missing (the config has a mixture of experts)".into(),
+                    })
+                }
+                (None, Some(_)) => {
+                    return Err(LensError::Internal(format!(
+                        "{}: a router without a mixture of experts in the config",
+                        n("mlp")
+                    )))
+                }
             }
-            if cfg.norm == NormKind::LayerNorm && w.ln1.b.is_none() {
-                return Err(LensError::BadWeight {
-                    name: n("ln1.b"),
-                    problem: "is missing (LayerNorm needs a bias)".into(),
-                });
+            let (qw, kw) = match cfg.qk_norm {
+                QkNorm::None => (0, 0),
+                QkNorm::PerHead => (dh, dh),
+                QkNorm::AllHeads => (h * dh, kv * dh),
+            };
+            match (&w.q_norm, &w.k_norm) {
+                (Some(q), Some(k)) if qw > 0 => {
+                    expect_shape(&n("attn.q_norm"), q, &[qw])?;
+                    expect_shape(&n("attn.k_norm"), k, &[kw])?;
+                }
+                (None, None) if qw == 0 => {}
+                _ => {
+                    return Err(LensError::Internal(format!(
+                    "{}: q/k norm weights do not match the config's {:?} (a family mapping bug)",
+                    n("attn"),
+                    cfg.qk_norm
+                )))
+                }
             }
         }
         Ok(())

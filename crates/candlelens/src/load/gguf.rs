@@ -15,7 +15,7 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{DType, Device, Tensor};
 
 use crate::engine::config::{
-    Activation, AttentionKind, ModelConfig, NormKind, Positional, RotaryConfig,
+    Activation, AttentionKind, ModelConfig, NormKind, Positional, QkNorm, RotaryConfig,
 };
 use crate::engine::tokenizer::{self, GgufVocab, LensTokenizer};
 use crate::engine::weights::TensorSource;
@@ -98,6 +98,19 @@ impl GgufFile {
         let arch = meta_str(&content, "general.architecture")
             .ok_or_else(|| corrupt(path, "no general.architecture in metadata"))?;
         let family = Family::from_name(&arch)?;
+        // the GGUF tensor mapping covers Llama-layout and Gemma 3 files; other families (and
+        // Mixtral, which GGUF files label `llama` with an expert count) load from safetensors
+        let experts = meta_usize(&content, &format!("{arch}.expert_count")).unwrap_or(0);
+        if !matches!(family, Family::Llama | Family::Gemma3) || experts > 0 {
+            return Err(LensError::UnsupportedArchitecture {
+                arch: if experts > 0 {
+                    format!("{arch} with {experts} experts (GGUF)")
+                } else {
+                    format!("{arch} (GGUF)")
+                },
+                supported: "GGUF files of llama and gemma3; load other families (mixtral, qwen2_moe, phi3, ...) from their Hugging Face safetensors checkpoint".into(),
+            });
+        }
         let n_heads = meta_usize(&content, &format!("{arch}.attention.head_count"))
             .ok_or_else(|| corrupt(path, "no attention.head_count"))?;
         let n_heads = check_dim("attention.head_count", n_heads)?;
@@ -171,7 +184,9 @@ impl GgufFile {
             }),
             act: Activation::Silu,
             gated_mlp: true,
-            qk_norm: false,
+            moe: None,
+            pre_norms: true,
+            qk_norm: QkNorm::None,
             post_norms: false,
             attn_scale: 1.0 / (d_head as f64).sqrt(),
             attn_softcap: None,
@@ -191,7 +206,7 @@ impl GgufFile {
         if self.family == Family::Gemma3 {
             // Gemma 3 text config; GGUF lacks the local RoPE base and the sliding pattern.
             cfg.act = Activation::GeluTanh;
-            cfg.qk_norm = true;
+            cfg.qk_norm = QkNorm::PerHead;
             cfg.post_norms = true;
             cfg.embed_scale = Some((d_model as f64).sqrt());
             cfg.attn_scale = 1.0 / (d_head as f64).sqrt(); // query_pre_attn_scalar = d_head

@@ -355,16 +355,24 @@ fn load_folder(files: &FolderFiles, name: &str, opts: &LoadOptions) -> Result<Ho
     let json = read_json(&files.config)?;
     let (family, mut cfg) = config_from_hf(&json, name)?;
     let tok = LensTokenizer::from_file(&files.tokenizer, cfg.bos_token_id, false)?;
-    // The tokenizer's own post-processor says whether it adds BOS; GPT-2 and GPT-J follow
-    // TransformerLens, which prepends <|endoftext|> although their tokenizers do not.
+    // The tokenizer's own post-processor says whether it adds BOS; the GPT-2-tokenizer families
+    // (and OLMo 2's) follow TransformerLens, which prepends <|endoftext|> although their
+    // tokenizers do not.
     let probe = tok
         .inner()
         .encode("a", true)
         .map_err(|e| LensError::Tokenizer(e.to_string()))?;
-    let adds_bos = matches!(family, Family::Gpt2 | Family::GptJ | Family::GptNeoX)
-        || cfg
-            .bos_token_id
-            .is_some_and(|b| probe.get_ids().first() == Some(&b));
+    let adds_bos = matches!(
+        family,
+        Family::Gpt2
+            | Family::GptJ
+            | Family::GptNeo
+            | Family::GptNeoX
+            | Family::Phi
+            | Family::Olmo2
+    ) || cfg
+        .bos_token_id
+        .is_some_and(|b| probe.get_ids().first() == Some(&b));
     cfg.default_prepend_bos = adds_bos;
     let tok = LensTokenizer::new(tok.inner().clone(), cfg.bos_token_id, adds_bos);
     let mut src = safetensors::SafetensorsSource::open(&files.shards, opts.dtype)?;

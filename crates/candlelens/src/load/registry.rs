@@ -215,6 +215,83 @@ pub const REGISTRY: &[Entry] = &[
         about: "Llama 3.2 1B Instruct (gated: needs HF_TOKEN)",
     },
     Entry {
+        alias: "mistral-7b",
+        source: Source::Hub {
+            repo: "mistralai/Mistral-7B-v0.1",
+        },
+        about: "Mistral 7B v0.1 (sliding window 4096; 29 GB in f32: load with dtype bf16)",
+    },
+    Entry {
+        alias: "gpt-neo-125m",
+        source: Source::Hub {
+            repo: "EleutherAI/gpt-neo-125m",
+        },
+        about: "GPT-Neo 125M (local attention every other layer, window 256)",
+    },
+    Entry {
+        alias: "gpt-neo-1.3b",
+        source: Source::Hub {
+            repo: "EleutherAI/gpt-neo-1.3B",
+        },
+        about: "GPT-Neo 1.3B",
+    },
+    Entry {
+        alias: "gpt-neo-2.7b",
+        source: Source::Hub {
+            repo: "EleutherAI/gpt-neo-2.7B",
+        },
+        about: "GPT-Neo 2.7B",
+    },
+    Entry {
+        alias: "phi-1",
+        source: Source::Hub {
+            repo: "microsoft/phi-1",
+        },
+        about: "Phi-1 1.3B (parallel block, partial rotary)",
+    },
+    Entry {
+        alias: "phi-1.5",
+        source: Source::Hub {
+            repo: "microsoft/phi-1_5",
+        },
+        about: "Phi-1.5 1.3B",
+    },
+    Entry {
+        alias: "phi-2",
+        source: Source::Hub {
+            repo: "microsoft/phi-2",
+        },
+        about: "Phi-2 2.7B (parallel block, 40% rotary, biases)",
+    },
+    Entry {
+        alias: "phi-3-mini",
+        source: Source::Hub {
+            repo: "microsoft/Phi-3-mini-4k-instruct",
+        },
+        about: "Phi-3 mini 4k instruct 3.8B (fused qkv and gate_up, sliding window 2047)",
+    },
+    Entry {
+        alias: "olmo-2-1b",
+        source: Source::Hub {
+            repo: "allenai/OLMo-2-0425-1B",
+        },
+        about: "OLMo 2 1B (post-norms only, q/k norm over all heads)",
+    },
+    Entry {
+        alias: "olmo-2-7b",
+        source: Source::Hub {
+            repo: "allenai/OLMo-2-1124-7B",
+        },
+        about: "OLMo 2 7B",
+    },
+    Entry {
+        alias: "olmo-2-13b",
+        source: Source::Hub {
+            repo: "allenai/OLMo-2-1124-13B",
+        },
+        about: "OLMo 2 13B",
+    },
+    Entry {
         alias: "qwen2.5-0.5b",
         source: Source::Hub {
             repo: "Qwen/Qwen2.5-0.5B",
@@ -234,6 +311,27 @@ pub const REGISTRY: &[Entry] = &[
             repo: "Qwen/Qwen3-0.6B",
         },
         about: "Qwen3 0.6B",
+    },
+    Entry {
+        alias: "mixtral-8x7b",
+        source: Source::Hub {
+            repo: "mistralai/Mixtral-8x7B-v0.1",
+        },
+        about: "Mixtral 8x7B (8 experts, top 2; 187 GB in f32: load with dtype bf16 on a large machine)",
+    },
+    Entry {
+        alias: "qwen1.5-moe-a2.7b",
+        source: Source::Hub {
+            repo: "Qwen/Qwen1.5-MoE-A2.7B",
+        },
+        about: "Qwen1.5-MoE-A2.7B (qwen2_moe: 60 experts, top 4, and a gated shared expert)",
+    },
+    Entry {
+        alias: "qwen3-30b-a3b",
+        source: Source::Hub {
+            repo: "Qwen/Qwen3-30B-A3B",
+        },
+        about: "Qwen3-30B-A3B (qwen3_moe: 128 experts, top 8; 122 GB in f32: load with dtype bf16)",
     },
     Entry {
         alias: "gemma-2b-it",

@@ -63,11 +63,12 @@ pub fn inspect(a: &InspectArgs) -> candlelens::Result<()> {
         cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_mlp, cfg.d_vocab, cfg.n_ctx);
     p!(
         o,
-        "  norm {:?} (eps {:e})  act {:?}  gated_mlp {}  qk_norm {}  post_norms {}",
+        "  norm {:?} (eps {:e})  act {:?}  gated_mlp {}  pre_norms {}  qk_norm {:?}  post_norms {}",
         cfg.norm,
         cfg.norm_eps,
         cfg.act,
         cfg.gated_mlp,
+        cfg.pre_norms,
         cfg.qk_norm,
         cfg.post_norms
     );
@@ -96,6 +97,22 @@ pub fn inspect(a: &InspectArgs) -> candlelens::Result<()> {
         (true, true) => "parallel attention + MLP, a norm each",
     };
     p!(o, "  blocks {block}");
+    if let Some(moe) = &cfg.moe {
+        p!(
+            o,
+            "  mixture of experts: {} experts of {} units, top {}{}{} (d_mlp {} = all experts side by side)",
+            moe.n_experts,
+            moe.d_expert,
+            moe.top_k,
+            if moe.norm_topk_prob { " renormalised" } else { "" },
+            if moe.d_shared > 0 {
+                format!(", a shared expert of {} units", moe.d_shared)
+            } else {
+                String::new()
+            },
+            cfg.d_mlp
+        );
+    }
     p!(
         o,
         "  BOS {:?} (prepended by default: {})  EOS {:?}  pad {}",

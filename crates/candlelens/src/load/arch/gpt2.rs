@@ -5,7 +5,7 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::{check_dim, hidden_act, norm, Json};
-use crate::engine::config::{AttentionKind, ModelConfig, NormKind, Positional};
+use crate::engine::config::{AttentionKind, ModelConfig, NormKind, Positional, QkNorm};
 use crate::engine::weights::{to_compute, LayerWeights, TensorSource, Weights};
 use crate::error::Result;
 
@@ -30,7 +30,9 @@ pub(super) fn config(j: &Json, name: &str) -> Result<ModelConfig> {
         positional: Positional::Learned,
         act: hidden_act(j, "activation_function", "gelu_new")?,
         gated_mlp: false,
-        qk_norm: false,
+        moe: None,
+        pre_norms: true,
+        qk_norm: QkNorm::None,
         post_norms: false,
         attn_scale: 1.0 / ((d_model / n_heads) as f64).sqrt(),
         attn_softcap: None,
@@ -76,9 +78,9 @@ pub(super) fn weights(
         let part =
             |t: &Tensor, i: usize| -> Result<Tensor> { Ok(t.narrow(0, i * d, d)?.contiguous()?) };
         layers.push(LayerWeights {
-            ln1: norm(src, &n("ln_1.weight"), false, dtype, dev)?,
+            ln1: Some(norm(src, &n("ln_1.weight"), false, dtype, dev)?),
             ln1_post: None,
-            ln2: norm(src, &n("ln_2.weight"), false, dtype, dev)?,
+            ln2: Some(norm(src, &n("ln_2.weight"), false, dtype, dev)?),
             ln2_post: None,
             w_q: part(&qkv, 0)?,
             b_q: Some(part(&qkv_b, 0)?),
@@ -94,6 +96,8 @@ pub(super) fn weights(
                 dtype,
                 dev,
             )?),
+            router: None,
+            shared_expert_gate: None,
             w_in: conv1d(src, &n("mlp.c_fc.weight"), dtype, dev)?,
             b_in: Some(to_compute(src.require(&n("mlp.c_fc.bias"))?, dtype, dev)?),
             w_gate: None,

@@ -5,7 +5,9 @@
 use candle_core::{DType, Device};
 
 use super::{check_dim, get, hidden_act, norm, opt, Json};
-use crate::engine::config::{AttentionKind, ModelConfig, NormKind, Positional, RotaryConfig};
+use crate::engine::config::{
+    AttentionKind, ModelConfig, NormKind, Positional, QkNorm, RotaryConfig,
+};
 use crate::engine::weights::{LayerWeights, TensorSource, Weights};
 use crate::error::Result;
 
@@ -37,7 +39,9 @@ pub(super) fn config(j: &Json, name: &str) -> Result<ModelConfig> {
         }),
         act: hidden_act(j, "activation_function", "gelu_new")?,
         gated_mlp: false,
-        qk_norm: false,
+        moe: None,
+        pre_norms: true,
+        qk_norm: QkNorm::None,
         post_norms: false,
         attn_scale: 1.0 / (d_head as f64).sqrt(),
         attn_softcap: None,
@@ -64,11 +68,10 @@ pub(super) fn weights(
     let mut layers = Vec::with_capacity(cfg.n_layers);
     for l in 0..cfg.n_layers {
         let n = |s: &str| format!("transformer.h.{l}.{s}");
-        let ln1 = norm(src, &n("ln_1.weight"), false, dtype, dev)?;
         layers.push(LayerWeights {
-            // the MLP reads ln_1's output too: ln2 is never applied (parallel_attn_mlp)
-            ln2: ln1.clone(),
-            ln1,
+            ln1: Some(norm(src, &n("ln_1.weight"), false, dtype, dev)?),
+            // the MLP reads ln_1's output too (parallel_attn_mlp without parallel_ln2)
+            ln2: None,
             ln1_post: None,
             ln2_post: None,
             w_q: get(src, &n("attn.q_proj.weight"), dtype, dev)?,
@@ -81,6 +84,8 @@ pub(super) fn weights(
             k_norm: None,
             w_o: get(src, &n("attn.out_proj.weight"), dtype, dev)?,
             b_o: None,
+            router: None,
+            shared_expert_gate: None,
             w_in: get(src, &n("mlp.fc_in.weight"), dtype, dev)?,
             b_in: opt(src, &n("mlp.fc_in.bias"), dtype, dev)?,
             w_gate: None,

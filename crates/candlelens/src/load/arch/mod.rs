@@ -1,11 +1,15 @@
 //! Architecture families: each is a config reader plus a mapping from its Hugging Face tensor
 //! names into the canonical [`Weights`]. No family has its own forward pass: the differences
-//! between GPT-2, GPT-J, Llama, Qwen and Gemma are switches in [`ModelConfig`].
+//! between GPT-2, GPT-J, GPT-Neo, GPT-NeoX, Llama, Mistral, Phi, OLMo 2, Qwen and Gemma are
+//! switches in [`ModelConfig`].
 
 mod gpt2;
+mod gpt_neo;
 mod gptj;
 mod llama;
+mod moe;
 mod neox;
+mod phi;
 
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
@@ -26,12 +30,30 @@ pub enum Family {
     /// GPT-NeoX / Pythia: parallel attention and MLP with a norm each, partial rotate-half
     /// rotary, fused per-head q/k/v.
     GptNeoX,
+    /// GPT-Neo: GPT-2 with alternating global/local attention and unscaled scores.
+    GptNeo,
     /// Llama 2/3 and look-alikes (SmolLM2).
     Llama,
+    /// Mistral: Llama with a sliding window on every layer (when `sliding_window` is set).
+    Mistral,
+    /// Mixtral: Mistral with a sparse mixture of experts (top-k renormalised).
+    Mixtral,
+    /// OLMo 2: post-norms only, q/k RMSNorm over all heads.
+    Olmo2,
+    /// Phi-1, 1.5, 2: one LayerNorm, parallel attention and MLP, partial rotary, biases.
+    Phi,
+    /// Phi-3 and Phi-4-mini: Llama with fused `qkv_proj` / `gate_up_proj`, sliding window,
+    /// partial rotary.
+    Phi3,
     /// Qwen 2 / 2.5: q/k/v biases.
     Qwen2,
+    /// Qwen 2 MoE (Qwen1.5-MoE, Qwen2-57B-A14B): Qwen 2 with routed experts and a gated
+    /// shared expert.
+    Qwen2Moe,
     /// Qwen 3: per-head q/k RMSNorm.
     Qwen3,
+    /// Qwen 3 MoE (Qwen3-30B-A3B, 235B-A22B): Qwen 3 with routed experts.
+    Qwen3Moe,
     /// Gemma 1: `(1 + w)` RMSNorm, gated GELU, scaled embeddings.
     Gemma,
     /// Gemma 2: Gemma plus post-norms, softcaps and alternating sliding windows.
@@ -42,7 +64,7 @@ pub enum Family {
 
 /// Names of the supported HF `model_type`s, for error messages.
 pub const SUPPORTED: &str =
-    "gpt2, gptj, gpt_neox, llama, qwen2, qwen3, gemma, gemma2, gemma3_text (GGUF: llama, gemma3)";
+    "gpt2, gptj, gpt_neo, gpt_neox, llama, mistral, mixtral, phi, phi3, olmo2, qwen2, qwen2_moe, qwen3, qwen3_moe, gemma, gemma2, gemma3_text (GGUF: llama, gemma3)";
 
 impl Family {
     /// The family of an HF `model_type` or GGUF `general.architecture`.
@@ -54,24 +76,120 @@ impl Family {
             "gpt2" => Family::Gpt2,
             "gptj" => Family::GptJ,
             "gpt_neox" => Family::GptNeoX,
+            "gpt_neo" => Family::GptNeo,
+            "phi" => Family::Phi,
+            "phi3" => Family::Phi3,
+            "olmo2" => Family::Olmo2,
             "llama" => Family::Llama,
+            "mistral" => Family::Mistral,
             "qwen2" => Family::Qwen2,
             "qwen3" => Family::Qwen3,
+            "mixtral" => Family::Mixtral,
+            "qwen2_moe" => Family::Qwen2Moe,
+            "qwen3_moe" => Family::Qwen3Moe,
             "gemma" => Family::Gemma,
             "gemma2" => Family::Gemma2,
             "gemma3" | "gemma3_text" => Family::Gemma3,
             other => {
                 return Err(LensError::UnsupportedArchitecture {
                     arch: other.to_string(),
-                    supported: SUPPORTED.into(),
+                    supported: format!("{SUPPORTED}{}", closest(other)),
                 })
             }
         })
     }
 
+    /// Every supported family, in the order `lens models` lists them.
+    pub const ALL: [Family; 17] = [
+        Family::Gpt2,
+        Family::GptJ,
+        Family::GptNeo,
+        Family::GptNeoX,
+        Family::Llama,
+        Family::Mistral,
+        Family::Mixtral,
+        Family::Phi,
+        Family::Phi3,
+        Family::Olmo2,
+        Family::Qwen2,
+        Family::Qwen2Moe,
+        Family::Qwen3,
+        Family::Qwen3Moe,
+        Family::Gemma,
+        Family::Gemma2,
+        Family::Gemma3,
+    ];
+
+    /// The HF `model_type` this family reads.
+    pub fn model_type(&self) -> &'static str {
+        match self {
+            Family::Gpt2 => "gpt2",
+            Family::GptJ => "gptj",
+            Family::GptNeo => "gpt_neo",
+            Family::GptNeoX => "gpt_neox",
+            Family::Llama => "llama",
+            Family::Mistral => "mistral",
+            Family::Mixtral => "mixtral",
+            Family::Phi => "phi",
+            Family::Phi3 => "phi3",
+            Family::Olmo2 => "olmo2",
+            Family::Qwen2 => "qwen2",
+            Family::Qwen2Moe => "qwen2_moe",
+            Family::Qwen3 => "qwen3",
+            Family::Qwen3Moe => "qwen3_moe",
+            Family::Gemma => "gemma",
+            Family::Gemma2 => "gemma2",
+            Family::Gemma3 => "gemma3_text",
+        }
+    }
+
+    /// A registered alias of this family (see `lens models`).
+    pub fn example_alias(&self) -> &'static str {
+        match self {
+            Family::Gpt2 => "gpt2",
+            Family::GptJ => "gpt-j-6b",
+            Family::GptNeo => "gpt-neo-125m",
+            Family::GptNeoX => "pythia-70m",
+            Family::Llama => "smollm2-135m",
+            Family::Mistral => "mistral-7b",
+            Family::Mixtral => "mixtral-8x7b",
+            Family::Phi => "phi-2",
+            Family::Phi3 => "phi-3-mini",
+            Family::Olmo2 => "olmo-2-1b",
+            Family::Qwen2 => "qwen2.5-0.5b",
+            Family::Qwen2Moe => "qwen1.5-moe-a2.7b",
+            Family::Qwen3 => "qwen3-0.6b",
+            Family::Qwen3Moe => "qwen3-30b-a3b",
+            Family::Gemma => "gemma-2b-it",
+            Family::Gemma2 => "gemma-2-2b-it",
+            Family::Gemma3 => "gemma-3-270m",
+        }
+    }
+
     /// Whether RMSNorm weights are stored as `w` and used as `1 + w` (Gemma).
     pub fn norm_plus_one(&self) -> bool {
         matches!(self, Family::Gemma | Family::Gemma2 | Family::Gemma3)
+    }
+}
+
+/// A note naming the closest supported family for well-known unsupported `model_type`s.
+fn closest(arch: &str) -> &'static str {
+    match arch {
+        "t5" | "mt5" | "umt5" | "bart" | "mbart" | "pegasus" | "marian" | "whisper" => {
+            ". This is an encoder-decoder model; Candlelens runs decoder-only language models (closest: gpt2, llama)"
+        }
+        "bert" | "roberta" | "deberta" | "deberta-v2" | "distilbert" | "electra" | "modernbert" => {
+            ". This is an encoder-only model; Candlelens runs decoder-only language models (closest: gpt2)"
+        }
+        "clip" | "siglip" | "vit" | "llava" | "paligemma" | "idefics3" | "qwen2_vl" => {
+            ". This is a vision or multimodal checkpoint; load its text model instead (e.g. gemma3_text, qwen2)"
+        }
+        "deepseek_v2" | "deepseek_v3" | "olmoe" | "granitemoe" | "dbrx" => {
+            ". This mixture of experts is not supported yet (closest: mixtral, qwen3_moe)"
+        }
+        "phimoe" => ". Phi-3.5-MoE is not supported yet (closest: phi3)",
+        "olmo" => ". OLMo 1 is not supported (closest: olmo2, llama)",
+        _ => "",
     }
 }
 
@@ -101,6 +219,8 @@ pub fn config_from_hf(v: &Value, name: &str) -> Result<(Family, ModelConfig)> {
         Family::Gpt2 => gpt2::config(&j, name)?,
         Family::GptJ => gptj::config(&j, name)?,
         Family::GptNeoX => neox::config(&j, name)?,
+        Family::GptNeo => gpt_neo::config(&j, name)?,
+        Family::Phi => phi::config(&j, name)?,
         _ => llama::config(family, &j, name)?,
     };
     cfg.validate()?;
@@ -122,6 +242,8 @@ pub fn load_weights(
         Family::Gpt2 => gpt2::weights(cfg, src, dtype, dev)?,
         Family::GptJ => gptj::weights(cfg, src, dtype, dev)?,
         Family::GptNeoX => neox::weights(cfg, src, dtype, dev)?,
+        Family::GptNeo => gpt_neo::weights(cfg, src, dtype, dev)?,
+        Family::Phi => phi::weights(cfg, src, dtype, dev)?,
         _ => llama::weights(family, cfg, src, dtype, dev)?,
     };
     w.validate(cfg)?;
@@ -338,6 +460,49 @@ mod tests {
             env!("CARGO_MANIFEST_DIR")
         );
         serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn mistral_slides_on_every_layer_unless_the_window_is_null() {
+        let mut v = tiny_config("mistral");
+        let (f, a) = config_from_hf(&v, "x").unwrap();
+        assert_eq!(f, Family::Mistral);
+        assert_eq!(
+            a.layer_attention,
+            vec![AttentionKind::Local { window: 5 }; 2]
+        );
+        v["sliding_window"] = Value::Null;
+        let (_, b) = config_from_hf(&v, "x").unwrap();
+        assert_eq!(b.layer_attention, vec![AttentionKind::Global; 2]);
+    }
+
+    #[test]
+    fn every_family_reads_its_model_type_and_has_a_registered_example() {
+        for f in Family::ALL {
+            assert_eq!(Family::from_name(f.model_type()).unwrap(), f);
+            assert!(
+                SUPPORTED.contains(f.model_type()),
+                "{f:?} missing from SUPPORTED"
+            );
+            assert!(
+                crate::load::registry::lookup(f.example_alias()).is_some(),
+                "{f:?}: {} is not registered",
+                f.example_alias()
+            );
+        }
+    }
+
+    #[test]
+    fn unsupported_types_name_the_closest_family() {
+        for (t, says) in [
+            ("t5", "encoder-decoder"),
+            ("bert", "encoder-only"),
+            ("deepseek_v3", "closest: mixtral"),
+            ("llava", "text model"),
+        ] {
+            let e = Family::from_name(t).unwrap_err().to_string();
+            assert!(e.contains(says) && e.contains("gpt_neox"), "{t}: {e}");
+        }
     }
 
     #[test]

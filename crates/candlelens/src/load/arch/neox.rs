@@ -8,7 +8,9 @@ use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
 use super::{check_dim, get, hidden_act, norm, opt, Json};
-use crate::engine::config::{AttentionKind, ModelConfig, NormKind, Positional, RotaryConfig};
+use crate::engine::config::{
+    AttentionKind, ModelConfig, NormKind, Positional, QkNorm, RotaryConfig,
+};
 use crate::engine::weights::{LayerWeights, TensorSource, Weights};
 use crate::error::{LensError, Result};
 
@@ -59,7 +61,9 @@ pub(super) fn config(j: &Json, name: &str) -> Result<ModelConfig> {
         }),
         act: hidden_act(j, "hidden_act", "gelu")?,
         gated_mlp: false,
-        qk_norm: false,
+        moe: None,
+        pre_norms: true,
+        qk_norm: QkNorm::None,
         post_norms: false,
         attn_scale: 1.0 / (d_head as f64).sqrt(),
         attn_softcap: None,
@@ -124,15 +128,15 @@ pub(super) fn weights(
             None => (None, None, None),
         };
         layers.push(LayerWeights {
-            ln1: norm(src, &n("input_layernorm.weight"), false, dtype, dev)?,
+            ln1: Some(norm(src, &n("input_layernorm.weight"), false, dtype, dev)?),
             ln1_post: None,
-            ln2: norm(
+            ln2: Some(norm(
                 src,
                 &n("post_attention_layernorm.weight"),
                 false,
                 dtype,
                 dev,
-            )?,
+            )?),
             ln2_post: None,
             w_q,
             b_q,
@@ -144,6 +148,8 @@ pub(super) fn weights(
             k_norm: None,
             w_o: get(src, &n("attention.dense.weight"), dtype, dev)?,
             b_o: opt(src, &n("attention.dense.bias"), dtype, dev)?,
+            router: None,
+            shared_expert_gate: None,
             w_in: get(src, &n("mlp.dense_h_to_4h.weight"), dtype, dev)?,
             b_in: opt(src, &n("mlp.dense_h_to_4h.bias"), dtype, dev)?,
             w_gate: None,
