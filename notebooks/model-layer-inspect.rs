@@ -41,8 +41,8 @@ let model = HookedTransformer::from_pretrained(&name)?;
     println!("{name}: {} architecture, {:.1}M parameters", c.architecture, c.n_params() as f64 / 1e6);
     println!("n_layers {}  d_model {}  n_heads {}  n_kv_heads {}  d_head {}  d_mlp {}  d_vocab {}  n_ctx {}",
         c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.d_head, c.d_mlp, c.d_vocab, c.n_ctx);
-    println!("norm {:?}  activation {:?}  gated MLP {}  q/k norm {}  post-norms {}  positional {:?}",
-        c.norm, c.act, c.gated_mlp, c.qk_norm, c.post_norms, c.positional);
+    println!("norm {:?}  activation {:?}  gated MLP {}  pre-norms {}  q/k norm {:?}  post-norms {}  positional {:?}",
+        c.norm, c.act, c.gated_mlp, c.pre_norms, c.qk_norm, c.post_norms, c.positional);
     println!("attention per layer: {}", c.layer_attention.iter().map(|k| format!("{k:?}")).collect::<Vec<_>>().join(" "));
 }
 

@@ -29,7 +29,7 @@ pub mod viz;
 pub use engine::{
     block, cache, config, generate, hooks, model, tokenizer, tokens, user_hooks, weights,
 };
-pub use interp::{analysis, factored, metrics, patching, prompts};
+pub use interp::{analysis, attribution, factored, metrics, patching, prompts};
 pub use load::arch;
 pub use notebook::progress;
 pub use studies::{binding, data, lre};

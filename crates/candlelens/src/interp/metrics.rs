@@ -41,6 +41,49 @@ pub fn logit_diff_metric(pairs: &[(u32, u32)]) -> Metric {
     Box::new(move |l| Ok(mean(&logit_diff(l, &pairs)?)))
 }
 
+/// A differentiable metric of final-position logits `[batch, d_vocab]`: a scalar tensor that
+/// attribution patching backpropagates through (see [`logit_diff_grad_metric`]). Shared
+/// ([`std::rc::Rc`]) so that the float [`Metric`] of the exact sweep can be made from it.
+pub type GradMetric = std::rc::Rc<dyn Fn(&Tensor) -> Result<Tensor>>;
+
+/// Mean over the batch of `logit[correct] − logit[incorrect]` as a scalar tensor that carries
+/// gradients: the logits times a `[batch, d_vocab]` matrix of `+1` at the correct token and
+/// `−1` at the incorrect one, summed, divided by the batch. Equal to [`logit_diff`] then
+/// [`mean`].
+///
+/// # Errors
+/// As [`logit_diff`].
+pub fn logit_diff_tensor(last_logits: &Tensor, pairs: &[(u32, u32)]) -> Result<Tensor> {
+    let (batch, vocab) = last_logits.dims2()?;
+    check_count(batch, pairs.len(), "answer pairs")?;
+    let mut signs = vec![0f32; batch * vocab];
+    for b in 0..batch {
+        let (c, i) = pairs[if pairs.len() == 1 { 0 } else { b }];
+        for id in [c, i] {
+            if id as usize >= vocab {
+                return Err(LensError::TokenOutOfRange { id, d_vocab: vocab });
+            }
+        }
+        signs[b * vocab + c as usize] += 1.0;
+        signs[b * vocab + i as usize] -= 1.0;
+    }
+    let signs = Tensor::from_vec(signs, (batch, vocab), last_logits.device())?
+        .to_dtype(last_logits.dtype())?;
+    Ok(((last_logits * signs)?.sum_all()? / batch as f64)?)
+}
+
+/// [`logit_diff_tensor`] over `pairs` as a [`GradMetric`] (it owns its pairs).
+pub fn logit_diff_grad_metric(pairs: &[(u32, u32)]) -> GradMetric {
+    let pairs = pairs.to_vec();
+    std::rc::Rc::new(move |l| logit_diff_tensor(l, &pairs))
+}
+
+/// The float [`Metric`] of a [`GradMetric`], for the exact patching sweep.
+pub fn float_metric(metric: &GradMetric) -> Metric {
+    let m = std::rc::Rc::clone(metric);
+    Box::new(move |l| Ok(m(l)?.to_dtype(DType::F32)?.to_scalar::<f32>()?))
+}
+
 /// The patching metric "mean group logit difference" (the Paris source's metric):
 /// [`group_logit_diff`] then [`mean`].
 pub fn group_logit_diff_metric(groups: &[TokenGroups]) -> Metric {

@@ -7,8 +7,11 @@
 //! - [`prompts`]: `test_prompt`, how the model ranks an answer.
 //! - [`patching`]: activation patching, an exact fast sweep and the one-forward-per-cell
 //!   reference.
+//! - [`attribution`]: attribution patching (and its integrated-gradients variant) on every
+//!   node at once, checked against the exact sweep.
 
 pub mod analysis;
+pub mod attribution;
 pub mod factored;
 pub mod metrics;
 pub mod patching;

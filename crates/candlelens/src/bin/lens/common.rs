@@ -127,6 +127,15 @@ pub fn answer_metric(
     model: &HookedTransformer,
     answers: &[String],
 ) -> candlelens::Result<candlelens::patching::Metric> {
+    Ok(metrics::logit_diff_metric(&answer_pair(model, answers)?))
+}
+
+/// The `(correct, incorrect)` token pair of `--answers`, checked: two answers that differ,
+/// each one token.
+pub fn answer_pair(
+    model: &HookedTransformer,
+    answers: &[String],
+) -> candlelens::Result<Vec<(u32, u32)>> {
     if answers.len() != 2 {
         return Err(candlelens::LensError::Mismatch {
             what: "--answers".into(),
@@ -142,6 +151,5 @@ pub fn answer_metric(
             detail: format!("both answers are {:?}: their logit difference is always 0; give two different answers", answers[0]),
         });
     }
-    let pairs = model.answer_pairs(&[(answers[0].as_str(), answers[1].as_str())])?;
-    Ok(metrics::logit_diff_metric(&pairs))
+    model.answer_pairs(&[(answers[0].as_str(), answers[1].as_str())])
 }

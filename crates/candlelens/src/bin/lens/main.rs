@@ -15,6 +15,7 @@ macro_rules! p {
     }};
 }
 
+mod attribute;
 mod bench;
 mod common;
 mod inspect;
@@ -42,6 +43,9 @@ enum Cmd {
     Inspect(inspect::InspectArgs),
     /// Activation patching: corrupted run, clean activations put in, layer x position grid.
     Patch(patch::PatchArgs),
+    /// Attribution patching: every cell of a patching grid from one backward pass, optionally
+    /// checked against the exact sweep.
+    Attribute(attribute::AttributeArgs),
     /// Linear relational embedding: fit on 60% of a relation, faithfulness on the rest.
     Lre(lre::LreArgs),
     /// List the registered model aliases.
@@ -59,6 +63,7 @@ fn main() -> ExitCode {
         Cmd::Models => models::models(),
         Cmd::Bench(b) => bench::bench(b),
         Cmd::Patch(a) => patch::patch(a),
+        Cmd::Attribute(a) => attribute::attribute(a),
         Cmd::Lre(a) => lre::lre(a),
     };
     match res {

@@ -296,17 +296,7 @@ impl Patcher {
     fn grid(&self, target: PatchTarget, values: Vec<Vec<f32>>) -> PatchGrid {
         let rows = values.len();
         let cols = values.first().map_or(0, Vec::len);
-        let cfg = &self.model.cfg;
-        let row_labels = match target {
-            PatchTarget::HeadsByPos => (0..cfg.n_layers)
-                .flat_map(|l| (0..cfg.n_heads).map(move |h| format!("L{l}H{h}")))
-                .collect(),
-            _ => (0..rows).map(|l| l.to_string()).collect(),
-        };
-        let col_labels = match target {
-            PatchTarget::HeadsAllPos => (0..cols).map(|h| format!("H{h}")).collect(),
-            _ => (0..cols).map(|p| p.to_string()).collect(),
-        };
+        let (row_labels, col_labels) = grid_labels(&self.model.cfg, target, rows, cols);
         PatchGrid {
             target,
             values,
@@ -319,4 +309,25 @@ impl Patcher {
             naive_forwards: rows * cols,
         }
     }
+}
+
+/// A grid's labels: rows are layers, or `L{l}H{h}` heads for [`PatchTarget::HeadsByPos`];
+/// columns are positions, or `H{h}` heads for [`PatchTarget::HeadsAllPos`].
+pub(crate) fn grid_labels(
+    cfg: &crate::engine::config::ModelConfig,
+    target: PatchTarget,
+    rows: usize,
+    cols: usize,
+) -> (Vec<String>, Vec<String>) {
+    let row_labels = match target {
+        PatchTarget::HeadsByPos => (0..cfg.n_layers)
+            .flat_map(|l| (0..cfg.n_heads).map(move |h| format!("L{l}H{h}")))
+            .collect(),
+        _ => (0..rows).map(|l| l.to_string()).collect(),
+    };
+    let col_labels = match target {
+        PatchTarget::HeadsAllPos => (0..cols).map(|h| format!("H{h}")).collect(),
+        _ => (0..cols).map(|p| p.to_string()).collect(),
+    };
+    (row_labels, col_labels)
 }

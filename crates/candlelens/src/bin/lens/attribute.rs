@@ -1,0 +1,144 @@
+//! `lens attribute`: attribution patching of one target (every layer and position, or head)
+//! from one backward pass, optionally beside the exact sweep (`--verify`).
+
+use candlelens::attribution::{Attribution, Disagreement};
+use candlelens::metrics;
+use candlelens::patching::{PatchGrid, PatchTarget};
+use candlelens::prelude::*;
+use clap::Args;
+use serde::Serialize;
+
+use crate::common::{answer_pair, bos_flag, emit, emit_json};
+
+#[derive(Args)]
+pub struct AttributeArgs {
+    /// Alias, local folder, .gguf path, or hub repo id.
+    #[arg(long)]
+    model: String,
+    /// The clean prompt.
+    #[arg(long)]
+    clean: String,
+    /// The corrupted prompt (same number of tokens).
+    #[arg(long)]
+    corrupt: String,
+    /// Correct and incorrect answer (each one token, e.g. " Peb" " Rachel").
+    #[arg(long, num_args = 2, value_names = ["CORRECT", "INCORRECT"])]
+    answers: Vec<String>,
+    /// What to attribute: resid_pre, resid_mid, resid_post, attn_out, mlp_out, heads,
+    /// heads_by_pos.
+    #[arg(long, default_value = "resid_pre")]
+    hook: String,
+    /// Integrated gradients (EAP-IG) with this many interpolation steps instead of the
+    /// gradient at the corrupted run.
+    #[arg(long)]
+    ig_steps: Option<usize>,
+    /// Also run the exact patching sweep and report where the estimate is off.
+    #[arg(long)]
+    verify: bool,
+    /// With --verify: flag cells whose estimate is off by more than this (normalised units).
+    #[arg(long, default_value_t = 0.1)]
+    threshold: f32,
+    /// Prepend BOS (default: the model's tokenizer default).
+    #[arg(long, conflicts_with = "no_bos")]
+    bos: bool,
+    /// Do not prepend BOS.
+    #[arg(long)]
+    no_bos: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What `lens attribute --json` prints.
+#[derive(Serialize)]
+struct Report<'a> {
+    model: &'a str,
+    str_tokens: Vec<String>,
+    ig_steps: Option<usize>,
+    #[serde(flatten)]
+    grid: &'a PatchGrid,
+    /// The exact sweep's grid (with --verify).
+    exact: Option<&'a Vec<Vec<f32>>>,
+    correlation: Option<f64>,
+    max_abs_error: Option<f32>,
+    wrong: Option<&'a Vec<Disagreement>>,
+}
+
+pub fn attribute(a: &AttributeArgs) -> candlelens::Result<()> {
+    let model = std::sync::Arc::new(HookedTransformer::from_pretrained(&a.model)?);
+    let bos = bos_flag(a.bos, a.no_bos);
+    let clean = model.to_tokens(a.clean.as_str(), bos)?;
+    let corrupt = model.to_tokens(a.corrupt.as_str(), bos)?;
+    let target = PatchTarget::parse(&a.hook)?;
+    let metric = metrics::logit_diff_grad_metric(&answer_pair(&model, &a.answers)?);
+    let attr = match a.ig_steps {
+        Some(k) => Attribution::integrated_gradients(&model, &clean, &corrupt, metric, k)?,
+        None => Attribution::new(&model, &clean, &corrupt, metric)?,
+    };
+    let verification = if a.verify {
+        Some(attr.verify(target, a.threshold)?)
+    } else {
+        None
+    };
+    let grid = match &verification {
+        Some(v) => v.estimate.clone(),
+        None => attr.nodes(target)?,
+    };
+    let str_tokens = model.ids_to_str_tokens(clean.row(0)?)?;
+    if a.json {
+        let report = Report {
+            model: &model.cfg.name,
+            str_tokens,
+            ig_steps: a.ig_steps,
+            grid: &grid,
+            exact: verification.as_ref().map(|v| &v.exact.values),
+            correlation: verification.as_ref().map(|v| v.correlation),
+            max_abs_error: verification.as_ref().map(|v| v.max_abs_error),
+            wrong: verification.as_ref().map(|v| &v.wrong),
+        };
+        emit_json(&report, true);
+        return Ok(());
+    }
+    let mut o = String::new();
+    p!(
+        o,
+        "model {}  attributing {}{}  clean diff {:.4}  corrupted diff {:.4}",
+        model.cfg.name,
+        target.name(),
+        a.ig_steps
+            .map(|k| format!(" (integrated gradients, {k} steps)"))
+            .unwrap_or_default(),
+        grid.clean,
+        grid.corrupted
+    );
+    p!(o, "tokens: {:?}", str_tokens);
+    p!(
+        o,
+        "estimated (patched - corrupted) / (clean - corrupted); rows {}, columns {}",
+        if target == PatchTarget::HeadsByPos {
+            "heads"
+        } else {
+            "layers"
+        },
+        if target == PatchTarget::HeadsAllPos {
+            "heads"
+        } else {
+            "positions"
+        }
+    );
+    for (label, row) in grid.row_labels.iter().zip(&grid.values) {
+        let cells: Vec<String> = row.iter().map(|v| format!("{v:6.2}")).collect();
+        p!(o, "{label:>6} {}", cells.join(" "));
+    }
+    p!(
+        o,
+        "attribution {:.2} s, {:.1} forward-equivalents",
+        grid.seconds,
+        grid.forward_equivalents
+    );
+    if let Some(v) = &verification {
+        p!(o, "{v}");
+    }
+    emit(&o);
+    Ok(())
+}

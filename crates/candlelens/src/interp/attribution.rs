@@ -1,0 +1,527 @@
+//! Attribution patching (Nanda 2023; Syed et al. 2023) and its integrated-gradients variant
+//! (EAP-IG, Hanna et al. 2024), node by node, with a self-check against the exact sweep.
+//!
+//! Activation patching asks, cell by cell (a layer and position, or a head), how much of the
+//! clean behaviour comes back when the cell's clean activation replaces the corrupted one.
+//! Attribution patching answers every cell at once, to first order: with `a` the activation at
+//! the cell, `m` the metric and `∇m` its gradient on the corrupted run,
+//!
+//! `estimate[cell] = Σ_cell ∇m(corrupted) · (a_clean − a_corrupted) / (m_clean − m_corrupted)`,
+//!
+//! the sum running over the cell's positions, prompts and features — in the exact sweep's
+//! normalised units (1 = the whole clean behaviour restored). It costs one clean run, one
+//! corrupted run with gradients tracked and one backward pass, whatever the size of the grid.
+//! The integrated-gradients variant averages `∇m` over `k` runs whose input embeddings go from
+//! the corrupted to the clean ones (`α = 1/k, 2/k, …, 1`), which follows the metric along the
+//! whole way instead of its slope at the corrupted end.
+//!
+//! The estimate is linear; patching is not. [`Attribution::verify`] runs the exact sweep on the
+//! same grid and reports, cell by cell, where the two disagree — which no other tool does.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Tensor, Var};
+
+use crate::engine::cache::ActivationCache;
+use crate::engine::hooks::{HookFilter, HookPoint, HookSink};
+use crate::engine::model::{HookedTransformer, LogitsAt};
+use crate::engine::tokens::Tokens;
+use crate::error::{LensError, Result};
+use crate::interp::metrics::{float_metric, normalise, GradMetric};
+use crate::interp::patching::{grid_labels, PatchGrid, PatchTarget, Patcher};
+
+/// The hook points whose activations and gradients the node grids read.
+fn node_point(hp: &HookPoint) -> bool {
+    matches!(
+        hp,
+        HookPoint::ResidPre(_)
+            | HookPoint::ResidMid(_)
+            | HookPoint::ResidPost(_)
+            | HookPoint::AttnOut(_)
+            | HookPoint::MlpOut(_)
+            | HookPoint::Z(_)
+    )
+}
+
+fn recorded(hp: &HookPoint) -> bool {
+    *hp == HookPoint::Embed || node_point(hp)
+}
+
+/// The sink of a run with gradients: the token embedding becomes a leaf variable (replaced by
+/// `embed` when given: the integrated-gradients interpolation), and every node activation `a`
+/// goes on as `a + t` with `t` a zero-valued variable, the node's tap: candle's backward pass
+/// keeps the gradients of variables only, and `∂m/∂t = ∂m/∂a` while the graph above `a` stays
+/// whole.
+struct GradSink {
+    embed: Option<Tensor>,
+    leaf: Option<Var>,
+    acts: Vec<(HookPoint, Tensor, Var)>,
+}
+
+impl HookSink for GradSink {
+    fn wants(&self, hp: &HookPoint) -> bool {
+        recorded(hp)
+    }
+
+    fn visit(&mut self, hp: &HookPoint, act: Tensor) -> Result<Tensor> {
+        if *hp == HookPoint::Embed {
+            let base = self.embed.take().unwrap_or(act);
+            let leaf = Var::from_tensor(&base.detach())?;
+            let t = leaf.as_tensor().clone();
+            self.leaf = Some(leaf);
+            return Ok(t);
+        }
+        let tap = Var::zeros(act.shape(), act.dtype(), act.device())?;
+        let out = (&act + tap.as_tensor())?;
+        self.acts.push((*hp, act.detach(), tap));
+        Ok(out)
+    }
+}
+
+/// One run with gradients: the metric's value, and each node's activation (detached) and
+/// gradient `∂m/∂a`.
+type GradRun = (f32, Vec<(HookPoint, Tensor, Tensor)>);
+
+fn run_with_grads(
+    model: &HookedTransformer,
+    tokens: &Tokens,
+    embed: Option<Tensor>,
+    metric: &GradMetric,
+) -> Result<GradRun> {
+    let mut sink = GradSink {
+        embed,
+        leaf: None,
+        acts: Vec::new(),
+    };
+    let logits = model.forward_with(tokens, LogitsAt::Last, &mut sink)?;
+    let m = scalar(metric, &logits)?;
+    let grads = m.backward()?;
+    let value = m.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+    let out = sink
+        .acts
+        .into_iter()
+        .map(|(hp, a, tap)| {
+            let g = match grads.get(tap.as_tensor()) {
+                Some(g) => g.detach(),
+                // not on any path to the metric
+                None => a.zeros_like()?,
+            };
+            Ok((hp, a, g))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((value, out))
+}
+
+/// The metric of final-position logits, checked to be one number.
+fn scalar(metric: &GradMetric, last_logits: &Tensor) -> Result<Tensor> {
+    let m = metric(last_logits)?;
+    if m.rank() != 0 {
+        return Err(LensError::Mismatch {
+            what: "the attribution metric".into(),
+            detail: format!(
+                "it returned shape {:?}; it must reduce the logits to one number (e.g. the mean over the batch)",
+                m.dims()
+            ),
+        });
+    }
+    Ok(m)
+}
+
+/// The clean and corrupted runs and the metric's gradients at every node, ready to give
+/// attribution grids for any target.
+///
+/// Like [`Patcher`], it shares the model and owns all it holds, so a notebook keeps it across
+/// cells.
+pub struct Attribution {
+    model: Arc<HookedTransformer>,
+    clean_tokens: Tokens,
+    corrupt_tokens: Tokens,
+    metric: GradMetric,
+    clean: ActivationCache,
+    corrupt: ActivationCache,
+    grads: ActivationCache,
+    clean_value: f32,
+    corrupt_value: f32,
+    ig_steps: Option<usize>,
+    /// Wall time of the runs and backward passes.
+    pub seconds: f64,
+    /// That time in forwards of the clean batch (the first run, timed in the same call).
+    pub forward_equivalents: f64,
+}
+
+impl Attribution {
+    /// Attribution patching: the clean run, the corrupted run with gradients tracked and one
+    /// backward pass of `metric` (a scalar of the final-position logits `[batch, d_vocab]`, e.g.
+    /// [`logit_diff_grad_metric`](crate::interp::metrics::logit_diff_grad_metric)).
+    ///
+    /// # Errors
+    /// [`LensError::Mismatch`] if the two batches differ in token counts or the metric is not a
+    /// scalar; tensor errors.
+    pub fn new(
+        model: &Arc<HookedTransformer>,
+        clean: &Tokens,
+        corrupt: &Tokens,
+        metric: GradMetric,
+    ) -> Result<Self> {
+        Self::build(model, clean, corrupt, metric, None)
+    }
+
+    /// The integrated-gradients variant (EAP-IG): the gradient averaged over `steps` runs whose
+    /// token embeddings interpolate from the corrupted prompt's to the clean one's,
+    /// `α = 1/steps, …, 1`.
+    ///
+    /// # Errors
+    /// [`LensError::BadParameter`] for `steps == 0`; otherwise as [`Self::new`].
+    pub fn integrated_gradients(
+        model: &Arc<HookedTransformer>,
+        clean: &Tokens,
+        corrupt: &Tokens,
+        metric: GradMetric,
+        steps: usize,
+    ) -> Result<Self> {
+        if steps == 0 {
+            return Err(LensError::BadParameter {
+                name: "ig_steps".into(),
+                value: "0".into(),
+                fix: "use at least 1 interpolation step".into(),
+            });
+        }
+        Self::build(model, clean, corrupt, metric, Some(steps))
+    }
+
+    fn build(
+        model: &Arc<HookedTransformer>,
+        clean: &Tokens,
+        corrupt: &Tokens,
+        metric: GradMetric,
+        ig_steps: Option<usize>,
+    ) -> Result<Self> {
+        if clean.batch() != corrupt.batch() || clean.lengths() != corrupt.lengths() {
+            return Err(LensError::Mismatch {
+                what: "clean and corrupted prompts".into(),
+                detail: format!(
+                    "they must have the same number of tokens (clean {:?}, corrupted {:?}); \
+                     pick corruptions that keep the token count",
+                    clean.lengths(),
+                    corrupt.lengths()
+                ),
+            });
+        }
+        let start = Instant::now();
+        let filter = || Some(HookFilter::Predicate(Box::new(recorded)));
+        let (clean_logits, clean_cache) = model.run_with_cache(clean, filter())?;
+        let forward = start.elapsed().as_secs_f64();
+        let clean_value = scalar(&metric, &model.gather_last(&clean_logits, clean)?)?
+            .to_dtype(DType::F32)?
+            .to_scalar::<f32>()?;
+        let mut grads = ActivationCache::recorder(HookFilter::Predicate(Box::new(node_point)));
+        let (corrupt_value, corrupt_cache) = match ig_steps {
+            None => {
+                // the run with gradients is the corrupted run itself
+                let (value, nodes) = run_with_grads(model, corrupt, None, &metric)?;
+                let mut cache =
+                    ActivationCache::recorder(HookFilter::Predicate(Box::new(recorded)));
+                for (hp, a, g) in nodes {
+                    cache.insert(hp, a);
+                    grads.insert(hp, g);
+                }
+                (value, cache)
+            }
+            Some(steps) => {
+                let (corrupt_logits, cache) = model.run_with_cache(corrupt, filter())?;
+                let value = scalar(&metric, &model.gather_last(&corrupt_logits, corrupt)?)?
+                    .to_dtype(DType::F32)?
+                    .to_scalar::<f32>()?;
+                let e_clean = clean_cache.at(HookPoint::Embed)?;
+                let e_corrupt = cache.at(HookPoint::Embed)?;
+                let delta = (e_clean - e_corrupt)?;
+                let mut sums: Vec<(HookPoint, Tensor)> = Vec::new();
+                for step in 1..=steps {
+                    let alpha = step as f64 / steps as f64;
+                    let embed = (e_corrupt + (&delta * alpha)?)?;
+                    let (_, nodes) = run_with_grads(model, corrupt, Some(embed), &metric)?;
+                    if sums.is_empty() {
+                        sums = nodes.into_iter().map(|(hp, _, g)| (hp, g)).collect();
+                    } else {
+                        for ((hp, s), (hq, _, g)) in sums.iter_mut().zip(nodes) {
+                            debug_assert_eq!(*hp, hq);
+                            *s = (&*s + g)?;
+                        }
+                    }
+                }
+                for (hp, s) in sums {
+                    grads.insert(hp, (s / steps as f64)?);
+                }
+                (value, cache)
+            }
+        };
+        let seconds = start.elapsed().as_secs_f64();
+        Ok(Attribution {
+            model: Arc::clone(model),
+            clean_tokens: clean.clone(),
+            corrupt_tokens: corrupt.clone(),
+            metric,
+            clean: clean_cache,
+            corrupt: corrupt_cache,
+            grads,
+            clean_value,
+            corrupt_value,
+            ig_steps,
+            seconds,
+            forward_equivalents: seconds / forward.max(1e-9),
+        })
+    }
+
+    /// The metric on the clean run.
+    pub fn clean_metric(&self) -> f32 {
+        self.clean_value
+    }
+
+    /// The metric on the corrupted run.
+    pub fn corrupted_metric(&self) -> f32 {
+        self.corrupt_value
+    }
+
+    /// The integrated-gradients steps (`None`: plain attribution patching).
+    pub fn ig_steps(&self) -> Option<usize> {
+        self.ig_steps
+    }
+
+    /// The metric's gradient at every node (`∂m/∂a` on the corrupted run, or its average over
+    /// the interpolation), keyed like a cache: `resid_pre/mid/post`, `attn_out`, `mlp_out`,
+    /// `attn.hook_z`.
+    pub fn gradients(&self) -> &ActivationCache {
+        &self.grads
+    }
+
+    /// The clean run's activations.
+    pub fn clean_cache(&self) -> &ActivationCache {
+        &self.clean
+    }
+
+    /// The corrupted run's activations.
+    pub fn corrupted_cache(&self) -> &ActivationCache {
+        &self.corrupt
+    }
+
+    /// `Σ_batch ∇m · (a_clean − a_corrupted)` at `hp`, summed over every axis but position (and
+    /// head, for `hook_z`): `[pos]`, or `[pos, head]` for `hook_z`.
+    fn products(&self, hp: HookPoint) -> Result<Tensor> {
+        let diff = (self.clean.at(hp)? - self.corrupt.at(hp)?)?;
+        let prod = (self.grads.at(hp)? * diff)?.to_dtype(DType::F32)?;
+        // [batch, pos, d] -> [pos]; z: [batch, pos, head, d_head] -> [pos, head]
+        let summed = prod.sum(0)?;
+        Ok(summed.sum(summed.rank() - 1)?)
+    }
+
+    /// The attribution estimate of every cell of `target`, in the exact sweep's normalised
+    /// units and layout (rows: layers, or `L{l}H{h}`; columns: positions, or heads): a
+    /// [`PatchGrid`] whose `seconds` and `forward_equivalents` are this attribution's.
+    ///
+    /// # Errors
+    /// [`LensError::NoEffect`] when the corruption does not move the metric,
+    /// [`LensError::Unsupported`] for `resid_mid` on a parallel-block model.
+    pub fn nodes(&self, target: PatchTarget) -> Result<PatchGrid> {
+        let cfg = &self.model.cfg;
+        let (c, k) = (self.clean_value, self.corrupt_value);
+        let scale = c.abs().max(k.abs()).max(1.0);
+        if !c.is_finite() || !k.is_finite() || (c - k).abs() <= 1e-6 * scale {
+            return Err(LensError::NoEffect {
+                clean: c,
+                corrupted: k,
+                fix: "choose a corruption that changes the answer (and answers that differ)".into(),
+            });
+        }
+        if target == PatchTarget::ResidMid && cfg.parallel_attn_mlp {
+            return Err(LensError::Unsupported {
+                what: "resid_mid".into(),
+                fix: "this model runs attention and MLP in parallel, so it has no resid_mid; attribute resid_pre or resid_post".into(),
+            });
+        }
+        // a first-order change x of the metric, as the sweep normalises a patched metric k + x
+        let norm = |x: f32| normalise(k + x, c, k);
+        let mut values: Vec<Vec<f32>> = Vec::new();
+        for l in 0..cfg.n_layers {
+            let hp = match target {
+                PatchTarget::ResidPre => HookPoint::ResidPre(l),
+                PatchTarget::ResidMid => HookPoint::ResidMid(l),
+                PatchTarget::ResidPost => HookPoint::ResidPost(l),
+                PatchTarget::AttnOut => HookPoint::AttnOut(l),
+                PatchTarget::MlpOut => HookPoint::MlpOut(l),
+                PatchTarget::HeadsAllPos | PatchTarget::HeadsByPos => HookPoint::Z(l),
+            };
+            let p = self.products(hp)?;
+            match target {
+                PatchTarget::HeadsAllPos => {
+                    let per_head: Vec<f32> = p.sum(0)?.to_vec1()?;
+                    values.push(per_head.into_iter().map(norm).collect());
+                }
+                PatchTarget::HeadsByPos => {
+                    // [pos, head] -> one row per head
+                    let rows: Vec<Vec<f32>> = p.t()?.contiguous()?.to_vec2()?;
+                    values.extend(rows.into_iter().map(|r| r.into_iter().map(norm).collect()));
+                }
+                _ => {
+                    let row: Vec<f32> = p.to_vec1()?;
+                    values.push(row.into_iter().map(norm).collect());
+                }
+            }
+        }
+        let rows = values.len();
+        let cols = values.first().map_or(0, Vec::len);
+        let (row_labels, col_labels) = grid_labels(cfg, target, rows, cols);
+        Ok(PatchGrid {
+            target,
+            values,
+            row_labels,
+            col_labels,
+            clean: c,
+            corrupted: k,
+            seconds: self.seconds,
+            forward_equivalents: self.forward_equivalents,
+            naive_forwards: rows * cols,
+        })
+    }
+
+    /// The self-check: the exact sweep on the same grid (clean activations patched into the
+    /// corrupted run, [`Patcher::sweep`]) beside the estimate, their correlation, and every
+    /// cell where `|estimate − exact| > threshold` (normalised units).
+    ///
+    /// # Errors
+    /// As [`Self::nodes`] and [`Patcher::sweep`]; [`LensError::BadParameter`] for a
+    /// negative or non-finite threshold.
+    pub fn verify(&self, target: PatchTarget, threshold: f32) -> Result<Verification> {
+        if !(threshold.is_finite() && threshold >= 0.0) {
+            return Err(LensError::BadParameter {
+                name: "threshold".into(),
+                value: threshold.to_string(),
+                fix: "use a finite, non-negative difference in normalised units (e.g. 0.1)".into(),
+            });
+        }
+        let estimate = self.nodes(target)?;
+        let mut patcher = Patcher::new(
+            &self.model,
+            &self.clean_tokens,
+            &self.corrupt_tokens,
+            float_metric(&self.metric),
+        )?;
+        patcher.progress = false;
+        let exact = patcher.sweep(target)?;
+        let mut wrong = Vec::new();
+        let (mut xs, mut ys) = (Vec::new(), Vec::new());
+        for (r, (er, xr)) in estimate.values.iter().zip(&exact.values).enumerate() {
+            for (col, (&e, &x)) in er.iter().zip(xr).enumerate() {
+                xs.push(e as f64);
+                ys.push(x as f64);
+                if (e - x).abs() > threshold {
+                    wrong.push(Disagreement {
+                        row: estimate.row_labels[r].clone(),
+                        col: estimate.col_labels[col].clone(),
+                        estimate: e,
+                        exact: x,
+                    });
+                }
+            }
+        }
+        wrong.sort_by(|a, b| {
+            (b.estimate - b.exact)
+                .abs()
+                .total_cmp(&(a.estimate - a.exact).abs())
+        });
+        let max_abs_error = xs
+            .iter()
+            .zip(&ys)
+            .map(|(e, x)| (e - x).abs() as f32)
+            .fold(0.0, f32::max);
+        Ok(Verification {
+            correlation: pearson(&xs, &ys),
+            max_abs_error,
+            threshold,
+            wrong,
+            estimate,
+            exact,
+        })
+    }
+}
+
+/// One cell where the attribution estimate and the exact patching score disagree.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Disagreement {
+    /// The row label (layer, or `L{l}H{h}`).
+    pub row: String,
+    /// The column label (position, or `H{h}`).
+    pub col: String,
+    /// The attribution estimate.
+    pub estimate: f32,
+    /// The exact patching score.
+    pub exact: f32,
+}
+
+/// What [`Attribution::verify`] found.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Verification {
+    /// The attribution grid.
+    pub estimate: PatchGrid,
+    /// The exact sweep's grid.
+    pub exact: PatchGrid,
+    /// Pearson correlation of the two over every cell (NaN when either is constant).
+    pub correlation: f64,
+    /// The largest `|estimate − exact|`.
+    pub max_abs_error: f32,
+    /// The threshold `wrong` was drawn with.
+    pub threshold: f32,
+    /// The cells beyond the threshold, worst first.
+    pub wrong: Vec<Disagreement>,
+}
+
+impl std::fmt::Display for Verification {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cells = self.estimate.values.iter().map(Vec::len).sum::<usize>();
+        writeln!(
+            f,
+            "{}: attribution vs exact patching over {cells} cells: correlation {:.3}, largest error {:.3}; {} cells off by more than {}",
+            self.estimate.target.name(),
+            self.correlation,
+            self.max_abs_error,
+            self.wrong.len(),
+            self.threshold
+        )?;
+        for d in self.wrong.iter().take(10) {
+            writeln!(
+                f,
+                "  row {} col {}: estimate {:+.3}, exact {:+.3}",
+                d.row, d.col, d.estimate, d.exact
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Pearson correlation; NaN when either side is constant.
+fn pearson(x: &[f64], y: &[f64]) -> f64 {
+    let n = x.len() as f64;
+    if x.is_empty() {
+        return f64::NAN;
+    }
+    let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (a, b) in x.iter().zip(y) {
+        sxy += (a - mx) * (b - my);
+        sxx += (a - mx).powi(2);
+        syy += (b - my).powi(2);
+    }
+    sxy / (sxx * syy).sqrt()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pearson;
+
+    #[test]
+    fn pearson_is_one_on_a_line_and_nan_on_a_constant() {
+        assert!((pearson(&[1.0, 2.0, 3.0], &[2.0, 4.0, 6.0]) - 1.0).abs() < 1e-12);
+        assert!((pearson(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]) + 1.0).abs() < 1e-12);
+        assert!(pearson(&[1.0, 1.0], &[0.0, 2.0]).is_nan());
+    }
+}
