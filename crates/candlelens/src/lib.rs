@@ -59,7 +59,7 @@ pub mod prelude {
     pub use crate::engine::user_hooks::{HookAudit, Hooks};
     pub use crate::error::LensError;
     pub use crate::interp::metrics::{self, TokenGroups};
-    pub use crate::interp::patching::{PatchGrid, PatchTarget, Patcher};
+    pub use crate::interp::patching::{PatchGrid, PatchTarget, Patcher, PathPatcher, Receivers};
     pub use crate::interp::prompts::{PromptTest, TestPromptOptions};
     pub use crate::load::LoadOptions;
     pub use crate::viz::{AttentionView, Figure, Table};

@@ -119,6 +119,17 @@ impl ForwardCtx {
     }
 }
 
+/// Which of a head's inputs come from elsewhere (path patching's receivers).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QkvInputs {
+    /// The queries.
+    pub q: bool,
+    /// The keys.
+    pub k: bool,
+    /// The values.
+    pub v: bool,
+}
+
 /// One transformer block: a view over layer `layer`'s weights with the model's switches.
 /// Get one from [`crate::HookedTransformer::block`].
 #[derive(Clone, Copy)]
@@ -383,6 +394,37 @@ impl<'a> Block<'a> {
         past: Option<&PastKv>,
         sink: &mut dyn HookSink,
     ) -> Result<(Tensor, PastKv)> {
+        let (q, k, v) = self.qkv(x, ctx, offset, sink)?;
+        let (k, v) = match past {
+            Some(past) => (
+                Tensor::cat(&[&past.k, &k], 1)?,
+                Tensor::cat(&[&past.v, &v], 1)?,
+            ),
+            None => (k, v),
+        };
+        // [batch, heads, pos, d_head]
+        let qt = q.transpose(1, 2)?.contiguous()?;
+        let out = self.attend(
+            &qt,
+            &self.ungroup(&k)?,
+            &self.ungroup(&v)?,
+            ctx,
+            offset,
+            sink,
+        )?;
+        Ok((out, PastKv { k, v }))
+    }
+
+    /// Queries, keys (both after the q/k norm and rotary) and values of `x [batch, pos,
+    /// d_model]` at positions `offset..offset + pos`: `[batch, pos, head, d_head]`,
+    /// `[batch, pos, kv_head, d_head]` twice. Fires the `hook_q/k/v` and `hook_rot_q/k` points.
+    fn qkv(
+        &self,
+        x: &Tensor,
+        ctx: &ForwardCtx,
+        offset: usize,
+        sink: &mut dyn HookSink,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         let (l, cfg, w) = (self.layer, self.cfg, self.w);
         let (b, p, _) = x.dims3()?;
         let (h, kv, dh) = (cfg.n_heads, cfg.n_kv_heads, cfg.d_head);
@@ -418,33 +460,47 @@ impl<'a> Block<'a> {
             }
             Positional::Learned => (q, k),
         };
-        let (k, v) = match past {
-            Some(past) => (
-                Tensor::cat(&[&past.k, &k], 1)?,
-                Tensor::cat(&[&past.v, &v], 1)?,
-            ),
-            None => (k, v),
-        };
-        let t = k.dim(1)?;
-        // [batch, heads, pos, d_head]
-        let qt = q.transpose(1, 2)?.contiguous()?;
-        let expand = |x: &Tensor| -> Result<Tensor> {
-            let x = x.transpose(1, 2)?; // [b, kv, t, dh]
-            if kv == h {
-                return Ok(x.contiguous()?);
-            }
-            let g = h / kv;
-            Ok(x.unsqueeze(2)?
-                .expand((b, kv, g, t, dh))?
-                .reshape((b, h, t, dh))?)
-        };
-        let kt = expand(&k)?;
-        let vt = expand(&v)?;
+        Ok((q, k, v))
+    }
+
+    /// Keys or values `[batch, pos, kv_head, d_head]` as one copy per query head,
+    /// `[batch, head, pos, d_head]` (grouped-query attention shares a kv head among
+    /// `n_heads / n_kv_heads` query heads).
+    fn ungroup(&self, x: &Tensor) -> Result<Tensor> {
+        let (h, kv) = (self.cfg.n_heads, self.cfg.n_kv_heads);
+        let (b, t, _, dh) = x.dims4()?;
+        let x = x.transpose(1, 2)?; // [b, kv, t, dh]
+        if kv == h {
+            return Ok(x.contiguous()?);
+        }
+        let g = h / kv;
+        Ok(x.unsqueeze(2)?
+            .expand((b, kv, g, t, dh))?
+            .reshape((b, h, t, dh))?)
+    }
+
+    /// Scores, mask, softmax and the pattern-weighted values of queries `qt [batch, head,
+    /// pos, d_head]` over keys and values `kt`, `vt [batch, head, t, d_head]` (one copy per
+    /// query head), then `z W_O + b_O`: the attention output before the post-norm
+    /// `[batch, pos, d_model]`. Fires `hook_attn_scores`, `hook_pattern`, `hook_z` and (when
+    /// asked for) `hook_result`.
+    fn attend(
+        &self,
+        qt: &Tensor,
+        kt: &Tensor,
+        vt: &Tensor,
+        ctx: &ForwardCtx,
+        offset: usize,
+        sink: &mut dyn HookSink,
+    ) -> Result<Tensor> {
+        let (l, cfg, w) = (self.layer, self.cfg, self.w);
+        let (b, h, p, dh) = qt.dims4()?;
+        let t = kt.dim(2)?;
         let mut scores = (qt.matmul(&kt.t()?)? * cfg.attn_scale)?;
         if let Some(cap) = cfg.attn_softcap {
             scores = ((scores / cap)?.tanh()? * cap)?;
         }
-        let mask = ctx.mask(kind, offset, p, t)?;
+        let mask = ctx.mask(cfg.layer_attention[l], offset, p, t)?;
         let scores = hook(sink, HookPoint::AttnScores(l), scores.broadcast_add(&mask)?)?;
         let scores32 = scores.to_dtype(DType::F32)?;
         // the fused softmax kernel carries no gradient; the composed one does
@@ -456,20 +512,101 @@ impl<'a> Block<'a> {
         .to_dtype(self.dtype)?;
         let pattern = hook(sink, HookPoint::Pattern(l), pattern)?;
         // z: [b, p, h, dh]
-        let z = pattern.matmul(&vt)?.transpose(1, 2)?.contiguous()?;
+        let z = pattern.matmul(vt)?.transpose(1, 2)?.contiguous()?;
         let z = hook(sink, HookPoint::Z(l), z)?;
-        let out = if sink.wants(&HookPoint::Result(l)) {
+        if sink.wants(&HookPoint::Result(l)) {
             let result = self.head_results(&z)?;
             let result = hook(sink, HookPoint::Result(l), result)?;
             let out = result.sum(2)?;
-            match &w.b_o {
+            return Ok(match &w.b_o {
                 Some(bo) => out.broadcast_add(bo)?,
                 None => out,
-            }
-        } else {
-            linear(&z.reshape((b, p, h * dh))?, &w.w_o, w.b_o.as_ref())?
+            });
+        }
+        linear(&z.reshape((b, p, h * dh))?, &w.w_o, w.b_o.as_ref())
+    }
+
+    /// Attention in which some heads read another input — path patching's last step. `x` and
+    /// `alt` are two attention inputs `[batch, pos, d_model]` (the norm's outputs, positions
+    /// `offset..offset + pos`, after the keys and values of `past`, which both share); every head attends as usual on `x`, except that head `h` takes its queries
+    /// (keys, values) from `alt` where `inputs[h]` says so. Keys and values are patched per
+    /// query head: under grouped-query attention the other heads of the group keep theirs.
+    /// Returns `hook_attn_out` `[batch, pos, d_model]`, after the post-norm; no hooks fire.
+    ///
+    /// # Errors
+    /// [`LensError::Mismatch`] unless `inputs` has one entry per head; tensor errors.
+    pub fn attention_mixed(
+        &self,
+        x: &Tensor,
+        alt: &Tensor,
+        inputs: &[QkvInputs],
+        ctx: &ForwardCtx,
+        offset: usize,
+        past: Option<&PastKv>,
+    ) -> Result<Tensor> {
+        let h = self.cfg.n_heads;
+        if inputs.len() != h {
+            return Err(LensError::Mismatch {
+                what: "path-patched heads".into(),
+                detail: format!("{} entries given for {h} heads", inputs.len()),
+            });
+        }
+        let sink = &mut crate::engine::hooks::NoHooks;
+        let (q, k, v) = self.qkv(x, ctx, offset, sink)?;
+        let (q2, k2, v2) = self.qkv(alt, ctx, offset, sink)?;
+        // earlier positions: both inputs agree there, so one set of cached keys and values
+        let with_past = |k: Tensor, v: Tensor| -> Result<(Tensor, Tensor)> {
+            Ok(match past {
+                Some(p) => (Tensor::cat(&[&p.k, &k], 1)?, Tensor::cat(&[&p.v, &v], 1)?),
+                None => (k, v),
+            })
         };
-        Ok((out, PastKv { k, v }))
+        let (k, v) = with_past(k, v)?;
+        let (k2, v2) = with_past(k2, v2)?;
+        let pick = |a: &Tensor, b: &Tensor, take: &dyn Fn(&QkvInputs) -> bool| -> Result<Tensor> {
+            if !inputs.iter().any(take) {
+                return Ok(a.clone());
+            }
+            let heads = inputs
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    if take(s) {
+                        b.narrow(1, i, 1)
+                    } else {
+                        a.narrow(1, i, 1)
+                    }
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            Ok(Tensor::cat(&heads, 1)?.contiguous()?)
+        };
+        let qt = pick(
+            &q.transpose(1, 2)?.contiguous()?,
+            &q2.transpose(1, 2)?.contiguous()?,
+            &|s| s.q,
+        )?;
+        let kt = pick(&self.ungroup(&k)?, &self.ungroup(&k2)?, &|s| s.k)?;
+        let vt = pick(&self.ungroup(&v)?, &self.ungroup(&v2)?, &|s| s.v)?;
+        let mut out = self.attend(&qt, &kt, &vt, ctx, offset, sink)?;
+        if let Some(pn) = &self.w.ln1_post {
+            out = self.norm_spec().apply(pn, &out, None, sink)?;
+        }
+        Ok(out)
+    }
+
+    /// The attention input of this block: `ln1(resid_pre)`, or the residual itself for
+    /// families without a pre-norm (OLMo 2). No hooks fire.
+    ///
+    /// # Errors
+    /// Tensor errors.
+    pub fn ln1(&self, resid_pre: &Tensor) -> Result<Tensor> {
+        match &self.w.ln1 {
+            Some(ln1) => {
+                self.norm_spec()
+                    .apply(ln1, resid_pre, None, &mut crate::engine::hooks::NoHooks)
+            }
+            None => Ok(resid_pre.clone()),
+        }
     }
 
     /// What `z [batch, pos, head, d_head]` adds to the residual stream: `z W_O + b_O`, then

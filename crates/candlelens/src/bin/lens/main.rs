@@ -22,6 +22,7 @@ mod inspect;
 mod lre;
 mod models;
 mod patch;
+mod path_patch;
 mod run;
 
 #[derive(Parser)]
@@ -46,6 +47,9 @@ enum Cmd {
     /// Attribution patching: every cell of a patching grid from one backward pass, optionally
     /// checked against the exact sweep.
     Attribute(attribute::AttributeArgs),
+    /// Path patching: the clean output of sender heads along the paths into receivers only
+    /// (the logits, or heads' queries, keys or values), every other head frozen.
+    PathPatch(path_patch::PathPatchArgs),
     /// Linear relational embedding: fit on 60% of a relation, faithfulness on the rest.
     Lre(lre::LreArgs),
     /// List the registered model aliases.
@@ -64,6 +68,7 @@ fn main() -> ExitCode {
         Cmd::Bench(b) => bench::bench(b),
         Cmd::Patch(a) => patch::patch(a),
         Cmd::Attribute(a) => attribute::attribute(a),
+        Cmd::PathPatch(a) => path_patch::path_patch(a),
         Cmd::Lre(a) => lre::lre(a),
     };
     match res {

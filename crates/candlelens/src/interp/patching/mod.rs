@@ -16,6 +16,7 @@
 //! [`Patcher::naive`] is the one-forward-per-cell method, kept as the reference.
 
 mod naive;
+mod path;
 mod sweep;
 
 use std::sync::Arc;
@@ -29,7 +30,9 @@ use crate::engine::tokens::Tokens;
 use crate::error::{LensError, Result};
 use crate::interp::metrics::normalise;
 
+pub use crate::engine::block::QkvInputs;
 pub use crate::interp::metrics::Metric;
+pub use path::{Head, PathPatcher, Receiver, Receivers};
 
 /// What a sweep patches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

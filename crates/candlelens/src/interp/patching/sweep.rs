@@ -216,7 +216,7 @@ impl Patcher {
     }
 
     /// Keys and values of the corrupted run at layer `l` for positions `..start`.
-    fn past(&self, l: usize, start: usize) -> Result<Option<PastKv>> {
+    pub(super) fn past(&self, l: usize, start: usize) -> Result<Option<PastKv>> {
         if start == 0 {
             return Ok(None);
         }

@@ -1,0 +1,153 @@
+//! `lens path-patch`: path patching (the IOI paper's recipe) from every head, or from a set of
+//! sender heads, to the logits or to receiver heads' queries, keys or values.
+
+use candlelens::metrics;
+use candlelens::patching::{Head, PatchGrid, PathPatcher, Receivers};
+use candlelens::prelude::*;
+use clap::Args;
+use serde::Serialize;
+
+use crate::common::{answer_pair, bos_flag, emit, emit_json};
+
+#[derive(Args)]
+pub struct PathPatchArgs {
+    /// Alias, local folder, .gguf path, or hub repo id.
+    #[arg(long)]
+    model: String,
+    /// The clean prompt.
+    #[arg(long)]
+    clean: String,
+    /// The corrupted prompt (same number of tokens).
+    #[arg(long)]
+    corrupt: String,
+    /// Correct and incorrect answer (each one token, e.g. " Mary" " John").
+    #[arg(long, num_args = 2, value_names = ["CORRECT", "INCORRECT"])]
+    answers: Vec<String>,
+    /// Where the paths end: `final` (the logits) or receiver heads `LAYER.HEAD:q|k|v`
+    /// (several allowed, e.g. `9.6:q 9.9:q`; `qkv` for all three inputs).
+    #[arg(long, num_args = 1.., default_value = "final")]
+    receivers: Vec<String>,
+    /// Patch these senders together (`LAYER.HEAD`, e.g. `7.3 7.9`) and print one score,
+    /// instead of the grid with every head on its own as the sender.
+    #[arg(long, num_args = 1..)]
+    senders: Vec<String>,
+    /// Freeze the MLPs at the corrupted run too (only direct paths count).
+    #[arg(long)]
+    freeze_mlps: bool,
+    /// Prepend BOS (default: the model's tokenizer default).
+    #[arg(long, conflicts_with = "no_bos")]
+    bos: bool,
+    /// Do not prepend BOS.
+    #[arg(long)]
+    no_bos: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What `lens path-patch --json` prints.
+#[derive(Serialize)]
+struct Report<'a> {
+    model: &'a str,
+    receivers: &'a Receivers,
+    freeze_mlps: bool,
+    /// The senders patched together (with --senders).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    senders: Option<Vec<String>>,
+    /// Their normalised score (with --senders).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    score: Option<f32>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    grid: Option<&'a PatchGrid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    clean_diff: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    corrupt_diff: Option<f32>,
+    seconds: f64,
+}
+
+fn parse_head(s: &str) -> candlelens::Result<Head> {
+    let bad = || LensError::UnknownChoice {
+        what: "sender head".into(),
+        given: s.to_string(),
+        choices: "LAYER.HEAD, e.g. 7.3".into(),
+    };
+    let (l, h) = s.split_once('.').ok_or_else(bad)?;
+    Ok((l.parse().map_err(|_| bad())?, h.parse().map_err(|_| bad())?))
+}
+
+pub fn path_patch(a: &PathPatchArgs) -> candlelens::Result<()> {
+    let specs: Vec<&str> = a.receivers.iter().map(String::as_str).collect();
+    let receivers = Receivers::parse(&specs)?;
+    let senders = a
+        .senders
+        .iter()
+        .map(|s| parse_head(s))
+        .collect::<candlelens::Result<Vec<_>>>()?;
+    let model = std::sync::Arc::new(HookedTransformer::from_pretrained(&a.model)?);
+    let bos = bos_flag(a.bos, a.no_bos);
+    let clean = model.to_tokens(a.clean.as_str(), bos)?;
+    let corrupt = model.to_tokens(a.corrupt.as_str(), bos)?;
+    let metric = metrics::logit_diff_metric(&answer_pair(&model, &a.answers)?);
+    let t0 = std::time::Instant::now();
+    let mut pp = PathPatcher::new(&model, &clean, &corrupt, metric)?;
+    pp.freeze_mlps = a.freeze_mlps;
+    let (score, grid) = if senders.is_empty() {
+        (None, Some(pp.grid(&receivers)?))
+    } else {
+        (Some(pp.patch(&senders, &receivers)?), None)
+    };
+    let seconds = t0.elapsed().as_secs_f64();
+    let (c, k) = (pp.patcher().clean_metric(), pp.patcher().corrupted_metric());
+    if a.json {
+        let report = Report {
+            model: &model.cfg.name,
+            receivers: &receivers,
+            freeze_mlps: a.freeze_mlps,
+            senders: score.map(|_| a.senders.clone()),
+            score,
+            grid: grid.as_ref(),
+            clean_diff: score.map(|_| c),
+            corrupt_diff: score.map(|_| k),
+            seconds,
+        };
+        emit_json(&report, true);
+        return Ok(());
+    }
+    let mut o = String::new();
+    p!(
+        o,
+        "model {}  paths to {receivers}{}  clean diff {c:.4}  corrupted diff {k:.4}",
+        model.cfg.name,
+        if a.freeze_mlps { " (MLPs frozen)" } else { "" }
+    );
+    if let Some(s) = score {
+        p!(
+            o,
+            "senders {}: (patched - corrupted) / (clean - corrupted) = {s:.4}",
+            a.senders.join(" ")
+        );
+    }
+    if let Some(g) = &grid {
+        p!(o, "each head as the sender: (patched - corrupted) / (clean - corrupted); rows layers, columns heads");
+        for (label, row) in g.row_labels.iter().zip(&g.values) {
+            let cells: Vec<String> = row.iter().map(|v| format!("{v:6.2}")).collect();
+            p!(o, "{label:>4} {}", cells.join(" "));
+        }
+        let top: Vec<String> = g
+            .strongest(5)
+            .into_iter()
+            .map(|(l, h, v)| format!("{l}.{} {v:+.3}", h.trim_start_matches('H')))
+            .collect();
+        p!(o, "strongest senders: {}", top.join(", "));
+        p!(
+            o,
+            "{:.2} s, {:.1} forward-equivalents (the hooks recipe: {} forwards)",
+            g.seconds,
+            g.forward_equivalents,
+            g.naive_forwards
+        );
+    }
+    emit(&o);
+    Ok(())
+}

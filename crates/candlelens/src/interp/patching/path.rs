@@ -1,0 +1,732 @@
+//! Path patching (Wang et al. 2022, the IOI paper): how much of the clean behaviour comes back
+//! when the clean output of some *sender* heads reaches chosen *receivers* — and nothing else
+//! does.
+//!
+//! Activation patching a head puts its clean output into the corrupted run and lets every later
+//! component react. Path patching restricts the effect to the paths from the senders into the
+//! receivers:
+//!
+//! 1. run the corrupted prompt with the senders' `hook_z` set to the clean run's and every other
+//!    head's `hook_z` *frozen* at the corrupted run's (MLPs recompute, so paths through MLPs
+//!    count — as in the paper; [`PathPatcher::freeze_mlps`] freezes them too);
+//! 2. the receivers' inputs are read off that run: the residual stream at the unembedding
+//!    ([`Receivers::Logits`]), or the queries, keys or values of receiver heads
+//!    ([`Receivers::Heads`]);
+//! 3. for head receivers, run the corrupted prompt once more with only those inputs replaced,
+//!    everything downstream free, and measure.
+//!
+//! Scores are normalised like the patching sweep's, `(patched − corrupted) / (clean −
+//! corrupted)`: 1 means the path carries the whole clean behaviour.
+//!
+//! Exactly, with less work than the hooks-based recipe (kept as [`PathPatcher::naive`], the
+//! tests' reference): step 1 starts at the senders' layer from the corrupted run's cached
+//! residual stream, and since every head is frozen no information moves between positions —
+//! so for logit receivers only each prompt's final position is computed; every sender set of a
+//! grid runs in one growing batch, joining at its layer.
+//!
+//! Receiver keys and values are patched per query head: under grouped-query attention the
+//! other query heads of the group keep theirs (TransformerLens's `ungroup_grouped_query_attention`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Instant;
+
+use candle_core::{IndexOp, Tensor};
+
+use crate::engine::block::{PastKv, QkvInputs};
+use crate::engine::hooks::{HookPoint, NoHooks};
+use crate::engine::model::HookedTransformer;
+use crate::engine::tokens::Tokens;
+use crate::engine::user_hooks::Hooks;
+use crate::error::{LensError, Result};
+
+use super::{PatchGrid, PatchTarget, Patcher};
+
+/// A head: `(layer, head)`.
+pub type Head = (usize, usize);
+
+/// One receiver head and which of its inputs the senders' paths reach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Receiver {
+    /// The receiver's layer.
+    pub layer: usize,
+    /// The receiver's head.
+    pub head: usize,
+    /// Its queries, keys and/or values.
+    pub inputs: QkvInputs,
+}
+
+/// Where the senders' paths end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Receivers {
+    /// The residual stream at the unembedding: the direct paths to the logits (through MLPs,
+    /// unless they are frozen).
+    Logits,
+    /// The queries, keys or values of these heads.
+    Heads(Vec<Receiver>),
+}
+
+impl Receivers {
+    /// Parses `final` (or `logits`), or receiver heads written `L.H:q`, `L.H:k`, `L.H:v` or a
+    /// combination (`L.H:qkv`), as in `lens path-patch --receivers 9.6:q 9.9:q`.
+    ///
+    /// # Errors
+    /// [`LensError::UnknownChoice`] for a spec that is neither.
+    pub fn parse(specs: &[&str]) -> Result<Self> {
+        let bad = |given: &str| LensError::UnknownChoice {
+            what: "path-patching receiver".into(),
+            given: given.to_string(),
+            choices: "final, or heads as LAYER.HEAD:q|k|v (e.g. 9.6:q, 10.0:qkv)".into(),
+        };
+        if specs.len() == 1 && matches!(specs[0], "final" | "logits" | "resid_final") {
+            return Ok(Receivers::Logits);
+        }
+        if specs.is_empty() {
+            return Err(bad(""));
+        }
+        let mut heads = Vec::new();
+        for spec in specs {
+            let (head, which) = spec.split_once(':').ok_or_else(|| bad(spec))?;
+            let (l, h) = head.split_once('.').ok_or_else(|| bad(spec))?;
+            let layer = l.parse::<usize>().map_err(|_| bad(spec))?;
+            let head = h.parse::<usize>().map_err(|_| bad(spec))?;
+            let mut inputs = QkvInputs::default();
+            for c in which.chars() {
+                match c {
+                    'q' => inputs.q = true,
+                    'k' => inputs.k = true,
+                    'v' => inputs.v = true,
+                    _ => return Err(bad(spec)),
+                }
+            }
+            if inputs == QkvInputs::default() {
+                return Err(bad(spec));
+            }
+            heads.push(Receiver {
+                layer,
+                head,
+                inputs,
+            });
+        }
+        Ok(Receivers::Heads(heads))
+    }
+
+    /// Receiver heads reading `inputs` (`"q"`, `"k"`, `"v"` or a combination such as `"qv"`).
+    ///
+    /// # Errors
+    /// As [`Self::parse`].
+    pub fn heads(heads: &[Head], inputs: &str) -> Result<Self> {
+        let specs: Vec<String> = heads
+            .iter()
+            .map(|(l, h)| format!("{l}.{h}:{inputs}"))
+            .collect();
+        Self::parse(&specs.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    /// The first layer a path can end in (`n_layers` for the logits).
+    fn first_layer(&self, n_layers: usize) -> usize {
+        match self {
+            Receivers::Logits => n_layers,
+            Receivers::Heads(r) => r.iter().map(|r| r.layer).min().unwrap_or(n_layers),
+        }
+    }
+
+    /// The last layer a path can end in (`n_layers` for the logits).
+    fn last_layer(&self, n_layers: usize) -> usize {
+        match self {
+            Receivers::Logits => n_layers,
+            Receivers::Heads(r) => r.iter().map(|r| r.layer).max().unwrap_or(0),
+        }
+    }
+
+    /// Per layer, which inputs of each head are receivers.
+    fn by_layer(&self, n_heads: usize) -> BTreeMap<usize, Vec<QkvInputs>> {
+        let mut out: BTreeMap<usize, Vec<QkvInputs>> = BTreeMap::new();
+        if let Receivers::Heads(r) = self {
+            for r in r {
+                let e = out
+                    .entry(r.layer)
+                    .or_insert_with(|| vec![QkvInputs::default(); n_heads]);
+                let s = &mut e[r.head];
+                s.q |= r.inputs.q;
+                s.k |= r.inputs.k;
+                s.v |= r.inputs.v;
+            }
+        }
+        out
+    }
+
+    fn check(&self, n_layers: usize, n_heads: usize) -> Result<()> {
+        if let Receivers::Heads(r) = self {
+            if r.is_empty() {
+                return Err(LensError::Unsupported {
+                    what: "path patching without receivers".into(),
+                    fix: "name at least one receiver head (LAYER.HEAD:q|k|v), or use Receivers::Logits".into(),
+                });
+            }
+            for r in r {
+                check_head((r.layer, r.head), n_layers, n_heads)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Receivers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Receivers::Logits => write!(f, "final"),
+            Receivers::Heads(r) => {
+                let specs: Vec<String> = r
+                    .iter()
+                    .map(|r| {
+                        let i = r.inputs;
+                        let which: String = [(i.q, 'q'), (i.k, 'k'), (i.v, 'v')]
+                            .iter()
+                            .filter(|(on, _)| *on)
+                            .map(|(_, c)| *c)
+                            .collect();
+                        format!("{}.{}:{which}", r.layer, r.head)
+                    })
+                    .collect();
+                write!(f, "{}", specs.join(" "))
+            }
+        }
+    }
+}
+
+impl serde::Serialize for Receivers {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+fn check_head((l, h): Head, n_layers: usize, n_heads: usize) -> Result<()> {
+    if l >= n_layers {
+        return Err(LensError::LayerOutOfRange { layer: l, n_layers });
+    }
+    if h >= n_heads {
+        return Err(LensError::OutOfRange {
+            what: format!("head (layer {l})"),
+            index: h,
+            len: n_heads,
+        });
+    }
+    Ok(())
+}
+
+/// Path patching on a clean / corrupted pair: [`Self::patch`] for one set of senders,
+/// [`Self::grid`] for every head as the sender, by layer × head.
+///
+/// Built on a [`Patcher`] (its cached runs); like it, it owns what it holds and lives across
+/// notebook cells.
+pub struct PathPatcher {
+    patcher: Patcher,
+    /// Freeze the MLPs at the corrupted run as well, so that only the direct paths (through the
+    /// residual stream alone) count. Off by default, as in the IOI paper.
+    pub freeze_mlps: bool,
+    /// Most residual rows (`runs × prompts × positions`) computed at once.
+    pub max_rows: usize,
+}
+
+/// The residual rows a path-patched run computes: each prompt's final position (logit
+/// receivers), or every position from the first one a sender changes (head receivers; the
+/// earlier ones are the corrupted run's).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Rows {
+    Last,
+    From(usize),
+}
+
+impl PathPatcher {
+    /// Runs the clean and corrupted prompts and caches what path patching reads.
+    ///
+    /// # Errors
+    /// As [`Patcher::new`].
+    pub fn new(
+        model: &std::sync::Arc<HookedTransformer>,
+        clean: &Tokens,
+        corrupt: &Tokens,
+        metric: super::Metric,
+    ) -> Result<Self> {
+        Ok(Self::from_patcher(Patcher::new(
+            model, clean, corrupt, metric,
+        )?))
+    }
+
+    /// Path patching on the runs a [`Patcher`] already holds.
+    pub fn from_patcher(mut patcher: Patcher) -> Self {
+        patcher.progress = false;
+        PathPatcher {
+            patcher,
+            freeze_mlps: false,
+            max_rows: 8192,
+        }
+    }
+
+    /// The underlying patcher (its caches, metric values and the activation-patching sweep).
+    pub fn patcher(&self) -> &Patcher {
+        &self.patcher
+    }
+
+    fn check_senders(&self, senders: &[Head]) -> Result<()> {
+        let cfg = &self.patcher.model.cfg;
+        if senders.is_empty() {
+            return Err(LensError::Unsupported {
+                what: "path patching without senders".into(),
+                fix: "name at least one sender head (layer, head)".into(),
+            });
+        }
+        for &s in senders {
+            check_head(s, cfg.n_layers, cfg.n_heads)?;
+        }
+        Ok(())
+    }
+
+    /// The normalised score of the paths from `senders` (their clean `hook_z` at every
+    /// position) to `receivers`.
+    ///
+    /// # Errors
+    /// [`LensError::NoEffect`] if the corruption does not move the metric; out-of-range heads
+    /// or layers; tensor and metric errors.
+    pub fn patch(&self, senders: &[Head], receivers: &Receivers) -> Result<f32> {
+        self.patcher.check_effect()?;
+        self.check_senders(senders)?;
+        let cfg = &self.patcher.model.cfg;
+        receivers.check(cfg.n_layers, cfg.n_heads)?;
+        let (m, _) = self.run_all(&[senders.to_vec()], receivers)?;
+        Ok(self.patcher.score(m[0]))
+    }
+
+    /// Every head on its own as the sender: a layer × head grid of normalised scores (heads at
+    /// or after the last receiver's layer have no path to it and score 0).
+    ///
+    /// # Errors
+    /// As [`Self::patch`].
+    pub fn grid(&self, receivers: &Receivers) -> Result<PatchGrid> {
+        self.patcher.check_effect()?;
+        let cfg = &self.patcher.model.cfg;
+        receivers.check(cfg.n_layers, cfg.n_heads)?;
+        let t0 = Instant::now();
+        let end = receivers.last_layer(cfg.n_layers);
+        let runs: Vec<Vec<Head>> = (0..end.min(cfg.n_layers))
+            .flat_map(|l| (0..cfg.n_heads).map(move |h| vec![(l, h)]))
+            .collect();
+        let (metrics, work) = self.run_all(&runs, receivers)?;
+        let mut values = vec![vec![0f32; cfg.n_heads]; cfg.n_layers];
+        for (run, m) in runs.iter().zip(metrics) {
+            let (l, h) = run[0];
+            values[l][h] = self.patcher.score(m);
+        }
+        let mut grid = self.patcher.grid(PatchTarget::HeadsAllPos, values);
+        grid.seconds = t0.elapsed().as_secs_f64();
+        grid.forward_equivalents = work;
+        grid.naive_forwards = 2 * runs.len();
+        Ok(grid)
+    }
+
+    /// The raw metric of each sender set's path-patched run, and the block evaluations spent
+    /// in full forwards.
+    fn run_all(&self, runs: &[Vec<Head>], receivers: &Receivers) -> Result<(Vec<f32>, f64)> {
+        let p = &self.patcher;
+        let (b, seq) = (p.corrupt_tokens.batch(), p.corrupt_tokens.max_len());
+        let per_run = b * match receivers {
+            Receivers::Logits => 1,
+            Receivers::Heads(_) => seq,
+        };
+        let chunk = (self.max_rows / per_run.max(1)).max(1);
+        // runs sorted by the layer they start at, so that each chunk's batch grows
+        let mut order: Vec<usize> = (0..runs.len()).collect();
+        order.sort_by_key(|&i| runs[i].iter().map(|s| s.0).min().unwrap_or(0));
+        let mut out = vec![0f32; runs.len()];
+        let mut work = 0f64;
+        for idx in order.chunks(chunk) {
+            let group: Vec<&Vec<Head>> = idx.iter().map(|&i| &runs[i]).collect();
+            let rows = match receivers {
+                Receivers::Logits => Rows::Last,
+                Receivers::Heads(_) => Rows::From(self.first_changed(&group)?),
+            };
+            let (metrics, w) = self.run_chunk(&group, receivers, rows)?;
+            work += w;
+            for (&i, m) in idx.iter().zip(metrics) {
+                out[i] = m;
+            }
+        }
+        let full = (self.patcher.model.cfg.n_layers * seq * b) as f64;
+        Ok((out, work / full))
+    }
+
+    /// The first position at which some sender's clean `hook_z` differs from the corrupted
+    /// one (the sequence length if none does).
+    fn first_changed(&self, runs: &[&Vec<Head>]) -> Result<usize> {
+        let p = &self.patcher;
+        let seq = p.corrupt_tokens.max_len();
+        let mut first = seq;
+        for run in runs {
+            for &(l, h) in run.iter() {
+                // [batch, pos, d_head] -> largest difference per position
+                let diff = (p.clean.at(HookPoint::Z(l))?.i((.., .., h))?
+                    - p.corrupt.at(HookPoint::Z(l))?.i((.., .., h))?)?
+                .abs()?
+                .max(2)?
+                .max(0)?
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec1::<f32>()?;
+                if let Some(pos) = diff.iter().position(|&d| d > 0.0) {
+                    first = first.min(pos);
+                }
+            }
+        }
+        Ok(first)
+    }
+
+    /// An activation of the corrupted run at the rows a path-patched run computes:
+    /// `[batch, 1 or pos, ·]`.
+    fn corrupt_rows(&self, hp: HookPoint, rows: Rows) -> Result<Tensor> {
+        let a = self.patcher.corrupt.at(hp)?;
+        if let Rows::From(p0) = rows {
+            return Ok(a.narrow(1, p0, a.dim(1)? - p0)?);
+        }
+        let last = self.patcher.corrupt_tokens.last_positions();
+        let picked = last
+            .iter()
+            .enumerate()
+            .map(|(i, &lp)| a.i((i, lp..lp + 1)))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Tensor::stack(&picked, 0)?)
+    }
+
+    /// `hook_attn_out` of layer `l` with the `heads` given their clean `hook_z` (every other
+    /// head frozen at the corrupted run's), at the rows computed.
+    fn sender_attn_out(&self, l: usize, heads: &[usize], rows: Rows) -> Result<Tensor> {
+        let p = &self.patcher;
+        let cz = p.clean.at(HookPoint::Z(l))?;
+        let mut z = p.corrupt.at(HookPoint::Z(l))?.clone();
+        let dims = z.dims().to_vec();
+        for &h in heads {
+            z = z.slice_assign(
+                &[0..dims[0], 0..dims[1], h..h + 1, 0..dims[3]],
+                &cz.narrow(2, h, 1)?,
+            )?;
+        }
+        if let Rows::From(p0) = rows {
+            let z = z.narrow(1, p0, dims[1] - p0)?;
+            return p.model.block(l)?.attn_out_from_z(&z);
+        }
+        let out = p.model.block(l)?.attn_out_from_z(&z)?;
+        let last = p.corrupt_tokens.last_positions();
+        let picked = last
+            .iter()
+            .enumerate()
+            .map(|(i, &lp)| out.i((i, lp..lp + 1)))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Tensor::stack(&picked, 0)?)
+    }
+
+    /// The metric of each run of one chunk, and the block evaluations spent (in position-rows).
+    fn run_chunk(
+        &self,
+        runs: &[&Vec<Head>],
+        receivers: &Receivers,
+        rows: Rows,
+    ) -> Result<(Vec<f32>, f64)> {
+        let p = &self.patcher;
+        let m = &*p.model;
+        let n_layers = m.cfg.n_layers;
+        let n_runs = runs.len();
+        let starts: Vec<usize> = runs
+            .iter()
+            .map(|r| r.iter().map(|s| s.0).min().unwrap_or(0))
+            .collect();
+        let first_receiver = receivers.first_layer(n_layers);
+        let end = receivers.last_layer(n_layers);
+        let receiver_layers = receivers.by_layer(m.cfg.n_heads);
+        // step 1: the senders' clean outputs along the frozen network, joining at their layer
+        let mut x: Option<Tensor> = None;
+        let mut joined = 0usize;
+        let mut work = 0f64;
+        // the residual each receiver layer reads, per run: [runs * batch, pos, d_model]
+        let mut alt: BTreeMap<usize, Tensor> = BTreeMap::new();
+        let lo = starts.iter().copied().min().unwrap_or(0);
+        for l in lo..end {
+            let mut newcomers = 0;
+            while joined + newcomers < n_runs && starts[joined + newcomers] == l {
+                newcomers += 1;
+            }
+            if newcomers > 0 {
+                let base = self.corrupt_rows(HookPoint::ResidPre(l), rows)?;
+                let add = base.repeat((newcomers, 1, 1))?;
+                x = Some(match x {
+                    Some(x) => Tensor::cat(&[&x, &add], 0)?,
+                    None => add,
+                });
+                joined += newcomers;
+            }
+            let Some(xc) = x.take() else { continue };
+            work += (xc.dim(0)? * xc.dim(1)?) as f64;
+            // attention: frozen, except the senders at this layer
+            let frozen = self.corrupt_rows(HookPoint::AttnOut(l), rows)?;
+            let mut parts = Vec::with_capacity(joined);
+            for run in &runs[..joined] {
+                let heads: Vec<usize> = run.iter().filter(|s| s.0 == l).map(|s| s.1).collect();
+                parts.push(if heads.is_empty() {
+                    frozen.clone()
+                } else {
+                    self.sender_attn_out(l, &heads, rows)?
+                });
+            }
+            let attn = Tensor::cat(&parts, 0)?;
+            let block = m.block(l)?;
+            let frozen_mlp = || -> Result<Tensor> {
+                Ok(self
+                    .corrupt_rows(HookPoint::MlpOut(l), rows)?
+                    .repeat((joined, 1, 1))?)
+            };
+            let next = if m.cfg.parallel_attn_mlp {
+                let mlp_out = if self.freeze_mlps {
+                    frozen_mlp()?
+                } else {
+                    let n1 = block.ln1(&xc)?;
+                    let mlp_in = block.parallel_mlp_input(&xc, n1, &mut NoHooks)?;
+                    block.mlp(&mlp_in, &mut NoHooks)?
+                };
+                ((xc + attn)? + mlp_out)?
+            } else {
+                let mid = (xc + attn)?;
+                if self.freeze_mlps {
+                    (mid + frozen_mlp()?)?
+                } else {
+                    block.mlp_half(mid, &mut NoHooks)?
+                }
+            };
+            if receiver_layers.contains_key(&(l + 1)) {
+                // runs not yet joined still read the corrupted residual
+                let rest = n_runs - joined;
+                let full = if rest == 0 {
+                    next.clone()
+                } else {
+                    let base = self.corrupt_rows(HookPoint::ResidPre(l + 1), rows)?;
+                    Tensor::cat(&[&next, &base.repeat((rest, 1, 1))?], 0)?
+                };
+                alt.insert(l + 1, full);
+            }
+            x = Some(next);
+        }
+        let finals = match receivers {
+            Receivers::Logits => match x {
+                // [runs * batch, d_model]
+                Some(x) => {
+                    let rest = n_runs - joined;
+                    let x = x.squeeze(1)?;
+                    if rest == 0 {
+                        x
+                    } else {
+                        let base = self
+                            .corrupt_rows(HookPoint::ResidPost(n_layers - 1), Rows::Last)?
+                            .squeeze(1)?;
+                        Tensor::cat(&[&x, &base.repeat((rest, 1))?], 0)?
+                    }
+                }
+                None => self
+                    .corrupt_rows(HookPoint::ResidPost(n_layers - 1), Rows::Last)?
+                    .squeeze(1)?
+                    .repeat((n_runs, 1))?,
+            },
+            Receivers::Heads(_) => {
+                let p0 = match rows {
+                    Rows::From(p0) => p0,
+                    Rows::Last => 0,
+                };
+                let seq = p.corrupt_tokens.max_len();
+                work += ((n_layers - first_receiver)
+                    * n_runs
+                    * p.corrupt_tokens.batch()
+                    * seq.saturating_sub(p0)) as f64;
+                self.receivers_run(n_runs, first_receiver, p0, &receiver_layers, &alt)?
+            }
+        };
+        let logits = m.unembed_residual(&finals)?;
+        let b = p.corrupt_tokens.batch();
+        let metrics = (0..n_runs)
+            .map(|r| (p.metric)(&logits.narrow(0, r * b, b)?))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((metrics, work))
+    }
+
+    /// Step 3 for head receivers: the corrupted run from the first receiver layer and from
+    /// position `p0` on (attending to the corrupted run's keys and values before it), with the
+    /// receivers' inputs read from `alt`; each prompt's final residual `[runs * batch,
+    /// d_model]`.
+    fn receivers_run(
+        &self,
+        n_runs: usize,
+        first: usize,
+        p0: usize,
+        receiver_layers: &BTreeMap<usize, Vec<QkvInputs>>,
+        alt: &BTreeMap<usize, Tensor>,
+    ) -> Result<Tensor> {
+        let p = &self.patcher;
+        let m = &*p.model;
+        let (b, seq) = (p.corrupt_tokens.batch(), p.corrupt_tokens.max_len());
+        let last = p.corrupt_tokens.last_positions();
+        let final_corrupt = p.corrupt.at(HookPoint::ResidPost(m.cfg.n_layers - 1))?;
+        if p0 >= seq {
+            // no sender changes anything
+            let rows = last
+                .iter()
+                .enumerate()
+                .map(|(i, &lp)| final_corrupt.i((i, lp)))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            return Ok(Tensor::stack(&rows, 0)?.repeat((n_runs, 1))?);
+        }
+        let ctx = m.context(seq)?;
+        let mut x = self
+            .corrupt_rows(HookPoint::ResidPre(first), Rows::From(p0))?
+            .repeat((n_runs, 1, 1))?;
+        for l in first..m.cfg.n_layers {
+            let block = m.block(l)?;
+            let past = p
+                .past(l, p0)?
+                .map(|kv| -> Result<PastKv> {
+                    Ok(PastKv {
+                        k: kv.k.repeat((n_runs, 1, 1, 1))?,
+                        v: kv.v.repeat((n_runs, 1, 1, 1))?,
+                    })
+                })
+                .transpose()?;
+            x = match (receiver_layers.get(&l), alt.get(&l)) {
+                (Some(inputs), Some(alt)) => {
+                    let n1 = block.ln1(&x)?;
+                    let alt_n1 = block.ln1(alt)?;
+                    let attn =
+                        block.attention_mixed(&n1, &alt_n1, inputs, &ctx, p0, past.as_ref())?;
+                    if m.cfg.parallel_attn_mlp {
+                        let mlp_in = block.parallel_mlp_input(&x, n1, &mut NoHooks)?;
+                        let mlp_out = block.mlp(&mlp_in, &mut NoHooks)?;
+                        ((x + attn)? + mlp_out)?
+                    } else {
+                        block.mlp_half((x + attn)?, &mut NoHooks)?
+                    }
+                }
+                // receivers no sender reaches (all senders at or after their layer)
+                _ => block.forward(x, &ctx, p0, past.as_ref(), &mut NoHooks)?.0,
+            };
+        }
+        let mut finals = Vec::with_capacity(n_runs * b);
+        for r in 0..n_runs {
+            for (i, &lp) in last.iter().enumerate() {
+                finals.push(if lp >= p0 {
+                    x.i((r * b + i, lp - p0))?
+                } else {
+                    final_corrupt.i((i, lp))?
+                });
+            }
+        }
+        Ok(Tensor::stack(&finals, 0)?)
+    }
+
+    /// The reference recipe with hooks and full forwards (as the IOI paper's code and the
+    /// ARENA exercises run it): a corrupted forward with every `hook_z` frozen but the senders',
+    /// then — for head receivers — a corrupted forward with the receivers' `hook_q/k/v` slices
+    /// from the first. Keys and values are replaced per kv head, so under grouped-query
+    /// attention a key or value receiver must come with every query head of its group.
+    ///
+    /// # Errors
+    /// [`LensError::Unsupported`] for a partial kv group; as [`Self::patch`].
+    pub fn naive(&self, senders: &[Head], receivers: &Receivers) -> Result<f32> {
+        let p = &self.patcher;
+        p.check_effect()?;
+        self.check_senders(senders)?;
+        let cfg = &p.model.cfg;
+        receivers.check(cfg.n_layers, cfg.n_heads)?;
+        let mut hooks = Hooks::new();
+        let (clean, corrupt) = (&p.clean, &p.corrupt);
+        let senders_at: Vec<Vec<usize>> = (0..cfg.n_layers)
+            .map(|l| senders.iter().filter(|s| s.0 == l).map(|s| s.1).collect())
+            .collect();
+        let freeze_mlps = self.freeze_mlps;
+        hooks.add_filter(
+            crate::engine::hooks::HookFilter::Predicate(Box::new(move |hp| {
+                matches!(hp, HookPoint::Z(_)) || (freeze_mlps && matches!(hp, HookPoint::MlpOut(_)))
+            })),
+            move |act, hp| {
+                let l = hp.layer().unwrap_or(0);
+                let mut out = corrupt.at(*hp)?.clone();
+                if let HookPoint::Z(_) = hp {
+                    let dims = act.dims().to_vec();
+                    for &h in &senders_at[l] {
+                        out = out.slice_assign(
+                            &[0..dims[0], 0..dims[1], h..h + 1, 0..dims[3]],
+                            &clean.at(*hp)?.narrow(2, h, 1)?,
+                        )?;
+                    }
+                }
+                Ok(Some(out))
+            },
+        );
+        let by_layer = receivers.by_layer(cfg.n_heads);
+        let points: Vec<HookPoint> = by_layer
+            .keys()
+            .flat_map(|&l| [HookPoint::Q(l), HookPoint::K(l), HookPoint::V(l)])
+            .collect();
+        let (logits, step1) = p.model.run_with_hooks_and_cache(
+            &p.corrupt_tokens,
+            &mut hooks,
+            Some(crate::engine::hooks::HookFilter::Points(points)),
+            crate::engine::model::LogitsAt::Last,
+        )?;
+        let logits = match receivers {
+            Receivers::Logits => logits,
+            Receivers::Heads(_) => {
+                let group = cfg.n_heads / cfg.n_kv_heads;
+                let mut hooks = Hooks::new();
+                for (&l, inputs) in &by_layer {
+                    for (hp, take, per_kv) in [
+                        (
+                            HookPoint::Q(l),
+                            inputs.iter().map(|s| s.q).collect::<Vec<_>>(),
+                            false,
+                        ),
+                        (HookPoint::K(l), inputs.iter().map(|s| s.k).collect(), true),
+                        (HookPoint::V(l), inputs.iter().map(|s| s.v).collect(), true),
+                    ] {
+                        let mut slots = Vec::new();
+                        if per_kv {
+                            for (g, heads) in take.chunks(group).enumerate() {
+                                if heads.iter().all(|&t| t) {
+                                    slots.push(g);
+                                } else if heads.iter().any(|&t| t) {
+                                    return Err(LensError::Unsupported {
+                                        what: format!("the hooks-based path patching of one query head's {} in layer {l}", hp.suffix()),
+                                        fix: format!("a kv head is shared by {group} query heads here; name them all as receivers, or use PathPatcher::patch, which patches per query head"),
+                                    });
+                                }
+                            }
+                        } else {
+                            slots = (0..take.len()).filter(|&h| take[h]).collect();
+                        }
+                        if slots.is_empty() {
+                            continue;
+                        }
+                        let src = step1.at(hp)?.clone();
+                        hooks.add_filter(hp.into(), move |act, _| {
+                            let dims = act.dims().to_vec();
+                            let mut out = act.clone();
+                            for &s in &slots {
+                                out = out.slice_assign(
+                                    &[0..dims[0], 0..dims[1], s..s + 1, 0..dims[3]],
+                                    &src.narrow(2, s, 1)?,
+                                )?;
+                            }
+                            Ok(Some(out))
+                        });
+                    }
+                }
+                let all = p.model.run_with_hooks(&p.corrupt_tokens, &mut hooks)?;
+                p.model.gather_last(&all, &p.corrupt_tokens)?
+            }
+        };
+        let value = (p.metric)(&logits)?;
+        Ok(p.score(value))
+    }
+}
