@@ -466,7 +466,7 @@ impl<'a> Block<'a> {
     /// Keys or values `[batch, pos, kv_head, d_head]` as one copy per query head,
     /// `[batch, head, pos, d_head]` (grouped-query attention shares a kv head among
     /// `n_heads / n_kv_heads` query heads).
-    fn ungroup(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn ungroup(&self, x: &Tensor) -> Result<Tensor> {
         let (h, kv) = (self.cfg.n_heads, self.cfg.n_kv_heads);
         let (b, t, _, dh) = x.dims4()?;
         let x = x.transpose(1, 2)?; // [b, kv, t, dh]
@@ -484,7 +484,7 @@ impl<'a> Block<'a> {
     /// query head), then `z W_O + b_O`: the attention output before the post-norm
     /// `[batch, pos, d_model]`. Fires `hook_attn_scores`, `hook_pattern`, `hook_z` and (when
     /// asked for) `hook_result`.
-    fn attend(
+    pub(crate) fn attend(
         &self,
         qt: &Tensor,
         kt: &Tensor,

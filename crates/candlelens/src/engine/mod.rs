@@ -27,6 +27,7 @@ pub mod model;
 pub mod moe;
 pub mod ops;
 pub mod rope;
+pub mod split;
 pub mod tokenizer;
 pub mod tokens;
 pub mod user_hooks;

@@ -53,6 +53,17 @@ pub enum Chart {
         x_title: String,
         /// The y axis's title.
         y_title: String,
+        /// Draw the line `y = x` (estimate against exact value).
+        diagonal: bool,
+    },
+    /// A layered graph: nodes at `(x, y)` (y = 0 at the bottom), weighted edges between them
+    /// (blue positive, red negative, width by `|weight|`), each with an optional label at its
+    /// end.
+    Graph {
+        /// `(label, x, y)` per node.
+        nodes: Vec<(String, f32, f32)>,
+        /// `(from, to, weight, label)`: node indices, the weight, text at the `to` end.
+        edges: Vec<(usize, usize, f32, String)>,
     },
 }
 
@@ -123,7 +134,9 @@ pub fn draw<DB: DrawingBackend>(
             labels,
             x_title,
             y_title,
-        } => scatter(&root, points, labels, x_title, y_title),
+            diagonal,
+        } => scatter(&root, points, labels, x_title, y_title, *diagonal),
+        Chart::Graph { nodes, edges } => graph(&root, nodes, edges),
     }
 }
 
@@ -395,9 +408,15 @@ fn scatter<DB: DrawingBackend>(
     labels: &[String],
     x_title: &str,
     y_title: &str,
+    diagonal: bool,
 ) -> DrawResult<()> {
-    let (x0, x1) = range(points.iter().map(|p| p.0));
-    let (y0, y1) = range(points.iter().map(|p| p.1));
+    let (mut x0, mut x1) = range(points.iter().map(|p| p.0));
+    let (mut y0, mut y1) = range(points.iter().map(|p| p.1));
+    if diagonal {
+        // one range on both axes, so that y = x runs corner to corner
+        (x0, x1) = (x0.min(y0), x1.max(y1));
+        (y0, y1) = (x0, x1);
+    }
     let mut chart = ChartBuilder::on(root)
         .margin(10)
         .x_label_area_size(40)
@@ -411,6 +430,14 @@ fn scatter<DB: DrawingBackend>(
         .label_style(("sans-serif", 11))
         .draw()
         .map_err(err)?;
+    if diagonal {
+        chart
+            .draw_series(LineSeries::new(
+                [(x0, x0), (x1, x1)],
+                ShapeStyle::from(&BLACK.mix(0.4)).stroke_width(1),
+            ))
+            .map_err(err)?;
+    }
     chart
         .draw_series(
             points
@@ -425,6 +452,74 @@ fn scatter<DB: DrawingBackend>(
                     Text::new(l.clone(), (p.0, p.1), ("sans-serif", 10).into_font())
                 }),
             )
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
+fn graph<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    nodes: &[(String, f32, f32)],
+    edges: &[(usize, usize, f32, String)],
+) -> DrawResult<()> {
+    let (w, h) = root.dim_in_pixel();
+    let (x0, x1) = range(nodes.iter().map(|n| n.1));
+    let (y0, y1) = range(nodes.iter().map(|n| n.2));
+    let margin = 50.0;
+    let px = |x: f32, y: f32| -> (i32, i32) {
+        let fx = if x1 > x0 { (x - x0) / (x1 - x0) } else { 0.5 };
+        let fy = if y1 > y0 { (y - y0) / (y1 - y0) } else { 0.5 };
+        (
+            (margin + fx * (w as f32 - 2.0 * margin)) as i32,
+            (h as f32 - margin - fy * (h as f32 - 2.0 * margin)) as i32,
+        )
+    };
+    let strongest = edges
+        .iter()
+        .map(|e| e.2.abs())
+        .fold(0f32, f32::max)
+        .max(1e-12);
+    for (a, b, wgt, label) in edges {
+        let (Some(na), Some(nb)) = (nodes.get(*a), nodes.get(*b)) else {
+            continue;
+        };
+        let (pa, pb) = (px(na.1, na.2), px(nb.1, nb.2));
+        let t = (wgt / strongest).clamp(-1.0, 1.0);
+        let colour = if t >= 0.0 { rdbu(0.85) } else { rdbu(-0.85) };
+        let width = (1.0 + 6.0 * t.abs()) as u32;
+        root.draw(&PathElement::new(
+            vec![pa, pb],
+            ShapeStyle::from(&colour.mix(0.75)).stroke_width(width),
+        ))
+        .map_err(err)?;
+        if !label.is_empty() {
+            // a little way back from the end, so that it sits beside the node
+            let at = (pb.0 + (pa.0 - pb.0) / 5, pb.1 + (pa.1 - pb.1) / 5);
+            root.draw(&Text::new(
+                label.clone(),
+                at,
+                ("sans-serif", 12).into_font(),
+            ))
+            .map_err(err)?;
+        }
+    }
+    let centred = ("sans-serif", 12)
+        .into_font()
+        .into_text_style(root)
+        .pos(Pos::new(HPos::Center, VPos::Center));
+    for (label, x, y) in nodes {
+        let p = px(*x, *y);
+        root.draw(&Rectangle::new(
+            [(p.0 - 28, p.1 - 10), (p.0 + 28, p.1 + 10)],
+            WHITE.filled(),
+        ))
+        .map_err(err)?;
+        root.draw(&Rectangle::new(
+            [(p.0 - 28, p.1 - 10), (p.0 + 28, p.1 + 10)],
+            BLACK.stroke_width(1),
+        ))
+        .map_err(err)?;
+        root.draw(&Text::new(label.clone(), p, centred.clone()))
             .map_err(err)?;
     }
     Ok(())

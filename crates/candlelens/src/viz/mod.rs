@@ -121,10 +121,37 @@ impl Figure {
                 labels,
                 x_title: String::new(),
                 y_title: String::new(),
+                diagonal: false,
             },
             title: title.into(),
             width: 640,
             height: 480,
+        }
+    }
+
+    /// For a scatter plot: the same range on both axes and the line `y = x` (an estimate
+    /// against the exact value). No effect on other charts.
+    pub fn with_diagonal(mut self) -> Self {
+        if let Chart::Scatter { diagonal, .. } = &mut self.chart {
+            *diagonal = true;
+        }
+        self
+    }
+
+    /// A layered graph: `nodes` `(label, x, y)` with y = 0 at the bottom, `edges` `(from, to,
+    /// weight, label)` drawn blue for positive and red for negative weights, wider when
+    /// stronger, `label` written at the `to` end.
+    pub fn graph(
+        nodes: Vec<(String, f32, f32)>,
+        edges: Vec<(usize, usize, f32, String)>,
+        title: &str,
+    ) -> Self {
+        let rows = nodes.iter().map(|n| n.2 as u32).max().unwrap_or(0) + 1;
+        Figure {
+            chart: Chart::Graph { nodes, edges },
+            title: title.into(),
+            width: 800,
+            height: (120 + 60 * rows).clamp(300, 1400),
         }
     }
 
@@ -144,6 +171,7 @@ impl Figure {
                 *y_title = y.into();
             }
             Chart::Bar { y_title, .. } => *y_title = y.into(),
+            Chart::Graph { .. } => {}
         }
         self
     }

@@ -1,7 +1,7 @@
 //! `lens attribute`: attribution patching of one target (every layer and position, or head)
 //! from one backward pass, optionally beside the exact sweep (`--verify`).
 
-use candlelens::attribution::{Attribution, Disagreement};
+use candlelens::attribution::{Attribution, Disagreement, Edge, EdgeVerification};
 use candlelens::metrics;
 use candlelens::patching::{PatchGrid, PatchTarget};
 use candlelens::prelude::*;
@@ -38,6 +38,14 @@ pub struct AttributeArgs {
     /// With --verify: flag cells whose estimate is off by more than this (normalised units).
     #[arg(long, default_value_t = 0.1)]
     threshold: f32,
+    /// Edge attribution (EAP) instead of a node grid: the strongest edges between components
+    /// (embed, heads, MLPs -> heads' q/k/v, MLPs, logits); with --verify, head edges beside
+    /// exact edge patching.
+    #[arg(long)]
+    edges: bool,
+    /// With --edges: how many of the strongest edges to print (and, with --verify, check).
+    #[arg(long, default_value_t = 20)]
+    top: usize,
     /// Prepend BOS (default: the model's tokenizer default).
     #[arg(long, conflicts_with = "no_bos")]
     bos: bool,
@@ -64,6 +72,92 @@ struct Report<'a> {
     wrong: Option<&'a Vec<Disagreement>>,
 }
 
+/// What `lens attribute --edges --json` prints.
+#[derive(Serialize)]
+struct EdgeReport<'a> {
+    model: &'a str,
+    str_tokens: Vec<String>,
+    ig_steps: Option<usize>,
+    /// The strongest edges, strongest first.
+    edges: &'a [Edge],
+    /// How many edges the graph has.
+    n_edges: usize,
+    clean_diff: f32,
+    corrupt_diff: f32,
+    seconds: f64,
+    forward_equivalents: f64,
+    /// With --verify: the head edges among them beside exact edge patching.
+    edge_check: Option<&'a EdgeVerification>,
+}
+
+fn attribute_edges(
+    a: &AttributeArgs,
+    model: &HookedTransformer,
+    attr: &Attribution,
+    str_tokens: Vec<String>,
+) -> candlelens::Result<()> {
+    let graph = attr.edges()?;
+    let check = if a.verify {
+        Some(attr.verify_edges(&graph, a.top, a.threshold)?)
+    } else {
+        None
+    };
+    if a.json {
+        let report = EdgeReport {
+            model: &model.cfg.name,
+            str_tokens,
+            ig_steps: a.ig_steps,
+            edges: graph.top(a.top),
+            n_edges: graph.edges.len(),
+            clean_diff: graph.clean,
+            corrupt_diff: graph.corrupted,
+            seconds: graph.seconds,
+            forward_equivalents: graph.forward_equivalents,
+            edge_check: check.as_ref(),
+        };
+        emit_json(&report, true);
+        return Ok(());
+    }
+    let mut o = String::new();
+    p!(
+        o,
+        "model {}  edge attribution{}  clean diff {:.4}  corrupted diff {:.4}",
+        model.cfg.name,
+        a.ig_steps
+            .map(|k| format!(" (integrated gradients, {k} steps)"))
+            .unwrap_or_default(),
+        graph.clean,
+        graph.corrupted
+    );
+    p!(o, "tokens: {:?}", str_tokens);
+    p!(
+        o,
+        "the {} strongest of {} edges, (estimated effect) / (clean - corrupted):",
+        a.top.min(graph.edges.len()),
+        graph.edges.len()
+    );
+    for e in graph.top(a.top) {
+        p!(
+            o,
+            "{:>10} -> {:<12} {:+.4}",
+            e.from.to_string(),
+            e.to.to_string(),
+            e.score
+        );
+    }
+    p!(
+        o,
+        "edges {:.2} s, {:.1} forward-equivalents",
+        graph.seconds,
+        graph.forward_equivalents
+    );
+    if let Some(c) = &check {
+        p!(o, "{c}");
+    }
+    emit(&o);
+    Ok(())
+}
+
 pub fn attribute(a: &AttributeArgs) -> candlelens::Result<()> {
     let model = std::sync::Arc::new(HookedTransformer::from_pretrained(&a.model)?);
     let bos = bos_flag(a.bos, a.no_bos);
@@ -75,6 +169,10 @@ pub fn attribute(a: &AttributeArgs) -> candlelens::Result<()> {
         Some(k) => Attribution::integrated_gradients(&model, &clean, &corrupt, metric, k)?,
         None => Attribution::new(&model, &clean, &corrupt, metric)?,
     };
+    if a.edges {
+        let str_tokens = model.ids_to_str_tokens(clean.row(0)?)?;
+        return attribute_edges(a, &model, &attr, str_tokens);
+    }
     let verification = if a.verify {
         Some(attr.verify(target, a.threshold)?)
     } else {

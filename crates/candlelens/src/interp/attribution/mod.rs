@@ -31,6 +31,9 @@ use crate::error::{LensError, Result};
 use crate::interp::metrics::{float_metric, normalise, GradMetric};
 use crate::interp::patching::{grid_labels, PatchGrid, PatchTarget, Patcher};
 
+mod edges;
+pub use edges::{Downstream, Edge, EdgeCheck, EdgeGraph, EdgeVerification, Input, Upstream};
+
 /// The hook points whose activations and gradients the node grids read.
 fn node_point(hp: &HookPoint) -> bool {
     matches!(

@@ -1,0 +1,624 @@
+//! Edge attribution patching (EAP; Syed et al. 2023) and its integrated-gradients variant
+//! (EAP-IG; Hanna et al. 2024): the first-order effect of every edge of the computational
+//! graph between components, from one backward pass.
+//!
+//! Upstream nodes write into the residual stream: the embedding, each attention head and each
+//! MLP. Downstream nodes read from it: each head's queries, keys and values (each through its
+//! own copy of the residual stream, keys and values per query head), each MLP, and the logits.
+//! For an edge `u → d`,
+//!
+//! `score(u → d) = Σ Δu · ∂m/∂(input of d) / (m_clean − m_corrupted)`,
+//!
+//! the sum over prompts, positions and `d_model`, where `Δu` is what `u` changes in the
+//! residual stream when its clean activation replaces the corrupted one — for a head, the
+//! change of `hook_attn_out` with that head's `hook_z` patched (through the post-norm, for the
+//! families that have one), so that edges mean the same on every family — and the gradient is
+//! taken at the corrupted run through `d`'s input alone (a zero-valued tap on `d`'s copy).
+//!
+//! The exact counterpart of a head's edge is path patching with every other head *and* every
+//! MLP frozen ([`crate::interp::patching::PathPatcher`] with `freeze_mlps`): the receiver reads
+//! the corrupted residual plus `Δu` and nothing else changes upstream.
+//! [`Attribution::verify_edges`] runs it on the strongest head edges.
+
+use std::time::Instant;
+
+use candle_core::{DType, Tensor, Var};
+
+use crate::engine::hooks::{HookPoint, HookSink, NoHooks};
+use crate::engine::model::{HookedTransformer, LogitsAt};
+use crate::engine::split::SplitTaps;
+use crate::engine::tokens::Tokens;
+use crate::error::{LensError, Result};
+use crate::interp::metrics::{float_metric, GradMetric};
+use crate::interp::patching::{Patcher, PathPatcher, QkvInputs, Receiver, Receivers};
+use crate::viz::{Figure, Table};
+
+use super::{pearson, scalar, Attribution};
+
+/// An upstream node: what writes into the residual stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Upstream {
+    /// The token (and positional) embedding.
+    Embed,
+    /// Head `(layer, head)`'s output.
+    Head(usize, usize),
+    /// Layer `l`'s MLP.
+    Mlp(usize),
+}
+
+/// A head's input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Input {
+    /// Its queries.
+    Q,
+    /// Its keys.
+    K,
+    /// Its values.
+    V,
+}
+
+/// A downstream node: what reads the residual stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Downstream {
+    /// One input of head `(layer, head)`.
+    Head(usize, usize, Input),
+    /// Layer `l`'s MLP.
+    Mlp(usize),
+    /// The unembedding (the logits).
+    Logits,
+}
+
+impl std::fmt::Display for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Upstream::Embed => write!(f, "embed"),
+            Upstream::Head(l, h) => write!(f, "L{l}H{h}"),
+            Upstream::Mlp(l) => write!(f, "MLP{l}"),
+        }
+    }
+}
+
+impl std::fmt::Display for Downstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Downstream::Head(l, h, i) => {
+                let c = match i {
+                    Input::Q => 'q',
+                    Input::K => 'k',
+                    Input::V => 'v',
+                };
+                write!(f, "L{l}H{h}.{c}")
+            }
+            Downstream::Mlp(l) => write!(f, "MLP{l}"),
+            Downstream::Logits => write!(f, "logits"),
+        }
+    }
+}
+
+/// One edge and its attribution score (normalised: 1 = the whole clean behaviour).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Edge {
+    /// The upstream node.
+    pub from: Upstream,
+    /// The downstream node.
+    pub to: Downstream,
+    /// `Σ Δfrom · ∂m/∂(input of to) / (m_clean − m_corrupted)`.
+    pub score: f32,
+}
+
+impl serde::Serialize for Edge {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Edge", 3)?;
+        st.serialize_field("from", &self.from.to_string())?;
+        st.serialize_field("to", &self.to.to_string())?;
+        st.serialize_field("score", &self.score)?;
+        st.end()
+    }
+}
+
+/// Every edge's score, strongest first.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct EdgeGraph {
+    /// Every edge of the graph, by decreasing `|score|`.
+    pub edges: Vec<Edge>,
+    /// The metric on the clean run.
+    #[serde(rename = "clean_diff")]
+    pub clean: f32,
+    /// The metric on the corrupted run.
+    #[serde(rename = "corrupt_diff")]
+    pub corrupted: f32,
+    /// Integrated-gradients steps (`None`: the gradient at the corrupted run).
+    pub ig_steps: Option<usize>,
+    /// Wall time of the edge gradients and scores.
+    pub seconds: f64,
+    /// That time in forwards of the clean batch.
+    pub forward_equivalents: f64,
+    #[serde(skip)]
+    n_layers: usize,
+    #[serde(skip)]
+    n_heads: usize,
+}
+
+impl EdgeGraph {
+    /// The `k` strongest edges.
+    pub fn top(&self, k: usize) -> &[Edge] {
+        &self.edges[..k.min(self.edges.len())]
+    }
+
+    /// The score of one edge, if the graph has it.
+    pub fn score(&self, from: Upstream, to: Downstream) -> Option<f32> {
+        self.edges
+            .iter()
+            .find(|e| e.from == from && e.to == to)
+            .map(|e| e.score)
+    }
+
+    /// The `k` strongest edges as a table.
+    pub fn table(&self, k: usize) -> Table {
+        let mut t = Table::new(
+            &format!(
+                "The {} strongest of {} edges (edge attribution{})",
+                k.min(self.edges.len()),
+                self.edges.len(),
+                self.ig_steps
+                    .map(|s| format!(", integrated gradients over {s} steps"))
+                    .unwrap_or_default()
+            ),
+            ["rank", "from", "to", "score"],
+        );
+        for (i, e) in self.top(k).iter().enumerate() {
+            t.row([
+                (i + 1).to_string(),
+                e.from.to_string(),
+                e.to.to_string(),
+                format!("{:+.4}", e.score),
+            ]);
+        }
+        t
+    }
+
+    /// The `k` strongest edges as a graph, embedding at the bottom and logits at the top, one
+    /// row per layer's heads and one per MLP; blue edges help the clean answer, red ones hurt
+    /// it, wider is stronger; a head's input (q, k, v) is written at the edge's end.
+    pub fn figure(&self, k: usize, title: &str) -> Figure {
+        let top = self.top(k);
+        // vertical rank: embed 0, layer l's heads 2l + 1, its MLP 2l + 2, logits 2L + 1
+        let up_pos = |u: Upstream| -> (f32, usize) {
+            match u {
+                Upstream::Embed => (self.n_heads as f32 / 2.0, 0),
+                Upstream::Head(l, h) => (h as f32, 2 * l + 1),
+                Upstream::Mlp(l) => (self.n_heads as f32 / 2.0, 2 * l + 2),
+            }
+        };
+        let down_pos = |d: Downstream| -> (f32, usize) {
+            match d {
+                Downstream::Head(l, h, _) => up_pos(Upstream::Head(l, h)),
+                Downstream::Mlp(l) => up_pos(Upstream::Mlp(l)),
+                Downstream::Logits => (self.n_heads as f32 / 2.0, 2 * self.n_layers + 1),
+            }
+        };
+        let mut names: Vec<(String, (f32, usize))> = Vec::new();
+        let mut index = |name: String, pos: (f32, usize)| -> usize {
+            if let Some(i) = names.iter().position(|(n, _)| *n == name) {
+                return i;
+            }
+            names.push((name, pos));
+            names.len() - 1
+        };
+        let mut edges = Vec::new();
+        for e in top {
+            let a = index(e.from.to_string(), up_pos(e.from));
+            let target = match e.to {
+                Downstream::Head(l, h, _) => Upstream::Head(l, h).to_string(),
+                other => other.to_string(),
+            };
+            let b = index(target, down_pos(e.to));
+            let label = match e.to {
+                Downstream::Head(_, _, Input::Q) => "q",
+                Downstream::Head(_, _, Input::K) => "k",
+                Downstream::Head(_, _, Input::V) => "v",
+                _ => "",
+            };
+            edges.push((a, b, e.score, label.to_string()));
+        }
+        // ranks that hold a node, compressed so that empty layers take no room
+        let mut ranks: Vec<usize> = names.iter().map(|(_, (_, r))| *r).collect();
+        ranks.sort_unstable();
+        ranks.dedup();
+        let nodes = names
+            .into_iter()
+            .map(|(n, (x, r))| {
+                let y = ranks.iter().position(|&q| q == r).unwrap_or(0) as f32;
+                (n, x, y)
+            })
+            .collect();
+        Figure::graph(nodes, edges, title)
+    }
+}
+
+/// One head edge: the estimate beside its exact path-patching value.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct EdgeCheck {
+    /// The sender head (`L{l}H{h}`).
+    pub from: String,
+    /// The receiver (`L{l}H{h}.q` or `logits`).
+    pub to: String,
+    /// The edge attribution estimate.
+    pub estimate: f32,
+    /// Path patching with every other head and every MLP frozen.
+    pub exact: f32,
+}
+
+/// What [`Attribution::verify_edges`] found.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct EdgeVerification {
+    /// The edges checked, strongest estimate first.
+    pub edges: Vec<EdgeCheck>,
+    /// Pearson correlation of estimate and exact over them.
+    pub correlation: f64,
+    /// The largest `|estimate − exact|`.
+    pub max_abs_error: f32,
+    /// The threshold `wrong` counts with.
+    pub threshold: f32,
+    /// How many are off by more than the threshold.
+    pub wrong: usize,
+}
+
+impl std::fmt::Display for EdgeVerification {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "edge attribution vs exact edge patching over the {} strongest head edges: correlation {:.3}, largest error {:.3}; {} off by more than {}",
+            self.edges.len(),
+            self.correlation,
+            self.max_abs_error,
+            self.wrong,
+            self.threshold
+        )?;
+        for e in self.edges.iter().take(10) {
+            writeln!(
+                f,
+                "  {} -> {}: estimate {:+.3}, exact {:+.3}",
+                e.from, e.to, e.estimate, e.exact
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Replaces the token embedding (the integrated-gradients interpolation).
+struct EmbedSink(Option<Tensor>);
+
+impl HookSink for EmbedSink {
+    fn wants(&self, hp: &HookPoint) -> bool {
+        self.0.is_some() && *hp == HookPoint::Embed
+    }
+    fn visit(&mut self, _: &HookPoint, act: Tensor) -> Result<Tensor> {
+        Ok(self.0.take().unwrap_or(act))
+    }
+}
+
+/// The gradients of one run at every downstream node's input copy: per layer `[batch, pos,
+/// head, d_model]` for q, k and v and `[batch, pos, d_model]` for the MLP, and the final
+/// residual's.
+struct DownGrads {
+    q: Vec<Tensor>,
+    k: Vec<Tensor>,
+    v: Vec<Tensor>,
+    mlp: Vec<Tensor>,
+    logits: Tensor,
+}
+
+impl DownGrads {
+    fn add(self, o: DownGrads) -> Result<DownGrads> {
+        let sum = |a: Vec<Tensor>, b: Vec<Tensor>| -> Result<Vec<Tensor>> {
+            a.into_iter().zip(b).map(|(x, y)| Ok((x + y)?)).collect()
+        };
+        Ok(DownGrads {
+            q: sum(self.q, o.q)?,
+            k: sum(self.k, o.k)?,
+            v: sum(self.v, o.v)?,
+            mlp: sum(self.mlp, o.mlp)?,
+            logits: (self.logits + o.logits)?,
+        })
+    }
+
+    fn scale(self, s: f64) -> Result<DownGrads> {
+        let f = |a: Vec<Tensor>| -> Result<Vec<Tensor>> {
+            a.into_iter().map(|x| Ok((x * s)?)).collect()
+        };
+        Ok(DownGrads {
+            q: f(self.q)?,
+            k: f(self.k)?,
+            v: f(self.v)?,
+            mlp: f(self.mlp)?,
+            logits: (self.logits * s)?,
+        })
+    }
+}
+
+/// A forward of `tokens` (embedding replaced by `embed` when given) in which every downstream
+/// node reads the residual stream through its own zero-valued tap; the metric's value and the
+/// taps' gradients.
+fn edge_grad_run(
+    model: &HookedTransformer,
+    tokens: &Tokens,
+    embed: Option<Tensor>,
+    metric: &GradMetric,
+) -> Result<(f32, DownGrads)> {
+    let cfg = &model.cfg;
+    let (b, p) = (tokens.batch(), tokens.max_len());
+    let (h, d) = (cfg.n_heads, cfg.d_model);
+    let (dt, dev) = (model.dtype(), model.device());
+    let ctx = model.context(p)?;
+    let mut x = model.embed(tokens, &mut EmbedSink(embed))?;
+    let mut taps: Vec<[Var; 4]> = Vec::with_capacity(cfg.n_layers);
+    for l in 0..cfg.n_layers {
+        let block = model.block(l)?;
+        let t4 = || Var::zeros((b, p, h, d), dt, dev);
+        let [tq, tk, tv, tm] = [t4()?, t4()?, t4()?, Var::zeros((b, p, d), dt, dev)?];
+        let split = SplitTaps {
+            q: tq.as_tensor(),
+            k: tk.as_tensor(),
+            v: tv.as_tensor(),
+        };
+        let attn = block.attention_split(&x, &split, &ctx)?;
+        x = if cfg.parallel_attn_mlp {
+            let src = (&x + tm.as_tensor())?;
+            let n1 = block.ln1(&src)?;
+            let mlp_in = block.parallel_mlp_input(&src, n1, &mut NoHooks)?;
+            let mlp_out = block.mlp(&mlp_in, &mut NoHooks)?;
+            ((x + attn)? + mlp_out)?
+        } else {
+            let mid = (x + attn)?;
+            let src = (&mid + tm.as_tensor())?;
+            let mlp_in = match &block.weights().ln2 {
+                Some(ln2) => block.norm_spec().apply(ln2, &src, None, &mut NoHooks)?,
+                None => src,
+            };
+            let mlp_out = block.mlp(&mlp_in, &mut NoHooks)?;
+            (mid + mlp_out)?
+        };
+        taps.push([tq, tk, tv, tm]);
+    }
+    let tf = Var::zeros((b, p, d), dt, dev)?;
+    let logits = model.unembed(&(x + tf.as_tensor())?, tokens, LogitsAt::Last, &mut NoHooks)?;
+    let m = scalar(metric, &logits)?;
+    let grads = m.backward()?;
+    let value = m.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+    let grad = |v: &Var| -> Result<Tensor> {
+        Ok(match grads.get(v.as_tensor()) {
+            Some(g) => g.detach(),
+            None => v.as_tensor().zeros_like()?,
+        })
+    };
+    let mut out = DownGrads {
+        q: Vec::new(),
+        k: Vec::new(),
+        v: Vec::new(),
+        mlp: Vec::new(),
+        logits: grad(&tf)?,
+    };
+    for [tq, tk, tv, tm] in &taps {
+        out.q.push(grad(tq)?);
+        out.k.push(grad(tk)?);
+        out.v.push(grad(tv)?);
+        out.mlp.push(grad(tm)?);
+    }
+    Ok((value, out))
+}
+
+impl Attribution {
+    /// The downstream gradients, at the corrupted run or averaged over the integrated-gradients
+    /// interpolation of this attribution.
+    fn down_grads(&self) -> Result<DownGrads> {
+        let model = &*self.model;
+        match self.ig_steps {
+            None => Ok(edge_grad_run(model, &self.corrupt_tokens, None, &self.metric)?.1),
+            Some(steps) => {
+                let e_clean = self.clean.at(HookPoint::Embed)?;
+                let e_corrupt = self.corrupt.at(HookPoint::Embed)?;
+                let delta = (e_clean - e_corrupt)?;
+                let mut sum: Option<DownGrads> = None;
+                for step in 1..=steps {
+                    let alpha = step as f64 / steps as f64;
+                    let embed = (e_corrupt + (&delta * alpha)?)?;
+                    let (_, g) =
+                        edge_grad_run(model, &self.corrupt_tokens, Some(embed), &self.metric)?;
+                    sum = Some(match sum {
+                        Some(s) => s.add(g)?,
+                        None => g,
+                    });
+                }
+                sum.ok_or_else(|| LensError::Internal("no integrated-gradients step".into()))?
+                    .scale(1.0 / steps as f64)
+            }
+        }
+    }
+
+    /// What each upstream node changes in the residual stream, `[batch, pos, d_model]`, with
+    /// the nodes in order: embed, then per layer its heads and its MLP.
+    fn upstream_deltas(&self) -> Result<Vec<(Upstream, Tensor)>> {
+        let cfg = &self.model.cfg;
+        let diff =
+            |hp: HookPoint| -> Result<Tensor> { Ok((self.clean.at(hp)? - self.corrupt.at(hp)?)?) };
+        let mut out = vec![(Upstream::Embed, diff(HookPoint::ResidPre(0))?)];
+        for l in 0..cfg.n_layers {
+            let block = self.model.block(l)?;
+            let cz = self.clean.at(HookPoint::Z(l))?;
+            let kz = self.corrupt.at(HookPoint::Z(l))?;
+            let base = self.corrupt.at(HookPoint::AttnOut(l))?;
+            let dims = kz.dims().to_vec();
+            for h in 0..cfg.n_heads {
+                let z = kz.slice_assign(
+                    &[0..dims[0], 0..dims[1], h..h + 1, 0..dims[3]],
+                    &cz.narrow(2, h, 1)?,
+                )?;
+                out.push((Upstream::Head(l, h), (block.attn_out_from_z(&z)? - base)?));
+            }
+            out.push((Upstream::Mlp(l), diff(HookPoint::MlpOut(l))?));
+        }
+        Ok(out)
+    }
+
+    /// Edge attribution patching: the score of every edge between an upstream node (embed,
+    /// head, MLP) and a downstream node's input (a head's q, k or v, an MLP, the logits) that
+    /// it feeds, from one more forward and backward pass (one per step with integrated
+    /// gradients). See the module docs for the formula.
+    ///
+    /// # Errors
+    /// [`LensError::NoEffect`] when the corruption does not move the metric; tensor errors.
+    pub fn edges(&self) -> Result<EdgeGraph> {
+        let cfg = &self.model.cfg;
+        let (c, k) = (self.clean_value, self.corrupt_value);
+        let scale = c.abs().max(k.abs()).max(1.0);
+        if !c.is_finite() || !k.is_finite() || (c - k).abs() <= 1e-6 * scale {
+            return Err(LensError::NoEffect {
+                clean: c,
+                corrupted: k,
+                fix: "choose a corruption that changes the answer (and answers that differ)".into(),
+            });
+        }
+        let t0 = Instant::now();
+        let g = self.down_grads()?;
+        let ups = self.upstream_deltas()?;
+        // downstream nodes in order, with their gradients [batch, pos, d_model]
+        let mut downs: Vec<(Downstream, Tensor)> = Vec::new();
+        for l in 0..cfg.n_layers {
+            for (input, t) in [
+                (Input::Q, &g.q[l]),
+                (Input::K, &g.k[l]),
+                (Input::V, &g.v[l]),
+            ] {
+                for h in 0..cfg.n_heads {
+                    downs.push((
+                        Downstream::Head(l, h, input),
+                        t.narrow(2, h, 1)?.squeeze(2)?,
+                    ));
+                }
+            }
+            downs.push((Downstream::Mlp(l), g.mlp[l].clone()));
+        }
+        downs.push((Downstream::Logits, g.logits.clone()));
+        let flat = |v: Vec<&Tensor>| -> Result<Tensor> {
+            let rows = v
+                .into_iter()
+                .map(|t| t.to_dtype(DType::F32)?.flatten_all())
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            Ok(Tensor::stack(&rows, 0)?)
+        };
+        // [n_up, n_down]: every dot product in one matrix product
+        let u = flat(ups.iter().map(|(_, t)| t).collect())?;
+        let dn = flat(downs.iter().map(|(_, t)| t).collect())?;
+        let scores: Vec<Vec<f32>> = u.matmul(&dn.t()?)?.to_vec2()?;
+        let mut edges = Vec::new();
+        for (i, (u, _)) in ups.iter().enumerate() {
+            for (j, (d, _)) in downs.iter().enumerate() {
+                if feeds(cfg.parallel_attn_mlp, *u, *d) {
+                    edges.push(Edge {
+                        from: *u,
+                        to: *d,
+                        score: scores[i][j] / (c - k),
+                    });
+                }
+            }
+        }
+        edges.sort_by(|a, b| b.score.abs().total_cmp(&a.score.abs()));
+        let seconds = t0.elapsed().as_secs_f64();
+        let forward = self.seconds / self.forward_equivalents.max(1e-9);
+        Ok(EdgeGraph {
+            edges,
+            clean: c,
+            corrupted: k,
+            ig_steps: self.ig_steps,
+            seconds,
+            forward_equivalents: seconds / forward.max(1e-9),
+            n_layers: cfg.n_layers,
+            n_heads: cfg.n_heads,
+        })
+    }
+
+    /// The edges' self-check: for the `k` strongest edges from a head into a head's input or
+    /// the logits, the exact value — path patching from that head to that input with every
+    /// other head and every MLP frozen — beside the estimate, their correlation, and how many
+    /// are off by more than `threshold` (normalised units).
+    ///
+    /// # Errors
+    /// As [`Self::edges`]; [`LensError::BadParameter`] for a negative or non-finite threshold.
+    pub fn verify_edges(
+        &self,
+        graph: &EdgeGraph,
+        k: usize,
+        threshold: f32,
+    ) -> Result<EdgeVerification> {
+        if !(threshold.is_finite() && threshold >= 0.0) {
+            return Err(LensError::BadParameter {
+                name: "threshold".into(),
+                value: threshold.to_string(),
+                fix: "use a finite, non-negative difference in normalised units (e.g. 0.1)".into(),
+            });
+        }
+        let patcher = Patcher::new(
+            &self.model,
+            &self.clean_tokens,
+            &self.corrupt_tokens,
+            float_metric(&self.metric),
+        )?;
+        let mut pp = PathPatcher::from_patcher(patcher);
+        pp.freeze_mlps = true;
+        let mut checks = Vec::new();
+        for e in graph.edges.iter() {
+            if checks.len() == k {
+                break;
+            }
+            let Upstream::Head(l, h) = e.from else {
+                continue;
+            };
+            let receivers = match e.to {
+                Downstream::Logits => Receivers::Logits,
+                Downstream::Head(rl, rh, input) => Receivers::Heads(vec![Receiver {
+                    layer: rl,
+                    head: rh,
+                    inputs: QkvInputs {
+                        q: input == Input::Q,
+                        k: input == Input::K,
+                        v: input == Input::V,
+                    },
+                }]),
+                Downstream::Mlp(_) => continue,
+            };
+            checks.push(EdgeCheck {
+                from: e.from.to_string(),
+                to: e.to.to_string(),
+                estimate: e.score,
+                exact: pp.patch(&[(l, h)], &receivers)?,
+            });
+        }
+        let xs: Vec<f64> = checks.iter().map(|c| c.estimate as f64).collect();
+        let ys: Vec<f64> = checks.iter().map(|c| c.exact as f64).collect();
+        let errs = checks.iter().map(|c| (c.estimate - c.exact).abs());
+        Ok(EdgeVerification {
+            correlation: pearson(&xs, &ys),
+            max_abs_error: errs.clone().fold(0.0, f32::max),
+            wrong: errs.filter(|&e| e > threshold).count(),
+            threshold,
+            edges: checks,
+        })
+    }
+}
+
+/// Whether `u` writes into the residual stream that `d` reads: an earlier layer, or a head
+/// feeding its own layer's MLP in a sequential block.
+fn feeds(parallel: bool, u: Upstream, d: Downstream) -> bool {
+    let dl = match d {
+        Downstream::Head(l, _, _) => l,
+        Downstream::Mlp(l) => l,
+        Downstream::Logits => return true,
+    };
+    match u {
+        Upstream::Embed => true,
+        Upstream::Mlp(l) => l < dl,
+        Upstream::Head(l, _) => l < dl || (!parallel && l == dl && matches!(d, Downstream::Mlp(_))),
+    }
+}
