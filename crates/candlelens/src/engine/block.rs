@@ -418,7 +418,7 @@ impl<'a> Block<'a> {
     /// Queries, keys (both after the q/k norm and rotary) and values of `x [batch, pos,
     /// d_model]` at positions `offset..offset + pos`: `[batch, pos, head, d_head]`,
     /// `[batch, pos, kv_head, d_head]` twice. Fires the `hook_q/k/v` and `hook_rot_q/k` points.
-    fn qkv(
+    pub(crate) fn qkv(
         &self,
         x: &Tensor,
         ctx: &ForwardCtx,
@@ -524,74 +524,6 @@ impl<'a> Block<'a> {
             });
         }
         linear(&z.reshape((b, p, h * dh))?, &w.w_o, w.b_o.as_ref())
-    }
-
-    /// Attention in which some heads read another input — path patching's last step. `x` and
-    /// `alt` are two attention inputs `[batch, pos, d_model]` (the norm's outputs, positions
-    /// `offset..offset + pos`, after the keys and values of `past`, which both share); every head attends as usual on `x`, except that head `h` takes its queries
-    /// (keys, values) from `alt` where `inputs[h]` says so. Keys and values are patched per
-    /// query head: under grouped-query attention the other heads of the group keep theirs.
-    /// Returns `hook_attn_out` `[batch, pos, d_model]`, after the post-norm; no hooks fire.
-    ///
-    /// # Errors
-    /// [`LensError::Mismatch`] unless `inputs` has one entry per head; tensor errors.
-    pub fn attention_mixed(
-        &self,
-        x: &Tensor,
-        alt: &Tensor,
-        inputs: &[QkvInputs],
-        ctx: &ForwardCtx,
-        offset: usize,
-        past: Option<&PastKv>,
-    ) -> Result<Tensor> {
-        let h = self.cfg.n_heads;
-        if inputs.len() != h {
-            return Err(LensError::Mismatch {
-                what: "path-patched heads".into(),
-                detail: format!("{} entries given for {h} heads", inputs.len()),
-            });
-        }
-        let sink = &mut crate::engine::hooks::NoHooks;
-        let (q, k, v) = self.qkv(x, ctx, offset, sink)?;
-        let (q2, k2, v2) = self.qkv(alt, ctx, offset, sink)?;
-        // earlier positions: both inputs agree there, so one set of cached keys and values
-        let with_past = |k: Tensor, v: Tensor| -> Result<(Tensor, Tensor)> {
-            Ok(match past {
-                Some(p) => (Tensor::cat(&[&p.k, &k], 1)?, Tensor::cat(&[&p.v, &v], 1)?),
-                None => (k, v),
-            })
-        };
-        let (k, v) = with_past(k, v)?;
-        let (k2, v2) = with_past(k2, v2)?;
-        let pick = |a: &Tensor, b: &Tensor, take: &dyn Fn(&QkvInputs) -> bool| -> Result<Tensor> {
-            if !inputs.iter().any(take) {
-                return Ok(a.clone());
-            }
-            let heads = inputs
-                .iter()
-                .enumerate()
-                .map(|(i, s)| {
-                    if take(s) {
-                        b.narrow(1, i, 1)
-                    } else {
-                        a.narrow(1, i, 1)
-                    }
-                })
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            Ok(Tensor::cat(&heads, 1)?.contiguous()?)
-        };
-        let qt = pick(
-            &q.transpose(1, 2)?.contiguous()?,
-            &q2.transpose(1, 2)?.contiguous()?,
-            &|s| s.q,
-        )?;
-        let kt = pick(&self.ungroup(&k)?, &self.ungroup(&k2)?, &|s| s.k)?;
-        let vt = pick(&self.ungroup(&v)?, &self.ungroup(&v2)?, &|s| s.v)?;
-        let mut out = self.attend(&qt, &kt, &vt, ctx, offset, sink)?;
-        if let Some(pn) = &self.w.ln1_post {
-            out = self.norm_spec().apply(pn, &out, None, sink)?;
-        }
-        Ok(out)
     }
 
     /// The attention input of this block: `ln1(resid_pre)`, or the residual itself for

@@ -1,15 +1,19 @@
-//! Attention whose heads each read their own copy of the residual stream, one copy per query,
-//! key and value input — TransformerLens's `use_split_qkv_input` with grouped keys and values
-//! ungrouped per query head. The values are those of [`Block::attention`]; what differs is
-//! the gradient: a zero-valued tap added to one copy receives `∂m/∂(that head's q, k or v
-//! input)`, the downstream half of an edge in edge attribution patching.
+//! Attention whose heads read inputs of their own — what circuit discovery needs from a block.
+//!
+//! - [`Block::attention_split`]: each head reads its own copy of the residual stream, one copy
+//!   per query, key and value input (TransformerLens's `use_split_qkv_input`, grouped keys and
+//!   values ungrouped per query head). The values are those of [`Block::attention`]; what
+//!   differs is the gradient: a zero-valued tap added to one copy receives `∂m/∂(that head's
+//!   q, k or v input)`, the downstream half of an edge in edge attribution patching.
+//! - [`Block::attention_mixed`]: chosen heads take their queries, keys or values from a second
+//!   input — the last step of path patching.
 
 use candle_core::{Tensor, D};
 
-use crate::engine::block::{Block, ForwardCtx};
+use crate::engine::block::{Block, ForwardCtx, PastKv, QkvInputs};
 use crate::engine::config::{Positional, QkNorm};
 use crate::engine::hooks::NoHooks;
-use crate::error::Result;
+use crate::error::{LensError, Result};
 
 /// The taps added to each head's copies of `resid_pre`, `[batch, pos, head, d_model]` each.
 pub struct SplitTaps<'t> {
@@ -22,6 +26,74 @@ pub struct SplitTaps<'t> {
 }
 
 impl Block<'_> {
+    /// Attention in which some heads read another input — path patching's last step. `x` and
+    /// `alt` are two attention inputs `[batch, pos, d_model]` (the norm's outputs, positions
+    /// `offset..offset + pos`, after the keys and values of `past`, which both share); every head attends as usual on `x`, except that head `h` takes its queries
+    /// (keys, values) from `alt` where `inputs[h]` says so. Keys and values are patched per
+    /// query head: under grouped-query attention the other heads of the group keep theirs.
+    /// Returns `hook_attn_out` `[batch, pos, d_model]`, after the post-norm; no hooks fire.
+    ///
+    /// # Errors
+    /// [`LensError::Mismatch`] unless `inputs` has one entry per head; tensor errors.
+    pub fn attention_mixed(
+        &self,
+        x: &Tensor,
+        alt: &Tensor,
+        inputs: &[QkvInputs],
+        ctx: &ForwardCtx,
+        offset: usize,
+        past: Option<&PastKv>,
+    ) -> Result<Tensor> {
+        let h = self.cfg().n_heads;
+        if inputs.len() != h {
+            return Err(LensError::Mismatch {
+                what: "path-patched heads".into(),
+                detail: format!("{} entries given for {h} heads", inputs.len()),
+            });
+        }
+        let sink = &mut crate::engine::hooks::NoHooks;
+        let (q, k, v) = self.qkv(x, ctx, offset, sink)?;
+        let (q2, k2, v2) = self.qkv(alt, ctx, offset, sink)?;
+        // earlier positions: both inputs agree there, so one set of cached keys and values
+        let with_past = |k: Tensor, v: Tensor| -> Result<(Tensor, Tensor)> {
+            Ok(match past {
+                Some(p) => (Tensor::cat(&[&p.k, &k], 1)?, Tensor::cat(&[&p.v, &v], 1)?),
+                None => (k, v),
+            })
+        };
+        let (k, v) = with_past(k, v)?;
+        let (k2, v2) = with_past(k2, v2)?;
+        let pick = |a: &Tensor, b: &Tensor, take: &dyn Fn(&QkvInputs) -> bool| -> Result<Tensor> {
+            if !inputs.iter().any(take) {
+                return Ok(a.clone());
+            }
+            let heads = inputs
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    if take(s) {
+                        b.narrow(1, i, 1)
+                    } else {
+                        a.narrow(1, i, 1)
+                    }
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            Ok(Tensor::cat(&heads, 1)?.contiguous()?)
+        };
+        let qt = pick(
+            &q.transpose(1, 2)?.contiguous()?,
+            &q2.transpose(1, 2)?.contiguous()?,
+            &|s| s.q,
+        )?;
+        let kt = pick(&self.ungroup(&k)?, &self.ungroup(&k2)?, &|s| s.k)?;
+        let vt = pick(&self.ungroup(&v)?, &self.ungroup(&v2)?, &|s| s.v)?;
+        let mut out = self.attend(&qt, &kt, &vt, ctx, offset, sink)?;
+        if let Some(pn) = &self.weights().ln1_post {
+            out = self.norm_spec().apply(pn, &out, None, sink)?;
+        }
+        Ok(out)
+    }
+
     /// `hook_attn_out` `[batch, pos, d_model]` (after the post-norm) of `resid_pre [batch,
     /// pos, d_model]` (positions from 0), each head's queries, keys and values computed from
     /// `resid_pre + tap` for its own tap. No hooks fire.

@@ -31,8 +31,9 @@ use crate::error::{LensError, Result};
 use crate::interp::metrics::{float_metric, normalise, GradMetric};
 use crate::interp::patching::{grid_labels, PatchGrid, PatchTarget, Patcher};
 
+mod edge_graph;
 mod edges;
-pub use edges::{Downstream, Edge, EdgeCheck, EdgeGraph, EdgeVerification, Input, Upstream};
+pub use edge_graph::{Downstream, Edge, EdgeCheck, EdgeGraph, EdgeVerification, Input, Upstream};
 
 /// The hook points whose activations and gradients the node grids read.
 fn node_point(hp: &HookPoint) -> bool {
