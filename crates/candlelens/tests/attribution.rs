@@ -189,7 +189,44 @@ fn each_cell_is_the_directional_derivative_of_the_metric() {
             (fd - est).abs() <= 2e-3 + 2e-2 * est.abs(),
             "{family} L1H1: {est} vs {fd}"
         );
-        assert_eq!(checked, 4);
+        // one head's queries, one kv head's keys and values, one head's pattern
+        for (target, hp, head, shape) in [
+            (PatchTarget::Q, HookPoint::Q(1), 1, [1, 1, m.cfg.n_heads, 1]),
+            (
+                PatchTarget::K,
+                HookPoint::K(1),
+                0,
+                [1, 1, m.cfg.n_kv_heads, 1],
+            ),
+            (
+                PatchTarget::V,
+                HookPoint::V(0),
+                m.cfg.n_kv_heads - 1,
+                [1, 1, m.cfg.n_kv_heads, 1],
+            ),
+            (
+                PatchTarget::Pattern,
+                HookPoint::Pattern(1),
+                2,
+                [1, m.cfg.n_heads, 1, 1],
+            ),
+        ] {
+            let grid = a.nodes(target).unwrap();
+            let n = shape.iter().product::<usize>();
+            let mut v = vec![0f32; n];
+            v[head] = 1.0;
+            let mask = Tensor::from_vec(v, shape.to_vec(), &dev).unwrap();
+            let fd = (metric_moved(&m, &a, &corrupt, hp, &mask, eps)
+                - metric_moved(&m, &a, &corrupt, hp, &mask, -eps))
+                / (2.0 * eps as f32);
+            let est = grid.values[hp.layer().unwrap()][head] * gap;
+            assert!(
+                (fd - est).abs() <= 2e-3 + 2e-2 * est.abs(),
+                "{family} {hp} head {head}: {est} vs {fd}"
+            );
+            checked += 1;
+        }
+        assert_eq!(checked, 8);
     }
 }
 

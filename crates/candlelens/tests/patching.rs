@@ -77,6 +77,12 @@ fn compare(
             "{:?}",
             t
         );
+        // the corruption reaches every head's inputs: some cells move
+        assert!(
+            fast.values.iter().flatten().any(|v| v.abs() > 1e-6),
+            "{} {t:?}: an all-zero grid",
+            m.cfg.name
+        );
         eprintln!(
             "{} {:>12}: max |fast - naive| {worst:.1e}, {:.1} vs {} forward-equivalents",
             m.cfg.name,
@@ -95,6 +101,10 @@ const ALL: &[PatchTarget] = &[
     PatchTarget::MlpOut,
     PatchTarget::HeadsAllPos,
     PatchTarget::HeadsByPos,
+    PatchTarget::Q,
+    PatchTarget::K,
+    PatchTarget::V,
+    PatchTarget::Pattern,
 ];
 
 #[test]

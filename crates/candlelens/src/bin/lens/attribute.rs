@@ -25,7 +25,7 @@ pub struct AttributeArgs {
     #[arg(long, num_args = 2, value_names = ["CORRECT", "INCORRECT"])]
     answers: Vec<String>,
     /// What to attribute: resid_pre, resid_mid, resid_post, attn_out, mlp_out, heads,
-    /// heads_by_pos.
+    /// heads_by_pos, q, k, v (per kv head), pattern.
     #[arg(long, default_value = "resid_pre")]
     hook: String,
     /// Integrated gradients (EAP-IG) with this many interpolation steps instead of the
@@ -218,7 +218,7 @@ pub fn attribute(a: &AttributeArgs) -> candlelens::Result<()> {
         } else {
             "layers"
         },
-        if target == PatchTarget::HeadsAllPos {
+        if target.by_head() {
             "heads"
         } else {
             "positions"

@@ -21,7 +21,8 @@ pub struct PatchArgs {
     /// Correct and incorrect answer (each one token, e.g. " Peb" " Rachel").
     #[arg(long, num_args = 2, value_names = ["CORRECT", "INCORRECT"])]
     answers: Vec<String>,
-    /// What to patch: resid_pre, resid_mid, resid_post, attn_out, mlp_out, heads, heads_by_pos.
+    /// What to patch: resid_pre, resid_mid, resid_post, attn_out, mlp_out, heads, heads_by_pos,
+    /// q, k, v (per kv head), pattern.
     #[arg(long, default_value = "resid_pre")]
     hook: String,
     /// Prepend BOS (default: the model's tokenizer default).
@@ -81,7 +82,7 @@ pub fn patch(a: &PatchArgs) -> candlelens::Result<()> {
         } else {
             "layers"
         },
-        if target == PatchTarget::HeadsAllPos {
+        if target.by_head() {
             "heads"
         } else {
             "positions"

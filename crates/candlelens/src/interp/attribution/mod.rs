@@ -45,6 +45,10 @@ fn node_point(hp: &HookPoint) -> bool {
             | HookPoint::AttnOut(_)
             | HookPoint::MlpOut(_)
             | HookPoint::Z(_)
+            | HookPoint::Q(_)
+            | HookPoint::K(_)
+            | HookPoint::V(_)
+            | HookPoint::Pattern(_)
     )
 }
 
@@ -354,10 +358,22 @@ impl Attribution {
                 PatchTarget::AttnOut => HookPoint::AttnOut(l),
                 PatchTarget::MlpOut => HookPoint::MlpOut(l),
                 PatchTarget::HeadsAllPos | PatchTarget::HeadsByPos => HookPoint::Z(l),
+                PatchTarget::Q => HookPoint::Q(l),
+                PatchTarget::K => HookPoint::K(l),
+                PatchTarget::V => HookPoint::V(l),
+                PatchTarget::Pattern => HookPoint::Pattern(l),
             };
+            if target == PatchTarget::Pattern {
+                // [batch, head, q, k] -> [head]
+                let diff = (self.clean.at(hp)? - self.corrupt.at(hp)?)?;
+                let prod = (self.grads.at(hp)? * diff)?.to_dtype(DType::F32)?;
+                let per_head: Vec<f32> = prod.sum(3)?.sum(2)?.sum(0)?.to_vec1()?;
+                values.push(per_head.into_iter().map(norm).collect());
+                continue;
+            }
             let p = self.products(hp)?;
             match target {
-                PatchTarget::HeadsAllPos => {
+                PatchTarget::HeadsAllPos | PatchTarget::Q | PatchTarget::K | PatchTarget::V => {
                     let per_head: Vec<f32> = p.sum(0)?.to_vec1()?;
                     values.push(per_head.into_iter().map(norm).collect());
                 }
@@ -477,6 +493,41 @@ pub struct Verification {
     pub threshold: f32,
     /// The cells beyond the threshold, worst first.
     pub wrong: Vec<Disagreement>,
+}
+
+impl Verification {
+    /// Every cell as a point (exact patching score, attribution estimate) with the line
+    /// `y = x`: cells on the line are where the linear estimate can be trusted. The cells off by
+    /// more than the threshold carry their labels.
+    pub fn figure(&self, title: &str) -> crate::viz::Figure {
+        let mut points = Vec::new();
+        let mut labels = Vec::new();
+        for (r, (er, xr)) in self
+            .estimate
+            .values
+            .iter()
+            .zip(&self.exact.values)
+            .enumerate()
+        {
+            for (c, (&e, &x)) in er.iter().zip(xr).enumerate() {
+                points.push((x, e));
+                labels.push(if (e - x).abs() > self.threshold {
+                    format!(
+                        "{} {}",
+                        self.estimate.row_labels[r], self.estimate.col_labels[c]
+                    )
+                } else {
+                    String::new()
+                });
+            }
+        }
+        crate::viz::Figure::scatter(points, labels, title)
+            .with_diagonal()
+            .axes(
+                "exact patching (normalised)",
+                "attribution estimate (normalised)",
+            )
+    }
 }
 
 impl std::fmt::Display for Verification {

@@ -51,11 +51,21 @@ pub enum PatchTarget {
     HeadsAllPos,
     /// One head's `hook_z` at one position: rows `L{l}H{h}`, columns positions.
     HeadsByPos,
+    /// One head's queries (`attn.hook_q`) at every position, by layer and head.
+    Q,
+    /// One kv head's keys (`attn.hook_k`) at every position, by layer and kv head (under
+    /// grouped-query attention a kv head serves several query heads).
+    K,
+    /// One kv head's values (`attn.hook_v`) at every position, by layer and kv head.
+    V,
+    /// One head's attention pattern (`attn.hook_pattern`) at every query position, by layer
+    /// and head.
+    Pattern,
 }
 
 impl PatchTarget {
     /// Parses `resid_pre`, `resid_mid`, `resid_post`, `attn_out`, `mlp_out`, `heads`,
-    /// `heads_by_pos`.
+    /// `heads_by_pos`, `q`, `k`, `v`, `pattern`.
     ///
     /// # Errors
     /// [`LensError::UnknownChoice`] listing the names.
@@ -68,12 +78,16 @@ impl PatchTarget {
             "mlp_out" => PatchTarget::MlpOut,
             "heads" | "z" | "heads_all_pos" => PatchTarget::HeadsAllPos,
             "heads_by_pos" => PatchTarget::HeadsByPos,
+            "q" => PatchTarget::Q,
+            "k" => PatchTarget::K,
+            "v" => PatchTarget::V,
+            "pattern" => PatchTarget::Pattern,
             other => {
                 return Err(LensError::UnknownChoice {
                     what: "patch target".into(),
                     given: other.to_string(),
                     choices:
-                        "resid_pre, resid_mid, resid_post, attn_out, mlp_out, heads or heads_by_pos"
+                        "resid_pre, resid_mid, resid_post, attn_out, mlp_out, heads, heads_by_pos, q, k, v or pattern"
                             .into(),
                 })
             }
@@ -90,7 +104,23 @@ impl PatchTarget {
             PatchTarget::MlpOut => "mlp_out",
             PatchTarget::HeadsAllPos => "heads",
             PatchTarget::HeadsByPos => "heads_by_pos",
+            PatchTarget::Q => "q",
+            PatchTarget::K => "k",
+            PatchTarget::V => "v",
+            PatchTarget::Pattern => "pattern",
         }
+    }
+
+    /// Whether the grid is by layer × head (or kv head): `heads`, `q`, `k`, `v`, `pattern`.
+    pub fn by_head(&self) -> bool {
+        matches!(
+            self,
+            PatchTarget::HeadsAllPos
+                | PatchTarget::Q
+                | PatchTarget::K
+                | PatchTarget::V
+                | PatchTarget::Pattern
+        )
     }
 }
 
@@ -139,7 +169,8 @@ impl PatchGrid {
     /// The grid as a heatmap; `col_labels` (e.g. `"Peb_26"`) replace the numeric columns.
     pub fn figure(&self, title: &str, col_labels: Option<Vec<String>>) -> crate::viz::Figure {
         let (x, y) = match self.target {
-            PatchTarget::HeadsAllPos => ("Head", "Layer"),
+            PatchTarget::K | PatchTarget::V => ("KV head", "Layer"),
+            t if t.by_head() => ("Head", "Layer"),
             PatchTarget::HeadsByPos => ("Position", "Head"),
             _ => ("Position", "Layer"),
         };
@@ -150,6 +181,35 @@ impl PatchGrid {
             title,
         )
         .axes(x, y)
+    }
+
+    /// The `k` heads with the largest score (`descending`) or the most negative (`!descending`),
+    /// as `(layer, head)`, for a grid by layer × head ([`PatchTarget::HeadsAllPos`], as path
+    /// patching's grids are).
+    ///
+    /// # Errors
+    /// [`LensError::Unsupported`] for a grid of another target.
+    pub fn top_heads(&self, k: usize, descending: bool) -> Result<Vec<(usize, usize)>> {
+        if !self.target.by_head() {
+            return Err(LensError::Unsupported {
+                what: format!("top_heads of a {} grid", self.target.name()),
+                fix: "it reads layer x head grids (PatchTarget::HeadsAllPos, path patching); use strongest() for others".into(),
+            });
+        }
+        let mut cells: Vec<(usize, usize, f32)> = self
+            .values
+            .iter()
+            .enumerate()
+            .flat_map(|(l, row)| row.iter().enumerate().map(move |(h, &v)| (l, h, v)))
+            .collect();
+        cells.sort_by(|a, b| {
+            if descending {
+                b.2.total_cmp(&a.2)
+            } else {
+                a.2.total_cmp(&b.2)
+            }
+        });
+        Ok(cells.into_iter().take(k).map(|(l, h, _)| (l, h)).collect())
     }
 
     /// The `k` cells with the largest absolute score: `(row label, col label, score)`.
@@ -193,9 +253,11 @@ fn needed(hp: &HookPoint) -> bool {
             | HookPoint::AttnOut(_)
             | HookPoint::MlpOut(_)
             | HookPoint::Z(_)
+            | HookPoint::Q(_)
             | HookPoint::K(_)
             | HookPoint::RotK(_)
             | HookPoint::V(_)
+            | HookPoint::Pattern(_)
     )
 }
 
@@ -329,7 +391,7 @@ pub(crate) fn grid_labels(
         _ => (0..rows).map(|l| l.to_string()).collect(),
     };
     let col_labels = match target {
-        PatchTarget::HeadsAllPos => (0..cols).map(|h| format!("H{h}")).collect(),
+        t if t.by_head() => (0..cols).map(|h| format!("H{h}")).collect(),
         _ => (0..cols).map(|p| p.to_string()).collect(),
     };
     (row_labels, col_labels)

@@ -32,7 +32,13 @@ impl Patcher {
                 Some(col),
                 Some(row % cfg.n_heads),
             ),
+            PatchTarget::Q => (HookPoint::Q(row), None, Some(col)),
+            PatchTarget::K => (HookPoint::K(row), None, Some(col)),
+            PatchTarget::V => (HookPoint::V(row), None, Some(col)),
+            PatchTarget::Pattern => (HookPoint::Pattern(row), None, Some(col)),
         };
+        // the head axis: [batch, pos, head, ·], or [batch, head, q, k] for the pattern
+        let head_axis = if target == PatchTarget::Pattern { 1 } else { 2 };
         let clean = self.clean.at(hp)?.clone();
         let mut hooks = Hooks::new();
         hooks.add_filter(hp.into(), move |act, _| {
@@ -42,7 +48,7 @@ impl Patcher {
                 ranges[1] = p..p + 1;
             }
             if let Some(h) = head {
-                ranges[2] = h..h + 1;
+                ranges[head_axis] = h..h + 1;
             }
             let mut src = clean.clone();
             for (axis, r) in ranges.iter().enumerate() {
@@ -67,7 +73,10 @@ impl Patcher {
         let cfg = &self.model.cfg;
         let seq = self.corrupt_tokens.max_len();
         let (rows, cols) = match target {
-            PatchTarget::HeadsAllPos => (cfg.n_layers, cfg.n_heads),
+            PatchTarget::HeadsAllPos | PatchTarget::Q | PatchTarget::Pattern => {
+                (cfg.n_layers, cfg.n_heads)
+            }
+            PatchTarget::K | PatchTarget::V => (cfg.n_layers, cfg.n_kv_heads),
             PatchTarget::HeadsByPos => (cfg.n_layers * cfg.n_heads, seq),
             _ => (cfg.n_layers, seq),
         };

@@ -188,6 +188,81 @@ impl Patcher {
                 }
                 Ok((out, n_layers, cfg.n_heads))
             }
+            PatchTarget::Q | PatchTarget::K | PatchTarget::V => {
+                let ctx = self.model.context(seq)?;
+                let cols = if target == PatchTarget::Q {
+                    cfg.n_heads
+                } else {
+                    cfg.n_kv_heads
+                };
+                let group = cfg.n_heads / cfg.n_kv_heads;
+                for l in 0..n_layers {
+                    let hp = match target {
+                        PatchTarget::Q => HookPoint::Q(l),
+                        PatchTarget::K => HookPoint::K(l),
+                        _ => HookPoint::V(l),
+                    };
+                    let block = self.model.block(l)?;
+                    // the attention input of either run: a head's clean q, k or v is what it
+                    // computes from the clean one
+                    let x = block.ln1(self.corrupt.at(HookPoint::ResidPre(l))?)?;
+                    let alt = block.ln1(self.clean.at(HookPoint::ResidPre(l))?)?;
+                    for col in 0..cols {
+                        let Some(start) =
+                            first_difference(self.clean.at(hp)?, self.corrupt.at(hp)?, col)?
+                        else {
+                            continue;
+                        };
+                        let mut inputs =
+                            vec![crate::engine::block::QkvInputs::default(); cfg.n_heads];
+                        match target {
+                            PatchTarget::Q => inputs[col].q = true,
+                            PatchTarget::K => {
+                                for i in &mut inputs[col * group..(col + 1) * group] {
+                                    i.k = true;
+                                }
+                            }
+                            _ => {
+                                for i in &mut inputs[col * group..(col + 1) * group] {
+                                    i.v = true;
+                                }
+                            }
+                        }
+                        let new = block.attention_mixed(&x, &alt, &inputs, &ctx, 0, None)?;
+                        let new = new.narrow(1, start, seq - start)?;
+                        out.push(self.attn_injection(l, start, &new, (l, col))?);
+                    }
+                }
+                Ok((out, n_layers, cols))
+            }
+            PatchTarget::Pattern => {
+                let group = cfg.n_heads / cfg.n_kv_heads;
+                for l in 0..n_layers {
+                    // [batch, head, q, k] -> per head [batch, q, head=1, k]
+                    let cp = self.clean.at(HookPoint::Pattern(l))?;
+                    let kp = self.corrupt.at(HookPoint::Pattern(l))?;
+                    let kz = self.corrupt.at(HookPoint::Z(l))?;
+                    let v = self.corrupt.at(HookPoint::V(l))?;
+                    for h in 0..cfg.n_heads {
+                        let Some(start) =
+                            first_difference(&cp.transpose(1, 2)?, &kp.transpose(1, 2)?, h)?
+                        else {
+                            continue;
+                        };
+                        // z of head h from the clean pattern and the corrupted values
+                        let vh = v.narrow(2, h / group, 1)?.squeeze(2)?.contiguous()?;
+                        let pattern = cp.narrow(1, h, 1)?.squeeze(1)?.contiguous()?;
+                        let zh = pattern.matmul(&vh)?.unsqueeze(2)?;
+                        let dims = kz.dims().to_vec();
+                        let z =
+                            kz.slice_assign(&[0..dims[0], 0..dims[1], h..h + 1, 0..dims[3]], &zh)?;
+                        let z = z.narrow(1, start, seq - start)?;
+                        let new = self.attn_out_from_z(l, &z)?;
+                        out.push(self.attn_injection(l, start, &new, (l, h))?);
+                    }
+                }
+                Ok((out, n_layers, cfg.n_heads))
+            }
             PatchTarget::HeadsByPos => {
                 for l in 0..n_layers {
                     let cz = self.clean.at(HookPoint::Z(l))?;
@@ -216,6 +291,8 @@ impl Patcher {
     }
 
     /// Keys and values of the corrupted run at layer `l` for positions `..start`.
+    ///
+    /// (See [`first_difference`] for where a head's patch starts.)
     pub(super) fn past(&self, l: usize, start: usize) -> Result<Option<PastKv>> {
         if start == 0 {
             return Ok(None);
@@ -373,4 +450,17 @@ impl Patcher {
             self.sweep(PatchTarget::MlpOut)?,
         ])
     }
+}
+
+/// The first position at which head `h` of `a` and `b` (`[batch, pos, head, ·]`) differ, if
+/// any: positions before it are untouched by patching that head.
+fn first_difference(a: &Tensor, b: &Tensor, h: usize) -> Result<Option<usize>> {
+    let diff = (a.narrow(2, h, 1)? - b.narrow(2, h, 1)?)?
+        .abs()?
+        .flatten_from(2)?
+        .max(2)?
+        .max(0)?
+        .to_dtype(DType::F32)?
+        .to_vec1::<f32>()?;
+    Ok(diff.iter().position(|&d| d > 0.0))
 }
