@@ -197,15 +197,21 @@ impl<'a> Block<'a> {
     ) -> Result<Tensor> {
         let d_head = x.dim(3)?;
         let apply = |r: &Tensor| -> Result<Tensor> {
-            // candle's fused rotary kernels carry no gradient; when `r` is tracked (LRE
-            // Jacobians) the composed ones run instead
+            // candle's fused rotary kernels carry no gradient: when `r` is tracked (attribution,
+            // LRE Jacobians) the same kernels run with a written-out backward on the CPU, the
+            // composed ones elsewhere
             let tracked = r.track_op();
+            let grad_op = tracked && r.device().is_cpu();
             if !interleaved && !tracked {
                 return Ok(candle_nn::rotary_emb::rope_thd(&r.contiguous()?, cos, sin)?);
+            }
+            if !interleaved && grad_op {
+                return crate::engine::grad_ops::rope(r, cos, sin, false);
             }
             let bhtd = r.transpose(1, 2)?.contiguous()?;
             let out = match (interleaved, tracked) {
                 (true, false) => candle_nn::rotary_emb::rope_i(&bhtd, cos, sin)?,
+                (true, true) if grad_op => crate::engine::grad_ops::rope(&bhtd, cos, sin, true)?,
                 (true, true) => candle_nn::rotary_emb::rope_i_slow(&bhtd, cos, sin)?,
                 (false, _) => candle_nn::rotary_emb::rope_slow(&bhtd, cos, sin)?,
             };
@@ -503,11 +509,14 @@ impl<'a> Block<'a> {
         let mask = ctx.mask(cfg.layer_attention[l], offset, p, t)?;
         let scores = hook(sink, HookPoint::AttnScores(l), scores.broadcast_add(&mask)?)?;
         let scores32 = scores.to_dtype(DType::F32)?;
-        // the fused softmax kernel carries no gradient; the composed one does
-        let pattern = if scores32.track_op() {
-            candle_nn::ops::softmax(&scores32, D::Minus1)?
-        } else {
+        // candle's fused softmax kernel carries no gradient: a run with gradients uses the
+        // same kernel with a written-out backward (composed ops off the CPU)
+        let pattern = if !scores32.track_op() {
             candle_nn::ops::softmax_last_dim(&scores32)?
+        } else if scores32.device().is_cpu() {
+            crate::engine::grad_ops::softmax(&scores32)?
+        } else {
+            candle_nn::ops::softmax(&scores32, D::Minus1)?
         }
         .to_dtype(self.dtype)?;
         let pattern = hook(sink, HookPoint::Pattern(l), pattern)?;

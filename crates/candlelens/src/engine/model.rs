@@ -109,7 +109,7 @@ impl HookedTransformer {
         Ok(t)
     }
 
-    fn check_tokens(&self, t: &Tokens) -> Result<()> {
+    pub(crate) fn check_tokens(&self, t: &Tokens) -> Result<()> {
         if t.max_len() > self.cfg.n_ctx {
             return Err(LensError::PromptTooLong {
                 len: t.max_len(),

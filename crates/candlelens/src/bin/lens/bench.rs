@@ -77,6 +77,24 @@ pub enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Attribution patching (every node gradient: one clean run, one corrupted run with
+    /// gradients, one backward) against the plain forward of the same batch, medians over N
+    /// runs each, interleaved: the cost in forward-equivalents. The batch is the pet source's
+    /// eight IOI prompts with their name-swap corruptions.
+    Attribution {
+        /// Alias, local folder, .gguf path, or hub repo id.
+        #[arg(long)]
+        model: String,
+        /// Timed runs.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Also time the edge attribution pass (one split-input forward and backward).
+        #[arg(long)]
+        edges: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// The fast patching sweep against the naive one-forward-per-cell loop, on the pet prompts.
     Patch {
         /// Alias, local folder, .gguf path, or hub repo id.
@@ -117,6 +135,12 @@ pub fn bench(cmd: &BenchCmd) -> candlelens::Result<()> {
             json,
         } => jacobian(model, *layer, *subjects, data, *json),
         BenchCmd::Load { model, dtype, json } => load(model, dtype, *json),
+        BenchCmd::Attribution {
+            model,
+            runs,
+            edges,
+            json,
+        } => attribution(model, *runs, *edges, *json),
         BenchCmd::Patch {
             model,
             answers,
@@ -306,6 +330,109 @@ fn cache(input: &Input, last: bool, runs: usize, as_json: bool) -> candlelens::R
         ratio: cache_ms / forward_ms,
         n_cached: sizes.0,
         cached_mb: sizes.1 as f64 / (1024.0 * 1024.0),
+    };
+    emit_json(&report, as_json);
+    Ok(())
+}
+
+/// What `lens bench attribution` prints.
+#[derive(Serialize)]
+struct AttributionBench {
+    model: String,
+    batch: usize,
+    n_tokens: usize,
+    runs: usize,
+    /// The plain forward of the clean batch (each prompt's last-position logits, as the
+    /// metric reads them), median.
+    forward_ms: f64,
+    /// `Attribution::new`: clean run, corrupted run with gradients, backward, median.
+    attribution_ms: f64,
+    /// `attribution_ms / forward_ms`.
+    forward_equivalents: f64,
+    /// `Attribution::edges` (with --edges), median, and in forwards.
+    edges_ms: Option<f64>,
+    edges_forward_equivalents: Option<f64>,
+}
+
+/// The pet source's IOI batch: four templates, both name orders, corrupted by the swap.
+fn ioi_batch() -> (Vec<String>, Vec<String>, Vec<(&'static str, &'static str)>) {
+    let formats = [
+        "When John and Mary went to the shops,{} gave the bag to",
+        "When Tom and James went to the park,{} gave the ball to",
+        "When Dan and Sid went to the shops,{} gave an apple to",
+        "After Martin and Amy went to the park,{} gave a drink to",
+    ];
+    let names = [
+        (" Mary", " John"),
+        (" Tom", " James"),
+        (" Dan", " Sid"),
+        (" Martin", " Amy"),
+    ];
+    let (mut clean, mut answers) = (Vec::new(), Vec::new());
+    for (f, (a, b)) in formats.iter().zip(names) {
+        for (c, i) in [(a, b), (b, a)] {
+            answers.push((c, i));
+            clean.push(f.replace("{}", i));
+        }
+    }
+    let corrupt = clean
+        .chunks(2)
+        .flat_map(|p| [p[1].clone(), p[0].clone()])
+        .collect();
+    (clean, corrupt, answers)
+}
+
+fn attribution(model: &str, runs: usize, edges: bool, as_json: bool) -> candlelens::Result<()> {
+    use candlelens::attribution::Attribution;
+    let model = std::sync::Arc::new(HookedTransformer::from_pretrained(model)?);
+    let (clean, corrupt, answers) = ioi_batch();
+    fn strs(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    let clean = model.to_tokens(strs(&clean).as_slice(), Some(true))?;
+    let corrupt = model.to_tokens(strs(&corrupt).as_slice(), Some(true))?;
+    let metric = candlelens::metrics::logit_diff_grad_metric(&model.answer_pairs(&answers)?);
+    let (mut f_ms, mut a_ms, mut e_ms) = (Vec::new(), Vec::new(), Vec::new());
+    let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+    for i in 0..=runs.max(1) {
+        let t = Instant::now();
+        touch(&model.last_logits(&clean)?)?;
+        let f = ms(t);
+        let t = Instant::now();
+        let attr = Attribution::new(&model, &clean, &corrupt, metric.clone())?;
+        let a = ms(t);
+        let e = if edges {
+            let t = Instant::now();
+            let g = attr.edges()?;
+            std::hint::black_box(g.edges.len());
+            Some(ms(t))
+        } else {
+            None
+        };
+        if i > 0 {
+            f_ms.push(f);
+            a_ms.push(a);
+            e_ms.extend(e);
+        }
+    }
+    let median = |mut v: Vec<f64>| -> Option<f64> {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied()
+    };
+    let runs = f_ms.len();
+    let forward_ms = median(f_ms).unwrap_or(f64::NAN);
+    let attribution_ms = median(a_ms).unwrap_or(f64::NAN);
+    let edges_ms = median(e_ms);
+    let report = AttributionBench {
+        model: model.cfg.name.clone(),
+        batch: clean.batch(),
+        n_tokens: clean.max_len(),
+        runs,
+        forward_ms,
+        attribution_ms,
+        forward_equivalents: attribution_ms / forward_ms,
+        edges_ms,
+        edges_forward_equivalents: edges_ms.map(|e| e / forward_ms),
     };
     emit_json(&report, as_json);
     Ok(())

@@ -35,7 +35,8 @@ use crate::interp::patching::{Patcher, PathPatcher, QkvInputs, Receiver, Receive
 use super::edge_graph::{
     Downstream, Edge, EdgeCheck, EdgeGraph, EdgeVerification, Input, Upstream,
 };
-use super::{pearson, scalar, Attribution};
+use super::verify::pearson;
+use super::{scalar, Attribution};
 
 /// Replaces the token embedding (the integrated-gradients interpolation).
 struct EmbedSink(Option<Tensor>);

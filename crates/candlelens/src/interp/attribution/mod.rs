@@ -25,15 +25,17 @@ use candle_core::{DType, Tensor, Var};
 
 use crate::engine::cache::ActivationCache;
 use crate::engine::hooks::{HookFilter, HookPoint, HookSink};
-use crate::engine::model::{HookedTransformer, LogitsAt};
+use crate::engine::model::HookedTransformer;
 use crate::engine::tokens::Tokens;
 use crate::error::{LensError, Result};
-use crate::interp::metrics::{float_metric, normalise, GradMetric};
-use crate::interp::patching::{grid_labels, PatchGrid, PatchTarget, Patcher};
+use crate::interp::metrics::{normalise, GradMetric};
+use crate::interp::patching::{grid_labels, PatchGrid, PatchTarget};
 
 mod edge_graph;
 mod edges;
+mod verify;
 pub use edge_graph::{Downstream, Edge, EdgeCheck, EdgeGraph, EdgeVerification, Input, Upstream};
+pub use verify::{Disagreement, Verification};
 
 /// The hook points whose activations and gradients the node grids read.
 fn node_point(hp: &HookPoint) -> bool {
@@ -87,23 +89,57 @@ impl HookSink for GradSink {
     }
 }
 
-/// One run with gradients: the metric's value, and each node's activation (detached) and
-/// gradient `∂m/∂a`.
-type GradRun = (f32, Vec<(HookPoint, Tensor, Tensor)>);
+/// One run with gradients: the metric's value, each node's activation (detached) and
+/// gradient `∂m/∂a`, and the logits of the `extra` final residuals unembedded with it.
+type GradRun = (f32, Vec<(HookPoint, Tensor, Tensor)>, Option<Tensor>);
+
+/// Each prompt's final residual `[batch, d_model]` of a run through `sink` (no unembedding).
+fn final_residual(
+    model: &HookedTransformer,
+    tokens: &Tokens,
+    sink: &mut dyn HookSink,
+) -> Result<Tensor> {
+    model.check_tokens(tokens)?;
+    let ctx = model.context(tokens.max_len())?;
+    let mut x = model.embed(tokens, sink)?;
+    for l in 0..model.cfg.n_layers {
+        x = model.run_block(l, x, &ctx, sink)?;
+    }
+    model.gather_last(&x, tokens)
+}
+
+/// The clean run, recording the node points, up to its final residual `[batch, d_model]`:
+/// its unembedding joins the corrupted run's (one pass over `W_U` for both).
+fn clean_pass(model: &HookedTransformer, tokens: &Tokens) -> Result<(Tensor, ActivationCache)> {
+    let mut rec = ActivationCache::recorder(HookFilter::Predicate(Box::new(recorded)));
+    let last = final_residual(model, tokens, &mut rec)?;
+    Ok((last, rec.finish(tokens.clone(), &model.cfg)))
+}
 
 fn run_with_grads(
     model: &HookedTransformer,
     tokens: &Tokens,
     embed: Option<Tensor>,
     metric: &GradMetric,
+    extra: Option<&Tensor>,
 ) -> Result<GradRun> {
     let mut sink = GradSink {
         embed,
         leaf: None,
         acts: Vec::new(),
     };
-    let logits = model.forward_with(tokens, LogitsAt::Last, &mut sink)?;
-    let m = scalar(metric, &logits)?;
+    let last = final_residual(model, tokens, &mut sink)?;
+    // the untracked extra rows ride along in the unembedding: one read of a large W_U
+    let (rows, n_extra) = match extra {
+        Some(e) => (Tensor::cat(&[e, &last], 0)?, e.dim(0)?),
+        None => (last, 0),
+    };
+    let logits = model.unembed_residual(&rows)?;
+    let extra_logits = match n_extra {
+        0 => None,
+        n => Some(logits.narrow(0, 0, n)?.detach()),
+    };
+    let m = scalar(metric, &logits.narrow(0, n_extra, tokens.batch())?)?;
     let grads = m.backward()?;
     let value = m.to_dtype(DType::F32)?.to_scalar::<f32>()?;
     let out = sink
@@ -118,7 +154,7 @@ fn run_with_grads(
             Ok((hp, a, g))
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok((value, out))
+    Ok((value, out, extra_logits))
 }
 
 /// The metric of final-position logits, checked to be one number.
@@ -139,7 +175,7 @@ fn scalar(metric: &GradMetric, last_logits: &Tensor) -> Result<Tensor> {
 /// The clean and corrupted runs and the metric's gradients at every node, ready to give
 /// attribution grids for any target.
 ///
-/// Like [`Patcher`], it shares the model and owns all it holds, so a notebook keeps it across
+/// Like [`Patcher`](crate::interp::patching::Patcher), it shares the model and owns all it holds, so a notebook keeps it across
 /// cells.
 pub struct Attribution {
     model: Arc<HookedTransformer>,
@@ -217,30 +253,34 @@ impl Attribution {
             });
         }
         let start = Instant::now();
-        let filter = || Some(HookFilter::Predicate(Box::new(recorded)));
-        let (clean_logits, clean_cache) = model.run_with_cache(clean, filter())?;
+        let value_of = |logits: &Tensor| -> Result<f32> {
+            Ok(scalar(&metric, logits)?
+                .to_dtype(DType::F32)?
+                .to_scalar::<f32>()?)
+        };
+        let (clean_last, clean_cache) = clean_pass(model, clean)?;
         let forward = start.elapsed().as_secs_f64();
-        let clean_value = scalar(&metric, &model.gather_last(&clean_logits, clean)?)?
-            .to_dtype(DType::F32)?
-            .to_scalar::<f32>()?;
         let mut grads = ActivationCache::recorder(HookFilter::Predicate(Box::new(node_point)));
-        let (corrupt_value, corrupt_cache) = match ig_steps {
+        let (clean_value, corrupt_value, corrupt_cache) = match ig_steps {
             None => {
-                // the run with gradients is the corrupted run itself
-                let (value, nodes) = run_with_grads(model, corrupt, None, &metric)?;
+                // the run with gradients is the corrupted run itself; the clean run's final
+                // residuals are unembedded with it
+                let (value, nodes, clean_logits) =
+                    run_with_grads(model, corrupt, None, &metric, Some(&clean_last))?;
+                let clean_logits = clean_logits
+                    .ok_or_else(|| LensError::Internal("clean logits missing".into()))?;
                 let mut cache =
                     ActivationCache::recorder(HookFilter::Predicate(Box::new(recorded)));
                 for (hp, a, g) in nodes {
                     cache.insert(hp, a);
                     grads.insert(hp, g);
                 }
-                (value, cache)
+                (value_of(&clean_logits)?, value, cache)
             }
             Some(steps) => {
-                let (corrupt_logits, cache) = model.run_with_cache(corrupt, filter())?;
-                let value = scalar(&metric, &model.gather_last(&corrupt_logits, corrupt)?)?
-                    .to_dtype(DType::F32)?
-                    .to_scalar::<f32>()?;
+                let clean_value = value_of(&model.unembed_residual(&clean_last)?)?;
+                let (corrupt_last, cache) = clean_pass(model, corrupt)?;
+                let value = value_of(&model.unembed_residual(&corrupt_last)?)?;
                 let e_clean = clean_cache.at(HookPoint::Embed)?;
                 let e_corrupt = cache.at(HookPoint::Embed)?;
                 let delta = (e_clean - e_corrupt)?;
@@ -248,7 +288,7 @@ impl Attribution {
                 for step in 1..=steps {
                     let alpha = step as f64 / steps as f64;
                     let embed = (e_corrupt + (&delta * alpha)?)?;
-                    let (_, nodes) = run_with_grads(model, corrupt, Some(embed), &metric)?;
+                    let (_, nodes, _) = run_with_grads(model, corrupt, Some(embed), &metric, None)?;
                     if sums.is_empty() {
                         sums = nodes.into_iter().map(|(hp, _, g)| (hp, g)).collect();
                     } else {
@@ -261,7 +301,7 @@ impl Attribution {
                 for (hp, s) in sums {
                     grads.insert(hp, (s / steps as f64)?);
                 }
-                (value, cache)
+                (clean_value, value, cache)
             }
         };
         let seconds = start.elapsed().as_secs_f64();
@@ -403,175 +443,11 @@ impl Attribution {
             naive_forwards: rows * cols,
         })
     }
-
-    /// The self-check: the exact sweep on the same grid (clean activations patched into the
-    /// corrupted run, [`Patcher::sweep`]) beside the estimate, their correlation, and every
-    /// cell where `|estimate − exact| > threshold` (normalised units).
-    ///
-    /// # Errors
-    /// As [`Self::nodes`] and [`Patcher::sweep`]; [`LensError::BadParameter`] for a
-    /// negative or non-finite threshold.
-    pub fn verify(&self, target: PatchTarget, threshold: f32) -> Result<Verification> {
-        if !(threshold.is_finite() && threshold >= 0.0) {
-            return Err(LensError::BadParameter {
-                name: "threshold".into(),
-                value: threshold.to_string(),
-                fix: "use a finite, non-negative difference in normalised units (e.g. 0.1)".into(),
-            });
-        }
-        let estimate = self.nodes(target)?;
-        let mut patcher = Patcher::new(
-            &self.model,
-            &self.clean_tokens,
-            &self.corrupt_tokens,
-            float_metric(&self.metric),
-        )?;
-        patcher.progress = false;
-        let exact = patcher.sweep(target)?;
-        let mut wrong = Vec::new();
-        let (mut xs, mut ys) = (Vec::new(), Vec::new());
-        for (r, (er, xr)) in estimate.values.iter().zip(&exact.values).enumerate() {
-            for (col, (&e, &x)) in er.iter().zip(xr).enumerate() {
-                xs.push(e as f64);
-                ys.push(x as f64);
-                if (e - x).abs() > threshold {
-                    wrong.push(Disagreement {
-                        row: estimate.row_labels[r].clone(),
-                        col: estimate.col_labels[col].clone(),
-                        estimate: e,
-                        exact: x,
-                    });
-                }
-            }
-        }
-        wrong.sort_by(|a, b| {
-            (b.estimate - b.exact)
-                .abs()
-                .total_cmp(&(a.estimate - a.exact).abs())
-        });
-        let max_abs_error = xs
-            .iter()
-            .zip(&ys)
-            .map(|(e, x)| (e - x).abs() as f32)
-            .fold(0.0, f32::max);
-        Ok(Verification {
-            correlation: pearson(&xs, &ys),
-            max_abs_error,
-            threshold,
-            wrong,
-            estimate,
-            exact,
-        })
-    }
-}
-
-/// One cell where the attribution estimate and the exact patching score disagree.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct Disagreement {
-    /// The row label (layer, or `L{l}H{h}`).
-    pub row: String,
-    /// The column label (position, or `H{h}`).
-    pub col: String,
-    /// The attribution estimate.
-    pub estimate: f32,
-    /// The exact patching score.
-    pub exact: f32,
-}
-
-/// What [`Attribution::verify`] found.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct Verification {
-    /// The attribution grid.
-    pub estimate: PatchGrid,
-    /// The exact sweep's grid.
-    pub exact: PatchGrid,
-    /// Pearson correlation of the two over every cell (NaN when either is constant).
-    pub correlation: f64,
-    /// The largest `|estimate − exact|`.
-    pub max_abs_error: f32,
-    /// The threshold `wrong` was drawn with.
-    pub threshold: f32,
-    /// The cells beyond the threshold, worst first.
-    pub wrong: Vec<Disagreement>,
-}
-
-impl Verification {
-    /// Every cell as a point (exact patching score, attribution estimate) with the line
-    /// `y = x`: cells on the line are where the linear estimate can be trusted. The cells off by
-    /// more than the threshold carry their labels.
-    pub fn figure(&self, title: &str) -> crate::viz::Figure {
-        let mut points = Vec::new();
-        let mut labels = Vec::new();
-        for (r, (er, xr)) in self
-            .estimate
-            .values
-            .iter()
-            .zip(&self.exact.values)
-            .enumerate()
-        {
-            for (c, (&e, &x)) in er.iter().zip(xr).enumerate() {
-                points.push((x, e));
-                labels.push(if (e - x).abs() > self.threshold {
-                    format!(
-                        "{} {}",
-                        self.estimate.row_labels[r], self.estimate.col_labels[c]
-                    )
-                } else {
-                    String::new()
-                });
-            }
-        }
-        crate::viz::Figure::scatter(points, labels, title)
-            .with_diagonal()
-            .axes(
-                "exact patching (normalised)",
-                "attribution estimate (normalised)",
-            )
-    }
-}
-
-impl std::fmt::Display for Verification {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let cells = self.estimate.values.iter().map(Vec::len).sum::<usize>();
-        writeln!(
-            f,
-            "{}: attribution vs exact patching over {cells} cells: correlation {:.3}, largest error {:.3}; {} cells off by more than {}",
-            self.estimate.target.name(),
-            self.correlation,
-            self.max_abs_error,
-            self.wrong.len(),
-            self.threshold
-        )?;
-        for d in self.wrong.iter().take(10) {
-            writeln!(
-                f,
-                "  row {} col {}: estimate {:+.3}, exact {:+.3}",
-                d.row, d.col, d.estimate, d.exact
-            )?;
-        }
-        Ok(())
-    }
-}
-
-/// Pearson correlation; NaN when either side is constant.
-fn pearson(x: &[f64], y: &[f64]) -> f64 {
-    let n = x.len() as f64;
-    if x.is_empty() {
-        return f64::NAN;
-    }
-    let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
-    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
-    for (a, b) in x.iter().zip(y) {
-        sxy += (a - mx) * (b - my);
-        sxx += (a - mx).powi(2);
-        syy += (b - my).powi(2);
-    }
-    sxy / (sxx * syy).sqrt()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::pearson;
+    use super::verify::pearson;
 
     #[test]
     fn pearson_is_one_on_a_line_and_nan_on_a_constant() {
