@@ -15,12 +15,13 @@
 //! ```
 
 // The tree follows the data flow: load -> run (engine) -> cache (engine) -> analyse (interp,
-// studies) -> show (viz, notebook).
+// studies, sae) -> show (viz, notebook).
 pub mod engine;
 pub mod error;
 pub mod interp;
 pub mod load;
 pub mod notebook;
+pub mod sae;
 pub mod studies;
 pub mod viz;
 

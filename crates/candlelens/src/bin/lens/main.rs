@@ -24,6 +24,7 @@ mod models;
 mod patch;
 mod path_patch;
 mod run;
+mod sae;
 
 #[derive(Parser)]
 #[command(
@@ -50,6 +51,9 @@ enum Cmd {
     /// Path patching: the clean output of sender heads along the paths into receivers only
     /// (the logits, or heads' queries, keys or values), every other head frozen.
     PathPatch(path_patch::PathPatchArgs),
+    /// A sparse autoencoder or transcoder spliced into one prompt's run: L0, reconstruction
+    /// error and the strongest features at a position.
+    Sae(sae::SaeArgs),
     /// Linear relational embedding: fit on 60% of a relation, faithfulness on the rest.
     Lre(lre::LreArgs),
     /// List the registered model aliases.
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
         Cmd::Attribute(a) => attribute::attribute(a),
         Cmd::PathPatch(a) => path_patch::path_patch(a),
         Cmd::Lre(a) => lre::lre(a),
+        Cmd::Sae(a) => sae::sae(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

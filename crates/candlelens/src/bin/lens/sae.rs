@@ -1,0 +1,152 @@
+//! `lens sae`: an SAE or transcoder spliced into one prompt's run — its sparsity, how well it
+//! reconstructs, and the strongest features at one position.
+
+use candlelens::prelude::*;
+use candlelens::sae::splice::Splice;
+use candlelens::sae::Sae;
+use clap::Args;
+use serde::Serialize;
+
+use crate::common::{bos_flag, emit, emit_json};
+
+#[derive(Args)]
+pub struct SaeArgs {
+    /// Alias, local folder, .gguf path, or hub repo id.
+    #[arg(long)]
+    model: String,
+    /// The SAE's folder: SAELens's format (cfg.json + sae_weights.safetensors) or Gemma Scope's
+    /// (params.npz, with --hook).
+    #[arg(long)]
+    sae: String,
+    /// For a Gemma Scope params.npz, which names none: the hook point it reads
+    /// (e.g. blocks.12.hook_resid_post).
+    #[arg(long)]
+    hook: Option<String>,
+    /// The prompt.
+    #[arg(long)]
+    prompt: String,
+    /// The position to read (negative counts from the end).
+    #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
+    pos: i64,
+    /// How many of the strongest features to list.
+    #[arg(long, default_value_t = 10)]
+    top_k: usize,
+    /// Prepend BOS (default: the model's tokenizer default).
+    #[arg(long, conflicts_with = "no_bos")]
+    bos: bool,
+    /// Do not prepend BOS.
+    #[arg(long)]
+    no_bos: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Feature {
+    pos: usize,
+    feature: usize,
+    act: f32,
+}
+
+/// What `lens sae --json` prints.
+#[derive(Serialize)]
+struct Report {
+    model: String,
+    hook: String,
+    hook_out: Option<String>,
+    d_sae: usize,
+    pos: usize,
+    token: String,
+    /// Active features at the position.
+    l0: usize,
+    /// `‖x − recons‖ / ‖x‖` at the position (x the activation the SAE predicts).
+    recon_rel_error: f32,
+    top_features: Vec<Feature>,
+    notes: Vec<String>,
+}
+
+pub fn sae(a: &SaeArgs) -> candlelens::Result<()> {
+    let sae = match &a.hook {
+        Some(h) => Sae::load_gemma_scope(&a.sae, h)?,
+        None => Sae::load(&a.sae)?,
+    };
+    let model = HookedTransformer::from_pretrained(&a.model)?;
+    let tokens = model.to_tokens(a.prompt.as_str(), bos_flag(a.bos, a.no_bos))?;
+    let pos = tokens.resolve_pos(0, a.pos)?;
+    let (_, cache) = model.run_with_saes(&tokens, &mut [Splice::new(&sae)])?;
+    let name = |w: &str| format!("{}.{w}", sae.output_hook());
+    let acts: Vec<f32> = cache
+        .get(&name("hook_sae_acts_post"))?
+        .i((0, pos))?
+        .to_dtype(DType::F32)?
+        .to_vec1()?;
+    let recons = cache.get(&name("hook_sae_recons"))?.i((0, pos))?;
+    // what the SAE predicts: its output point's activation, the reconstruction plus the error
+    let target = (&recons + cache.get(&name("hook_sae_error"))?.i((0, pos))?)?;
+    let norm = |t: &Tensor| -> candlelens::Result<f32> {
+        Ok(t.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?)
+    };
+    let recon_rel_error = norm(&(&target - &recons)?)? / norm(&target)?.max(1e-12);
+    let mut order: Vec<usize> = (0..acts.len()).filter(|&f| acts[f] > 0.0).collect();
+    let l0 = order.len();
+    order.sort_by(|&x, &y| acts[y].total_cmp(&acts[x]));
+    let top_features: Vec<Feature> = order
+        .into_iter()
+        .take(a.top_k)
+        .map(|f| Feature {
+            pos,
+            feature: f,
+            act: acts[f],
+        })
+        .collect();
+    let token = model
+        .ids_to_str_tokens(&tokens.row(0)?[pos..pos + 1])?
+        .pop()
+        .unwrap_or_default();
+    let report = Report {
+        model: model.cfg.name.clone(),
+        hook: sae.hook.to_string(),
+        hook_out: sae.hook_out.map(|h| h.to_string()),
+        d_sae: sae.d_sae(),
+        pos,
+        token,
+        l0,
+        recon_rel_error,
+        top_features,
+        notes: sae.notes.clone(),
+    };
+    if a.json {
+        emit_json(&report, true);
+        return Ok(());
+    }
+    let mut o = String::new();
+    p!(
+        o,
+        "model {}  SAE at {}{} ({} features)",
+        report.model,
+        report.hook,
+        report
+            .hook_out
+            .as_ref()
+            .map(|h| format!(" -> {h}"))
+            .unwrap_or_default(),
+        report.d_sae
+    );
+    p!(
+        o,
+        "position {} ({:?}): L0 {}, relative reconstruction error {:.4}",
+        pos,
+        report.token,
+        l0,
+        recon_rel_error
+    );
+    for f in &report.top_features {
+        p!(o, "  feature {:>7}  {:.4}", f.feature, f.act);
+    }
+    for n in &report.notes {
+        p!(o, "note: {n}");
+    }
+    emit(&o);
+    Ok(())
+}

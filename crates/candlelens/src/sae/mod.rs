@@ -1,0 +1,305 @@
+//! Sparse autoencoders and transcoders (SAELens's architectures): load the public ones
+//! ([`load`]), splice them into a forward pass ([`splice`]), read their features.
+//!
+//! An SAE reads the activation `x [.., d_in]` at its hook point and writes a sparse code of
+//! `d_sae` features and a reconstruction, as SAELens computes them:
+//!
+//! ```text
+//! x'   = norm_in(x) (− b_dec if apply_b_dec_to_input)
+//! pre  = x' W_enc + b_enc                     hook_sae_acts_pre
+//! post = relu(pre)                            standard
+//!        relu(pre) · [pre > threshold]        jumprelu (strict)
+//!        the k largest of pre, ReLU'd; 0 else topk
+//!                                             hook_sae_acts_post
+//! recons = norm_out(post W_dec + b_dec)       hook_sae_recons
+//! ```
+//!
+//! A transcoder reads one hook point (the MLP's input) and predicts another (its output):
+//! the same code, `d_out` columns in `W_dec`, no `b_dec` subtraction, and for skip transcoders
+//! `+ x W_skipᵀ`.
+
+pub mod load;
+pub mod splice;
+
+use candle_core::{DType, Tensor, D};
+
+use crate::engine::hooks::HookPoint;
+use crate::error::{LensError, Result};
+
+/// How the features are drawn from the pre-activations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// `relu(pre)` (SAELens `standard`, `transcoder`).
+    Relu,
+    /// `relu(pre) · [pre > threshold]` (SAELens `jumprelu`, Gemma Scope).
+    JumpRelu,
+    /// The `k` largest pre-activations per token, ReLU'd; the rest 0 (SAELens `topk`).
+    TopK(usize),
+}
+
+/// SAELens's `normalize_activations`, as it acts when the SAE runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Normalize {
+    /// No normalisation (also what SAELens does at run time for `expected_average_only_in`
+    /// when no scaling factor was folded into the weights).
+    None,
+    /// `x · c` in, `y / c` out, `c = sqrt(d_in) / ‖x‖` per token.
+    ConstantNormRescale,
+    /// `(x − μ) / (σ + 1e-5)` in (σ the unbiased standard deviation), `y σ + μ` out.
+    LayerNorm,
+}
+
+/// A sparse autoencoder or transcoder with its weights and where it reads and writes.
+#[derive(Clone, Debug)]
+pub struct Sae {
+    /// The hook point it reads (SAELens `hook_name`).
+    pub hook: HookPoint,
+    /// The hook point it writes, for a transcoder (SAELens `hook_name_out`); `None` for an SAE,
+    /// which writes where it reads.
+    pub hook_out: Option<HookPoint>,
+    /// How features are drawn.
+    pub activation: Activation,
+    /// Input normalisation.
+    pub normalize: Normalize,
+    /// Subtract `b_dec` from the input before encoding.
+    pub apply_b_dec_to_input: bool,
+    /// `[d_in, d_sae]`.
+    pub w_enc: Tensor,
+    /// `[d_sae]`.
+    pub b_enc: Tensor,
+    /// `[d_sae, d_out]`.
+    pub w_dec: Tensor,
+    /// `[d_out]`.
+    pub b_dec: Tensor,
+    /// `[d_sae]` for JumpReLU.
+    pub threshold: Option<Tensor>,
+    /// `[d_out, d_in]`, a skip transcoder's linear path.
+    pub w_skip: Option<Tensor>,
+    /// Where it came from (a folder, or `release/id`), for messages and displays.
+    pub source: String,
+    /// Notes from loading (a normalisation SAELens does not apply at run time, ...).
+    pub notes: Vec<String>,
+}
+
+/// One pass through an SAE: `[.., d_sae]` codes and the `[.., d_out]` reconstruction.
+#[derive(Clone, Debug)]
+pub struct SaeCode {
+    /// `hook_sae_acts_pre`.
+    pub acts_pre: Tensor,
+    /// `hook_sae_acts_post`: the feature activations.
+    pub acts_post: Tensor,
+}
+
+impl Sae {
+    /// Input width.
+    pub fn d_in(&self) -> usize {
+        self.w_enc.dims()[0]
+    }
+
+    /// Number of features.
+    pub fn d_sae(&self) -> usize {
+        self.w_enc.dims()[1]
+    }
+
+    /// Output width (`d_in` for an SAE).
+    pub fn d_out(&self) -> usize {
+        self.w_dec.dims()[1]
+    }
+
+    /// Whether it predicts another hook point than it reads.
+    pub fn is_transcoder(&self) -> bool {
+        self.hook_out.is_some()
+    }
+
+    /// The hook point it writes.
+    pub fn output_hook(&self) -> HookPoint {
+        self.hook_out.unwrap_or(self.hook)
+    }
+
+    /// Checks the shapes against each other.
+    ///
+    /// # Errors
+    /// [`LensError::BadData`] naming the tensor that does not fit.
+    pub(crate) fn validate(&self) -> Result<()> {
+        let bad = |detail: String| LensError::BadData {
+            what: format!("SAE {}", self.source),
+            detail,
+        };
+        let (d_in, d_sae) = self.w_enc.dims2().map_err(|_| {
+            bad(format!(
+                "W_enc has shape {:?}; it must be [d_in, d_sae]",
+                self.w_enc.dims()
+            ))
+        })?;
+        let (r, d_out) = self.w_dec.dims2().map_err(|_| {
+            bad(format!(
+                "W_dec has shape {:?}; it must be [d_sae, d_out]",
+                self.w_dec.dims()
+            ))
+        })?;
+        if r != d_sae {
+            return Err(bad(format!(
+                "W_dec has {r} rows but W_enc has {d_sae} features"
+            )));
+        }
+        let vec_of = |t: &Tensor, n: usize, name: &str| -> Result<()> {
+            if t.dims() != [n] {
+                return Err(bad(format!(
+                    "{name} has shape {:?}; it must be [{n}]",
+                    t.dims()
+                )));
+            }
+            Ok(())
+        };
+        vec_of(&self.b_enc, d_sae, "b_enc")?;
+        vec_of(&self.b_dec, d_out, "b_dec")?;
+        if let Some(t) = &self.threshold {
+            vec_of(t, d_sae, "threshold")?;
+        }
+        if self.activation == Activation::JumpRelu && self.threshold.is_none() {
+            return Err(bad("a JumpReLU SAE needs a threshold tensor".into()));
+        }
+        if let Activation::TopK(k) = self.activation {
+            if k == 0 || k > d_sae {
+                return Err(bad(format!(
+                    "k = {k} must be between 1 and d_sae = {d_sae}"
+                )));
+            }
+        }
+        if let Some(s) = &self.w_skip {
+            if s.dims() != [d_out, d_in] {
+                return Err(bad(format!(
+                    "W_skip has shape {:?}; it must be [d_out, d_in] = [{d_out}, {d_in}]",
+                    s.dims()
+                )));
+            }
+        }
+        if self.apply_b_dec_to_input && d_in != d_out {
+            return Err(bad("apply_b_dec_to_input needs d_in = d_out".into()));
+        }
+        Ok(())
+    }
+
+    /// The normalisation's input scale and offset for `x [.., d_in]`: `x' = (x − shift) · scale`.
+    fn norm_stats(&self, x: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
+        Ok(match self.normalize {
+            Normalize::None => None,
+            Normalize::ConstantNormRescale => {
+                let n = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
+                let scale = ((n.recip()? * (self.d_in() as f64).sqrt())?).to_dtype(x.dtype())?;
+                Some((scale, x.zeros_like()?.narrow(D::Minus1, 0, 1)?))
+            }
+            Normalize::LayerNorm => {
+                let d = self.d_in() as f64;
+                let mu = x.mean_keepdim(D::Minus1)?;
+                let xc = x.broadcast_sub(&mu)?;
+                // torch's unbiased standard deviation
+                let sd = (xc.sqr()?.sum_keepdim(D::Minus1)? / (d - 1.0).max(1.0))?.sqrt()?;
+                Some(((sd + 1e-5)?.recip()?, mu))
+            }
+        })
+    }
+
+    /// The features of `x [.., d_in]` (any leading axes).
+    ///
+    /// # Errors
+    /// [`LensError::Mismatch`] when the last axis is not `d_in`; tensor errors.
+    pub fn encode(&self, x: &Tensor) -> Result<SaeCode> {
+        self.check_width(x, self.d_in(), "input")?;
+        let x = x.to_dtype(self.w_enc.dtype())?;
+        let mut xs = match self.norm_stats(&x)? {
+            Some((scale, shift)) => x.broadcast_sub(&shift)?.broadcast_mul(&scale)?,
+            None => x,
+        };
+        if self.apply_b_dec_to_input {
+            xs = xs.broadcast_sub(&self.b_dec)?;
+        }
+        let pre = mm(&xs, &self.w_enc, &self.b_enc)?;
+        let post = match self.activation {
+            Activation::Relu => pre.relu()?,
+            Activation::JumpRelu => {
+                let th = self
+                    .threshold
+                    .as_ref()
+                    .ok_or_else(|| LensError::Internal("JumpReLU without a threshold".into()))?;
+                (pre.relu()? * pre.broadcast_gt(th)?.to_dtype(pre.dtype())?)?
+            }
+            Activation::TopK(k) => top_k_relu(&pre, k)?,
+        };
+        Ok(SaeCode {
+            acts_pre: pre,
+            acts_post: post,
+        })
+    }
+
+    /// The reconstruction `[.., d_out]` of features `acts [.., d_sae]`; `x` is the input they
+    /// came from (the normalisation's statistics and a skip transcoder's linear path read it).
+    ///
+    /// # Errors
+    /// [`LensError::Mismatch`] on a width that does not fit; tensor errors.
+    pub fn decode(&self, acts: &Tensor, x: &Tensor) -> Result<Tensor> {
+        self.check_width(acts, self.d_sae(), "feature activations")?;
+        let x = x.to_dtype(self.w_enc.dtype())?;
+        let mut y = mm(acts, &self.w_dec, &self.b_dec)?;
+        if let Some((scale, shift)) = self.norm_stats(&x)? {
+            y = y.broadcast_div(&scale)?.broadcast_add(&shift)?;
+        }
+        if let Some(ws) = &self.w_skip {
+            y = (y + crate::engine::ops::linear(&x, ws, None)?)?;
+        }
+        Ok(y)
+    }
+
+    fn check_width(&self, t: &Tensor, want: usize, what: &str) -> Result<()> {
+        let got = t.dims().last().copied().unwrap_or(0);
+        if got != want {
+            return Err(LensError::Mismatch {
+                what: format!("the SAE {} and its {what}", self.source),
+                detail: format!(
+                    "the {what} is {:?} wide ({got}); the SAE expects {want}",
+                    t.dims()
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `x [.., n] · w [n, m] + b [m]` over any leading axes.
+fn mm(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let n = *dims.last().unwrap_or(&0);
+    let rows = x.elem_count() / n.max(1);
+    let y = x
+        .to_dtype(w.dtype())?
+        .reshape((rows, n))?
+        .matmul(w)?
+        .broadcast_add(b)?;
+    let mut out = dims;
+    if let Some(last) = out.last_mut() {
+        *last = w.dim(1)?;
+    }
+    Ok(y.reshape(out)?)
+}
+
+/// TopK: per row of `pre [.., d_sae]`, the `k` largest entries (raw, possibly negative) keep
+/// `relu(value)`, the others become 0.
+fn top_k_relu(pre: &Tensor, k: usize) -> Result<Tensor> {
+    let shape = pre.shape().clone();
+    let d = pre.dim(D::Minus1)?;
+    let rows = pre.elem_count() / d.max(1);
+    let v: Vec<f32> = pre.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let mut out = vec![0f32; v.len()];
+    let mut idx: Vec<usize> = Vec::with_capacity(d);
+    for r in 0..rows {
+        let row = &v[r * d..(r + 1) * d];
+        idx.clear();
+        idx.extend(0..d);
+        // ties broken by the lower index, as a stable sort would
+        idx.select_nth_unstable_by(k - 1, |&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+        for &j in &idx[..k] {
+            out[r * d + j] = row[j].max(0.0);
+        }
+    }
+    Ok(Tensor::from_vec(out, shape, pre.device())?.to_dtype(pre.dtype())?)
+}

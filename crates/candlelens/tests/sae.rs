@@ -1,0 +1,355 @@
+//! Sparse autoencoders and transcoders: each SAELens architecture (and the pre-6 config, and
+//! Gemma Scope's params.npz) loaded from its on-disk format gives the activations and
+//! reconstructions numpy computes (`scripts/make-sae-reference.py`); spliced into the tiny
+//! Llama, the error term leaves the logits exactly the model's, the reconstruction alone equals
+//! putting `decode(encode(x))` in with a hook, and feature edits act; bad folders and
+//! mismatched models are typed errors.
+
+mod common;
+
+use candlelens::prelude::*;
+use candlelens::sae::splice::Splice;
+use candlelens::sae::{Activation, Sae};
+use common::*;
+
+fn sae(name: &str) -> Sae {
+    Sae::load(fixture_path(&format!("sae/{name}"))).unwrap()
+}
+
+fn rows(v: &serde_json::Value) -> Tensor {
+    let r: Vec<Vec<f32>> = v.as_array().unwrap().iter().map(f32s).collect();
+    let n = r.len();
+    let d = r[0].len();
+    Tensor::from_vec(r.concat(), (n, d), &Device::Cpu).unwrap()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn every_architecture_matches_numpy() {
+    let fx = read_fixture("reference/sae.json");
+    for (name, want_act) in [
+        ("standard", Activation::Relu),
+        ("jumprelu", Activation::JumpRelu),
+        ("topk", Activation::TopK(5)),
+        ("topk_v5", Activation::TopK(3)),
+        ("transcoder", Activation::JumpRelu),
+    ] {
+        let s = sae(name);
+        assert_eq!(s.activation, want_act, "{name}");
+        let r = &fx["saes"][name];
+        let x = rows(&fx[r["input"].as_str().unwrap()]);
+        let code = s.encode(&x).unwrap();
+        let recons = s.decode(&code.acts_post, &x).unwrap();
+        for (what, got) in [
+            ("acts_pre", &code.acts_pre),
+            ("acts_post", &code.acts_post),
+            ("recons", &recons),
+        ] {
+            let d = max_diff(got, &rows(&r[what]));
+            assert!(d < 1e-4, "{name} {what}: {d}");
+        }
+        let l0 = code
+            .acts_post
+            .gt(0f32)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .sum(1)
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            (l0 - r["l0"].as_f64().unwrap() as f32).abs() < 1e-5,
+            "{name} L0"
+        );
+    }
+    // Gemma Scope's raw params.npz, read at a hook the caller names
+    let s =
+        Sae::load_gemma_scope(fixture_path("sae/gemma_scope"), "blocks.1.hook_resid_post").unwrap();
+    let r = &fx["saes"]["gemma_scope"];
+    let x = rows(&fx["x"]);
+    let code = s.encode(&x).unwrap();
+    assert!(max_diff(&code.acts_post, &rows(&r["acts_post"])) < 1e-4);
+    assert!(max_diff(&s.decode(&code.acts_post, &x).unwrap(), &rows(&r["recons"])) < 1e-4);
+    assert_eq!(s.hook, HookPoint::ResidPost(1));
+    // the configs' hook points
+    assert_eq!(sae("standard").hook, HookPoint::ResidPre(1));
+    assert_eq!(sae("topk_v5").hook, HookPoint::ResidPost(0));
+    let t = sae("transcoder");
+    assert_eq!(
+        (t.hook, t.hook_out),
+        (HookPoint::Ln2Normalized(0), Some(HookPoint::MlpOut(0)))
+    );
+}
+
+fn tiny_llama() -> HookedTransformer {
+    HookedTransformer::from_pretrained(fixture_path("tiny/llama").to_str().unwrap()).unwrap()
+}
+
+#[test]
+fn spliced_with_the_error_term_the_model_is_unchanged() {
+    let m = tiny_llama();
+    let t = m
+        .to_tokens(["The pet of this family is", "Is Paris"].as_slice(), None)
+        .unwrap();
+    let plain = m.forward(&t).unwrap();
+    let (a, b, c) = (sae("standard"), sae("topk"), sae("transcoder"));
+    let mut splices = [Splice::new(&a), Splice::new(&b), Splice::new(&c)];
+    let (logits, cache) = m.run_with_saes(&t, &mut splices).unwrap();
+    // bit for bit the run that reads the same points (a read norm output takes the composed
+    // path rather than the fused kernel, ~1 ulp apart), and within rounding of the plain one
+    let points = [a.hook, b.hook, c.hook, c.output_hook()].to_vec();
+    let (observed, _) = m
+        .run_with_cache(&t, Some(HookFilter::Points(points)))
+        .unwrap();
+    assert_eq!(max_diff(&logits, &observed), 0.0);
+    assert!(max_diff(&logits, &plain) < 1e-5);
+    // SAELens's names, recons + error = the activation
+    for hook in [
+        "blocks.1.hook_resid_pre",
+        "blocks.1.hook_resid_mid",
+        "blocks.0.hook_mlp_out",
+    ] {
+        let get = |w: &str| cache.get(&format!("{hook}.{w}")).unwrap().clone();
+        let d = max_diff(
+            &(get("hook_sae_recons") + get("hook_sae_error")).unwrap(),
+            &get("hook_sae_output"),
+        );
+        assert!(d < 1e-5, "{hook}: {d}");
+        assert_eq!(get("hook_sae_acts_post").dims(), &[2, t.max_len(), 48]);
+    }
+    assert!(matches!(
+        cache.get("blocks.1.hook_resid_pre.hook_sae_nope"),
+        Err(LensError::NotCached { .. })
+    ));
+}
+
+#[test]
+fn without_the_error_term_the_reconstruction_goes_on() {
+    let m = tiny_llama();
+    let t = m.to_tokens("The pet of this family is", None).unwrap();
+    for name in ["standard", "jumprelu", "transcoder"] {
+        let s = sae(name);
+        let mut splices = [Splice::new(&s).error_term(false)];
+        let (logits, _) = m.run_with_saes(&t, &mut splices).unwrap();
+        // the same thing with a plain hook: the SAE's input recorded, its output replaced
+        let x_in = std::cell::RefCell::new(None::<Tensor>);
+        let mut hooks = Hooks::new();
+        let sr = &s;
+        hooks
+            .add(&s.hook.to_string(), |act, _| {
+                *x_in.borrow_mut() = Some(act.clone());
+                if sr.is_transcoder() {
+                    return Ok(None);
+                }
+                let code = sr.encode(act)?;
+                Ok(Some(sr.decode(&code.acts_post, act)?))
+            })
+            .unwrap();
+        if s.is_transcoder() {
+            hooks
+                .add(&s.output_hook().to_string(), |_, _| {
+                    let x = x_in.borrow().clone().unwrap();
+                    let code = sr.encode(&x)?;
+                    Ok(Some(sr.decode(&code.acts_post, &x)?))
+                })
+                .unwrap();
+        }
+        let want = m.run_with_hooks(&t, &mut hooks).unwrap();
+        drop(hooks);
+        let d = max_diff(&logits, &want);
+        assert!(d < 1e-5, "{name}: {d}");
+        assert!(
+            max_diff(&logits, &m.forward(&t).unwrap()) > 1e-4,
+            "{name}: the reconstruction changed nothing"
+        );
+    }
+}
+
+#[test]
+fn feature_edits_act_and_report_themselves() {
+    let m = tiny_llama();
+    let t = m.to_tokens("The pet of this family is", None).unwrap();
+    let s = sae("standard");
+    let (_, cache) = m.run_with_saes(&t, &mut [Splice::new(&s)]).unwrap();
+    let acts = cache
+        .get("blocks.1.hook_resid_pre.hook_sae_acts_post")
+        .unwrap()
+        .clone();
+    // the most active feature, ablated
+    let per_feature: Vec<f32> = acts.sum(1).unwrap().sum(0).unwrap().to_vec1().unwrap();
+    let top = (0..per_feature.len())
+        .max_by(|&a, &b| per_feature[a].total_cmp(&per_feature[b]))
+        .unwrap();
+    let (ablated, cache2) = m
+        .run_with_saes(&t, &mut [Splice::new(&s).ablate(&[top])])
+        .unwrap();
+    let edited = cache2
+        .get("blocks.1.hook_resid_pre.hook_sae_acts_post")
+        .unwrap();
+    let col: Vec<f32> = edited
+        .narrow(2, top, 1)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert!(col.iter().all(|&v| v == 0.0));
+    // with the error term on, the edit moves the run by exactly decode(edited) - decode(clean)
+    let plain = m.forward(&t).unwrap();
+    assert!(max_diff(&ablated, &plain) > 1e-5);
+    let clamped = m
+        .run_with_saes(&t, &mut [Splice::new(&s).clamp(top, 10.0)])
+        .unwrap()
+        .1;
+    let c = clamped
+        .get("blocks.1.hook_resid_pre.hook_sae_acts_post")
+        .unwrap();
+    let col: Vec<f32> = c
+        .narrow(2, top, 1)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert!(col.iter().all(|&v| v == 10.0));
+    assert!(matches!(
+        m.run_with_saes(&t, &mut [Splice::new(&s).ablate(&[999])]),
+        Err(LensError::OutOfRange { index: 999, .. })
+    ));
+}
+
+#[test]
+fn bad_folders_and_mismatched_models_are_typed_errors() {
+    let dir = std::env::temp_dir().join(format!("candlelens-sae-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // no files
+    assert!(matches!(
+        Sae::load(&dir),
+        Err(LensError::MissingFile { .. })
+    ));
+    // an architecture Candlelens does not run
+    let src = fixture_path("sae/standard");
+    std::fs::copy(
+        src.join("sae_weights.safetensors"),
+        dir.join("sae_weights.safetensors"),
+    )
+    .unwrap();
+    let cfg = std::fs::read_to_string(src.join("cfg.json")).unwrap();
+    std::fs::write(
+        dir.join("cfg.json"),
+        cfg.replace("\"standard\"", "\"gated\""),
+    )
+    .unwrap();
+    let e = Sae::load(&dir).unwrap_err();
+    assert!(matches!(e, LensError::UnsupportedConfig { .. }), "{e}");
+    assert!(e.to_string().contains("jumprelu"), "{e}");
+    // a hook name that is not one
+    std::fs::write(
+        dir.join("cfg.json"),
+        cfg.replace("blocks.1.hook_resid_pre", "blocks.1.hook_resid_prex"),
+    )
+    .unwrap();
+    assert!(matches!(
+        Sae::load(&dir),
+        Err(LensError::UnknownHook { .. })
+    ));
+    // d_in in the config disagreeing with the weights
+    std::fs::write(
+        dir.join("cfg.json"),
+        cfg.replace("\"d_in\": 64", "\"d_in\": 65"),
+    )
+    .unwrap();
+    let e = Sae::load(&dir).unwrap_err();
+    assert!(e.to_string().contains("d_in"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    // a point of another width than the SAE's (the MLP's hidden layer is 96 wide)
+    let m = tiny_llama();
+    let s = sae("standard");
+    let mut wide = s.clone();
+    wide.hook = HookPoint::MlpPost(0);
+    let t = m.to_tokens("The pet", None).unwrap();
+    let e = m.run_with_saes(&t, &mut [Splice::new(&wide)]).unwrap_err();
+    assert!(matches!(e, LensError::Mismatch { .. }), "{e}");
+    assert!(e.to_string().contains("96"), "{e}");
+    // a layer the model does not have
+    let mut far = s.clone();
+    far.hook = HookPoint::ResidPre(7);
+    assert!(matches!(
+        m.run_with_saes(&t, &mut [Splice::new(&far)]),
+        Err(LensError::LayerOutOfRange { .. })
+    ));
+}
+
+#[test]
+fn lens_sae_reports_sparsity_error_and_top_features() {
+    let run = |extra: &[&str]| {
+        let model = fixture_path("tiny/llama");
+        let mut args = vec![
+            "sae",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "The pet of this family is",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        std::process::Command::new(env!("CARGO_BIN_EXE_lens"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let dir = fixture_path("sae/standard");
+    let out = run(&["--sae", dir.to_str().unwrap(), "--top-k", "4"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["hook"], "blocks.1.hook_resid_pre");
+    assert_eq!(v["d_sae"], 48);
+    let top = v["top_features"].as_array().unwrap();
+    assert!(!top.is_empty() && top.len() <= 4);
+    let acts: Vec<f64> = top.iter().map(|f| f["act"].as_f64().unwrap()).collect();
+    assert!(acts.windows(2).all(|w| w[0] >= w[1]) && acts[0] > 0.0);
+    assert!(v["l0"].as_u64().unwrap() as usize >= top.len());
+    assert!(v["recon_rel_error"].as_f64().unwrap().is_finite());
+    // the same numbers as the library
+    let m = tiny_llama();
+    let t = m.to_tokens("The pet of this family is", None).unwrap();
+    let s = sae("standard");
+    let (_, cache) = m.run_with_saes(&t, &mut [Splice::new(&s)]).unwrap();
+    let last = t.max_len() - 1;
+    let acts_lib: Vec<f32> = cache
+        .get("blocks.1.hook_resid_pre.hook_sae_acts_post")
+        .unwrap()
+        .i((0, last))
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let f0 = top[0]["feature"].as_u64().unwrap() as usize;
+    assert!((acts_lib[f0] as f64 - acts[0]).abs() < 1e-5);
+    // Gemma Scope without --hook, and a missing folder: typed errors, non-zero exit
+    for bad in [fixture_path("sae/gemma_scope"), fixture_path("sae/nope")] {
+        let out = run(&["--sae", bad.to_str().unwrap()]);
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("file not found"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
