@@ -353,3 +353,50 @@ fn lens_sae_reports_sparsity_error_and_top_features() {
         );
     }
 }
+
+#[test]
+fn feature_attribution_is_activation_times_the_finite_difference_slope() {
+    let m = tiny_llama();
+    let t = m
+        .to_tokens(["The pet of this family is", "Is Paris"].as_slice(), None)
+        .unwrap();
+    let pairs = [(5u32, 9u32)];
+    let metric = candlelens::metrics::logit_diff_grad_metric(&pairs);
+    for name in ["standard", "topk", "transcoder"] {
+        let s = sae(name);
+        let fa = m.sae_feature_attribution(&t, &s, &metric).unwrap();
+        let plain = candlelens::metrics::mean(
+            &candlelens::metrics::logit_diff(&m.last_logits(&t).unwrap(), &pairs).unwrap(),
+        );
+        assert!(
+            (fa.metric - plain).abs() < 1e-5,
+            "{name}: the spliced run is not the model's"
+        );
+        let top = fa.top(3).unwrap();
+        assert!(!top.is_empty());
+        for c in top {
+            // move that one feature at that one position by ±eps through a feature edit
+            let eps = 1e-2f32;
+            let moved = |e: f32| -> f32 {
+                let mut sp = [Splice::new(&s).edit_features(move |acts| {
+                    let mut v: Vec<f32> = acts.flatten_all()?.to_vec1()?;
+                    let (_, p, d) = acts.dims3()?;
+                    v[(c.batch * p + c.pos) * d + c.feature] += e;
+                    Ok(Some(Tensor::from_vec(v, acts.shape(), acts.device())?))
+                })];
+                let (logits, _) = m.run_with_saes(&t, &mut sp).unwrap();
+                candlelens::metrics::mean(
+                    &candlelens::metrics::logit_diff(&m.gather_last(&logits, &t).unwrap(), &pairs)
+                        .unwrap(),
+                )
+            };
+            let slope = (moved(eps) - moved(-eps)) / (2.0 * eps);
+            let want = c.act * slope;
+            assert!(
+                (c.score - want).abs() <= 1e-3 + 2e-2 * want.abs(),
+                "{name} {c:?}: {} vs {want}",
+                c.score
+            );
+        }
+    }
+}

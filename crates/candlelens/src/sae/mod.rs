@@ -1,5 +1,6 @@
 //! Sparse autoencoders and transcoders (SAELens's architectures): load the public ones
-//! ([`load`]), splice them into a forward pass ([`splice`]), read their features.
+//! ([`load`]), splice them into a forward pass ([`splice`]), attribute a metric to their
+//! features ([`attribution`]).
 //!
 //! An SAE reads the activation `x [.., d_in]` at its hook point and writes a sparse code of
 //! `d_sae` features and a reconstruction, as SAELens computes them:
@@ -18,6 +19,7 @@
 //! the same code, `d_out` columns in `W_dec`, no `b_dec` subtraction, and for skip transcoders
 //! `+ x W_skipᵀ`.
 
+pub mod attribution;
 pub mod load;
 pub mod splice;
 
