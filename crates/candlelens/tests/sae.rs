@@ -400,3 +400,78 @@ fn feature_attribution_is_activation_times_the_finite_difference_slope() {
         }
     }
 }
+
+#[test]
+fn releases_resolve_by_name_with_suggestions() {
+    use candlelens::sae::releases::{release_names, resolve};
+    let (r, s) = resolve("gemma-scope-2-270m-pt-res", "layer_12_width_16k_l0_medium").unwrap();
+    assert_eq!(r.repo_id, "google/gemma-scope-2-270m-pt");
+    assert_eq!(s.path, "resid_post/layer_12_width_16k_l0_medium");
+    let (r, s) = resolve(
+        "gemma-scope-2b-pt-res-canonical",
+        "layer_12/width_16k/canonical",
+    )
+    .unwrap();
+    assert_eq!(
+        (r.repo_id.as_str(), s.path.as_str()),
+        (
+            "google/gemma-scope-2b-pt-res",
+            "layer_12/width_16k/average_l0_82"
+        )
+    );
+    assert!(release_names()
+        .unwrap()
+        .contains(&"gpt2-small-res-jb".to_string()));
+    let e = resolve("gemma-scope-2-270m-pt-re", "x").unwrap_err();
+    assert!(
+        matches!(e, LensError::UnknownChoice { .. })
+            && e.to_string().contains("gemma-scope-2-270m-pt-res"),
+        "{e}"
+    );
+    let e = resolve("gpt2-small-res-jb", "blocks.8.hook_resid_prex").unwrap_err();
+    assert!(e.to_string().contains("blocks.8.hook_resid_pre"), "{e}");
+}
+
+#[test]
+fn a_release_loads_from_the_hub_cache_without_the_network() {
+    // the HF cache as hf-hub lays it out, holding the SAELens folder of gpt2-small-res-jb's
+    // blocks.8.hook_resid_pre (here: the tiny test SAE); the endpoint is unreachable
+    let home = std::env::temp_dir().join(format!("candlelens-sae-hub-{}", std::process::id()));
+    let repo = home.join("hub/models--jbloom--GPT2-Small-SAEs-Reformatted");
+    let snap = repo.join("snapshots/0123456789abcdef/blocks.8.hook_resid_pre");
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "0123456789abcdef").unwrap();
+    for f in ["cfg.json", "sae_weights.safetensors"] {
+        std::fs::copy(fixture_path("sae/standard").join(f), snap.join(f)).unwrap();
+    }
+    let model = fixture_path("tiny/llama");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lens"))
+        .args([
+            "sae",
+            "--model",
+            model.to_str().unwrap(),
+            "--sae",
+            "gpt2-small-res-jb/blocks.8.hook_resid_pre",
+            "--prompt",
+            "The pet",
+            "--json",
+        ])
+        .env("HF_HOME", &home)
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&home).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["hook"], "blocks.1.hook_resid_pre");
+    // the release says its SAEs were trained with center_writing_weights
+    assert!(
+        v["notes"].to_string().contains("center_writing_weights"),
+        "{v}"
+    );
+}

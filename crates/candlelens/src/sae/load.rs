@@ -87,7 +87,11 @@ impl Sae {
     /// a config or tensor that does not fit; [`LensError::UnsupportedConfig`] for another
     /// architecture; [`LensError::UnknownHook`] for a hook name Candlelens does not have.
     pub fn load(dir: impl AsRef<Path>) -> Result<Sae> {
-        let dir = dir.as_ref();
+        Self::load_with(dir.as_ref(), None)
+    }
+
+    /// [`Sae::load`] with a release's `config_overrides` laid over `cfg.json`'s fields.
+    pub(crate) fn load_with(dir: &Path, overrides: Option<&Value>) -> Result<Sae> {
         let cfg_path = dir.join("cfg.json");
         if !cfg_path.exists() {
             if dir.join("params.safetensors").exists() && dir.join("config.json").exists() {
@@ -102,10 +106,15 @@ impl Sae {
             path: cfg_path.clone(),
             source: e,
         })?;
-        let cfg: Value = serde_json::from_str(&text).map_err(|e| LensError::Json {
+        let mut cfg: Value = serde_json::from_str(&text).map_err(|e| LensError::Json {
             what: cfg_path.display().to_string(),
             detail: e.to_string(),
         })?;
+        if let (Some(Value::Object(o)), Value::Object(c)) = (overrides, &mut cfg) {
+            for (k, v) in o {
+                c.insert(k.clone(), v.clone());
+            }
+        }
         let meta = cfg.get("metadata").cloned().unwrap_or(Value::Null);
         let field = |k: &str| -> Option<&Value> {
             cfg.get(k)
@@ -198,6 +207,15 @@ impl Sae {
                 ))
             }
         };
+        // TransformerLens's center_writing_weights (GPT-2 SAEs trained on it) makes every
+        // residual vector mean-zero; the SAE reads the centred activation
+        let center_input = field("model_from_pretrained_kwargs")
+            .and_then(|k| k.get("center_writing_weights"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        if center_input {
+            notes.push("trained on TransformerLens with center_writing_weights: the SAE reads the activation minus its mean over d_model".into());
+        }
         let is_transcoder = arch.contains("transcoder");
         let apply_b_dec_to_input = field("apply_b_dec_to_input")
             .and_then(Value::as_bool)
@@ -238,6 +256,7 @@ impl Sae {
             b_dec: need(&mut ts, "b_dec", &file)?,
             threshold,
             w_skip: take(&mut ts, &["W_skip"]),
+            center_input,
             source: dir.display().to_string(),
             notes,
         };
@@ -317,6 +336,7 @@ impl Sae {
             b_dec: need(&mut ts, "b_dec", file)?,
             threshold: Some(need(&mut ts, "threshold", file)?),
             w_skip: take(&mut ts, &["affine_skip_connection"]),
+            center_input: false,
             source: dir.display().to_string(),
             notes: Vec::new(),
         };

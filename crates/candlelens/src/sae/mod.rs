@@ -21,6 +21,7 @@
 
 pub mod attribution;
 pub mod load;
+pub mod releases;
 pub mod splice;
 
 use candle_core::{DType, Tensor, D};
@@ -77,6 +78,9 @@ pub struct Sae {
     pub threshold: Option<Tensor>,
     /// `[d_out, d_in]`, a skip transcoder's linear path.
     pub w_skip: Option<Tensor>,
+    /// Subtract the input's mean over its last axis first (SAEs trained on TransformerLens
+    /// models with `center_writing_weights`, whose residual stream is mean-zero).
+    pub center_input: bool,
     /// Where it came from (a folder, or `release/id`), for messages and displays.
     pub source: String,
     /// Notes from loading (a normalisation SAELens does not apply at run time, ...).
@@ -208,7 +212,10 @@ impl Sae {
     /// [`LensError::Mismatch`] when the last axis is not `d_in`; tensor errors.
     pub fn encode(&self, x: &Tensor) -> Result<SaeCode> {
         self.check_width(x, self.d_in(), "input")?;
-        let x = x.to_dtype(self.w_enc.dtype())?;
+        let mut x = x.to_dtype(self.w_enc.dtype())?;
+        if self.center_input {
+            x = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+        }
         let mut xs = match self.norm_stats(&x)? {
             Some((scale, shift)) => x.broadcast_sub(&shift)?.broadcast_mul(&scale)?,
             None => x,

@@ -14,8 +14,9 @@ pub struct SaeArgs {
     /// Alias, local folder, .gguf path, or hub repo id.
     #[arg(long)]
     model: String,
-    /// The SAE's folder: SAELens's format (cfg.json + sae_weights.safetensors) or Gemma Scope's
-    /// (params.npz, with --hook).
+    /// The SAE: a folder in SAELens's format (cfg.json + sae_weights.safetensors) or Gemma
+    /// Scope's (params.npz, with --hook), or RELEASE/ID of SAELens's release table
+    /// (gemma-scope-2-270m-pt-res/layer_12_width_16k_l0_medium), downloaded from the hub.
     #[arg(long)]
     sae: String,
     /// For a Gemma Scope params.npz, which names none: the hook point it reads
@@ -67,9 +68,12 @@ struct Report {
 }
 
 pub fn sae(a: &SaeArgs) -> candlelens::Result<()> {
-    let sae = match &a.hook {
-        Some(h) => Sae::load_gemma_scope(&a.sae, h)?,
-        None => Sae::load(&a.sae)?,
+    let path = std::path::Path::new(&a.sae);
+    let looks_like_path = a.sae.starts_with(['.', '/', '~']) || path.exists();
+    let sae = match (&a.hook, a.sae.split_once('/')) {
+        (Some(h), _) => Sae::load_gemma_scope(path, h)?,
+        (None, Some((release, id))) if !looks_like_path => Sae::from_pretrained(release, id)?,
+        (None, _) => Sae::load(path)?,
     };
     let model = HookedTransformer::from_pretrained(&a.model)?;
     let tokens = model.to_tokens(a.prompt.as_str(), bos_flag(a.bos, a.no_bos))?;
