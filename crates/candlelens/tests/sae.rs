@@ -475,3 +475,74 @@ fn a_release_loads_from_the_hub_cache_without_the_network() {
         "{v}"
     );
 }
+
+#[test]
+fn a_feature_view_shows_where_it_fires_and_what_it_writes() {
+    use candlelens::sae::views::{top_features_table, FeatureView};
+    let m = tiny_llama();
+    let t = m
+        .to_tokens(
+            [
+                "The pet of this family is",
+                "Is Paris the capital of France",
+                "1 2 3",
+            ]
+            .as_slice(),
+            None,
+        )
+        .unwrap();
+    let s = sae("standard");
+    let (_, cache) = m.run_with_saes(&t, &mut [Splice::new(&s)]).unwrap();
+    let acts = cache
+        .get("blocks.1.hook_resid_pre.hook_sae_acts_post")
+        .unwrap()
+        .clone();
+    let table = top_features_table(&acts, 0, 2, 5, "top features").unwrap();
+    let html = table.to_html();
+    // the strongest feature at prompt 0, position 2, from the cache itself
+    let v: Vec<f32> = acts.i((0, 2)).unwrap().to_vec1().unwrap();
+    let best = (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap();
+    assert!(html.contains(&format!("{:.4}", v[best])), "{html}");
+    let view = FeatureView::build(&m, &s, &t, best, 4, 3).unwrap();
+    assert!(!view.contexts.is_empty());
+    assert!(view.contexts.windows(2).all(|w| w[0].act >= w[1].act));
+    for c in &view.contexts {
+        let a: f32 = acts
+            .i((c.prompt, c.pos, best))
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!((a - c.act).abs() < 1e-6 && (c.tokens[c.peak].1 - a).abs() < 1e-6);
+    }
+    assert_eq!(view.activations.len(), t.lengths().iter().sum::<usize>());
+    // logit effects: W_dec[f] · W_U, from the weight views
+    let wu = m.W_U().unwrap();
+    let eff: Vec<f32> = s
+        .w_dec
+        .i(best)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap()
+        .matmul(&wu)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let top = eff.iter().copied().fold(f32::MIN, f32::max);
+    let low = eff.iter().copied().fold(f32::MAX, f32::min);
+    assert!((view.promoted[0].1 - top).abs() < 1e-4 && (view.suppressed[0].1 - low).abs() < 1e-4);
+    let html = view.to_html().unwrap();
+    assert!(
+        html.contains("<svg") && html.contains("rgba(255,140,0"),
+        "{html}"
+    );
+    assert!(matches!(
+        FeatureView::build(&m, &s, &t, 48, 4, 3),
+        Err(LensError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        top_features_table(&acts, 3, 0, 5, "x"),
+        Err(LensError::OutOfRange { .. })
+    ));
+}

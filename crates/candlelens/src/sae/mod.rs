@@ -23,6 +23,7 @@ pub mod attribution;
 pub mod load;
 pub mod releases;
 pub mod splice;
+pub mod views;
 
 use candle_core::{DType, Tensor, D};
 

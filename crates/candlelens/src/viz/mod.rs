@@ -16,6 +16,7 @@ use plotters::prelude::*;
 
 pub use attention::AttentionView;
 pub use chart::{rdbu, Chart};
+pub(crate) use table::escape;
 pub use table::Table;
 
 use crate::error::{LensError, Result};

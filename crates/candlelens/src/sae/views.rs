@@ -1,0 +1,300 @@
+//! Feature views, offline HTML like every other display: a feature's top-activating contexts
+//! with per-token shading, the tokens its decoder direction promotes and suppresses through
+//! `W_U`, and the histogram of its activations — in one block ([`FeatureView`]); and the
+//! strongest features at one position ([`top_features_table`]).
+
+use candle_core::{DType, IndexOp, Tensor};
+
+use crate::engine::model::HookedTransformer;
+use crate::engine::tokens::Tokens;
+use crate::error::{LensError, Result};
+use crate::viz::escape;
+use crate::viz::{Figure, Table};
+
+use super::splice::Splice;
+use super::Sae;
+
+/// One context: a prompt's tokens around the position where the feature fired most.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Context {
+    /// The prompt (index into the prompts given).
+    pub prompt: usize,
+    /// The position of the peak.
+    pub pos: usize,
+    /// The activation there.
+    pub act: f32,
+    /// `(token, activation)` for the window around it.
+    pub tokens: Vec<(String, f32)>,
+    /// Where the peak sits in `tokens`.
+    pub peak: usize,
+}
+
+/// What one feature does: where it fires, what it writes, how its activations spread.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FeatureView {
+    /// The feature.
+    pub feature: usize,
+    /// The SAE (`source`) it belongs to.
+    pub sae: String,
+    /// The top-activating contexts, strongest first.
+    pub contexts: Vec<Context>,
+    /// Tokens whose logit the decoder direction raises most: `(token, W_dec[f] · W_U[:, t])`.
+    pub promoted: Vec<(String, f32)>,
+    /// Tokens it lowers most.
+    pub suppressed: Vec<(String, f32)>,
+    /// Every real position's activation (zeros included), for the histogram.
+    pub activations: Vec<f32>,
+}
+
+/// The `k` largest (or most negative) entries of `v` with their indices.
+fn extremes(v: &[f32], k: usize, largest: bool) -> Vec<(usize, f32)> {
+    let mut idx: Vec<usize> = (0..v.len()).collect();
+    idx.sort_by(|&a, &b| {
+        if largest {
+            v[b].total_cmp(&v[a])
+        } else {
+            v[a].total_cmp(&v[b])
+        }
+    });
+    idx.into_iter().take(k).map(|i| (i, v[i])).collect()
+}
+
+impl FeatureView {
+    /// Runs `prompts` with `sae` spliced in (error term on: the model's own run) and gathers
+    /// `feature`'s view: its `k` top contexts (`window` tokens either side), the `k` tokens its
+    /// decoder direction promotes and suppresses through `W_U` (for SAEs writing into the
+    /// residual stream or a block output; the final norm's scale is left out, as Neuronpedia
+    /// does), and its activations.
+    ///
+    /// # Errors
+    /// [`LensError::OutOfRange`] for a feature beyond `d_sae`; as
+    /// [`HookedTransformer::run_with_saes`].
+    pub fn build(
+        model: &HookedTransformer,
+        sae: &Sae,
+        tokens: &Tokens,
+        feature: usize,
+        k: usize,
+        window: usize,
+    ) -> Result<FeatureView> {
+        if feature >= sae.d_sae() {
+            return Err(LensError::OutOfRange {
+                what: "SAE feature".into(),
+                index: feature,
+                len: sae.d_sae(),
+            });
+        }
+        let (_, cache) = model.run_with_saes(tokens, &mut [Splice::new(sae)])?;
+        let acts = cache.get(&format!("{}.hook_sae_acts_post", sae.output_hook()))?;
+        // [batch, pos]
+        let f: Vec<Vec<f32>> = acts
+            .narrow(2, feature, 1)?
+            .squeeze(2)?
+            .to_dtype(DType::F32)?
+            .to_vec2()?;
+        let lengths = tokens.lengths();
+        let mut cells = Vec::new();
+        let mut activations = Vec::new();
+        for (b, row) in f.iter().enumerate() {
+            for (p, &a) in row.iter().enumerate().take(lengths[b]) {
+                activations.push(a);
+                if a > 0.0 {
+                    cells.push((b, p, a));
+                }
+            }
+        }
+        cells.sort_by(|x, y| y.2.total_cmp(&x.2));
+        let mut contexts = Vec::new();
+        for &(b, p, a) in cells.iter().take(k) {
+            let lo = p.saturating_sub(window);
+            let hi = (p + window + 1).min(lengths[b]);
+            let strs = model.ids_to_str_tokens(&tokens.row(b)?[lo..hi])?;
+            contexts.push(Context {
+                prompt: b,
+                pos: p,
+                act: a,
+                tokens: strs.into_iter().zip(f[b][lo..hi].iter().copied()).collect(),
+                peak: p - lo,
+            });
+        }
+        // the decoder direction through the unembedding: [d_vocab]
+        let (promoted, suppressed) = if sae.d_out() == model.cfg.d_model {
+            let dir = sae
+                .w_dec
+                .i(feature)?
+                .to_dtype(model.dtype())?
+                .unsqueeze(0)?;
+            let logits: Vec<f32> = crate::engine::ops::linear(&dir, &model.weights.w_u, None)?
+                .squeeze(0)?
+                .to_dtype(DType::F32)?
+                .to_vec1()?;
+            let name = |(i, v): (usize, f32)| -> Result<(String, f32)> {
+                let s = model
+                    .ids_to_str_tokens(&[i as u32])?
+                    .pop()
+                    .unwrap_or_default();
+                Ok((s, v))
+            };
+            (
+                extremes(&logits, k, true)
+                    .into_iter()
+                    .map(name)
+                    .collect::<Result<Vec<_>>>()?,
+                extremes(&logits, k, false)
+                    .into_iter()
+                    .map(name)
+                    .collect::<Result<Vec<_>>>()?,
+            )
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        Ok(FeatureView {
+            feature,
+            sae: sae.source.clone(),
+            contexts,
+            promoted,
+            suppressed,
+            activations,
+        })
+    }
+
+    /// The activation histogram (positive activations, `bins` equal bins; the count of zeros in
+    /// the title).
+    pub fn histogram(&self, bins: usize) -> Figure {
+        let pos: Vec<f32> = self
+            .activations
+            .iter()
+            .copied()
+            .filter(|&a| a > 0.0)
+            .collect();
+        let zeros = self.activations.len() - pos.len();
+        let max = pos.iter().copied().fold(0f32, f32::max).max(1e-12);
+        let bins = bins.max(1);
+        let mut counts = vec![0f32; bins];
+        for a in &pos {
+            counts[((a / max * bins as f32) as usize).min(bins - 1)] += 1.0;
+        }
+        let labels = (0..bins)
+            .map(|i| format!("{:.2}", max * (i as f32 + 0.5) / bins as f32))
+            .collect();
+        Figure::bar(
+            labels,
+            counts,
+            &format!(
+                "Feature {}: activations over {} positions ({} at zero)",
+                self.feature,
+                self.activations.len(),
+                zeros
+            ),
+        )
+        .axes("activation", "positions")
+        .size(640, 300)
+    }
+
+    /// The view as one HTML block: shaded contexts, the promoted and suppressed tokens, the
+    /// histogram.
+    ///
+    /// # Errors
+    /// Drawing failures.
+    pub fn to_html(&self) -> Result<String> {
+        let max = self
+            .contexts
+            .iter()
+            .map(|c| c.act)
+            .fold(0f32, f32::max)
+            .max(1e-12);
+        let mut h = format!(
+            "<div class=\"candlelens-feature\"><p><b>Feature {} of {}</b></p><p>Top-activating contexts (orange: how strongly it fires on each token):</p>",
+            self.feature,
+            escape(&self.sae)
+        );
+        for c in &self.contexts {
+            h.push_str("<div style=\"font-family:monospace;margin:2px 0\">");
+            h.push_str(&format!(
+                "<span style=\"color:#666\">{:>7.3} prompt {} pos {}&nbsp;&nbsp;</span>",
+                c.act, c.prompt, c.pos
+            ));
+            for (i, (t, a)) in c.tokens.iter().enumerate() {
+                let alpha = (a / max).clamp(0.0, 1.0);
+                let border = if i == c.peak {
+                    "border-bottom:2px solid #c60;"
+                } else {
+                    ""
+                };
+                h.push_str(&format!(
+                    "<span title=\"{a:.3}\" style=\"background:rgba(255,140,0,{alpha:.2});{border}white-space:pre\">{}</span>",
+                    escape(t)
+                ));
+            }
+            h.push_str("</div>");
+        }
+        if self.contexts.is_empty() {
+            h.push_str("<p>(it does not fire on these prompts)</p>");
+        }
+        if !self.promoted.is_empty() {
+            let mut t = Table::new(
+                "Logit effects of the decoder direction (W_dec[f] · W_U)",
+                ["promoted", "", "suppressed", ""],
+            );
+            for ((a, x), (b, y)) in self.promoted.iter().zip(&self.suppressed) {
+                t.row([
+                    format!("{a:?}"),
+                    format!("{x:+.3}"),
+                    format!("{b:?}"),
+                    format!("{y:+.3}"),
+                ]);
+            }
+            h.push_str(&t.to_html());
+        }
+        h.push_str(&self.histogram(20).to_html()?);
+        h.push_str("</div>");
+        Ok(h)
+    }
+
+    /// Shows the view inline in an evcxr notebook (one HTML block).
+    pub fn evcxr_display(&self) {
+        match self.to_html() {
+            Ok(html) => crate::viz::display("text/html", &html),
+            Err(e) => eprintln!("Error: {e}"),
+        }
+    }
+}
+
+/// The strongest features of prompt `b` at position `pos` (activations `[batch, pos,
+/// d_sae]`, e.g. a cache's `hook_sae_acts_post`) as a table.
+///
+/// # Errors
+/// [`LensError::OutOfRange`] for a prompt or position beyond `acts`.
+pub fn top_features_table(
+    acts: &Tensor,
+    b: usize,
+    pos: usize,
+    k: usize,
+    title: &str,
+) -> Result<Table> {
+    let (nb, np, _) = acts.dims3()?;
+    if b >= nb {
+        return Err(LensError::OutOfRange {
+            what: "prompt".into(),
+            index: b,
+            len: nb,
+        });
+    }
+    if pos >= np {
+        return Err(LensError::OutOfRange {
+            what: "position".into(),
+            index: pos,
+            len: np,
+        });
+    }
+    let v: Vec<f32> = acts.i((b, pos))?.to_dtype(DType::F32)?.to_vec1()?;
+    let mut t = Table::new(title, ["rank", "feature", "activation"]);
+    for (r, (f, a)) in extremes(&v, k, true)
+        .into_iter()
+        .filter(|x| x.1 > 0.0)
+        .enumerate()
+    {
+        t.row([(r + 1).to_string(), f.to_string(), format!("{a:.4}")]);
+    }
+    Ok(t)
+}
