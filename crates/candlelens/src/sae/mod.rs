@@ -23,6 +23,7 @@ pub mod attribution;
 pub mod load;
 pub mod releases;
 pub mod splice;
+pub mod train;
 pub mod views;
 
 use candle_core::{DType, Tensor, D};
@@ -294,7 +295,7 @@ fn mm(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// TopK: per row of `pre [.., d_sae]`, the `k` largest entries (raw, possibly negative) keep
 /// `relu(value)`, the others become 0.
-fn top_k_relu(pre: &Tensor, k: usize) -> Result<Tensor> {
+pub(crate) fn top_k_relu(pre: &Tensor, k: usize) -> Result<Tensor> {
     let shape = pre.shape().clone();
     let d = pre.dim(D::Minus1)?;
     let rows = pre.elem_count() / d.max(1);
