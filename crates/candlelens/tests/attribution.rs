@@ -14,11 +14,6 @@ use candlelens::prelude::*;
 use candlelens::Hooks;
 use common::*;
 
-fn tiny(family: &str) -> Arc<HookedTransformer> {
-    let dir = fixture_path(&format!("tiny/{family}"));
-    Arc::new(HookedTransformer::from_pretrained(dir.to_str().unwrap()).unwrap())
-}
-
 const PROMPTS: [&str; 2] = ["The pet of this family is", "Is Paris the capital of"];
 const ANSWER: (u32, u32) = (5, 9);
 

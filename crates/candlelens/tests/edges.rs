@@ -7,19 +7,12 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use candlelens::attribution::{Attribution, Downstream, Input, Upstream};
 use candlelens::engine::hooks::NoHooks;
 use candlelens::engine::split::SplitTaps;
 use candlelens::metrics;
 use candlelens::prelude::*;
 use common::*;
-
-fn tiny(family: &str) -> Arc<HookedTransformer> {
-    let dir = fixture_path(&format!("tiny/{family}"));
-    Arc::new(HookedTransformer::from_pretrained(dir.to_str().unwrap()).unwrap())
-}
 
 const ANSWER: (u32, u32) = (5, 9);
 

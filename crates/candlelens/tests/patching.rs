@@ -10,11 +10,6 @@ use candlelens::metrics;
 use candlelens::prelude::*;
 use common::*;
 
-fn tiny(family: &str) -> Arc<HookedTransformer> {
-    let dir = fixture_path(&format!("tiny/{family}"));
-    Arc::new(HookedTransformer::from_pretrained(dir.to_str().unwrap()).unwrap())
-}
-
 /// Clean prompts and corruptions that change two token positions.
 fn pair(m: &HookedTransformer) -> (Tokens, Tokens) {
     let clean = m

@@ -11,11 +11,6 @@ use candlelens::patching::{PathPatcher, QkvInputs, Receiver, Receivers};
 use candlelens::prelude::*;
 use common::*;
 
-fn tiny(family: &str) -> Arc<HookedTransformer> {
-    let dir = fixture_path(&format!("tiny/{family}"));
-    Arc::new(HookedTransformer::from_pretrained(dir.to_str().unwrap()).unwrap())
-}
-
 /// Two prompts of different lengths (right-padded) and corruptions of two positions each.
 fn patcher(m: &Arc<HookedTransformer>) -> PathPatcher {
     let clean = m

@@ -178,6 +178,19 @@ fn without_the_error_term_the_reconstruction_goes_on() {
     }
 }
 
+/// Feature `f`'s activations at every position of a spliced run of the `standard` SAE.
+fn feature_values(cache: &candlelens::sae::splice::SaeCache, f: usize) -> Vec<f32> {
+    let acts = cache
+        .get("blocks.1.hook_resid_pre.hook_sae_acts_post")
+        .unwrap();
+    acts.narrow(2, f, 1)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
 #[test]
 fn feature_edits_act_and_report_themselves() {
     let m = tiny_llama();
@@ -196,16 +209,7 @@ fn feature_edits_act_and_report_themselves() {
     let (ablated, cache2) = m
         .run_with_saes(&t, &mut [Splice::new(&s).ablate(&[top])])
         .unwrap();
-    let edited = cache2
-        .get("blocks.1.hook_resid_pre.hook_sae_acts_post")
-        .unwrap();
-    let col: Vec<f32> = edited
-        .narrow(2, top, 1)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let col = feature_values(&cache2, top);
     assert!(col.iter().all(|&v| v == 0.0));
     // with the error term on, the edit moves the run by exactly decode(edited) - decode(clean)
     let plain = m.forward(&t).unwrap();
@@ -214,16 +218,7 @@ fn feature_edits_act_and_report_themselves() {
         .run_with_saes(&t, &mut [Splice::new(&s).clamp(top, 10.0)])
         .unwrap()
         .1;
-    let c = clamped
-        .get("blocks.1.hook_resid_pre.hook_sae_acts_post")
-        .unwrap();
-    let col: Vec<f32> = c
-        .narrow(2, top, 1)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let col = feature_values(&clamped, top);
     assert!(col.iter().all(|&v| v == 10.0));
     assert!(matches!(
         m.run_with_saes(&t, &mut [Splice::new(&s).ablate(&[999])]),

@@ -396,28 +396,23 @@ mod tests {
         let w = Tensor::randn(0f32, 1., (3, 7), &dev).unwrap();
         let y = linear_input_grad(x.as_tensor(), &w).unwrap();
         let want = x.as_tensor().matmul(&w.t().unwrap()).unwrap();
-        let d = (&y - &want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs((&y - &want).unwrap());
         assert!(d < 1e-5, "{d}");
         let g = (y.sqr().unwrap().sum_all().unwrap()).backward().unwrap();
         let g2 = (want.sqr().unwrap().sum_all().unwrap()).backward().unwrap();
         let a = g.get(x.as_tensor()).unwrap();
         let b = g2.get(x.as_tensor()).unwrap();
-        let d = (a - b)
-            .unwrap()
-            .abs()
+        let d = max_abs((a - b).unwrap());
+        assert!(d < 1e-5, "{d}");
+    }
+
+    fn max_abs(t: Tensor) -> f32 {
+        t.abs()
             .unwrap()
             .max_all()
             .unwrap()
             .to_scalar::<f32>()
-            .unwrap();
-        assert!(d < 1e-5, "{d}");
+            .unwrap()
     }
 
     /// `op`'s value and the gradient of `Σ (op(x) ⊙ c)` against the composed reference's.
@@ -431,22 +426,14 @@ mod tests {
         let c = Tensor::randn(0f32, 1., shape, &dev).unwrap();
         let y = op(x.as_tensor()).unwrap();
         let want = reference(x.as_tensor()).unwrap();
-        let max = |t: Tensor| {
-            t.abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
-        assert!(max((&y - &want).unwrap()) < 1e-5);
+        assert!(max_abs((&y - &want).unwrap()) < 1e-5);
         let g = (&y * &c).unwrap().sum_all().unwrap().backward().unwrap();
         let g2 = (&want * &c).unwrap().sum_all().unwrap().backward().unwrap();
         let (a, b) = (
             g.get(x.as_tensor()).unwrap(),
             g2.get(x.as_tensor()).unwrap(),
         );
-        let d = max((a - b).unwrap());
+        let d = max_abs((a - b).unwrap());
         assert!(d < 1e-4, "gradients differ by {d}");
     }
 

@@ -179,6 +179,24 @@ pub fn resolve_group_lenient(
     (ids, dropped)
 }
 
+/// Whether a corruption moves the metric at all: the normalised scores of patching and
+/// attribution divide by `clean − corrupted`.
+///
+/// # Errors
+/// [`LensError::NoEffect`] (with `fix`) when either value is not finite or `|clean −
+/// corrupted|` is below `1e-6` of their scale.
+pub fn require_effect(clean: f32, corrupted: f32, fix: &str) -> Result<()> {
+    let scale = clean.abs().max(corrupted.abs()).max(1.0);
+    if !clean.is_finite() || !corrupted.is_finite() || (clean - corrupted).abs() <= 1e-6 * scale {
+        return Err(LensError::NoEffect {
+            clean,
+            corrupted,
+            fix: fix.into(),
+        });
+    }
+    Ok(())
+}
+
 /// `(patched - corrupted) / (clean - corrupted)`: 0 = no recovery, 1 = clean performance.
 pub fn normalise(patched: f32, clean: f32, corrupted: f32) -> f32 {
     (patched - corrupted) / (clean - corrupted)

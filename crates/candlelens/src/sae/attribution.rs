@@ -132,16 +132,7 @@ impl HookedTransformer {
         sae.check_model(&self.cfg)?;
         let mut sink = TapSink { sae, tap: None };
         let logits = self.forward_with(tokens, LogitsAt::Last, &mut sink)?;
-        let m = metric(&logits)?;
-        if m.rank() != 0 {
-            return Err(LensError::Mismatch {
-                what: "the attribution metric".into(),
-                detail: format!(
-                    "it returned shape {:?}; it must reduce the logits to one number (e.g. the mean over the batch)",
-                    m.dims()
-                ),
-            });
-        }
+        let m = crate::interp::attribution::scalar(metric, &logits)?;
         let grads = m.backward()?;
         let (tap, acts, _, _) = sink
             .tap

@@ -78,3 +78,10 @@ pub fn max_abs(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// A tiny random checkpoint of `family` (`tests/fixtures/tiny/<family>`), shared as the
+/// patching and attribution APIs take it.
+pub fn tiny(family: &str) -> Arc<HookedTransformer> {
+    let dir = fixture_path(&format!("tiny/{family}"));
+    Arc::new(HookedTransformer::from_pretrained(dir.to_str().unwrap()).unwrap())
+}

@@ -8,7 +8,7 @@ use candlelens::prelude::*;
 use clap::Args;
 use serde::Serialize;
 
-use crate::common::{answer_pair, bos_flag, emit, emit_json};
+use crate::common::{answer_pair, bos_flag, emit, emit_json, grid_text};
 
 #[derive(Args)]
 pub struct AttributeArgs {
@@ -210,24 +210,7 @@ pub fn attribute(a: &AttributeArgs) -> candlelens::Result<()> {
         grid.corrupted
     );
     p!(o, "tokens: {:?}", str_tokens);
-    p!(
-        o,
-        "estimated (patched - corrupted) / (clean - corrupted); rows {}, columns {}",
-        if target == PatchTarget::HeadsByPos {
-            "heads"
-        } else {
-            "layers"
-        },
-        if target.by_head() {
-            "heads"
-        } else {
-            "positions"
-        }
-    );
-    for (label, row) in grid.row_labels.iter().zip(&grid.values) {
-        let cells: Vec<String> = row.iter().map(|v| format!("{v:6.2}")).collect();
-        p!(o, "{label:>6} {}", cells.join(" "));
-    }
+    grid_text(&mut o, &grid, "estimated", 6);
     p!(
         o,
         "attribution {:.2} s, {:.1} forward-equivalents",

@@ -153,3 +153,22 @@ pub fn answer_pair(
     }
     model.answer_pairs(&[(answers[0].as_str(), answers[1].as_str())])
 }
+
+/// A patching or attribution grid as text: `what`, the normalisation and the axes on one line,
+/// then one line per row (labels right-aligned in `width` columns).
+pub fn grid_text(o: &mut String, grid: &candlelens::patching::PatchGrid, what: &str, width: usize) {
+    use candlelens::patching::PatchTarget;
+    let (rows, cols) = match grid.target {
+        PatchTarget::HeadsByPos => ("heads", "positions"),
+        t if t.by_head() => ("layers", "heads"),
+        _ => ("layers", "positions"),
+    };
+    p!(
+        o,
+        "{what} (patched - corrupted) / (clean - corrupted); rows {rows}, columns {cols}"
+    );
+    for (label, row) in grid.row_labels.iter().zip(&grid.values) {
+        let cells: Vec<String> = row.iter().map(|v| format!("{v:6.2}")).collect();
+        p!(o, "{label:>width$} {}", cells.join(" "));
+    }
+}

@@ -5,7 +5,7 @@ use candlelens::prelude::*;
 use clap::Args;
 use serde::Serialize;
 
-use crate::common::{answer_metric, bos_flag, emit, emit_json};
+use crate::common::{answer_metric, bos_flag, emit, emit_json, grid_text};
 
 #[derive(Args)]
 pub struct PatchArgs {
@@ -74,24 +74,7 @@ pub fn patch(a: &PatchArgs) -> candlelens::Result<()> {
         grid.corrupted
     );
     p!(o, "tokens: {:?}", str_tokens);
-    p!(
-        o,
-        "normalised (patched - corrupted) / (clean - corrupted); rows {}, columns {}",
-        if target == PatchTarget::HeadsByPos {
-            "heads"
-        } else {
-            "layers"
-        },
-        if target.by_head() {
-            "heads"
-        } else {
-            "positions"
-        }
-    );
-    for (label, row) in grid.row_labels.iter().zip(&grid.values) {
-        let cells: Vec<String> = row.iter().map(|v| format!("{v:6.2}")).collect();
-        p!(o, "{label:>6} {}", cells.join(" "));
-    }
+    grid_text(&mut o, &grid, "normalised", 6);
     p!(
         o,
         "sweep {:.2} s, {:.1} forward-equivalents (naive: {} forwards)",

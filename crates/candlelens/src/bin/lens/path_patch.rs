@@ -7,7 +7,7 @@ use candlelens::prelude::*;
 use clap::Args;
 use serde::Serialize;
 
-use crate::common::{answer_pair, bos_flag, emit, emit_json};
+use crate::common::{answer_pair, bos_flag, emit, emit_json, grid_text};
 
 #[derive(Args)]
 pub struct PathPatchArgs {
@@ -129,11 +129,7 @@ pub fn path_patch(a: &PathPatchArgs) -> candlelens::Result<()> {
         );
     }
     if let Some(g) = &grid {
-        p!(o, "each head as the sender: (patched - corrupted) / (clean - corrupted); rows layers, columns heads");
-        for (label, row) in g.row_labels.iter().zip(&g.values) {
-            let cells: Vec<String> = row.iter().map(|v| format!("{v:6.2}")).collect();
-            p!(o, "{label:>4} {}", cells.join(" "));
-        }
+        grid_text(&mut o, g, "each head as the sender:", 4);
         let top: Vec<String> = g
             .strongest(5)
             .into_iter()

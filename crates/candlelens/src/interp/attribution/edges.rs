@@ -29,13 +29,13 @@ use crate::engine::model::{HookedTransformer, LogitsAt};
 use crate::engine::split::SplitTaps;
 use crate::engine::tokens::Tokens;
 use crate::error::{LensError, Result};
-use crate::interp::metrics::{float_metric, GradMetric};
-use crate::interp::patching::{Patcher, PathPatcher, QkvInputs, Receiver, Receivers};
+use crate::interp::metrics::GradMetric;
+use crate::interp::patching::{PathPatcher, QkvInputs, Receiver, Receivers};
 
 use super::edge_graph::{
     Downstream, Edge, EdgeCheck, EdgeGraph, EdgeVerification, Input, Upstream,
 };
-use super::verify::pearson;
+use super::verify::{check_threshold, pearson};
 use super::{scalar, Attribution};
 
 /// Replaces the token embedding (the integrated-gradients interpolation).
@@ -223,14 +223,7 @@ impl Attribution {
     pub fn edges(&self) -> Result<EdgeGraph> {
         let cfg = &self.model.cfg;
         let (c, k) = (self.clean_value, self.corrupt_value);
-        let scale = c.abs().max(k.abs()).max(1.0);
-        if !c.is_finite() || !k.is_finite() || (c - k).abs() <= 1e-6 * scale {
-            return Err(LensError::NoEffect {
-                clean: c,
-                corrupted: k,
-                fix: "choose a corruption that changes the answer (and answers that differ)".into(),
-            });
-        }
+        self.check_effect()?;
         let t0 = Instant::now();
         let g = self.down_grads()?;
         let ups = self.upstream_deltas()?;
@@ -303,20 +296,8 @@ impl Attribution {
         k: usize,
         threshold: f32,
     ) -> Result<EdgeVerification> {
-        if !(threshold.is_finite() && threshold >= 0.0) {
-            return Err(LensError::BadParameter {
-                name: "threshold".into(),
-                value: threshold.to_string(),
-                fix: "use a finite, non-negative difference in normalised units (e.g. 0.1)".into(),
-            });
-        }
-        let patcher = Patcher::new(
-            &self.model,
-            &self.clean_tokens,
-            &self.corrupt_tokens,
-            float_metric(&self.metric),
-        )?;
-        let mut pp = PathPatcher::from_patcher(patcher);
+        check_threshold(threshold)?;
+        let mut pp = PathPatcher::from_patcher(self.exact_patcher()?);
         pp.freeze_mlps = true;
         let mut checks = Vec::new();
         for e in graph.edges.iter() {

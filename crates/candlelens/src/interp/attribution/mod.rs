@@ -157,8 +157,9 @@ fn run_with_grads(
     Ok((value, out, extra_logits))
 }
 
-/// The metric of final-position logits, checked to be one number.
-fn scalar(metric: &GradMetric, last_logits: &Tensor) -> Result<Tensor> {
+/// The metric of final-position logits, checked to be one number (attribution patching and
+/// SAE feature attribution read it).
+pub(crate) fn scalar(metric: &GradMetric, last_logits: &Tensor) -> Result<Tensor> {
     let m = metric(last_logits)?;
     if m.rank() != 0 {
         return Err(LensError::Mismatch {
@@ -321,6 +322,16 @@ impl Attribution {
         })
     }
 
+    /// Errors unless the corruption moves the metric (every normalised estimate divides by
+    /// `clean − corrupted`).
+    fn check_effect(&self) -> Result<()> {
+        crate::interp::metrics::require_effect(
+            self.clean_value,
+            self.corrupt_value,
+            "choose a corruption that changes the answer (and answers that differ)",
+        )
+    }
+
     /// The metric on the clean run.
     pub fn clean_metric(&self) -> f32 {
         self.clean_value
@@ -373,14 +384,7 @@ impl Attribution {
     pub fn nodes(&self, target: PatchTarget) -> Result<PatchGrid> {
         let cfg = &self.model.cfg;
         let (c, k) = (self.clean_value, self.corrupt_value);
-        let scale = c.abs().max(k.abs()).max(1.0);
-        if !c.is_finite() || !k.is_finite() || (c - k).abs() <= 1e-6 * scale {
-            return Err(LensError::NoEffect {
-                clean: c,
-                corrupted: k,
-                fix: "choose a corruption that changes the answer (and answers that differ)".into(),
-            });
-        }
+        self.check_effect()?;
         if target == PatchTarget::ResidMid && cfg.parallel_attn_mlp {
             return Err(LensError::Unsupported {
                 what: "resid_mid".into(),

@@ -7,7 +7,35 @@ use crate::interp::patching::{PatchGrid, PatchTarget, Patcher};
 
 use super::Attribution;
 
+/// A self-check's threshold: finite and non-negative.
+///
+/// # Errors
+/// [`LensError::BadParameter`] otherwise.
+pub(super) fn check_threshold(threshold: f32) -> Result<()> {
+    if !(threshold.is_finite() && threshold >= 0.0) {
+        return Err(LensError::BadParameter {
+            name: "threshold".into(),
+            value: threshold.to_string(),
+            fix: "use a finite, non-negative difference in normalised units (e.g. 0.1)".into(),
+        });
+    }
+    Ok(())
+}
+
 impl Attribution {
+    /// The exact counterpart of the estimates: a [`Patcher`] on the same prompts and metric
+    /// (progress off).
+    pub(super) fn exact_patcher(&self) -> Result<Patcher> {
+        let mut patcher = Patcher::new(
+            &self.model,
+            &self.clean_tokens,
+            &self.corrupt_tokens,
+            float_metric(&self.metric),
+        )?;
+        patcher.progress = false;
+        Ok(patcher)
+    }
+
     /// The self-check: the exact sweep on the same grid (clean activations patched into the
     /// corrupted run, [`Patcher::sweep`]) beside the estimate, their correlation, and every
     /// cell where `|estimate − exact| > threshold` (normalised units).
@@ -16,22 +44,9 @@ impl Attribution {
     /// As [`Self::nodes`] and [`Patcher::sweep`]; [`LensError::BadParameter`] for a
     /// negative or non-finite threshold.
     pub fn verify(&self, target: PatchTarget, threshold: f32) -> Result<Verification> {
-        if !(threshold.is_finite() && threshold >= 0.0) {
-            return Err(LensError::BadParameter {
-                name: "threshold".into(),
-                value: threshold.to_string(),
-                fix: "use a finite, non-negative difference in normalised units (e.g. 0.1)".into(),
-            });
-        }
+        check_threshold(threshold)?;
         let estimate = self.nodes(target)?;
-        let mut patcher = Patcher::new(
-            &self.model,
-            &self.clean_tokens,
-            &self.corrupt_tokens,
-            float_metric(&self.metric),
-        )?;
-        patcher.progress = false;
-        let exact = patcher.sweep(target)?;
+        let exact = self.exact_patcher()?.sweep(target)?;
         let mut wrong = Vec::new();
         let (mut xs, mut ys) = (Vec::new(), Vec::new());
         for (r, (er, xr)) in estimate.values.iter().zip(&exact.values).enumerate() {

@@ -332,16 +332,11 @@ impl Patcher {
     /// # Errors
     /// [`LensError::NoEffect`] when `|clean − corrupted|` is below `1e-6` of their scale.
     pub fn check_effect(&self) -> Result<()> {
-        let (c, k) = (self.clean_value, self.corrupt_value);
-        let scale = c.abs().max(k.abs()).max(1.0);
-        if !c.is_finite() || !k.is_finite() || (c - k).abs() <= 1e-6 * scale {
-            return Err(LensError::NoEffect {
-                clean: c,
-                corrupted: k,
-                fix: "choose a corruption that changes the answer (and answers that differ), or compare raw metrics instead of normalised scores".into(),
-            });
-        }
-        Ok(())
+        crate::interp::metrics::require_effect(
+            self.clean_value,
+            self.corrupt_value,
+            "choose a corruption that changes the answer (and answers that differ), or compare raw metrics instead of normalised scores",
+        )
     }
 
     fn score(&self, m: f32) -> f32 {

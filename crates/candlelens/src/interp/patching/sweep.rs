@@ -167,14 +167,7 @@ impl Patcher {
                     let cz = self.clean.at(HookPoint::Z(l))?;
                     let kz = self.corrupt.at(HookPoint::Z(l))?;
                     for h in 0..cfg.n_heads {
-                        // [batch, pos, d_head] -> largest difference per position
-                        let diff = (cz.i((.., .., h))? - kz.i((.., .., h))?)?
-                            .abs()?
-                            .max(2)?
-                            .max(0)?
-                            .to_dtype(DType::F32)?
-                            .to_vec1::<f32>()?;
-                        let Some(start) = diff.iter().position(|&d| d > 0.0) else {
+                        let Some(start) = first_difference(cz, kz, h)? else {
                             continue;
                         };
                         let z = kz.narrow(1, start, seq - start)?;
@@ -290,10 +283,11 @@ impl Patcher {
         }
     }
 
-    /// Keys and values of the corrupted run at layer `l` for positions `..start`.
+    /// Keys and values of the corrupted run at layer `l` for positions `..start`, repeated for
+    /// `runs` runs of the batch.
     ///
     /// (See [`first_difference`] for where a head's patch starts.)
-    pub(super) fn past(&self, l: usize, start: usize) -> Result<Option<PastKv>> {
+    pub(super) fn past(&self, l: usize, start: usize, runs: usize) -> Result<Option<PastKv>> {
         if start == 0 {
             return Ok(None);
         }
@@ -303,9 +297,36 @@ impl Patcher {
         };
         let v = self.corrupt.at(HookPoint::V(l))?;
         Ok(Some(PastKv {
-            k: k.narrow(1, 0, start)?.contiguous()?,
-            v: v.narrow(1, 0, start)?.contiguous()?,
+            k: k.narrow(1, 0, start)?
+                .repeat((runs, 1, 1, 1))?
+                .contiguous()?,
+            v: v.narrow(1, 0, start)?
+                .repeat((runs, 1, 1, 1))?
+                .contiguous()?,
         }))
+    }
+
+    /// Each run's final residual `[runs * batch, d_model]` from `x [runs * batch, seq − start,
+    /// d_model]`, the residual after the last block from position `start` on (suffix
+    /// coordinates); prompts that end before `start` keep their corrupted final residual.
+    pub(super) fn finals(&self, x: &Tensor, start: usize) -> Result<Tensor> {
+        let b = self.corrupt_tokens.batch();
+        let runs = x.dim(0)? / b;
+        let last = self.corrupt_tokens.last_positions();
+        let final_corrupt = self
+            .corrupt
+            .at(HookPoint::ResidPost(self.model.cfg.n_layers - 1))?;
+        let mut finals = Vec::with_capacity(runs * b);
+        for r in 0..runs {
+            for (i, &lp) in last.iter().enumerate() {
+                finals.push(if lp >= start {
+                    x.i((r * b + i, lp - start))?
+                } else {
+                    final_corrupt.i((i, lp))?
+                });
+            }
+        }
+        Ok(Tensor::stack(&finals, 0)?)
     }
 
     /// Runs every injection starting at `start` in one growing batch; returns each cell's
@@ -345,15 +366,7 @@ impl Patcher {
             let mut mid = None;
             if let Some(xc) = x.take() {
                 let runs = xc.dim(0)? / b;
-                let past = self
-                    .past(l, start)?
-                    .map(|p| -> Result<PastKv> {
-                        Ok(PastKv {
-                            k: p.k.repeat((runs, 1, 1, 1))?,
-                            v: p.v.repeat((runs, 1, 1, 1))?,
-                        })
-                    })
-                    .transpose()?;
+                let past = self.past(l, start, runs)?;
                 work += (runs * b * s) as f64;
                 let (attn_out, n1, _) =
                     m.block(l)?
@@ -378,22 +391,8 @@ impl Patcher {
         let Some(x) = x else {
             return Ok((Vec::new(), work));
         };
-        // each prompt's final position, in suffix coordinates; prompts that end before the
-        // patched position keep their corrupted final residual
         let runs = x.dim(0)? / b;
-        let last = self.corrupt_tokens.last_positions();
-        let final_corrupt = self.corrupt.at(HookPoint::ResidPost(n_layers - 1))?;
-        let mut finals = Vec::with_capacity(runs * b);
-        for r in 0..runs {
-            for (i, &lp) in last.iter().enumerate() {
-                finals.push(if lp >= start {
-                    x.i((r * b + i, lp - start))?
-                } else {
-                    final_corrupt.i((i, lp))?
-                });
-            }
-        }
-        let logits = m.unembed_residual(&Tensor::stack(&finals, 0)?)?;
+        let logits = m.unembed_residual(&self.finals(&x, start)?)?;
         let mut out = Vec::with_capacity(runs);
         for (r, cell) in cells.into_iter().enumerate() {
             out.push((cell, (self.metric)(&logits.narrow(0, r * b, b)?)?));
@@ -454,7 +453,7 @@ impl Patcher {
 
 /// The first position at which head `h` of `a` and `b` (`[batch, pos, head, ·]`) differ, if
 /// any: positions before it are untouched by patching that head.
-fn first_difference(a: &Tensor, b: &Tensor, h: usize) -> Result<Option<usize>> {
+pub(super) fn first_difference(a: &Tensor, b: &Tensor, h: usize) -> Result<Option<usize>> {
     let diff = (a.narrow(2, h, 1)? - b.narrow(2, h, 1)?)?
         .abs()?
         .flatten_from(2)?

@@ -33,9 +33,9 @@ mod receivers;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use candle_core::{IndexOp, Tensor};
+use candle_core::Tensor;
 
-use crate::engine::block::{PastKv, QkvInputs};
+use crate::engine::block::QkvInputs;
 use crate::engine::hooks::{HookPoint, NoHooks};
 use crate::engine::model::HookedTransformer;
 use crate::engine::tokens::Tokens;
@@ -195,15 +195,8 @@ impl PathPatcher {
         let mut first = seq;
         for run in runs {
             for &(l, h) in run.iter() {
-                // [batch, pos, d_head] -> largest difference per position
-                let diff = (p.clean.at(HookPoint::Z(l))?.i((.., .., h))?
-                    - p.corrupt.at(HookPoint::Z(l))?.i((.., .., h))?)?
-                .abs()?
-                .max(2)?
-                .max(0)?
-                .to_dtype(candle_core::DType::F32)?
-                .to_vec1::<f32>()?;
-                if let Some(pos) = diff.iter().position(|&d| d > 0.0) {
+                let (cz, kz) = (p.clean.at(HookPoint::Z(l))?, p.corrupt.at(HookPoint::Z(l))?);
+                if let Some(pos) = super::sweep::first_difference(cz, kz, h)? {
                     first = first.min(pos);
                 }
             }
@@ -214,17 +207,15 @@ impl PathPatcher {
     /// An activation of the corrupted run at the rows a path-patched run computes:
     /// `[batch, 1 or pos, ·]`.
     fn corrupt_rows(&self, hp: HookPoint, rows: Rows) -> Result<Tensor> {
-        let a = self.patcher.corrupt.at(hp)?;
-        if let Rows::From(p0) = rows {
-            return Ok(a.narrow(1, p0, a.dim(1)? - p0)?);
-        }
-        let last = self.patcher.corrupt_tokens.last_positions();
-        let picked = last
-            .iter()
-            .enumerate()
-            .map(|(i, &lp)| a.i((i, lp..lp + 1)))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Tensor::stack(&picked, 0)?)
+        self.at_rows(self.patcher.corrupt.at(hp)?, rows)
+    }
+
+    /// `t [batch, pos, ·]` at the rows a path-patched run computes: `[batch, 1 or pos, ·]`.
+    fn at_rows(&self, t: &Tensor, rows: Rows) -> Result<Tensor> {
+        Ok(match rows {
+            Rows::From(p0) => t.narrow(1, p0, t.dim(1)? - p0)?,
+            Rows::Last => self.patcher.corrupt_tokens.gather_last(t)?.unsqueeze(1)?,
+        })
     }
 
     /// `hook_attn_out` of layer `l` with the `heads` given their clean `hook_z` (every other
@@ -240,18 +231,8 @@ impl PathPatcher {
                 &cz.narrow(2, h, 1)?,
             )?;
         }
-        if let Rows::From(p0) = rows {
-            let z = z.narrow(1, p0, dims[1] - p0)?;
-            return p.model.block(l)?.attn_out_from_z(&z);
-        }
-        let out = p.model.block(l)?.attn_out_from_z(&z)?;
-        let last = p.corrupt_tokens.last_positions();
-        let picked = last
-            .iter()
-            .enumerate()
-            .map(|(i, &lp)| out.i((i, lp..lp + 1)))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Tensor::stack(&picked, 0)?)
+        // position by position: the rows of z give the rows of the output
+        p.model.block(l)?.attn_out_from_z(&self.at_rows(&z, rows)?)
     }
 
     /// The metric of each run of one chunk, and the block evaluations spent (in position-rows).
@@ -398,17 +379,11 @@ impl PathPatcher {
     ) -> Result<Tensor> {
         let p = &self.patcher;
         let m = &*p.model;
-        let (b, seq) = (p.corrupt_tokens.batch(), p.corrupt_tokens.max_len());
-        let last = p.corrupt_tokens.last_positions();
-        let final_corrupt = p.corrupt.at(HookPoint::ResidPost(m.cfg.n_layers - 1))?;
+        let seq = p.corrupt_tokens.max_len();
         if p0 >= seq {
             // no sender changes anything
-            let rows = last
-                .iter()
-                .enumerate()
-                .map(|(i, &lp)| final_corrupt.i((i, lp)))
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            return Ok(Tensor::stack(&rows, 0)?.repeat((n_runs, 1))?);
+            let last = self.corrupt_rows(HookPoint::ResidPost(m.cfg.n_layers - 1), Rows::Last)?;
+            return Ok(last.squeeze(1)?.repeat((n_runs, 1))?);
         }
         let ctx = m.context(seq)?;
         let mut x = self
@@ -416,15 +391,7 @@ impl PathPatcher {
             .repeat((n_runs, 1, 1))?;
         for l in first..m.cfg.n_layers {
             let block = m.block(l)?;
-            let past = p
-                .past(l, p0)?
-                .map(|kv| -> Result<PastKv> {
-                    Ok(PastKv {
-                        k: kv.k.repeat((n_runs, 1, 1, 1))?,
-                        v: kv.v.repeat((n_runs, 1, 1, 1))?,
-                    })
-                })
-                .transpose()?;
+            let past = p.past(l, p0, n_runs)?;
             x = match (receiver_layers.get(&l), alt.get(&l)) {
                 (Some(inputs), Some(alt)) => {
                     let n1 = block.ln1(&x)?;
@@ -443,16 +410,6 @@ impl PathPatcher {
                 _ => block.forward(x, &ctx, p0, past.as_ref(), &mut NoHooks)?.0,
             };
         }
-        let mut finals = Vec::with_capacity(n_runs * b);
-        for r in 0..n_runs {
-            for (i, &lp) in last.iter().enumerate() {
-                finals.push(if lp >= p0 {
-                    x.i((r * b + i, lp - p0))?
-                } else {
-                    final_corrupt.i((i, lp))?
-                });
-            }
-        }
-        Ok(Tensor::stack(&finals, 0)?)
+        p.finals(&x, p0)
     }
 }
