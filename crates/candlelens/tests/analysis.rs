@@ -147,6 +147,20 @@ fn test_prompt_reports_ranks_like_transformer_lens() {
     let probs: f32 = t.top_k[0].iter().map(|x| x.prob).sum();
     assert!(probs > 0.0 && probs <= 1.0001);
     assert!(t.top_k[0].windows(2).all(|w| w[0].logit >= w[1].logit));
+    // the same list from one row of logits, with probabilities that are the row's softmax
+    let last = m.last_logits(&tokens).unwrap().i(0).unwrap();
+    let top = m.top_tokens(&last, 10).unwrap();
+    assert_eq!(top.len(), 10);
+    for (a, b) in top.iter().zip(&t.top_k[0]) {
+        assert_eq!((a.rank, a.id, &a.token), (b.rank, b.id, &b.token));
+        assert!((a.logit - b.logit).abs() < 1e-4 && (a.prob - b.prob).abs() < 1e-5);
+    }
+    let z: f64 = row.iter().map(|&x| ((x - top[0].logit) as f64).exp()).sum();
+    assert!((top[0].prob as f64 - 1.0 / z).abs() < 1e-6);
+    assert!(matches!(
+        m.top_tokens(&m.last_logits(&tokens).unwrap(), 3),
+        Err(LensError::Mismatch { .. })
+    ));
     let text = t.to_string();
     assert!(
         text.starts_with("Tokenized prompt: [\"<bos>\", \"Is\", \" Paris\""),

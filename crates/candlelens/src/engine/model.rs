@@ -290,23 +290,7 @@ impl HookedTransformer {
     /// [`LensError::TooFew`] if no prompt has two tokens.
     pub fn loss(&self, tokens: &Tokens) -> Result<f32> {
         let logits = self.forward(tokens)?;
-        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        let (mut sum, mut n) = (0f64, 0usize);
-        for (b, row) in tokens.rows().iter().enumerate() {
-            if row.len() < 2 {
-                continue;
-            }
-            let lp = logp.i(b)?;
-            let targets = Tensor::new(&row[1..], &self.device)?;
-            let picked = lp
-                .narrow(0, 0, row.len() - 1)?
-                .gather(&targets.unsqueeze(1)?, 1)?
-                .to_dtype(DType::F32)?
-                .sum_all()?
-                .to_scalar::<f32>()?;
-            sum -= picked as f64;
-            n += row.len() - 1;
-        }
+        let (sum, n) = Self::loss_sum(&logits, tokens)?;
         if n == 0 {
             return Err(LensError::TooFew {
                 what: "tokens in the longest prompt for a next-token loss".into(),
@@ -316,6 +300,32 @@ impl HookedTransformer {
             });
         }
         Ok((sum / n as f64) as f32)
+    }
+
+    /// The summed next-token cross-entropy of `logits [batch, pos, d_vocab]` over every real
+    /// position of `tokens` that has a next token, and how many there are: `(Σ −log p, n)`.
+    ///
+    /// # Errors
+    /// Tensor errors.
+    pub fn loss_sum(logits: &Tensor, tokens: &Tokens) -> Result<(f64, usize)> {
+        let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+        let (mut sum, mut n) = (0f64, 0usize);
+        for (b, row) in tokens.rows().iter().enumerate() {
+            if row.len() < 2 {
+                continue;
+            }
+            let lp = logp.i(b)?;
+            let targets = Tensor::new(&row[1..], logits.device())?;
+            let picked = lp
+                .narrow(0, 0, row.len() - 1)?
+                .gather(&targets.unsqueeze(1)?, 1)?
+                .to_dtype(DType::F32)?
+                .sum_all()?
+                .to_scalar::<f32>()?;
+            sum -= picked as f64;
+            n += row.len() - 1;
+        }
+        Ok((sum, n))
     }
 
     /// The full forward with a hook sink.
@@ -335,6 +345,33 @@ impl HookedTransformer {
             x = self.run_block(l, x, &ctx, sink)?;
         }
         self.unembed(&x, tokens, at, sink)
+    }
+
+    /// The residual stream entering block `stop_at_layer`, `[batch, pos, d_model]`, from
+    /// running only the embedding and blocks `0..stop_at_layer` (TransformerLens's
+    /// `stop_at_layer`): the hooks of those blocks fire, nothing after them runs.
+    ///
+    /// # Errors
+    /// [`LensError::LayerOutOfRange`] for `stop_at_layer > n_layers`; as [`Self::forward`].
+    pub fn run_until(
+        &self,
+        tokens: &Tokens,
+        stop_at_layer: usize,
+        sink: &mut dyn HookSink,
+    ) -> Result<Tensor> {
+        if stop_at_layer > self.cfg.n_layers {
+            return Err(LensError::LayerOutOfRange {
+                layer: stop_at_layer,
+                n_layers: self.cfg.n_layers,
+            });
+        }
+        self.check_tokens(tokens)?;
+        let ctx = self.context(tokens.max_len())?;
+        let mut x = self.embed(tokens, sink)?;
+        for l in 0..stop_at_layer {
+            x = self.run_block(l, x, &ctx, sink)?;
+        }
+        Ok(x)
     }
 
     /// Token (and learned positional) embedding: the residual stream entering block 0,

@@ -122,6 +122,43 @@ impl fmt::Display for PromptTest {
 }
 
 impl HookedTransformer {
+    /// The `k` most likely next tokens of one position's logits `[d_vocab]`, with logits and
+    /// softmax probabilities (most likely first).
+    ///
+    /// # Errors
+    /// [`LensError::Mismatch`] for logits that are not one row of the vocabulary; tokenizer
+    /// errors.
+    pub fn top_tokens(&self, logits: &candle_core::Tensor, k: usize) -> Result<Vec<TopToken>> {
+        if logits.rank() != 1 {
+            return Err(LensError::Mismatch {
+                what: "top_tokens' logits".into(),
+                detail: format!(
+                    "got shape {:?}; pass one position's row [d_vocab] (e.g. logits.i((0, pos)))",
+                    logits.dims()
+                ),
+            });
+        }
+        let row: Vec<f32> = logits.to_dtype(DType::F32)?.to_vec1()?;
+        let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let z: f64 = row.iter().map(|&x| (x as f64 - m).exp()).sum();
+        let mut order: Vec<usize> = (0..row.len()).collect();
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+        order
+            .into_iter()
+            .take(k)
+            .enumerate()
+            .map(|(rank, j)| {
+                Ok(TopToken {
+                    rank,
+                    id: j as u32,
+                    token: self.to_string(&[j as u32])?,
+                    logit: row[j],
+                    prob: ((row[j] as f64 - m).exp() / z) as f32,
+                })
+            })
+            .collect()
+    }
+
     /// Runs `prompt + answer` and reports, at each answer token's position, the answer's rank,
     /// logit and probability and the model's top-k (TransformerLens's `test_prompt`). The prompt
     /// and the answer are tokenized separately and joined, as TransformerLens does, so every
@@ -186,14 +223,7 @@ impl HookedTransformer {
                 })
             };
             answer_rows.push(entry(rank, target)?);
-            tops.push(
-                order
-                    .iter()
-                    .take(top_k)
-                    .enumerate()
-                    .map(|(r, &j)| entry(r, j as u32))
-                    .collect::<Result<Vec<_>>>()?,
-            );
+            tops.push(self.top_tokens(&logits.i((0, pos))?, top_k)?);
         }
         Ok(PromptTest {
             prompt_tokens: self.ids_to_str_tokens(&prompt_ids)?,

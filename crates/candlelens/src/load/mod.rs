@@ -1,6 +1,7 @@
 //! Loading a model from a name: an alias, a local folder, a `.gguf` file, or a hub repo id.
 
 pub mod arch;
+pub mod corpus;
 pub mod gguf;
 mod guard;
 pub mod hub;

@@ -11,6 +11,7 @@ use crate::engine::tokens::Tokens;
 use crate::error::{LensError, Result};
 use crate::interp::metrics::GradMetric;
 
+use super::splice::Splice;
 use super::Sae;
 
 /// Every feature's attribution at every position.
@@ -48,10 +49,21 @@ impl FeatureAttribution {
     /// # Errors
     /// Tensor errors.
     pub fn top(&self, k: usize) -> Result<Vec<FeatureScore>> {
+        self.top_from(k, 0)
+    }
+
+    /// [`Self::top`] among positions `first_pos..` — `1` leaves out BOS, where an SAE trained
+    /// without it fires hugely and meaninglessly.
+    ///
+    /// # Errors
+    /// Tensor errors.
+    pub fn top_from(&self, k: usize, first_pos: usize) -> Result<Vec<FeatureScore>> {
         let (b, p, d) = self.scores.dims3()?;
         let s: Vec<f32> = self.scores.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
         let a: Vec<f32> = self.acts.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-        let mut cells: Vec<usize> = (0..s.len()).filter(|&i| a[i] != 0.0).collect();
+        let mut cells: Vec<usize> = (0..s.len())
+            .filter(|&i| a[i] != 0.0 && (i / d) % p >= first_pos)
+            .collect();
         cells.sort_by(|&x, &y| s[y].abs().total_cmp(&s[x].abs()));
         Ok(cells
             .into_iter()
@@ -65,6 +77,65 @@ impl FeatureAttribution {
             })
             .filter(|c| c.batch < b)
             .collect())
+    }
+}
+
+/// Feature attribution beside exact ablation ([`HookedTransformer::verify_feature_attribution`]).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FeatureCheck {
+    /// The cells checked, strongest estimate first: the cell, the estimate of ablating it
+    /// (`−score`) and the metric's exact change when it is ablated.
+    pub cells: Vec<(FeatureScore, f32, f32)>,
+    /// Pearson correlation of estimate and exact change over the cells.
+    pub correlation: f32,
+    /// Wall time of the ablation runs.
+    pub seconds: f64,
+}
+
+impl std::fmt::Display for FeatureCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "feature attribution vs exact ablation, {} cells: correlation {:.3}",
+            self.cells.len(),
+            self.correlation
+        )?;
+        for (c, est, exact) in &self.cells {
+            writeln!(
+                f,
+                "  prompt {} pos {:>3} feature {:>6}  act {:>8.3}  estimate {:>+9.4}  exact {:>+9.4}",
+                c.batch, c.pos, c.feature, c.act, est, exact
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl FeatureCheck {
+    /// The check as a table.
+    pub fn table(&self, title: &str) -> crate::viz::Table {
+        let mut t = crate::viz::Table::new(
+            title,
+            [
+                "prompt",
+                "pos",
+                "feature",
+                "act",
+                "estimate (−score)",
+                "exact ablation",
+            ],
+        );
+        for (c, est, exact) in &self.cells {
+            t.row([
+                c.batch.to_string(),
+                c.pos.to_string(),
+                c.feature.to_string(),
+                format!("{:.3}", c.act),
+                format!("{est:+.4}"),
+                format!("{exact:+.4}"),
+            ]);
+        }
+        t
     }
 }
 
@@ -95,7 +166,8 @@ impl HookSink for TapSink<'_> {
     }
 
     fn visit(&mut self, hp: &HookPoint, act: Tensor) -> Result<Tensor> {
-        let mut act = act;
+        let shape = act.shape().clone();
+        let mut act = Sae::flatten_heads(&act)?;
         if *hp == self.sae.hook {
             let x = act.detach();
             let code = self.sae.encode(&x)?;
@@ -112,7 +184,7 @@ impl HookSink for TapSink<'_> {
         } else if *hp == self.sae.output_hook() {
             act = self.carry(act)?;
         }
-        Ok(act)
+        Ok(act.reshape(shape)?)
     }
 }
 
@@ -146,6 +218,42 @@ impl HookedTransformer {
             acts,
             grads: g,
             metric: m.to_dtype(DType::F32)?.to_scalar::<f32>()?,
+        })
+    }
+
+    /// Checks `attr` (from [`Self::sae_feature_attribution`] on the same tokens, SAE and
+    /// metric) against the truth it estimates: for each of `cells` (e.g.
+    /// [`FeatureAttribution::top_from`]), the
+    /// metric's exact change when that feature alone is zeroed at that position (the SAE
+    /// spliced in with its error term, so nothing else moves), beside the estimate `−score`.
+    ///
+    /// # Errors
+    /// As [`Self::run_with_saes`]; [`LensError::Mismatch`] when the metric is not a scalar.
+    pub fn verify_feature_attribution(
+        &self,
+        tokens: &Tokens,
+        sae: &Sae,
+        metric: &GradMetric,
+        attr: &FeatureAttribution,
+        cells: &[FeatureScore],
+    ) -> Result<FeatureCheck> {
+        let t0 = std::time::Instant::now();
+        let cells_in = cells;
+        let mut cells = Vec::new();
+        for &c in cells_in {
+            let mut splice = [Splice::new(sae).ablate_at(&[(c.batch, c.pos, c.feature)])];
+            let (logits, _) = self.run_with_saes(tokens, &mut splice)?;
+            let m = crate::interp::attribution::scalar(metric, &tokens.gather_last(&logits)?)?
+                .to_dtype(DType::F32)?
+                .to_scalar::<f32>()?;
+            cells.push((c, -c.score, m - attr.metric));
+        }
+        let est: Vec<f64> = cells.iter().map(|c| c.1 as f64).collect();
+        let exact: Vec<f64> = cells.iter().map(|c| c.2 as f64).collect();
+        Ok(FeatureCheck {
+            correlation: crate::interp::attribution::pearson(&est, &exact) as f32,
+            cells,
+            seconds: t0.elapsed().as_secs_f64(),
         })
     }
 }

@@ -168,15 +168,16 @@ impl Sae {
                 fix: "Candlelens runs SAEs with ReLU, JumpReLU or TopK features".into(),
             });
         }
-        if field("reshape_activations")
-            .and_then(Value::as_str)
-            .is_some_and(|r| r != "none")
-        {
-            return Err(LensError::UnsupportedConfig {
-                field: "reshape_activations".into(),
-                value: "hook_z".into(),
-                fix: "SAEs on attn.hook_z (heads flattened) are not supported yet; use one on hook_attn_out or the residual stream".into(),
-            });
+        match field("reshape_activations").and_then(Value::as_str) {
+            None | Some("none") => {}
+            Some("hook_z") if matches!(hook, HookPoint::Z(_)) => {}
+            Some(other) => {
+                return Err(LensError::UnsupportedConfig {
+                    field: "reshape_activations".into(),
+                    value: other.to_string(),
+                    fix: format!("Candlelens flattens heads (hook_z) only for SAEs on blocks.L.attn.hook_z; this one reads {hook}"),
+                })
+            }
         }
         let mut notes = Vec::new();
         let normalize = match field("normalize_activations") {
@@ -370,6 +371,7 @@ impl Sae {
                 | HookPoint::Ln1PostNormalized(_)
                 | HookPoint::Ln2PostNormalized(_)
                 | HookPoint::LnFinalNormalized => cfg.d_model,
+                HookPoint::Z(_) => cfg.n_heads * cfg.d_head,
                 other => {
                     return Err(LensError::Unsupported {
                         what: format!("an SAE at {other}"),

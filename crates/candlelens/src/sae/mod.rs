@@ -18,11 +18,17 @@
 //! A transcoder reads one hook point (the MLP's input) and predicts another (its output):
 //! the same code, `d_out` columns in `W_dec`, no `b_dec` subtraction, and for skip transcoders
 //! `+ x W_skipᵀ`.
+//!
+//! SAEs on `attn.hook_z` read the heads' outputs concatenated, `[.., n_heads · d_head]`
+//! (SAELens's `reshape_activations: hook_z`); the spliced run puts the reconstruction back per
+//! head.
 
 pub mod attribution;
+pub mod eval;
 pub mod load;
 pub mod releases;
 pub mod splice;
+pub mod store;
 pub mod train;
 pub mod views;
 
@@ -122,6 +128,21 @@ impl Sae {
     /// The hook point it writes.
     pub fn output_hook(&self) -> HookPoint {
         self.hook_out.unwrap_or(self.hook)
+    }
+
+    /// The activation at a point as the SAE reads or writes it: per-head points
+    /// (`attn.hook_z`, `[batch, pos, n_heads, d_head]`) with their heads flattened,
+    /// head-major, to `[batch, pos, n_heads · d_head]` as SAELens's `hook_z` reshape does;
+    /// other points unchanged.
+    ///
+    /// # Errors
+    /// Tensor errors.
+    pub fn flatten_heads(act: &Tensor) -> Result<Tensor> {
+        Ok(if act.rank() == 4 {
+            act.flatten_from(2)?
+        } else {
+            act.clone()
+        })
     }
 
     /// Checks the shapes against each other.

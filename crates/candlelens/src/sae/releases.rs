@@ -129,9 +129,12 @@ fn gemma_scope_hook(repo_id: &str, path: &str) -> Result<HookPoint> {
         HookPoint::ResidPost(l)
     } else if repo_id.ends_with("-mlp") {
         HookPoint::MlpOut(l)
+    } else if repo_id.ends_with("-att") {
+        // Gemma Scope's attention SAEs read the heads' outputs before W_O, concatenated
+        HookPoint::Z(l)
     } else {
         return Err(unsupported(
-            "SAEs on attn.hook_z (heads flattened) are not supported yet; use a res or mlp release",
+            "only Gemma Scope's res, mlp and att repositories are mapped to hook points",
         ));
     })
 }

@@ -64,6 +64,40 @@ impl<'a> Splice<'a> {
         })
     }
 
+    /// Sets feature `f` to 0 at prompt `b`, position `pos` only, for each `(b, pos, f)` of
+    /// `cells` (the ablation an attribution score estimates).
+    pub fn ablate_at(self, cells: &[(usize, usize, usize)]) -> Self {
+        self.set_at(cells, 0.0)
+    }
+
+    /// Sets feature `f` to `value` at prompt `b`, position `pos` only, for each `(b, pos, f)`
+    /// of `cells` (steering one position).
+    pub fn set_at(self, cells: &[(usize, usize, usize)], value: f32) -> Self {
+        let cells = cells.to_vec();
+        self.edit_features(move |acts| {
+            let (nb, np, nf) = acts.dims3()?;
+            let mut out = acts.clone();
+            for &(b, p, f) in &cells {
+                for (what, i, n) in [
+                    ("prompt", b, nb),
+                    ("position", p, np),
+                    ("SAE feature", f, nf),
+                ] {
+                    if i >= n {
+                        return Err(LensError::OutOfRange {
+                            what: what.into(),
+                            index: i,
+                            len: n,
+                        });
+                    }
+                }
+                let fill = Tensor::full(value, (1, 1, 1), acts.device())?.to_dtype(acts.dtype())?;
+                out = out.slice_assign(&[b..b + 1, p..p + 1, f..f + 1], &fill)?;
+            }
+            Ok(Some(out))
+        })
+    }
+
     /// Sets `feature` to `value` at every position (clamping; a large value steers).
     pub fn clamp(self, feature: usize, value: f32) -> Self {
         self.edit_features(move |acts| Ok(Some(set_feature(acts, feature, value)?)))
@@ -144,7 +178,10 @@ impl HookSink for SaeSink<'_, '_> {
             .any(|s| s.sae.hook == *hp || s.sae.output_hook() == *hp)
     }
 
-    fn visit(&mut self, hp: &HookPoint, mut act: Tensor) -> Result<Tensor> {
+    fn visit(&mut self, hp: &HookPoint, act: Tensor) -> Result<Tensor> {
+        // per-head points are read and written with their heads flattened
+        let shape = act.shape().clone();
+        let mut act = Sae::flatten_heads(&act)?;
         for (i, s) in self.splices.iter_mut().enumerate() {
             let sae = s.sae;
             let out_hook = sae.output_hook();
@@ -200,7 +237,7 @@ impl HookSink for SaeSink<'_, '_> {
                 )?;
             }
         }
-        Ok(act)
+        Ok(act.reshape(shape)?)
     }
 }
 

@@ -257,7 +257,7 @@ impl Sae {
             "device": "cpu",
             "apply_b_dec_to_input": self.apply_b_dec_to_input,
             "normalize_activations": normalize,
-            "reshape_activations": "none",
+            "reshape_activations": if matches!(self.hook, HookPoint::Z(_)) { "hook_z" } else { "none" },
             "metadata": {
                 "hook_name": self.hook.to_string(),
                 "sae_lens_version": "6.0.0",

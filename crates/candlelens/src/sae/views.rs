@@ -5,6 +5,7 @@
 
 use candle_core::{DType, IndexOp, Tensor};
 
+use crate::engine::hooks::HookPoint;
 use crate::engine::model::HookedTransformer;
 use crate::engine::tokens::Tokens;
 use crate::error::{LensError, Result};
@@ -12,6 +13,7 @@ use crate::viz::escape;
 use crate::viz::{Figure, Table};
 
 use super::splice::Splice;
+use super::store::ActivationStore;
 use super::Sae;
 
 /// One context: a prompt's tokens around the position where the feature fired most.
@@ -63,8 +65,8 @@ impl FeatureView {
     /// Runs `prompts` with `sae` spliced in (error term on: the model's own run) and gathers
     /// `feature`'s view: its `k` top contexts (`window` tokens either side), the `k` tokens its
     /// decoder direction promotes and suppresses through `W_U` (for SAEs writing into the
-    /// residual stream or a block output; the final norm's scale is left out, as Neuronpedia
-    /// does), and its activations.
+    /// residual stream or a block output, and for `attn.hook_z` SAEs through `W_O` first; the
+    /// norms' scales are left out, as Neuronpedia does), and its activations.
     ///
     /// # Errors
     /// [`LensError::OutOfRange`] for a feature beyond `d_sae`; as
@@ -92,6 +94,44 @@ impl FeatureView {
             .squeeze(2)?
             .to_dtype(DType::F32)?
             .to_vec2()?;
+        Self::assemble(model, sae, tokens, f, feature, k, window)
+    }
+
+    /// [`Self::build`] from an [`ActivationStore`] gathered at the SAE's hook: the contexts are
+    /// the store's, and one pass over the corpus serves every feature (no forward runs here).
+    ///
+    /// # Errors
+    /// [`LensError::OutOfRange`] for a feature beyond `d_sae`; [`LensError::Mismatch`] when the
+    /// store was gathered at another hook.
+    pub fn from_store(
+        model: &HookedTransformer,
+        sae: &Sae,
+        store: &ActivationStore,
+        feature: usize,
+        k: usize,
+        window: usize,
+    ) -> Result<FeatureView> {
+        let acts = store
+            .feature_acts(sae, &[feature])?
+            .pop()
+            .unwrap_or_default();
+        let f = store.per_context(&acts)?;
+        let mut view = Self::assemble(model, sae, &store.tokens, f, feature, k, window)?;
+        // the histogram counts the store's rows only (not the skipped BOS positions)
+        view.activations = acts;
+        Ok(view)
+    }
+
+    /// The view from `f [batch][pos]`, the feature's activation at each position of `tokens`.
+    fn assemble(
+        model: &HookedTransformer,
+        sae: &Sae,
+        tokens: &Tokens,
+        f: Vec<Vec<f32>>,
+        feature: usize,
+        k: usize,
+        window: usize,
+    ) -> Result<FeatureView> {
         let lengths = tokens.lengths();
         let mut cells = Vec::new();
         let mut activations = Vec::new();
@@ -118,12 +158,27 @@ impl FeatureView {
             });
         }
         // the decoder direction through the unembedding: [d_vocab]
-        let (promoted, suppressed) = if sae.d_out() == model.cfg.d_model {
-            let dir = sae
+        let out = sae.output_hook();
+        let writes_resid = !matches!(
+            out,
+            HookPoint::Z(_)
+                | HookPoint::MlpPre(_)
+                | HookPoint::MlpPreLinear(_)
+                | HookPoint::MlpPost(_)
+        ) && sae.d_out() == model.cfg.d_model;
+        let (promoted, suppressed) = if writes_resid || matches!(out, HookPoint::Z(_)) {
+            let mut dir = sae
                 .w_dec
                 .i(feature)?
                 .to_dtype(model.dtype())?
                 .unsqueeze(0)?;
+            if let HookPoint::Z(l) = out {
+                // through the heads' output weights into the residual stream:
+                // Σ_h dir[h] · W_O[l, h]
+                let (h, dh) = (model.cfg.n_heads, model.cfg.d_head);
+                let w_o = model.W_O_at(l)?.reshape((h * dh, model.cfg.d_model))?;
+                dir = dir.matmul(&w_o.to_dtype(model.dtype())?)?;
+            }
             let logits: Vec<f32> = crate::engine::ops::linear(&dir, &model.weights.w_u, None)?
                 .squeeze(0)?
                 .to_dtype(DType::F32)?
@@ -297,4 +352,35 @@ pub fn top_features_table(
         t.row([(r + 1).to_string(), f.to_string(), format!("{a:.4}")]);
     }
     Ok(t)
+}
+
+/// The feature-density histogram SAELens and Neuronpedia show: how many features fire at each
+/// frequency, on a log₁₀ scale (`density` from [`ActivationStore::feature_density`]); dead
+/// features are counted in the title, not the bars.
+pub fn density_histogram(density: &[f32], title: &str) -> Figure {
+    let alive: Vec<f32> = density.iter().copied().filter(|&d| d > 0.0).collect();
+    let dead = density.len() - alive.len();
+    // half-decade bins from 1e-6 to 1
+    let lo = -6.0f32;
+    let bins = 12usize;
+    let mut counts = vec![0f32; bins];
+    for d in &alive {
+        let b = ((d.log10() - lo) * 2.0)
+            .floor()
+            .clamp(0.0, (bins - 1) as f32) as usize;
+        counts[b] += 1.0;
+    }
+    let labels = (0..bins)
+        .map(|i| format!("{:.1}", lo + i as f32 / 2.0))
+        .collect();
+    Figure::bar(
+        labels,
+        counts,
+        &format!(
+            "{title}: {} features, {dead} dead (never fire)",
+            density.len()
+        ),
+    )
+    .axes("log10(firing frequency), bin start", "features")
+    .size(640, 300)
 }

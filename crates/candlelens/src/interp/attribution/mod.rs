@@ -35,6 +35,7 @@ mod edge_graph;
 mod edges;
 mod verify;
 pub use edge_graph::{Downstream, Edge, EdgeCheck, EdgeGraph, EdgeVerification, Input, Upstream};
+pub(crate) use verify::pearson;
 pub use verify::{Disagreement, Verification};
 
 /// The hook points whose activations and gradients the node grids read.

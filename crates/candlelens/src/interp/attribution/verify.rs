@@ -173,7 +173,7 @@ impl std::fmt::Display for Verification {
 }
 
 /// Pearson correlation; NaN when either side is constant.
-pub(super) fn pearson(x: &[f64], y: &[f64]) -> f64 {
+pub(crate) fn pearson(x: &[f64], y: &[f64]) -> f64 {
     let n = x.len() as f64;
     if x.is_empty() {
         return f64::NAN;
