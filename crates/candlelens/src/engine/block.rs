@@ -371,7 +371,10 @@ impl<'a> Block<'a> {
                     HookPoint::MlpPreLinear(l),
                     linear(x, &w.w_in, w.b_in.as_ref())?,
                 )?;
-                (activation(self.cfg.act, &pre)? * lin)?
+                match crate::engine::kernels::gated(self.cfg.act, &pre, &lin)? {
+                    Some(post) => post,
+                    None => (activation(self.cfg.act, &pre)? * lin)?,
+                }
             }
             None => {
                 let pre = hook(

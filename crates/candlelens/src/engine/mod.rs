@@ -30,6 +30,7 @@ pub mod moe;
 pub mod ops;
 pub mod rope;
 pub mod split;
+pub mod threads;
 pub mod tokenizer;
 pub mod tokens;
 pub mod user_hooks;

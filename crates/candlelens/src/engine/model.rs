@@ -52,6 +52,7 @@ impl HookedTransformer {
         cfg.validate()?;
         weights.validate(&cfg)?;
         crate::engine::malloc::tune();
+        crate::engine::threads::pin();
         let dtype = weights.w_e.dtype();
         Ok(HookedTransformer {
             cfg,
