@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor, D};
 
 use crate::engine::config::{AttentionKind, ModelConfig, Positional, QkNorm};
 use crate::engine::hooks::{HookPoint, HookSink};
-use crate::engine::ops::{activation, hook, linear, NormSpec};
+use crate::engine::ops::{activation, gated_activation, hook, linear, NormSpec};
 use crate::engine::rope::{causal_mask, rope_tables};
 use crate::engine::weights::LayerWeights;
 use crate::error::{LensError, Result};
@@ -371,10 +371,7 @@ impl<'a> Block<'a> {
                     HookPoint::MlpPreLinear(l),
                     linear(x, &w.w_in, w.b_in.as_ref())?,
                 )?;
-                match crate::engine::kernels::gated(self.cfg.act, &pre, &lin)? {
-                    Some(post) => post,
-                    None => (activation(self.cfg.act, &pre)? * lin)?,
-                }
+                gated_activation(self.cfg.act, &pre, &lin)?
             }
             None => {
                 let pre = hook(

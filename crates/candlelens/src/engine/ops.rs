@@ -70,6 +70,18 @@ pub fn activation(act: Activation, x: &Tensor) -> Result<Tensor> {
     })
 }
 
+/// The gated MLP's `act(pre) ⊙ lin`: one fused pass where [`kernels::gated`] applies, the
+/// activation and the product otherwise (the same values).
+///
+/// # Errors
+/// Tensor errors.
+pub fn gated_activation(act: Activation, pre: &Tensor, lin: &Tensor) -> Result<Tensor> {
+    match kernels::gated(act, pre, lin)? {
+        Some(post) => Ok(post),
+        None => Ok((activation(act, pre)? * lin)?),
+    }
+}
+
 /// A norm's switches: which kind, its epsilon, and the compute dtype it returns.
 #[derive(Clone, Copy, Debug)]
 pub struct NormSpec {
