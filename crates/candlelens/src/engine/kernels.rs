@@ -74,6 +74,20 @@ fn transpose_f32(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
+/// GELU-tanh of one value as `x·σ(2u)` (see [`gelu_tanh`]).
+#[inline]
+fn gelu_tanh_f32(v: f32) -> f32 {
+    let k = (2.0f32 / std::f32::consts::PI).sqrt();
+    let u2 = 2.0 * k * v * (1.0 + 0.044715 * v * v);
+    v / (1.0 + (-u2).exp())
+}
+
+/// SiLU of one value, as candle's kernel computes it.
+#[inline]
+fn silu_f32(v: f32) -> f32 {
+    v / (1.0 + (-v).exp())
+}
+
 /// The tanh-approximated GELU, `0.5 x (1 + tanh(u))` with `u = sqrt(2/π) (x + 0.044715 x³)`
 /// (HF's `gelu_pytorch_tanh` / `gelu_new`). On contiguous f32 CPU tensors it runs as
 /// `x / (1 + exp(−2u))` — the same function, since `(1 + tanh u) / 2 = σ(2u)` — on every core;
@@ -89,14 +103,12 @@ pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
         let (storage, layout) = x.storage_and_layout();
         if let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
             let src = &f32::cpu_storage_as_slice(cpu)?[start..end];
-            let k = (2.0f32 / std::f32::consts::PI).sqrt();
             let mut out = vec![0f32; src.len()];
             out.par_chunks_mut(4096)
                 .zip(src.par_chunks(4096))
                 .for_each(|(o, s)| {
                     for (o, &v) in o.iter_mut().zip(s) {
-                        let u2 = 2.0 * k * v * (1.0 + 0.044715 * v * v);
-                        *o = v / (1.0 + (-u2).exp());
+                        *o = gelu_tanh_f32(v);
                     }
                 });
             drop(storage);
@@ -140,22 +152,18 @@ pub fn gated(
         &f32::cpu_storage_as_slice(cp)?[p0..p1],
         &f32::cpu_storage_as_slice(cl)?[l0..l1],
     );
-    let k = (2.0f32 / std::f32::consts::PI).sqrt();
+    // one loop per activation, so each inlines its function
+    fn fill(o: &mut [f32], p: &[f32], l: &[f32], f: impl Fn(f32) -> f32) {
+        for ((o, &v), &w) in o.iter_mut().zip(p).zip(l) {
+            *o = f(v) * w;
+        }
+    }
     let mut out = vec![0f32; p.len()];
     out.par_chunks_mut(4096)
         .zip(p.par_chunks(4096).zip(l.par_chunks(4096)))
         .for_each(|(o, (p, l))| match act {
-            Activation::Silu => {
-                for ((o, &v), &w) in o.iter_mut().zip(p).zip(l) {
-                    *o = v / (1.0 + (-v).exp()) * w;
-                }
-            }
-            _ => {
-                for ((o, &v), &w) in o.iter_mut().zip(p).zip(l) {
-                    let u2 = 2.0 * k * v * (1.0 + 0.044715 * v * v);
-                    *o = v / (1.0 + (-u2).exp()) * w;
-                }
-            }
+            Activation::Silu => fill(o, p, l, silu_f32),
+            _ => fill(o, p, l, gelu_tanh_f32),
         });
     Ok(Some(Tensor::from_vec(out, pre.shape(), pre.device())?))
 }

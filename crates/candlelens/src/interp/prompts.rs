@@ -121,6 +121,46 @@ impl fmt::Display for PromptTest {
     }
 }
 
+/// One position's logits ranked: most likely first, with the softmax's shift and normaliser.
+struct Ranked {
+    row: Vec<f32>,
+    order: Vec<usize>,
+    max: f64,
+    z: f64,
+}
+
+impl Ranked {
+    fn new(row: Vec<f32>) -> Self {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let z: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
+        let mut order: Vec<usize> = (0..row.len()).collect();
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+        Ranked { row, order, max, z }
+    }
+
+    /// Token `id` as the entry at `rank`.
+    fn entry(&self, model: &HookedTransformer, rank: usize, id: u32) -> Result<TopToken> {
+        let logit = self.row[id as usize];
+        Ok(TopToken {
+            rank,
+            id,
+            token: model.to_string(&[id])?,
+            logit,
+            prob: ((logit as f64 - self.max).exp() / self.z) as f32,
+        })
+    }
+
+    /// The `k` most likely entries.
+    fn top(&self, model: &HookedTransformer, k: usize) -> Result<Vec<TopToken>> {
+        self.order
+            .iter()
+            .take(k)
+            .enumerate()
+            .map(|(rank, &j)| self.entry(model, rank, j as u32))
+            .collect()
+    }
+}
+
 impl HookedTransformer {
     /// The `k` most likely next tokens of one position's logits `[d_vocab]`, with logits and
     /// softmax probabilities (most likely first).
@@ -138,25 +178,7 @@ impl HookedTransformer {
                 ),
             });
         }
-        let row: Vec<f32> = logits.to_dtype(DType::F32)?.to_vec1()?;
-        let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-        let z: f64 = row.iter().map(|&x| (x as f64 - m).exp()).sum();
-        let mut order: Vec<usize> = (0..row.len()).collect();
-        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
-        order
-            .into_iter()
-            .take(k)
-            .enumerate()
-            .map(|(rank, j)| {
-                Ok(TopToken {
-                    rank,
-                    id: j as u32,
-                    token: self.to_string(&[j as u32])?,
-                    logit: row[j],
-                    prob: ((row[j] as f64 - m).exp() / z) as f32,
-                })
-            })
-            .collect()
+        Ranked::new(logits.to_dtype(DType::F32)?.to_vec1()?).top(self, k)
     }
 
     /// Runs `prompt + answer` and reports, at each answer token's position, the answer's rank,
@@ -203,27 +225,14 @@ impl HookedTransformer {
         let mut tops = Vec::new();
         for (i, &target) in answer_ids.iter().enumerate() {
             let pos = prompt_ids.len() - 1 + i;
-            let row: Vec<f32> = logits.i((0, pos))?.to_dtype(DType::F32)?.to_vec1()?;
-            let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let z: f64 = row.iter().map(|&x| (x as f64 - m).exp()).sum();
-            let prob = |x: f32| ((x as f64 - m).exp() / z) as f32;
-            let mut order: Vec<usize> = (0..row.len()).collect();
-            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
-            let rank = order
+            let ranked = Ranked::new(logits.i((0, pos))?.to_dtype(DType::F32)?.to_vec1()?);
+            let rank = ranked
+                .order
                 .iter()
                 .position(|&j| j == target as usize)
-                .unwrap_or(row.len());
-            let entry = |rank: usize, id: u32| -> Result<TopToken> {
-                Ok(TopToken {
-                    rank,
-                    id,
-                    token: self.to_string(&[id])?,
-                    logit: row[id as usize],
-                    prob: prob(row[id as usize]),
-                })
-            };
-            answer_rows.push(entry(rank, target)?);
-            tops.push(self.top_tokens(&logits.i((0, pos))?, top_k)?);
+                .unwrap_or(ranked.order.len());
+            answer_rows.push(ranked.entry(self, rank, target)?);
+            tops.push(ranked.top(self, top_k)?);
         }
         Ok(PromptTest {
             prompt_tokens: self.ids_to_str_tokens(&prompt_ids)?,

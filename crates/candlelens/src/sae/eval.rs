@@ -5,12 +5,14 @@
 
 use candle_core::{DType, Tensor};
 
-use crate::engine::hooks::{HookPoint, HookSink};
-use crate::engine::model::{HookedTransformer, LogitsAt};
+use crate::engine::hooks::HookFilter;
+use crate::engine::model::HookedTransformer;
 use crate::engine::tokens::Tokens;
+use crate::engine::user_hooks::Hooks;
 use crate::error::{LensError, Result};
 
 use super::splice::Splice;
+use super::store::positions_without_bos;
 use super::Sae;
 
 /// An SAE's evaluation on a set of contexts.
@@ -32,18 +34,6 @@ pub struct SaeEval {
     pub ce_loss_score: f32,
     /// Positions the figures cover (BOS positions are left out of L0 and explained variance).
     pub positions: usize,
-}
-
-/// Zeroes one point.
-struct ZeroAt(HookPoint);
-
-impl HookSink for ZeroAt {
-    fn wants(&self, hp: &HookPoint) -> bool {
-        *hp == self.0
-    }
-    fn visit(&mut self, _: &HookPoint, act: Tensor) -> Result<Tensor> {
-        Ok(act.zeros_like()?)
-    }
 }
 
 impl HookedTransformer {
@@ -78,16 +68,18 @@ impl HookedTransformer {
             let (logits, cache) =
                 self.run_with_saes(&batch, &mut [Splice::new(sae).error_term(false)])?;
             ce_sae += Self::loss_sum(&logits, &batch)?.0;
-            let logits = self.forward_with(&batch, LogitsAt::All, &mut ZeroAt(out))?;
+            let mut zero = Hooks::new();
+            zero.add_filter(HookFilter::Points(vec![out]), |a, _| {
+                Ok(Some(a.zeros_like()?))
+            });
+            let logits = self.run_with_hooks(&batch, &mut zero)?;
             ce_abl += Self::loss_sum(&logits, &batch)?.0;
 
             // the positions that count: real ones, BOS left out
             let p = batch.max_len();
-            let mut keep = Vec::new();
-            for (i, row) in chunk.iter().enumerate() {
-                let first = usize::from(bos.is_some() && row.first().copied() == bos);
-                keep.extend((first..row.len()).map(|pos| (i * p + pos) as u32));
-            }
+            let keep: Vec<u32> = positions_without_bos(chunk, bos)
+                .map(|(i, pos)| (i * p + pos) as u32)
+                .collect();
             if keep.is_empty() {
                 continue;
             }

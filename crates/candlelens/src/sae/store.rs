@@ -5,7 +5,8 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::engine::hooks::{HookPoint, HookSink};
+use crate::engine::cache::ActivationCache;
+use crate::engine::hooks::{HookFilter, HookPoint};
 use crate::engine::model::{HookedTransformer, LogitsAt};
 use crate::engine::tokens::Tokens;
 use crate::error::{LensError, Result};
@@ -28,24 +29,20 @@ pub struct ActivationStore {
     pub seconds: f64,
 }
 
-/// Takes the activation at one point.
-struct Grab {
-    hook: HookPoint,
-    got: Option<Tensor>,
-}
-
-impl HookSink for Grab {
-    fn wants(&self, hp: &HookPoint) -> bool {
-        *hp == self.hook
-    }
-    fn visit(&mut self, _: &HookPoint, act: Tensor) -> Result<Tensor> {
-        self.got = Some(act.clone());
-        Ok(act)
-    }
-}
-
 /// Rows of the SAE code that one encode handles at a time (bounds the `[rows, d_sae]` block).
 const CHUNK: usize = 2048;
+
+/// The positions of `rows` an SAE is read at: every real one but a leading BOS (the
+/// attention sink's, orders of magnitude larger than the rest), as `(row, pos)`.
+pub(super) fn positions_without_bos(
+    rows: &[Vec<u32>],
+    bos: Option<u32>,
+) -> impl Iterator<Item = (usize, usize)> + '_ {
+    rows.iter().enumerate().flat_map(move |(i, row)| {
+        let first = usize::from(bos.is_some() && row.first().copied() == bos);
+        (first..row.len()).map(move |pos| (i, pos))
+    })
+}
 
 impl ActivationStore {
     /// Rows held.
@@ -201,35 +198,30 @@ impl HookedTransformer {
         let mut index = Vec::new();
         for (k, chunk) in rows.chunks(batch_size).enumerate() {
             let batch = Tokens::new(chunk.to_vec(), tokens.pad_id())?;
-            let mut grab = Grab { hook, got: None };
+            let mut rec = ActivationCache::recorder(HookFilter::Points(vec![hook]));
             match hook {
                 HookPoint::Embed | HookPoint::PosEmbed => {
-                    self.run_until(&batch, 0, &mut grab)?;
+                    self.run_until(&batch, 0, &mut rec)?;
                 }
                 _ => match hook.layer() {
                     Some(l) => {
-                        self.run_until(&batch, l + 1, &mut grab)?;
+                        self.run_until(&batch, l + 1, &mut rec)?;
                     }
                     None => {
-                        self.forward_with(&batch, LogitsAt::Last, &mut grab)?;
+                        self.forward_with(&batch, LogitsAt::Last, &mut rec)?;
                     }
                 },
             }
-            let act = grab
-                .got
-                .ok_or_else(|| LensError::Internal(format!("{hook} never fired")))?;
+            let act = rec.at(hook)?;
             let (b, p) = (act.dim(0)?, act.dim(1)?);
             let flat = act
                 .to_dtype(DType::F32)?
                 .to_device(&Device::Cpu)?
                 .reshape((b * p, ()))?;
             let mut keep = Vec::new();
-            for (i, row) in chunk.iter().enumerate() {
-                let first = usize::from(bos.is_some() && row.first().copied() == bos);
-                for pos in first..row.len() {
-                    keep.push((i * p + pos) as u32);
-                    index.push((k * batch_size + i, pos));
-                }
+            for (i, pos) in positions_without_bos(chunk, bos) {
+                keep.push((i * p + pos) as u32);
+                index.push((k * batch_size + i, pos));
             }
             if !keep.is_empty() {
                 parts.push(flat.index_select(&Tensor::new(keep, &Device::Cpu)?, 0)?);
