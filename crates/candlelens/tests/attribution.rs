@@ -14,25 +14,11 @@ use candlelens::prelude::*;
 use candlelens::Hooks;
 use common::*;
 
-const PROMPTS: [&str; 2] = ["The pet of this family is", "Is Paris the capital of"];
 const ANSWER: (u32, u32) = (5, 9);
 
 /// The clean prompts and a corruption of two positions (as the PyTorch script makes it).
 fn pair(m: &HookedTransformer) -> (Tokens, Tokens) {
-    let clean = m.to_tokens(PROMPTS.as_slice(), None).unwrap();
-    let rows: Vec<Vec<u32>> = clean
-        .rows()
-        .iter()
-        .map(|r| {
-            let mut r = r.clone();
-            let n = r.len();
-            r[n / 2] = (r[n / 2] + 17) % 250 + 3;
-            r[n - 3] = (r[n - 3] + 29) % 250 + 3;
-            r
-        })
-        .collect();
-    let corrupt = Tokens::new(rows, clean.pad_id()).unwrap();
-    (clean, corrupt)
+    corrupted_pair(m, |n| n / 2)
 }
 
 fn attribution(m: &Arc<HookedTransformer>) -> Attribution {

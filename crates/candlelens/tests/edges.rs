@@ -17,24 +17,7 @@ use common::*;
 const ANSWER: (u32, u32) = (5, 9);
 
 fn pair(m: &HookedTransformer) -> (Tokens, Tokens) {
-    let clean = m
-        .to_tokens(
-            ["The pet of this family is", "Is Paris the capital of"].as_slice(),
-            None,
-        )
-        .unwrap();
-    let rows: Vec<Vec<u32>> = clean
-        .rows()
-        .iter()
-        .map(|r| {
-            let mut r = r.clone();
-            let n = r.len();
-            r[1] = (r[1] + 17) % 250 + 3;
-            r[n - 3] = (r[n - 3] + 29) % 250 + 3;
-            r
-        })
-        .collect();
-    (clean.clone(), Tokens::new(rows, clean.pad_id()).unwrap())
+    corrupted_pair(m, |_| 1)
 }
 
 /// The metric of a forward in which layer `layer`'s attention reads through `taps`.

@@ -12,25 +12,8 @@ use common::*;
 
 /// Clean prompts and corruptions that change two token positions.
 fn pair(m: &HookedTransformer) -> (Tokens, Tokens) {
-    let clean = m
-        .to_tokens(
-            ["The pet of this family is", "Is Paris the capital of"].as_slice(),
-            None,
-        )
-        .unwrap();
+    let (clean, corrupt) = corrupted_pair(m, |n| n / 2);
     assert!(clean.is_rectangular() || clean.lengths()[0] != clean.lengths()[1]);
-    let rows: Vec<Vec<u32>> = clean
-        .rows()
-        .iter()
-        .map(|r| {
-            let mut r = r.clone();
-            let n = r.len();
-            r[n / 2] = (r[n / 2] + 17) % 250 + 3;
-            r[n - 3] = (r[n - 3] + 29) % 250 + 3;
-            r
-        })
-        .collect();
-    let corrupt = Tokens::new(rows, clean.pad_id()).unwrap();
     (clean, corrupt)
 }
 

@@ -13,24 +13,7 @@ use common::*;
 
 /// Two prompts of different lengths (right-padded) and corruptions of two positions each.
 fn patcher(m: &Arc<HookedTransformer>) -> PathPatcher {
-    let clean = m
-        .to_tokens(
-            ["The pet of this family is", "Is Paris the capital of"].as_slice(),
-            None,
-        )
-        .unwrap();
-    let rows: Vec<Vec<u32>> = clean
-        .rows()
-        .iter()
-        .map(|r| {
-            let mut r = r.clone();
-            let n = r.len();
-            r[1] = (r[1] + 17) % 250 + 3;
-            r[n - 3] = (r[n - 3] + 29) % 250 + 3;
-            r
-        })
-        .collect();
-    let corrupt = Tokens::new(rows, clean.pad_id()).unwrap();
+    let (clean, corrupt) = corrupted_pair(m, |_| 1);
     let pairs = [(5u32, 9u32), (11, 4)];
     let p = PathPatcher::new(m, &clean, &corrupt, metrics::logit_diff_metric(&pairs)).unwrap();
     let pt = p.patcher();

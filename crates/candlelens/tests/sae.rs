@@ -10,11 +10,8 @@ mod common;
 use candlelens::prelude::*;
 use candlelens::sae::splice::Splice;
 use candlelens::sae::{Activation, Sae};
+use common::sae_fixture as sae;
 use common::*;
-
-fn sae(name: &str) -> Sae {
-    Sae::load(fixture_path(&format!("sae/{name}"))).unwrap()
-}
 
 fn rows(v: &serde_json::Value) -> Tensor {
     let r: Vec<Vec<f32>> = v.as_array().unwrap().iter().map(f32s).collect();
@@ -94,13 +91,9 @@ fn every_architecture_matches_numpy() {
     );
 }
 
-fn tiny_llama() -> HookedTransformer {
-    HookedTransformer::from_pretrained(fixture_path("tiny/llama").to_str().unwrap()).unwrap()
-}
-
 #[test]
 fn spliced_with_the_error_term_the_model_is_unchanged() {
-    let m = tiny_llama();
+    let m = tiny("llama");
     let t = m
         .to_tokens(["The pet of this family is", "Is Paris"].as_slice(), None)
         .unwrap();
@@ -138,7 +131,7 @@ fn spliced_with_the_error_term_the_model_is_unchanged() {
 
 #[test]
 fn without_the_error_term_the_reconstruction_goes_on() {
-    let m = tiny_llama();
+    let m = tiny("llama");
     let t = m.to_tokens("The pet of this family is", None).unwrap();
     for name in ["standard", "jumprelu", "transcoder"] {
         let s = sae(name);
@@ -193,7 +186,7 @@ fn feature_values(cache: &candlelens::sae::splice::SaeCache, f: usize) -> Vec<f3
 
 #[test]
 fn feature_edits_act_and_report_themselves() {
-    let m = tiny_llama();
+    let m = tiny("llama");
     let t = m.to_tokens("The pet of this family is", None).unwrap();
     let s = sae("standard");
     let (_, cache) = m.run_with_saes(&t, &mut [Splice::new(&s)]).unwrap();
@@ -271,7 +264,7 @@ fn bad_folders_and_mismatched_models_are_typed_errors() {
     assert!(e.to_string().contains("d_in"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
     // a point of another width than the SAE's (the MLP's hidden layer is 96 wide)
-    let m = tiny_llama();
+    let m = tiny("llama");
     let s = sae("standard");
     let mut wide = s.clone();
     wide.hook = HookPoint::MlpPost(0);
@@ -323,7 +316,7 @@ fn lens_sae_reports_sparsity_error_and_top_features() {
     assert!(v["l0"].as_u64().unwrap() as usize >= top.len());
     assert!(v["recon_rel_error"].as_f64().unwrap().is_finite());
     // the same numbers as the library
-    let m = tiny_llama();
+    let m = tiny("llama");
     let t = m.to_tokens("The pet of this family is", None).unwrap();
     let s = sae("standard");
     let (_, cache) = m.run_with_saes(&t, &mut [Splice::new(&s)]).unwrap();
@@ -351,7 +344,7 @@ fn lens_sae_reports_sparsity_error_and_top_features() {
 
 #[test]
 fn feature_attribution_is_activation_times_the_finite_difference_slope() {
-    let m = tiny_llama();
+    let m = tiny("llama");
     let t = m
         .to_tokens(["The pet of this family is", "Is Paris"].as_slice(), None)
         .unwrap();
@@ -474,7 +467,7 @@ fn a_release_loads_from_the_hub_cache_without_the_network() {
 #[test]
 fn a_feature_view_shows_where_it_fires_and_what_it_writes() {
     use candlelens::sae::views::{top_features_table, FeatureView};
-    let m = tiny_llama();
+    let m = tiny("llama");
     let t = m
         .to_tokens(
             [

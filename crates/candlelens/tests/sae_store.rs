@@ -9,15 +9,8 @@ use candlelens::prelude::*;
 use candlelens::sae::splice::Splice;
 use candlelens::sae::views::FeatureView;
 use candlelens::sae::Sae;
+use common::sae_fixture as sae;
 use common::*;
-
-fn sae(name: &str) -> Sae {
-    Sae::load(fixture_path(&format!("sae/{name}"))).unwrap()
-}
-
-fn tiny_llama() -> HookedTransformer {
-    HookedTransformer::from_pretrained(fixture_path("tiny/llama").to_str().unwrap()).unwrap()
-}
 
 const DOCS: [&str; 4] = [
     "The pet of this family is a dog.",
@@ -35,7 +28,7 @@ fn contexts(m: &HookedTransformer, size: usize) -> Tokens {
 
 #[test]
 fn contexts_pack_the_documents_as_saelens_does() {
-    let m = tiny_llama();
+    let m = tiny("llama");
     let tk = m.tokenizer();
     // the stream, built by hand: documents joined by BOS
     let mut stream = Vec::new();
@@ -112,7 +105,7 @@ fn contexts_pack_the_documents_as_saelens_does() {
 
 #[test]
 fn the_store_holds_the_cached_activations_without_bos() {
-    let m = tiny_llama();
+    let m = tiny("llama");
     let t = contexts(&m, 6);
     let bos = m.tokenizer().bos_token_id;
     let (_, cache) = m.run_with_cache(&t, None).unwrap();
@@ -159,7 +152,7 @@ fn the_store_holds_the_cached_activations_without_bos() {
 
 #[test]
 fn views_and_densities_read_from_the_store_equal_the_spliced_run() {
-    let m = tiny_llama();
+    let m = tiny("llama");
     let t = contexts(&m, 6);
     let s = sae("standard");
     let store = m.collect_activations(&t, s.hook, 3).unwrap();
@@ -216,7 +209,7 @@ fn views_and_densities_read_from_the_store_equal_the_spliced_run() {
 
 #[test]
 fn evaluation_equals_the_hooked_runs_it_stands_for() {
-    let m = tiny_llama();
+    let m = tiny("llama");
     let t = contexts(&m, 6);
     let bos = m.tokenizer().bos_token_id;
     let n_pred: usize = t.rows().iter().map(|r| r.len() - 1).sum();
@@ -308,7 +301,7 @@ fn evaluation_equals_the_hooked_runs_it_stands_for() {
 
 #[test]
 fn the_attribution_self_check_ablates_each_cell_alone() {
-    let m = tiny_llama();
+    let m = tiny("llama");
     let t = m
         .to_tokens(["The pet of this family is", "Is Paris"].as_slice(), None)
         .unwrap();
@@ -416,7 +409,7 @@ fn z_sae(m: &HookedTransformer, l: usize) -> Sae {
 
 #[test]
 fn saes_on_hook_z_read_and_write_the_heads_flattened() {
-    let m = tiny_llama();
+    let m = tiny("llama");
     let t = m
         .to_tokens(["The pet of this family is", "Is Paris"].as_slice(), None)
         .unwrap();

@@ -85,3 +85,32 @@ pub fn tiny(family: &str) -> Arc<HookedTransformer> {
     let dir = fixture_path(&format!("tiny/{family}"));
     Arc::new(HookedTransformer::from_pretrained(dir.to_str().unwrap()).unwrap())
 }
+
+/// The pet and Paris prompts (right-padded) and their corruption at two positions of each,
+/// `first(n)` and `n − 3` for a prompt of `n` tokens, as the PyTorch reference scripts make it.
+pub fn corrupted_pair(m: &HookedTransformer, first: fn(usize) -> usize) -> (Tokens, Tokens) {
+    let clean = m
+        .to_tokens(
+            ["The pet of this family is", "Is Paris the capital of"].as_slice(),
+            None,
+        )
+        .unwrap();
+    let rows: Vec<Vec<u32>> = clean
+        .rows()
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            let n = r.len();
+            r[first(n)] = (r[first(n)] + 17) % 250 + 3;
+            r[n - 3] = (r[n - 3] + 29) % 250 + 3;
+            r
+        })
+        .collect();
+    let corrupt = Tokens::new(rows, clean.pad_id()).unwrap();
+    (clean, corrupt)
+}
+
+/// An SAE of `tests/fixtures/sae/<name>` (see `scripts/make-sae-reference.py`).
+pub fn sae_fixture(name: &str) -> candlelens::sae::Sae {
+    candlelens::sae::Sae::load(fixture_path(&format!("sae/{name}"))).unwrap()
+}
