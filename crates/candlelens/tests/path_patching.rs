@@ -135,8 +135,11 @@ fn grids_equal_pytorch_hooks_on_transformers() {
                     worst = worst.max(((v - w) * gap).abs());
                 }
             }
+            // f32 rounding: the fused softmax and the vectorised exp reorder reductions, which
+            // moves Gemma 2's worst cell (soft-capped, GeGLU) between 1e-6 and 2e-6; a wrong
+            // path would be off by orders of magnitude more
             assert!(
-                worst < 2e-6,
+                worst < 4e-6,
                 "{family} {key}: un-normalised difference {worst}"
             );
             eprintln!("{family} {key}: max |ours - torch| (metric units) {worst:.1e}");

@@ -242,7 +242,14 @@ fn evaluation_equals_the_hooked_runs_it_stands_for() {
         );
         let clean = m.loss(&t).unwrap() as f64;
         let score = (abl - with) / (abl - clean);
-        assert!((e.ce_loss_score as f64 - score).abs() < 1e-4, "{name}");
+        // the score divides by `abl - clean`, which is small for the tiny model's transcoder
+        // (0.002): f32 rounding of the losses (~1e-6) grows by that factor
+        let tol = 1e-4 + 2e-6 * (1.0 + score.abs()) / (abl - clean).abs();
+        assert!(
+            (e.ce_loss_score as f64 - score).abs() < tol,
+            "{name}: {} vs {score} (tolerance {tol:.1e})",
+            e.ce_loss_score
+        );
         // L0 and explained variance over the non-BOS positions
         let (_, cache) = m
             .run_with_cache(&t, Some(HookFilter::Points(vec![s.output_hook()])))

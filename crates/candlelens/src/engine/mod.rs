@@ -16,9 +16,11 @@
 //! [`ModelConfig`]: config::ModelConfig
 //! [`HookedTransformer`]: model::HookedTransformer
 
+pub(crate) mod attention_kernel;
 pub mod block;
 pub mod cache;
 pub mod config;
+pub(crate) mod fastmath;
 pub mod generate;
 pub mod grad_ops;
 pub mod hooks;

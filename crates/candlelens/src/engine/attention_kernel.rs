@@ -1,0 +1,458 @@
+//! Attention on the CPU without copies: each `(batch, head)` pair is two strided matrix
+//! products straight off the `[batch, pos, head, d_head]` layout the projections produce,
+//! with the scale, soft-cap, mask and softmax applied to the scores in between while they sit
+//! in cache, and `z` written in place. The composed path ([`super::block::Block::attend`])
+//! first copies the queries to `[batch, head, pos, d_head]` and the keys and values once per
+//! query head (grouped-query attention), multiplies 450 small matrices one after the other,
+//! each split over the cores, then runs the scale, the mask and the softmax as three passes
+//! over the scores and copies `z` back — a fifth of a batched SmolLM2 forward.
+//!
+//! Used for contiguous-able f32 tensors on the CPU that autograd does not track; the functions
+//! return `None` elsewhere and the caller composes candle's ops (the same function).
+
+use candle_core::{DType, Layout, Storage, Tensor, WithDType};
+use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
+
+use crate::engine::fastmath;
+use crate::error::{LensError, Result};
+
+/// The inputs of one block's attention: queries `q [batch, pos, head, d_head]`, keys and
+/// values `[batch, t, kv_head, d_head]` (after rotary and the q/k norm), the additive mask
+/// `[pos, t]`, the score scale and Gemma 2's soft-cap.
+pub(crate) struct AttnInputs<'a> {
+    pub q: &'a Tensor,
+    pub k: &'a Tensor,
+    pub v: &'a Tensor,
+    pub mask: &'a Tensor,
+    pub scale: f64,
+    pub softcap: Option<f64>,
+}
+
+/// A raw pointer the units of a parallel loop write disjoint parts through.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: every unit writes a region no other unit touches (see the callers).
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+/// Contiguous f32 data of `t` on the CPU, untracked, as an owned copy-free handle: `None`
+/// where the fast path does not apply.
+fn f32_cpu(t: &Tensor) -> Result<Option<Tensor>> {
+    if t.dtype() != DType::F32 || !t.device().is_cpu() || t.track_op() {
+        return Ok(None);
+    }
+    Ok(Some(t.contiguous()?))
+}
+
+/// The f32 data of a contiguous CPU tensor's storage.
+fn slice<'a>(storage: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(cpu), Some((a, b))) => Ok(&f32::cpu_storage_as_slice(cpu)?[a..b]),
+        _ => Err(LensError::Internal(
+            "attention kernel: expected a contiguous CPU tensor".into(),
+        )),
+    }
+}
+
+/// Shapes of one attention call.
+#[derive(Clone, Copy)]
+struct Dims {
+    b: usize,
+    p: usize,
+    t: usize,
+    h: usize,
+    kv: usize,
+    dh: usize,
+}
+
+impl Dims {
+    fn of(q: &Tensor, k: &Tensor) -> Result<Self> {
+        let (b, p, h, dh) = q.dims4()?;
+        let (_, t, kv, _) = k.dims4()?;
+        Ok(Dims { b, p, t, h, kv, dh })
+    }
+
+    /// Offsets of unit `u = batch · h + head`: its queries (and `z`) and its kv head's keys
+    /// (and values).
+    fn offsets(&self, u: usize) -> (usize, usize) {
+        let (bb, hh) = (u / self.h, u % self.h);
+        let g = hh / (self.h / self.kv);
+        (
+            (bb * self.p * self.h + hh) * self.dh,
+            (bb * self.t * self.kv + g) * self.dh,
+        )
+    }
+}
+
+/// `scores [p, t] = scale · q_bh k_bgᵀ`, then the soft-cap and the mask: one unit's masked
+/// scores into `s`.
+///
+/// # Safety
+/// `q` and `k` point at the unit's queries and keys in buffers of the shapes `d` describes.
+unsafe fn unit_scores(
+    d: Dims,
+    q: *const f32,
+    k: *const f32,
+    mask: &[f32],
+    inp: (f32, Option<f32>),
+    s: &mut [f32],
+) {
+    let (scale, cap) = inp;
+    gemm(
+        d.p,
+        d.t,
+        d.dh,
+        s.as_mut_ptr(),
+        1,
+        d.t as isize,
+        false,
+        q,
+        1,
+        (d.h * d.dh) as isize,
+        k,
+        (d.kv * d.dh) as isize,
+        1,
+        0.0,
+        scale,
+        false,
+        false,
+        false,
+        Parallelism::None,
+    );
+    match cap {
+        Some(c) => {
+            for (x, &m) in s.iter_mut().zip(mask) {
+                *x = (*x / c).tanh() * c + m;
+            }
+        }
+        None => {
+            for (x, &m) in s.iter_mut().zip(mask) {
+                *x += m;
+            }
+        }
+    }
+}
+
+/// Softmax of each row of `s [rows, t]` in place, through the vectorised `exp`: the row's
+/// maximum, `e^(x − max)`, their sum, the quotients (as candle's kernel, which divides).
+fn softmax_rows(s: &mut [f32], t: usize) {
+    const L: usize = 16;
+    fastmath::with_simd(|| {
+        for row in s.chunks_mut(t) {
+            // reductions over 16 lanes, so that they vectorise
+            let mut m = [f32::NEG_INFINITY; L];
+            let mut chunks = row.chunks_exact(L);
+            for c in &mut chunks {
+                for (m, &x) in m.iter_mut().zip(c) {
+                    *m = m.max(x);
+                }
+            }
+            let max = chunks.remainder().iter().fold(
+                m.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+                |a, &x| a.max(x),
+            );
+            for x in row.iter_mut() {
+                *x = fastmath::exp(*x - max);
+            }
+            let mut acc = [0f32; L];
+            let mut chunks = row.chunks_exact(L);
+            for c in &mut chunks {
+                for (a, &x) in acc.iter_mut().zip(c) {
+                    *a += x;
+                }
+            }
+            let sum = acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>();
+            for x in row.iter_mut() {
+                *x /= sum;
+            }
+        }
+    })
+}
+
+/// `z_bh [p, dh] = pattern_bh [p, t] · v_bg [t, dh]`, written into `z`'s strided rows.
+///
+/// # Safety
+/// `v` and `z` point at the unit's values and `z` rows in buffers of the shapes `d` describes.
+unsafe fn unit_values(d: Dims, pattern: &[f32], v: *const f32, z: *mut f32) {
+    gemm(
+        d.p,
+        d.dh,
+        d.t,
+        z,
+        1,
+        (d.h * d.dh) as isize,
+        false,
+        pattern.as_ptr(),
+        1,
+        d.t as isize,
+        v,
+        1,
+        (d.kv * d.dh) as isize,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
+        Parallelism::None,
+    );
+}
+
+/// The tensors of `inp` as contiguous f32 CPU tensors, or `None` where the kernel does not
+/// apply (another dtype or device, a tracked tensor, a mask of the wrong shape).
+fn prepare(inp: &AttnInputs) -> Result<Option<(Dims, [Tensor; 4])>> {
+    let (Some(q), Some(k), Some(v), Some(mask)) = (
+        f32_cpu(inp.q)?,
+        f32_cpu(inp.k)?,
+        f32_cpu(inp.v)?,
+        f32_cpu(inp.mask)?,
+    ) else {
+        return Ok(None);
+    };
+    let d = Dims::of(&q, &k)?;
+    if v.dims() != k.dims() || mask.dims() != [d.p, d.t] || d.kv == 0 || d.h % d.kv != 0 {
+        return Ok(None);
+    }
+    Ok(Some((d, [q, k, v, mask])))
+}
+
+/// Attention `z [batch, pos, head, d_head]` of `inp` in one pass per `(batch, head)` on every
+/// core (see the module docs), or `None` where the kernel does not apply.
+///
+/// # Errors
+/// Tensor errors.
+pub(crate) fn attention_z(inp: &AttnInputs) -> Result<Option<Tensor>> {
+    let Some((d, [q, k, v, mask])) = prepare(inp)? else {
+        return Ok(None);
+    };
+    let knobs = (inp.scale as f32, inp.softcap.map(|c| c as f32));
+    let n = d.b * d.p * d.h * d.dh;
+    let mut z: Vec<f32> = Vec::with_capacity(n);
+    let zp = Out(z.as_mut_ptr());
+    let (gq, gk, gv, gm) = (
+        q.storage_and_layout(),
+        k.storage_and_layout(),
+        v.storage_and_layout(),
+        mask.storage_and_layout(),
+    );
+    let (qs, ks, vs, ms) = (
+        slice(&gq.0, gq.1)?,
+        slice(&gk.0, gk.1)?,
+        slice(&gv.0, gv.1)?,
+        slice(&gm.0, gm.1)?,
+    );
+    (0..d.b * d.h).into_par_iter().for_each_init(
+        || vec![0f32; d.p * d.t],
+        |s, u| {
+            let (qo, ko) = d.offsets(u);
+            let zp = zp;
+            // SAFETY: the offsets stay inside q, k, v and z (their shapes are d's); unit u
+            // writes only the z rows of its (batch, head).
+            unsafe {
+                unit_scores(d, qs.as_ptr().add(qo), ks.as_ptr().add(ko), ms, knobs, s);
+                softmax_rows(s, d.t);
+                unit_values(d, s, vs.as_ptr().add(ko), zp.0.add(qo));
+            }
+        },
+    );
+    drop((gq, gk, gv, gm));
+    // SAFETY: the units cover every (batch, head) and each wrote all p × dh of its z entries.
+    unsafe { z.set_len(n) };
+    Ok(Some(Tensor::from_vec(
+        z,
+        (d.b, d.p, d.h, d.dh),
+        q.device(),
+    )?))
+}
+
+/// The masked, scaled scores `[batch, head, pos, t]` of `inp` (what `hook_attn_scores` sees),
+/// or `None` where the kernel does not apply.
+///
+/// # Errors
+/// Tensor errors.
+pub(crate) fn scores(inp: &AttnInputs) -> Result<Option<Tensor>> {
+    let Some((d, [q, k, _, mask])) = prepare(inp)? else {
+        return Ok(None);
+    };
+    let knobs = (inp.scale as f32, inp.softcap.map(|c| c as f32));
+    let n = d.b * d.h * d.p * d.t;
+    let mut out = vec![0f32; n];
+    let (gq, gk, gm) = (
+        q.storage_and_layout(),
+        k.storage_and_layout(),
+        mask.storage_and_layout(),
+    );
+    let (qs, ks, ms) = (
+        slice(&gq.0, gq.1)?,
+        slice(&gk.0, gk.1)?,
+        slice(&gm.0, gm.1)?,
+    );
+    out.par_chunks_mut(d.p * d.t)
+        .enumerate()
+        .for_each(|(u, s)| {
+            let (qo, ko) = d.offsets(u);
+            // SAFETY: the offsets stay inside q and k (their shapes are d's).
+            unsafe { unit_scores(d, qs.as_ptr().add(qo), ks.as_ptr().add(ko), ms, knobs, s) }
+        });
+    drop((gq, gk, gm));
+    Ok(Some(Tensor::from_vec(
+        out,
+        (d.b, d.h, d.p, d.t),
+        q.device(),
+    )?))
+}
+
+/// `z [batch, pos, head, d_head]` from `pattern [batch, head, pos, t]` and the values
+/// `v [batch, t, kv_head, d_head]`, or `None` where the kernel does not apply.
+///
+/// # Errors
+/// Tensor errors.
+pub(crate) fn weighted_values(pattern: &Tensor, v: &Tensor) -> Result<Option<Tensor>> {
+    let (Some(pat), Some(v)) = (f32_cpu(pattern)?, f32_cpu(v)?) else {
+        return Ok(None);
+    };
+    let (b, h, p, t) = pat.dims4()?;
+    let (vb, vt, kv, dh) = v.dims4()?;
+    if vb != b || vt != t || kv == 0 || h % kv != 0 {
+        return Ok(None);
+    }
+    let d = Dims { b, p, t, h, kv, dh };
+    let n = b * p * h * dh;
+    let mut z: Vec<f32> = Vec::with_capacity(n);
+    let zp = Out(z.as_mut_ptr());
+    let (gp, gv) = (pat.storage_and_layout(), v.storage_and_layout());
+    let (ps, vs) = (slice(&gp.0, gp.1)?, slice(&gv.0, gv.1)?);
+    ps.par_chunks(p * t).enumerate().for_each(|(u, s)| {
+        let (qo, ko) = d.offsets(u);
+        let zp = zp;
+        // SAFETY: as in attention_z.
+        unsafe { unit_values(d, s, vs.as_ptr().add(ko), zp.0.add(qo)) }
+    });
+    drop((gp, gv));
+    // SAFETY: every (batch, head) unit wrote its p × dh entries.
+    unsafe { z.set_len(n) };
+    Ok(Some(Tensor::from_vec(z, (b, p, h, dh), pat.device())?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// The same attention from candle's composed ops: keys and values copied per query head,
+    /// `scale · q kᵀ`, the soft-cap, the mask, the softmax, the values.
+    fn composed(inp: &AttnInputs) -> (Tensor, Tensor, Tensor) {
+        let (h, kv) = (inp.q.dim(2).unwrap(), inp.k.dim(2).unwrap());
+        let per_head = |x: &Tensor| {
+            let x = x.transpose(1, 2).unwrap().contiguous().unwrap();
+            let idx: Vec<u32> = (0..h).map(|i| (i / (h / kv)) as u32).collect();
+            let idx = Tensor::new(idx.as_slice(), &Device::Cpu).unwrap();
+            x.index_select(&idx, 1).unwrap().contiguous().unwrap()
+        };
+        let qt = inp.q.transpose(1, 2).unwrap().contiguous().unwrap();
+        let mut s = (qt.matmul(&per_head(inp.k).t().unwrap()).unwrap() * inp.scale).unwrap();
+        if let Some(c) = inp.softcap {
+            s = ((s / c).unwrap().tanh().unwrap() * c).unwrap();
+        }
+        let s = s.broadcast_add(inp.mask).unwrap();
+        let pat = candle_nn::ops::softmax_last_dim(&s).unwrap();
+        let z = pat
+            .matmul(&per_head(inp.v))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap();
+        (s, pat, z.contiguous().unwrap())
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_kernel_equals_the_composed_attention() {
+        let dev = Device::Cpu;
+        // (batch, pos, t, heads, kv heads, d_head, window, soft-cap): multi-head, grouped,
+        // multi-query, a sliding window, queries after a KV cache (t > pos), Gemma 2's cap
+        let cases = [
+            (2, 7, 7, 4, 4, 8, usize::MAX, None),
+            (3, 6, 6, 6, 2, 16, usize::MAX, None),
+            (1, 5, 5, 4, 1, 32, 3, Some(5.0)),
+            (2, 3, 9, 4, 2, 8, usize::MAX, None),
+        ];
+        for (b, p, t, h, kv, dh, window, softcap) in cases {
+            let q = Tensor::randn(0f32, 1f32, (b, p, h, dh), &dev).unwrap();
+            let k = Tensor::randn(0f32, 1f32, (b, t, kv, dh), &dev).unwrap();
+            let v = Tensor::randn(0f32, 1f32, (b, t, kv, dh), &dev).unwrap();
+            let offset = t - p;
+            let mask: Vec<f32> = (offset..t)
+                .flat_map(|qi| {
+                    (0..t).map(move |ki| {
+                        if ki > qi || qi - ki >= window {
+                            f32::NEG_INFINITY
+                        } else {
+                            0.0
+                        }
+                    })
+                })
+                .collect();
+            let mask = Tensor::from_vec(mask, (p, t), &dev).unwrap();
+            let inp = AttnInputs {
+                q: &q,
+                k: &k,
+                v: &v,
+                mask: &mask,
+                scale: 1.0 / (dh as f64).sqrt(),
+                softcap,
+            };
+            let (s_ref, pat_ref, z_ref) = composed(&inp);
+            let case = format!("{b}x{p}x{t}, {h}/{kv} heads, window {window}, cap {softcap:?}");
+            let z = attention_z(&inp).unwrap().expect("the kernel applies");
+            assert!(max_diff(&z, &z_ref) < 1e-5, "fused z, {case}");
+            let s = scores(&inp).unwrap().unwrap();
+            // masked entries are -inf in both: compare where finite, and the -inf pattern
+            let (sv, rv) = (
+                s.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                s_ref.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
+            for (a, r) in sv.iter().zip(&rv) {
+                assert!(
+                    (a.is_infinite() && a == r) || (a - r).abs() < 1e-5,
+                    "scores {a} vs {r}, {case}"
+                );
+            }
+            let z2 = weighted_values(&pat_ref, &v).unwrap().unwrap();
+            assert!(max_diff(&z2, &z_ref) < 1e-5, "weighted values, {case}");
+        }
+    }
+
+    #[test]
+    fn tracked_or_other_dtypes_are_left_to_candle() {
+        let dev = Device::Cpu;
+        let q = Tensor::randn(0f32, 1f32, (1, 2, 2, 4), &dev).unwrap();
+        let mask = Tensor::zeros((2, 2), DType::F32, &dev).unwrap();
+        let var = candle_core::Var::from_tensor(&q).unwrap();
+        let half = q.to_dtype(DType::F16).unwrap();
+        for (q, k) in [(var.as_tensor(), &q), (&half, &half)] {
+            let inp = AttnInputs {
+                q,
+                k,
+                v: k,
+                mask: &mask,
+                scale: 0.5,
+                softcap: None,
+            };
+            assert!(attention_z(&inp).unwrap().is_none());
+            assert!(scores(&inp).unwrap().is_none());
+        }
+    }
+}
