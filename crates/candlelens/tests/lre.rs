@@ -427,7 +427,14 @@ fn h_can_be_read_at_the_subject_or_the_prompt_end() {
             .unwrap()
             .i((0, s.subject_pos))
             .unwrap();
-        assert!(max_abs(&to_vec(&s.h.i(3).unwrap()), &to_vec(&want)) < 1e-4);
+        let d = max_abs(&to_vec(&s.h.i(3).unwrap()), &to_vec(&want));
+        let big = to_vec(&want).iter().fold(0f32, |a, v| a.max(v.abs()));
+        // a few ulps of the largest entry (SmolLM2's residual reaches ~750, where one f32 ulp
+        // is 6e-5): the two runs take different kernels for the same function
+        assert!(
+            d < 1e-4f32.max(4.0 * f32::EPSILON * big),
+            "{d} (largest {big})"
+        );
     }
     // switching back restores the subject's states
     let back = last.read_at(ReadAt::SubjectLast);

@@ -78,6 +78,25 @@ unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// `Σ f(x)` over `xs`, accumulated in 16 lanes so that the loop vectorises (the order of the
+/// additions differs from a sequential sum by rounding only).
+#[inline(always)]
+pub(crate) fn sum_by(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    const L: usize = 16;
+    let mut acc = [0f32; L];
+    let mut chunks = xs.chunks_exact(L);
+    for c in &mut chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += f(x);
+        }
+    }
+    acc.iter().sum::<f32>() + chunks.remainder().iter().map(|&x| f(x)).sum::<f32>()
+}
+
+/// Below this many elements a kernel runs on the calling thread: handing a few microseconds
+/// of work to the pool costs more than it saves.
+pub(crate) const SERIAL_BELOW: usize = 32_768;
+
 /// `f(a[i], b[i])` for every `i` into a new vector, in chunks of 4096 on every core, each
 /// chunk's loop under [`with_simd`]. No zero-fill first: every element is written once.
 /// `a` and `b` have one length.

@@ -29,6 +29,7 @@ pub mod kernels;
 pub mod malloc;
 pub mod model;
 pub mod moe;
+pub(crate) mod norm_kernel;
 pub mod ops;
 pub mod rope;
 pub mod split;

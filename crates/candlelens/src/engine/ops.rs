@@ -10,6 +10,7 @@ use candle_core::{DType, Tensor, D};
 use crate::engine::config::{Activation, ModelConfig, NormKind};
 use crate::engine::hooks::{HookPoint, HookSink};
 use crate::engine::kernels;
+use crate::engine::norm_kernel;
 use crate::engine::weights::NormWeights;
 use crate::error::Result;
 
@@ -140,17 +141,33 @@ impl NormSpec {
                 _ => {}
             }
         }
+        let is_ln = matches!(self.kind, NormKind::LayerNorm);
         let x32 = x.to_dtype(DType::F32)?;
-        let centred = match self.kind {
-            NormKind::LayerNorm => x32.broadcast_sub(&x32.mean_keepdim(D::Minus1)?)?,
-            NormKind::RmsNorm => x32,
+        let centred = || -> Result<Tensor> {
+            Ok(match self.kind {
+                NormKind::LayerNorm => x32.broadcast_sub(&x32.mean_keepdim(D::Minus1)?)?,
+                NormKind::RmsNorm => x32.clone(),
+            })
         };
-        let scale = (centred.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?;
+        // the scale and the normalised output as two fused passes on the CPU (see
+        // norm_kernel), candle's composed ops elsewhere
+        let scale = match norm_kernel::norm_scale(&x32, is_ln, self.eps)? {
+            Some(scale) => scale,
+            None => (centred()?.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?,
+        };
         let scale = match hooks {
             Some((hs, _)) => hook(sink, hs, scale.to_dtype(self.dtype)?)?.to_dtype(DType::F32)?,
             None => scale,
         };
-        let mut y = centred
+        if self.dtype == DType::F32 {
+            if let Some(y) = norm_kernel::norm_apply(&x32, &scale, is_ln, &w.w, w.b.as_ref())? {
+                return match hooks {
+                    Some((_, hn)) => hook(sink, hn, y),
+                    None => Ok(y),
+                };
+            }
+        }
+        let mut y = centred()?
             .broadcast_div(&scale)?
             .to_dtype(self.dtype)?
             .broadcast_mul(&w.w)?;

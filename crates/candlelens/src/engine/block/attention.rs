@@ -190,6 +190,9 @@ impl Block<'_> {
         let scores32 = scores.to_dtype(DType::F32)?;
         // candle's fused softmax kernel carries no gradient: a run with gradients uses the
         // same kernel with a written-out backward (composed ops off the CPU)
+        if let Some(pattern) = attention_kernel::softmax(&scores32)? {
+            return Ok(pattern.to_dtype(self.dtype)?);
+        }
         Ok(if !scores32.track_op() {
             candle_nn::ops::softmax_last_dim(&scores32)?
         } else if scores32.device().is_cpu() {
