@@ -114,21 +114,22 @@ fn for_units(d: Dims, f: impl Fn(usize, &mut Vec<f32>) + Sync) {
 /// scores into `s`.
 ///
 /// # Safety
-/// `q` and `k` point at the unit's queries and keys in buffers of the shapes `d` describes.
+/// `q` and `k` point at the unit's queries and keys in buffers of the shapes `d` describes,
+/// `s` at `p × t` writable (possibly uninitialised) entries.
 unsafe fn unit_scores(
     d: Dims,
     q: *const f32,
     k: *const f32,
     mask: &[f32],
     inp: (f32, Option<f32>),
-    s: &mut [f32],
+    s: *mut f32,
 ) {
     let (scale, cap) = inp;
     gemm(
         d.p,
         d.t,
         d.dh,
-        s.as_mut_ptr(),
+        s,
         1,
         d.t as isize,
         false,
@@ -145,6 +146,8 @@ unsafe fn unit_scores(
         false,
         Parallelism::None,
     );
+    // gemm wrote all p × t entries
+    let s = std::slice::from_raw_parts_mut(s, d.p * d.t);
     match cap {
         Some(c) => {
             for (x, &m) in s.iter_mut().zip(mask) {
@@ -271,7 +274,14 @@ pub(crate) fn attention_z(inp: &AttnInputs) -> Result<Option<Tensor>> {
         // SAFETY: the offsets stay inside q, k, v and z (their shapes are d's); unit u writes
         // only the z rows of its (batch, head).
         unsafe {
-            unit_scores(d, qs.as_ptr().add(qo), ks.as_ptr().add(ko), ms, knobs, s);
+            unit_scores(
+                d,
+                qs.as_ptr().add(qo),
+                ks.as_ptr().add(ko),
+                ms,
+                knobs,
+                s.as_mut_ptr(),
+            );
             softmax_rows(s, d.t);
             unit_values(d, s, vs.as_ptr().add(ko), zp.ptr().add(qo));
         }
@@ -297,7 +307,8 @@ pub(crate) fn scores(inp: &AttnInputs) -> Result<Option<Tensor>> {
     };
     let knobs = (inp.scale as f32, inp.softcap.map(|c| c as f32));
     let n = d.b * d.h * d.p * d.t;
-    let mut out = vec![0f32; n];
+    // every entry is written by its unit's gemm: no zero fill first
+    let mut out: Vec<f32> = Vec::with_capacity(n);
     let (gq, gk, gm) = (
         q.storage_and_layout(),
         k.storage_and_layout(),
@@ -315,11 +326,13 @@ pub(crate) fn scores(inp: &AttnInputs) -> Result<Option<Tensor>> {
         // SAFETY: the offsets stay inside q and k (their shapes are d's); unit u writes only
         // its own [p, t] block of `out`.
         unsafe {
-            let s = std::slice::from_raw_parts_mut(op.ptr().add(u * pt), pt);
+            let s = op.ptr().add(u * pt);
             unit_scores(d, qs.as_ptr().add(qo), ks.as_ptr().add(ko), ms, knobs, s)
         }
     });
     drop((gq, gk, gm));
+    // SAFETY: the units cover every (batch, head) block and each wrote all p × t entries.
+    unsafe { out.set_len(n) };
     Ok(Some(Tensor::from_vec(
         out,
         (d.b, d.h, d.p, d.t),

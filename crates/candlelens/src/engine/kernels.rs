@@ -121,26 +121,42 @@ pub fn transpose_2d(t: &Tensor) -> Result<Tensor> {
 /// the rayon pool.
 fn transpose_f32(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     use rayon::prelude::*;
+    use std::mem::MaybeUninit;
     const B: usize = 32;
-    let mut out = vec![0f32; rows * cols];
-    if rows == 0 || cols == 0 {
+    let n = rows * cols;
+    let mut out: Vec<f32> = Vec::with_capacity(n);
+    if n == 0 {
         return out;
     }
-    out.par_chunks_mut(B * rows)
-        .enumerate()
-        .for_each(|(cb, chunk)| {
-            let c0 = cb * B;
-            let cn = chunk.len() / rows;
-            for r0 in (0..rows).step_by(B) {
-                let rn = (rows - r0).min(B);
-                for j in 0..cn {
-                    let o = &mut chunk[j * rows + r0..j * rows + r0 + rn];
-                    for (i, v) in o.iter_mut().enumerate() {
-                        *v = src[(r0 + i) * cols + c0 + j];
-                    }
+    // every entry is written once: no zero fill first (the output of a cached run is fresh
+    // memory, where a fill is a second pass)
+    let fill = |cb: usize, chunk: &mut [MaybeUninit<f32>]| {
+        let c0 = cb * B;
+        let cn = chunk.len() / rows;
+        for r0 in (0..rows).step_by(B) {
+            let rn = (rows - r0).min(B);
+            for j in 0..cn {
+                let o = &mut chunk[j * rows + r0..j * rows + r0 + rn];
+                for (i, v) in o.iter_mut().enumerate() {
+                    v.write(src[(r0 + i) * cols + c0 + j]);
                 }
             }
-        });
+        }
+    };
+    let spare = &mut out.spare_capacity_mut()[..n];
+    if n < fastmath::SERIAL_BELOW {
+        spare
+            .chunks_mut(B * rows)
+            .enumerate()
+            .for_each(|(cb, c)| fill(cb, c));
+    } else {
+        spare
+            .par_chunks_mut(B * rows)
+            .enumerate()
+            .for_each(|(cb, c)| fill(cb, c));
+    }
+    // SAFETY: the chunks cover all n entries and `fill` wrote each of them.
+    unsafe { out.set_len(n) };
     out
 }
 
@@ -168,7 +184,7 @@ pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
 
 /// The gated MLP's `act(pre) ⊙ lin` in one pass on every core, for SiLU (SwiGLU) and
 /// GELU-tanh (GeGLU) on contiguous f32 CPU tensors of one shape that autograd does not track,
-/// without the intermediate tensor, through the vectorised `exp` of [`fastmath`] (within a
+/// without the intermediate tensor, through the vectorised `exp` of `engine::fastmath` (within a
 /// few ulp of the composed ops). `None` where it does not apply.
 ///
 /// # Errors

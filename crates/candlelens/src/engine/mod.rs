@@ -6,7 +6,10 @@
 //! - [`ops`] holds the small shared operations (hook firing, `linear`, activations, norms);
 //!   [`rope`] the rotary tables and causal masks; [`block`] one transformer block as a view over
 //!   one layer's weights ([`block::Block`]); [`jvp`] its forward-mode derivative; [`moe`] the
-//!   sparse mixture-of-experts MLP.
+//!   sparse mixture-of-experts MLP. Where candle's CPU ops are slow the forward runs the
+//!   crate's own kernels: [`kernels`] (products, the fused gate), and the internal
+//!   `attention_kernel` (copy-free attention), `norm_kernel` (hooked norms) and `fastmath`
+//!   (a vectorised `exp`), each falling back to candle's ops where it does not apply.
 //! - [`model`] is [`HookedTransformer`]: embed, blocks, unembed, and the TransformerLens entry
 //!   points (`run_with_cache`, `run_with_hooks`, `to_tokens`, ...).
 //! - [`tokenizer`] and [`tokens`] turn text into right-padded batches; [`hooks`] names every

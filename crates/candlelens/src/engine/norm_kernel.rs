@@ -114,29 +114,38 @@ pub(crate) fn norm_apply(
         _ => None,
     };
     let per = rows_per_task(d);
-    let mut out = vec![0f32; xs.len()];
-    let task = |o: &mut [f32], xr: &[f32], sr: &[f32]| {
+    let n = xs.len();
+    let mut out: Vec<f32> = Vec::with_capacity(n);
+    let task = |o: &mut [std::mem::MaybeUninit<f32>], xr: &[f32], sr: &[f32]| {
         fastmath::with_simd(|| {
             for ((o, row), &s) in o.chunks_mut(d).zip(xr.chunks(d)).zip(sr) {
                 let mu = centre(row, centred);
-                for ((o, &v), &wv) in o.iter_mut().zip(row).zip(ws) {
-                    *o = (v - mu) / s * wv;
-                }
-                if let Some(bs) = bs {
-                    for (o, &bv) in o.iter_mut().zip(bs) {
-                        *o += bv;
+                match bs {
+                    Some(bs) => {
+                        for (((o, &v), &wv), &bv) in o.iter_mut().zip(row).zip(ws).zip(bs) {
+                            o.write((v - mu) / s * wv + bv);
+                        }
+                    }
+                    None => {
+                        for ((o, &v), &wv) in o.iter_mut().zip(row).zip(ws) {
+                            o.write((v - mu) / s * wv);
+                        }
                     }
                 }
             }
         })
     };
-    if xs.len() < fastmath::SERIAL_BELOW {
-        task(&mut out, xs, ss);
+    let spare = &mut out.spare_capacity_mut()[..n];
+    if n < fastmath::SERIAL_BELOW {
+        task(spare, xs, ss);
     } else {
-        out.par_chunks_mut(per * d)
+        spare
+            .par_chunks_mut(per * d)
             .zip(xs.par_chunks(per * d).zip(ss.par_chunks(per)))
             .for_each(|(o, (xr, sr))| task(o, xr, sr));
     }
+    // SAFETY: the rows cover all n entries (x and out have one shape) and each was written.
+    unsafe { out.set_len(n) };
     drop((gx, gs, gw, gb));
     Ok(Some(Tensor::from_vec(out, x.shape(), x.device())?))
 }

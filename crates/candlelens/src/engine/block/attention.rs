@@ -1,6 +1,6 @@
 //! A block's attention: the q/k/v projections with the q/k norm and rotary, grouped-query
 //! keys and values, scores, mask, softmax and `z W_O` — on the copy-free CPU kernel of
-//! [`crate::engine::attention_kernel`] where it applies, on candle's composed ops elsewhere
+//! `engine::attention_kernel` where it applies, on candle's composed ops elsewhere
 //! (the same function) — and the per-head views (`hook_result`, `z` to `attn_out`) that
 //! patching and attribution read.
 
