@@ -110,21 +110,12 @@ fn for_units(d: Dims, f: impl Fn(usize, &mut Vec<f32>) + Sync) {
     }
 }
 
-/// `scores [p, t] = scale · q_bh k_bgᵀ`, then the soft-cap and the mask: one unit's masked
-/// scores into `s`.
+/// `scores [p, t] = scale · q_bh k_bgᵀ` into `s`: one unit's first product.
 ///
 /// # Safety
 /// `q` and `k` point at the unit's queries and keys in buffers of the shapes `d` describes,
 /// `s` at `p × t` writable (possibly uninitialised) entries.
-unsafe fn unit_scores(
-    d: Dims,
-    q: *const f32,
-    k: *const f32,
-    mask: &[f32],
-    inp: (f32, Option<f32>),
-    s: *mut f32,
-) {
-    let (scale, cap) = inp;
+unsafe fn unit_qk(d: Dims, q: *const f32, k: *const f32, scale: f32, s: *mut f32) {
     gemm(
         d.p,
         d.t,
@@ -146,6 +137,22 @@ unsafe fn unit_scores(
         false,
         Parallelism::None,
     );
+}
+
+/// [`unit_qk`], then the soft-cap and the mask: one unit's masked scores into `s`.
+///
+/// # Safety
+/// As [`unit_qk`].
+unsafe fn unit_scores(
+    d: Dims,
+    q: *const f32,
+    k: *const f32,
+    mask: &[f32],
+    inp: (f32, Option<f32>),
+    s: *mut f32,
+) {
+    let (scale, cap) = inp;
+    unit_qk(d, q, k, scale, s);
     // gemm wrote all p × t entries
     let s = std::slice::from_raw_parts_mut(s, d.p * d.t);
     match cap {
@@ -162,11 +169,17 @@ unsafe fn unit_scores(
     }
 }
 
+fastmath::simd_fn! {
 /// Softmax of each row of `s [rows, t]` in place, through the vectorised `exp`: the row's
 /// maximum, `e^(x − max)`, their sum, the quotients (as candle's kernel, which divides).
-fn softmax_rows(s: &mut [f32], t: usize) {
+    fn softmax_rows(s: &mut [f32], t: usize) = softmax_rows_in
+}
+
+/// The body of [`softmax_rows`], inlined into its SIMD builds.
+#[inline(always)]
+fn softmax_rows_in(s: &mut [f32], t: usize) {
     const L: usize = 16;
-    fastmath::with_simd(|| {
+    {
         for row in s.chunks_mut(t) {
             // reductions over 16 lanes, so that they vectorise
             let mut m = [f32::NEG_INFINITY; L];
@@ -195,7 +208,7 @@ fn softmax_rows(s: &mut [f32], t: usize) {
                 *x /= sum;
             }
         }
-    })
+    }
 }
 
 /// `z_bh [p, dh] = pattern_bh [p, t] · v_bg [t, dh]`, written into `z`'s strided rows.
@@ -405,6 +418,59 @@ pub(crate) fn weighted_values(pattern: &Tensor, v: &Tensor) -> Result<Option<Ten
     // SAFETY: every (batch, head) unit wrote its p × dh entries.
     unsafe { z.set_len(n) };
     Ok(Some(Tensor::from_vec(z, (b, p, h, dh), pat.device())?))
+}
+
+/// The two matrix products of attention alone, `(q kᵀ) v` per `(batch, head)` with no mask
+/// or softmax between them, the way [`attention_z`] runs them: `[batch, pos, head, d_head]`
+/// for `q [batch, pos, head, d_head]` and `k`, `v [batch, t, kv_head, d_head]`. The matmul
+/// floor of attention (`lens bench forward --floor`), not attention itself. `None` where the
+/// kernel does not apply.
+///
+/// # Errors
+/// Tensor errors.
+pub(crate) fn products_only(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>> {
+    let (Some(q), Some(k), Some(v)) = (f32_cpu(q)?, f32_cpu(k)?, f32_cpu(v)?) else {
+        return Ok(None);
+    };
+    let d = Dims::of(&q, &k)?;
+    if v.dims() != k.dims() || d.kv == 0 || d.h % d.kv != 0 {
+        return Ok(None);
+    }
+    let n = d.b * d.p * d.h * d.dh;
+    let mut z: Vec<f32> = Vec::with_capacity(n);
+    let zp = Out(z.as_mut_ptr());
+    let (gq, gk, gv) = (
+        q.storage_and_layout(),
+        k.storage_and_layout(),
+        v.storage_and_layout(),
+    );
+    let (qs, ks, vs) = (
+        slice(&gq.0, gq.1)?,
+        slice(&gk.0, gk.1)?,
+        slice(&gv.0, gv.1)?,
+    );
+    for_units(d, |u, s| {
+        let (qo, ko) = d.offsets(u);
+        // SAFETY: as in attention_z.
+        unsafe {
+            unit_qk(
+                d,
+                qs.as_ptr().add(qo),
+                ks.as_ptr().add(ko),
+                1.0,
+                s.as_mut_ptr(),
+            );
+            unit_values(d, s, vs.as_ptr().add(ko), zp.ptr().add(qo));
+        }
+    });
+    drop((gq, gk, gv));
+    // SAFETY: every (batch, head) unit wrote its p × dh entries.
+    unsafe { z.set_len(n) };
+    Ok(Some(Tensor::from_vec(
+        z,
+        (d.b, d.p, d.h, d.dh),
+        q.device(),
+    )?))
 }
 
 #[cfg(test)]

@@ -95,6 +95,31 @@ fn product_f32(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
     Ok(Some(Tensor::from_vec(out, (rows, d_out), x.device())?))
 }
 
+/// The matrix products of attention alone — `(q kᵀ) v` per `(batch, head)`, no scale, mask
+/// or softmax — run the way the forward's attention kernel runs them, for `q [batch, pos,
+/// head, d_head]` and `k`, `v [batch, t, kv_head, d_head]` (f32 on the CPU; candle's batched
+/// products elsewhere). What `lens bench forward --floor` times as attention's share of the
+/// matmul floor.
+///
+/// # Errors
+/// Shape mismatches.
+pub fn attention_products(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    if let Some(z) = crate::engine::attention_kernel::products_only(q, k, v)? {
+        return Ok(z);
+    }
+    let (h, kv) = (q.dim(2)?, k.dim(2)?);
+    let per_head = |x: &Tensor| -> Result<Tensor> {
+        let x = x.transpose(1, 2)?.contiguous()?;
+        let (b, _, t, dh) = x.dims4()?;
+        Ok(x.unsqueeze(2)?
+            .expand((b, kv, h / kv.max(1), t, dh))?
+            .reshape((b, h, t, dh))?)
+    };
+    let qt = q.transpose(1, 2)?.contiguous()?;
+    let s = qt.matmul(&per_head(k)?.t()?)?;
+    Ok(s.matmul(&per_head(v)?)?.transpose(1, 2)?.contiguous()?)
+}
+
 /// `t [r, c]` -> `[c, r]`, contiguous. For contiguous f32 tensors on the CPU a cache-blocked
 /// copy on every core (5× candle's strided copy for a `[262144, 38]` unembedding); otherwise
 /// candle's `t().contiguous()`.

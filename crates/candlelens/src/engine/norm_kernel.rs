@@ -38,6 +38,61 @@ fn centre(row: &[f32], centred: bool) -> f32 {
     }
 }
 
+fastmath::simd_fn! {
+    /// The scales of the rows of `xr` into `o`: [`norm_scale`]'s tasks, in SIMD builds.
+    fn scale_rows(o: &mut [f32], xr: &[f32], d: usize, centred: bool, eps: f64) = scale_rows_in
+}
+
+fastmath::simd_fn! {
+    /// The normalised rows of `xr` into `o`: [`norm_apply`]'s tasks, in SIMD builds.
+    fn apply_rows(
+        o: &mut [std::mem::MaybeUninit<f32>],
+        xr: &[f32],
+        sr: &[f32],
+        d: usize,
+        centred: bool,
+        wb: (&[f32], Option<&[f32]>),
+    ) = apply_rows_in
+}
+
+/// The body of [`scale_rows`].
+#[inline(always)]
+fn scale_rows_in(o: &mut [f32], xr: &[f32], d: usize, centred: bool, eps: f64) {
+    for (o, row) in o.iter_mut().zip(xr.chunks(d)) {
+        let mu = centre(row, centred);
+        let ms = fastmath::sum_by(row, |v| (v - mu) * (v - mu)) / d as f32;
+        *o = (ms + eps as f32).sqrt();
+    }
+}
+
+/// The body of [`apply_rows`]: the rows of `xr` with scales `sr`, weight and bias `wb`.
+#[inline(always)]
+fn apply_rows_in(
+    o: &mut [std::mem::MaybeUninit<f32>],
+    xr: &[f32],
+    sr: &[f32],
+    d: usize,
+    centred: bool,
+    wb: (&[f32], Option<&[f32]>),
+) {
+    let (ws, bs) = wb;
+    for ((o, row), &s) in o.chunks_mut(d).zip(xr.chunks(d)).zip(sr) {
+        let mu = centre(row, centred);
+        match bs {
+            Some(bs) => {
+                for (((o, &v), &wv), &bv) in o.iter_mut().zip(row).zip(ws).zip(bs) {
+                    o.write((v - mu) / s * wv + bv);
+                }
+            }
+            None => {
+                for ((o, &v), &wv) in o.iter_mut().zip(row).zip(ws) {
+                    o.write((v - mu) / s * wv);
+                }
+            }
+        }
+    }
+}
+
 /// The norm's scale `sqrt(mean((x − μ)²) + eps)` of each row of `x [.., d]` (μ the row's mean
 /// for LayerNorm, `centred`, and 0 for RMSNorm): `[.., 1]`, what `hook_scale` sees.
 ///
@@ -52,15 +107,8 @@ pub(crate) fn norm_scale(x: &Tensor, centred: bool, eps: f64) -> Result<Option<T
     let rows = xs.len() / d.max(1);
     let per = rows_per_task(d);
     let mut out = vec![0f32; rows];
-    let task = |o: &mut [f32], xr: &[f32]| {
-        fastmath::with_simd(|| {
-            for (o, row) in o.iter_mut().zip(xr.chunks(d)) {
-                let mu = centre(row, centred);
-                let ms = fastmath::sum_by(row, |v| (v - mu) * (v - mu)) / d as f32;
-                *o = (ms + eps as f32).sqrt();
-            }
-        })
-    };
+    let task =
+        |o: &mut [f32], xr: &[f32]| fastmath::with_simd(|| scale_rows(o, xr, d, centred, eps));
     if xs.len() < fastmath::SERIAL_BELOW {
         task(&mut out, xs);
     } else {
@@ -117,23 +165,7 @@ pub(crate) fn norm_apply(
     let n = xs.len();
     let mut out: Vec<f32> = Vec::with_capacity(n);
     let task = |o: &mut [std::mem::MaybeUninit<f32>], xr: &[f32], sr: &[f32]| {
-        fastmath::with_simd(|| {
-            for ((o, row), &s) in o.chunks_mut(d).zip(xr.chunks(d)).zip(sr) {
-                let mu = centre(row, centred);
-                match bs {
-                    Some(bs) => {
-                        for (((o, &v), &wv), &bv) in o.iter_mut().zip(row).zip(ws).zip(bs) {
-                            o.write((v - mu) / s * wv + bv);
-                        }
-                    }
-                    None => {
-                        for ((o, &v), &wv) in o.iter_mut().zip(row).zip(ws) {
-                            o.write((v - mu) / s * wv);
-                        }
-                    }
-                }
-            }
-        })
+        apply_rows(o, xr, sr, d, centred, (ws, bs))
     };
     let spare = &mut out.spare_capacity_mut()[..n];
     if n < fastmath::SERIAL_BELOW {
@@ -147,6 +179,84 @@ pub(crate) fn norm_apply(
     // SAFETY: the rows cover all n entries (x and out have one shape) and each was written.
     unsafe { out.set_len(n) };
     drop((gx, gs, gw, gb));
+    Ok(Some(Tensor::from_vec(out, x.shape(), x.device())?))
+}
+
+fastmath::simd_fn! {
+    /// The scales and then the normalised rows of `xr` into `o`: [`norm`]'s tasks.
+    fn norm_rows(
+        o: &mut [std::mem::MaybeUninit<f32>],
+        xr: &[f32],
+        d: usize,
+        centred: bool,
+        eps: f64,
+        wb: (&[f32], Option<&[f32]>),
+    ) = norm_rows_in
+}
+
+/// The body of [`norm_rows`]: each row's scale, then the row normalised with it (the row is
+/// still in cache for the second pass).
+#[inline(always)]
+fn norm_rows_in(
+    o: &mut [std::mem::MaybeUninit<f32>],
+    xr: &[f32],
+    d: usize,
+    centred: bool,
+    eps: f64,
+    wb: (&[f32], Option<&[f32]>),
+) {
+    for (o, row) in o.chunks_mut(d).zip(xr.chunks(d)) {
+        let mut scale = [0f32];
+        scale_rows_in(&mut scale, row, d, centred, eps);
+        apply_rows_in(o, row, &scale, d, centred, wb);
+    }
+}
+
+/// The whole norm, `(x − μ) / sqrt(mean((x − μ)²) + eps) ⊙ w (+ b)` per row of `x [.., d]`,
+/// where no hook reads its scale: one vectorised pass per row on every core (candle's fused
+/// CPU norms sum and scale one element at a time). `None` where the kernel does not apply.
+///
+/// # Errors
+/// Tensor errors.
+pub(crate) fn norm(
+    x: &Tensor,
+    centred: bool,
+    eps: f64,
+    w: &Tensor,
+    b: Option<&Tensor>,
+) -> Result<Option<Tensor>> {
+    let d = x.dim(candle_core::D::Minus1)?;
+    if d == 0 || w.dims() != [d] || b.is_some_and(|b| b.dims() != [d]) {
+        return Ok(None);
+    }
+    let (gx, lx) = x.storage_and_layout();
+    let (gw, lw) = w.storage_and_layout();
+    let gb = b.map(|b| b.storage_and_layout());
+    let (Some(xs), Some(ws)) = (data(x, &gx, lx)?, data(w, &gw, lw)?) else {
+        return Ok(None);
+    };
+    let bs = match (b, &gb) {
+        (Some(b), Some((g, l))) => match data(b, g, l)? {
+            Some(s) => Some(s),
+            None => return Ok(None),
+        },
+        _ => None,
+    };
+    let n = xs.len();
+    let per = rows_per_task(d);
+    let mut out: Vec<f32> = Vec::with_capacity(n);
+    let spare = &mut out.spare_capacity_mut()[..n];
+    if n < fastmath::SERIAL_BELOW {
+        norm_rows(spare, xs, d, centred, eps, (ws, bs));
+    } else {
+        spare
+            .par_chunks_mut(per * d)
+            .zip(xs.par_chunks(per * d))
+            .for_each(|(o, xr)| norm_rows(o, xr, d, centred, eps, (ws, bs)));
+    }
+    // SAFETY: the rows cover all n entries and each was written.
+    unsafe { out.set_len(n) };
+    drop((gx, gw, gb));
     Ok(Some(Tensor::from_vec(out, x.shape(), x.device())?))
 }
 
@@ -196,6 +306,8 @@ mod tests {
             assert!(diff(&scale, &scale_ref) < 1e-5, "scale, centred {centred}");
             let y = norm_apply(&x, &scale, centred, &w, bias).unwrap().unwrap();
             assert!(diff(&y, &y_ref) < 1e-5, "normalized, centred {centred}");
+            let whole = norm(&x, centred, 1e-5, &w, bias).unwrap().unwrap();
+            assert!(diff(&whole, &y_ref) < 1e-5, "whole norm, centred {centred}");
             // a scale the hook replaced is the one applied
             let doubled = (&scale * 2.0).unwrap();
             let y2 = norm_apply(&x, &doubled, centred, &w, None)

@@ -127,6 +127,14 @@ impl NormSpec {
                 (NormKind::LayerNorm, Some(b)) => Some(Some(b)),
                 _ => None,
             };
+            if !x.track_op() {
+                let is_ln = matches!(self.kind, NormKind::LayerNorm);
+                if let Some(y) =
+                    norm_kernel::norm(&x.contiguous()?, is_ln, self.eps, &w.w, w.b.as_ref())?
+                {
+                    return Ok(y);
+                }
+            }
             match bias {
                 Some(None) if !x.track_op() => {
                     return Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &w.w, eps)?)
@@ -188,11 +196,11 @@ impl NormSpec {
     pub fn head_rms(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
         if self.dtype == DType::F32 && x.dtype() == DType::F32 {
             if !x.track_op() {
-                return Ok(candle_nn::ops::rms_norm(
-                    &x.contiguous()?,
-                    w,
-                    self.eps as f32,
-                )?);
+                let xc = x.contiguous()?;
+                if let Some(y) = norm_kernel::norm(&xc, false, self.eps, w, None)? {
+                    return Ok(y);
+                }
+                return Ok(candle_nn::ops::rms_norm(&xc, w, self.eps as f32)?);
             }
             if x.device().is_cpu() {
                 return crate::engine::grad_ops::norm(x, w, None, self.eps as f32);

@@ -218,11 +218,14 @@ fn gemm_floor_ms(
         let x = Tensor::randn(0f32, 1f32, (b * p, m.dim(1)?), dev)?.to_dtype(dt)?;
         per_layer += median(time_ms(runs, || touch(&linear(&x, m, None)?))?);
     }
-    let q = Tensor::randn(0f32, 1f32, (b, cfg.n_heads, p, cfg.d_head), dev)?.to_dtype(dt)?;
-    let k = Tensor::randn(0f32, 1f32, (b, cfg.n_heads, p, cfg.d_head), dev)?.to_dtype(dt)?;
+    // attention's two products per (batch, head), run as the forward's kernel runs them
+    let q = Tensor::randn(0f32, 1f32, (b, p, cfg.n_heads, cfg.d_head), dev)?.to_dtype(dt)?;
+    let k = Tensor::randn(0f32, 1f32, (b, p, cfg.n_kv_heads, cfg.d_head), dev)?.to_dtype(dt)?;
+    let v = Tensor::randn(0f32, 1f32, (b, p, cfg.n_kv_heads, cfg.d_head), dev)?.to_dtype(dt)?;
     per_layer += median(time_ms(runs, || {
-        let s = q.matmul(&k.t()?)?;
-        touch(&s.matmul(&k)?)
+        touch(&candlelens::engine::kernels::attention_products(
+            &q, &k, &v,
+        )?)
     })?);
     let rows = if last { b } else { b * p };
     let x = Tensor::randn(0f32, 1f32, (rows, cfg.d_model), dev)?.to_dtype(dt)?;
