@@ -5,12 +5,13 @@
 //! first copies the queries to `[batch, head, pos, d_head]` and the keys and values once per
 //! query head (grouped-query attention), multiplies 450 small matrices one after the other,
 //! each split over the cores, then runs the scale, the mask and the softmax as three passes
-//! over the scores and copies `z` back — a fifth of a batched SmolLM2 forward.
+//! over the scores and copies `z` back — about 240 ms of a 2.1 s batched SmolLM2 forward
+//! (50 prompts, timed between hook points).
 //!
 //! Used for contiguous-able f32 tensors on the CPU that autograd does not track; the functions
 //! return `None` elsewhere and the caller composes candle's ops (the same function).
 
-use candle_core::{DType, Layout, Storage, Tensor, WithDType};
+use candle_core::{DType, Layout, Storage, Tensor};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
@@ -54,12 +55,9 @@ fn f32_cpu(t: &Tensor) -> Result<Option<Tensor>> {
 
 /// The f32 data of a contiguous CPU tensor's storage.
 fn slice<'a>(storage: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
-    match (storage, layout.contiguous_offsets()) {
-        (Storage::Cpu(cpu), Some((a, b))) => Ok(&f32::cpu_storage_as_slice(cpu)?[a..b]),
-        _ => Err(LensError::Internal(
-            "attention kernel: expected a contiguous CPU tensor".into(),
-        )),
-    }
+    fastmath::cpu_f32(storage, layout)?.ok_or_else(|| {
+        LensError::Internal("attention kernel: expected a contiguous CPU tensor".into())
+    })
 }
 
 /// Shapes of one attention call.
@@ -170,8 +168,9 @@ unsafe fn unit_scores(
 }
 
 fastmath::simd_fn! {
-/// Softmax of each row of `s [rows, t]` in place, through the vectorised `exp`: the row's
-/// maximum, `e^(x − max)`, their sum, the quotients (as candle's kernel, which divides).
+    /// Softmax of each row of `s [rows, t]` in place, through the vectorised `exp`: the
+    /// row's maximum, `e^(x − max)`, their sum, the quotients (as candle's kernel, which
+    /// divides).
     fn softmax_rows(s: &mut [f32], t: usize) = softmax_rows_in
 }
 
@@ -179,34 +178,32 @@ fastmath::simd_fn! {
 #[inline(always)]
 fn softmax_rows_in(s: &mut [f32], t: usize) {
     const L: usize = 16;
-    {
-        for row in s.chunks_mut(t) {
-            // reductions over 16 lanes, so that they vectorise
-            let mut m = [f32::NEG_INFINITY; L];
-            let mut chunks = row.chunks_exact(L);
-            for c in &mut chunks {
-                for (m, &x) in m.iter_mut().zip(c) {
-                    *m = m.max(x);
-                }
+    for row in s.chunks_mut(t) {
+        // reductions over 16 lanes, so that they vectorise
+        let mut m = [f32::NEG_INFINITY; L];
+        let mut chunks = row.chunks_exact(L);
+        for c in &mut chunks {
+            for (m, &x) in m.iter_mut().zip(c) {
+                *m = m.max(x);
             }
-            let max = chunks.remainder().iter().fold(
-                m.iter().copied().fold(f32::NEG_INFINITY, f32::max),
-                |a, &x| a.max(x),
-            );
-            for x in row.iter_mut() {
-                *x = fastmath::exp(*x - max);
+        }
+        let max = chunks.remainder().iter().fold(
+            m.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+            |a, &x| a.max(x),
+        );
+        for x in row.iter_mut() {
+            *x = fastmath::exp(*x - max);
+        }
+        let mut acc = [0f32; L];
+        let mut chunks = row.chunks_exact(L);
+        for c in &mut chunks {
+            for (a, &x) in acc.iter_mut().zip(c) {
+                *a += x;
             }
-            let mut acc = [0f32; L];
-            let mut chunks = row.chunks_exact(L);
-            for c in &mut chunks {
-                for (a, &x) in acc.iter_mut().zip(c) {
-                    *a += x;
-                }
-            }
-            let sum = acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>();
-            for x in row.iter_mut() {
-                *x /= sum;
-            }
+        }
+        let sum = acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>();
+        for x in row.iter_mut() {
+            *x /= sum;
         }
     }
 }
@@ -354,9 +351,8 @@ pub(crate) fn scores(inp: &AttnInputs) -> Result<Option<Tensor>> {
 }
 
 /// The softmax over the last axis of `scores [.., t]` (the pattern), on the pool the products
-/// run on, or `None` where the kernel does not apply. Candle's fused softmax does the same
-/// arithmetic on its own thread pool, whose waking and spinning cost a cached one-prompt
-/// forward 4% on two cores.
+/// run on (candle's fused softmax does the same arithmetic on a thread pool of its own), or
+/// `None` where the kernel does not apply.
 ///
 /// # Errors
 /// Tensor errors.

@@ -3,6 +3,24 @@
 //! [`with_simd`], which runs a loop compiled for the widest vector unit the CPU has
 //! (AVX-512, else AVX2 + FMA, else the baseline), chosen at run time.
 
+/// The f32 data a kernel reads: the slice of a contiguous f32 CPU storage under `layout`, or
+/// `None` (another device, a strided layout).
+///
+/// # Errors
+/// Another dtype than f32 in CPU storage.
+pub(crate) fn cpu_f32<'a>(
+    storage: &'a candle_core::Storage,
+    layout: &candle_core::Layout,
+) -> crate::error::Result<Option<&'a [f32]>> {
+    use candle_core::WithDType;
+    match (storage, layout.contiguous_offsets()) {
+        (candle_core::Storage::Cpu(cpu), Some((a, b))) => {
+            Ok(Some(&f32::cpu_storage_as_slice(cpu)?[a..b]))
+        }
+        _ => Ok(None),
+    }
+}
+
 /// `e^x` in f32: Cody–Waite reduction `x = n ln 2 + r` and Cephes' degree-5 polynomial for
 /// `e^r` on `|r| ≤ ln2 / 2`, scaled by `2^n` through the exponent bits. Relative error below
 /// 2·10⁻⁷ (within 2 ulp of the correctly rounded value) on the normal range; `0` below

@@ -35,7 +35,6 @@ pub fn product(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 /// stays with candle: gemm's microkernel wants the column-major `[d_out, rows]` output, which
 /// then needs the transposed copy anyway.)
 fn product_f32(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
-    use candle_core::{Storage, WithDType};
     let f32_cpu = |t: &Tensor| t.dtype() == DType::F32 && t.device().is_cpu() && !t.track_op();
     if !f32_cpu(x) || !f32_cpu(w) {
         return Ok(None);
@@ -45,16 +44,12 @@ fn product_f32(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
         return Ok(None);
     }
     let (gx, gw) = (x.storage_and_layout(), w.storage_and_layout());
-    let (Storage::Cpu(cx), Some((x0, x1))) = (&*gx.0, gx.1.contiguous_offsets()) else {
+    let (Some(xs), Some(ws)) = (
+        fastmath::cpu_f32(&gx.0, gx.1)?,
+        fastmath::cpu_f32(&gw.0, gw.1)?,
+    ) else {
         return Ok(None);
     };
-    let (Storage::Cpu(cw), Some((w0, w1))) = (&*gw.0, gw.1.contiguous_offsets()) else {
-        return Ok(None);
-    };
-    let (xs, ws) = (
-        &f32::cpu_storage_as_slice(cx)?[x0..x1],
-        &f32::cpu_storage_as_slice(cw)?[w0..w1],
-    );
     let threads = candle_core::utils::get_num_threads();
     let par = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
@@ -127,13 +122,11 @@ pub fn attention_products(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> 
 /// # Errors
 /// Tensor errors; `t` must be 2-D.
 pub fn transpose_2d(t: &Tensor) -> Result<Tensor> {
-    use candle_core::{Storage, WithDType};
     let (r, c) = t.dims2()?;
     let fast = t.dtype() == DType::F32 && t.device().is_cpu() && !t.track_op();
     if fast {
         let (storage, layout) = t.storage_and_layout();
-        if let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
-            let src = &f32::cpu_storage_as_slice(cpu)?[start..end];
+        if let Some(src) = fastmath::cpu_f32(&storage, layout)? {
             let out = transpose_f32(src, r, c);
             drop(storage);
             return Ok(Tensor::from_vec(out, (c, r), t.device())?);
@@ -194,11 +187,9 @@ fn transpose_f32(src: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 /// # Errors
 /// Tensor errors.
 pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
-    use candle_core::{Storage, WithDType};
     if x.dtype() == DType::F32 && x.device().is_cpu() && !x.track_op() {
         let (storage, layout) = x.storage_and_layout();
-        if let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
-            let src = &f32::cpu_storage_as_slice(cpu)?[start..end];
+        if let Some(src) = fastmath::cpu_f32(&storage, layout)? {
             let out = fastmath::par_map(src, fastmath::gelu_tanh);
             drop(storage);
             return Ok(Tensor::from_vec(out, x.shape(), x.device())?);
@@ -220,7 +211,6 @@ pub fn gated(
     lin: &Tensor,
 ) -> Result<Option<Tensor>> {
     use crate::engine::config::Activation;
-    use candle_core::{Storage, WithDType};
     let f32_cpu = |t: &Tensor| t.dtype() == DType::F32 && t.device().is_cpu() && !t.track_op();
     if !matches!(act, Activation::Silu | Activation::GeluTanh)
         || !f32_cpu(pre)
@@ -230,16 +220,12 @@ pub fn gated(
         return Ok(None);
     }
     let (sp, lp) = (pre.storage_and_layout(), lin.storage_and_layout());
-    let (Storage::Cpu(cp), Some((p0, p1))) = (&*sp.0, sp.1.contiguous_offsets()) else {
+    let (Some(p), Some(l)) = (
+        fastmath::cpu_f32(&sp.0, sp.1)?,
+        fastmath::cpu_f32(&lp.0, lp.1)?,
+    ) else {
         return Ok(None);
     };
-    let (Storage::Cpu(cl), Some((l0, l1))) = (&*lp.0, lp.1.contiguous_offsets()) else {
-        return Ok(None);
-    };
-    let (p, l) = (
-        &f32::cpu_storage_as_slice(cp)?[p0..p1],
-        &f32::cpu_storage_as_slice(cl)?[l0..l1],
-    );
     let out = match act {
         Activation::Silu => fastmath::par_zip_map(p, l, |v, w| fastmath::silu(v) * w),
         _ => fastmath::par_zip_map(p, l, |v, w| fastmath::gelu_tanh(v) * w),

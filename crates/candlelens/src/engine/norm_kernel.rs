@@ -1,12 +1,12 @@
-//! The norms of a hooked run in two passes: a run that caches or patches `hook_scale` and
-//! `hook_normalized` cannot use candle's fused norm (it returns neither), and composing the
-//! norm from candle's ops costs seven passes and seven small tensors per norm — at one prompt
-//! that made `run_with_cache` 1.15× the forward on SmolLM2. [`norm_scale`] computes the
-//! per-row scale the scale hook sees; [`norm_apply`] normalises with whatever scale the hook
-//! handed back. Contiguous untracked f32 CPU tensors; `None` elsewhere (the caller composes
-//! candle's ops, the same function).
+//! LayerNorm / RMSNorm on the CPU, vectorised. Where no hook reads the norm, [`norm`] runs it
+//! in one pass per row (candle's fused CPU norms sum and scale one element at a time). A run
+//! that caches or patches `hook_scale` and `hook_normalized` cannot use a fused norm (it
+//! returns neither), and composing the norm from candle's ops costs seven passes and seven
+//! small tensors: there [`norm_scale`] computes the per-row scale the scale hook sees and
+//! [`norm_apply`] normalises with whatever scale the hook handed back. Contiguous untracked
+//! f32 CPU tensors; `None` elsewhere (the caller composes candle's ops, the same function).
 
-use candle_core::{DType, Layout, Storage, Tensor, WithDType};
+use candle_core::{DType, Layout, Storage, Tensor};
 use rayon::prelude::*;
 
 use crate::engine::fastmath;
@@ -17,10 +17,7 @@ fn data<'a>(t: &Tensor, storage: &'a Storage, layout: &Layout) -> Result<Option<
     if t.dtype() != DType::F32 || t.track_op() {
         return Ok(None);
     }
-    match (storage, layout.contiguous_offsets()) {
-        (Storage::Cpu(cpu), Some((a, b))) => Ok(Some(&f32::cpu_storage_as_slice(cpu)?[a..b])),
-        _ => Ok(None),
-    }
+    fastmath::cpu_f32(storage, layout)
 }
 
 /// Rows per parallel task: about 16k elements each.
@@ -104,7 +101,10 @@ pub(crate) fn norm_scale(x: &Tensor, centred: bool, eps: f64) -> Result<Option<T
         return Ok(None);
     };
     let d = x.dim(candle_core::D::Minus1)?;
-    let rows = xs.len() / d.max(1);
+    if d == 0 {
+        return Ok(None);
+    }
+    let rows = xs.len() / d;
     let per = rows_per_task(d);
     let mut out = vec![0f32; rows];
     let task =
@@ -137,21 +137,46 @@ pub(crate) fn norm_apply(
     w: &Tensor,
     b: Option<&Tensor>,
 ) -> Result<Option<Tensor>> {
-    let d = x.dim(candle_core::D::Minus1)?;
     let mut want = x.dims().to_vec();
     if let Some(last) = want.last_mut() {
         *last = 1;
     }
-    if scale.dims() != want.as_slice() || w.dims() != [d] || b.is_some_and(|b| b.dims() != [d]) {
+    if scale.dims() != want.as_slice() {
+        return Ok(None);
+    }
+    normalise(x, Scale::Given(scale), centred, w, b)
+}
+
+/// Where each row's scale comes from: a tensor `[.., 1]` (as a hook returned it), or the row
+/// itself with this epsilon.
+#[derive(Clone, Copy)]
+enum Scale<'a> {
+    Given(&'a Tensor),
+    Computed(f64),
+}
+
+/// [`norm_apply`] and [`norm`]: `(x − μ) / scale ⊙ w (+ b)` per row of `x [.., d]`, rows in
+/// blocks on every core (or on the calling thread for little work), written once into an
+/// unfilled buffer. `None` where the kernel does not apply.
+fn normalise(
+    x: &Tensor,
+    scale: Scale,
+    centred: bool,
+    w: &Tensor,
+    b: Option<&Tensor>,
+) -> Result<Option<Tensor>> {
+    let d = x.dim(candle_core::D::Minus1)?;
+    if d == 0 || w.dims() != [d] || b.is_some_and(|b| b.dims() != [d]) {
         return Ok(None);
     }
     let (gx, lx) = x.storage_and_layout();
-    let (gs, ls) = scale.storage_and_layout();
     let (gw, lw) = w.storage_and_layout();
     let gb = b.map(|b| b.storage_and_layout());
-    let (Some(xs), Some(ss), Some(ws)) =
-        (data(x, &gx, lx)?, data(scale, &gs, ls)?, data(w, &gw, lw)?)
-    else {
+    let gs = match scale {
+        Scale::Given(s) => Some(s.storage_and_layout()),
+        Scale::Computed(_) => None,
+    };
+    let (Some(xs), Some(ws)) = (data(x, &gx, lx)?, data(w, &gw, lw)?) else {
         return Ok(None);
     };
     let bs = match (b, &gb) {
@@ -161,24 +186,41 @@ pub(crate) fn norm_apply(
         },
         _ => None,
     };
-    let per = rows_per_task(d);
-    let n = xs.len();
-    let mut out: Vec<f32> = Vec::with_capacity(n);
-    let task = |o: &mut [std::mem::MaybeUninit<f32>], xr: &[f32], sr: &[f32]| {
-        apply_rows(o, xr, sr, d, centred, (ws, bs))
+    let ss = match (scale, &gs) {
+        (Scale::Given(s), Some((g, l))) => match data(s, g, l)? {
+            Some(s) => Some(s),
+            None => return Ok(None),
+        },
+        _ => None,
     };
+    let eps = match scale {
+        Scale::Computed(eps) => eps,
+        Scale::Given(_) => 0.0,
+    };
+    // rows [r0, r1) of x into their block of the output
+    let task = |o: &mut [std::mem::MaybeUninit<f32>], r0: usize, r1: usize| {
+        let xr = &xs[r0 * d..r1 * d];
+        match ss {
+            Some(ss) => apply_rows(o, xr, &ss[r0..r1], d, centred, (ws, bs)),
+            None => norm_rows(o, xr, d, centred, eps, (ws, bs)),
+        }
+    };
+    let n = xs.len();
+    let rows = n / d;
+    let per = rows_per_task(d);
+    let mut out: Vec<f32> = Vec::with_capacity(n);
     let spare = &mut out.spare_capacity_mut()[..n];
     if n < fastmath::SERIAL_BELOW {
-        task(spare, xs, ss);
+        task(spare, 0, rows);
     } else {
         spare
             .par_chunks_mut(per * d)
-            .zip(xs.par_chunks(per * d).zip(ss.par_chunks(per)))
-            .for_each(|(o, (xr, sr))| task(o, xr, sr));
+            .enumerate()
+            .for_each(|(i, o)| task(o, i * per, (i * per + per).min(rows)));
     }
-    // SAFETY: the rows cover all n entries (x and out have one shape) and each was written.
+    // SAFETY: the blocks cover all rows, so all n entries, and each was written.
     unsafe { out.set_len(n) };
-    drop((gx, gs, gw, gb));
+    drop((gx, gw, gb, gs));
     Ok(Some(Tensor::from_vec(out, x.shape(), x.device())?))
 }
 
@@ -225,39 +267,7 @@ pub(crate) fn norm(
     w: &Tensor,
     b: Option<&Tensor>,
 ) -> Result<Option<Tensor>> {
-    let d = x.dim(candle_core::D::Minus1)?;
-    if d == 0 || w.dims() != [d] || b.is_some_and(|b| b.dims() != [d]) {
-        return Ok(None);
-    }
-    let (gx, lx) = x.storage_and_layout();
-    let (gw, lw) = w.storage_and_layout();
-    let gb = b.map(|b| b.storage_and_layout());
-    let (Some(xs), Some(ws)) = (data(x, &gx, lx)?, data(w, &gw, lw)?) else {
-        return Ok(None);
-    };
-    let bs = match (b, &gb) {
-        (Some(b), Some((g, l))) => match data(b, g, l)? {
-            Some(s) => Some(s),
-            None => return Ok(None),
-        },
-        _ => None,
-    };
-    let n = xs.len();
-    let per = rows_per_task(d);
-    let mut out: Vec<f32> = Vec::with_capacity(n);
-    let spare = &mut out.spare_capacity_mut()[..n];
-    if n < fastmath::SERIAL_BELOW {
-        norm_rows(spare, xs, d, centred, eps, (ws, bs));
-    } else {
-        spare
-            .par_chunks_mut(per * d)
-            .zip(xs.par_chunks(per * d))
-            .for_each(|(o, xr)| norm_rows(o, xr, d, centred, eps, (ws, bs)));
-    }
-    // SAFETY: the rows cover all n entries and each was written.
-    unsafe { out.set_len(n) };
-    drop((gx, gw, gb));
-    Ok(Some(Tensor::from_vec(out, x.shape(), x.device())?))
+    normalise(x, Scale::Computed(eps), centred, w, b)
 }
 
 #[cfg(test)]
