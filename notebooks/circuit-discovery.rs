@@ -43,7 +43,7 @@
 // %%
 // :dep candlelens = { path = "../crates/candlelens", default-features = false }
 use candlelens::prelude::*;
-use candlelens::attribution::Attribution;
+use candlelens::attribution::AttributionPatcher;
 use candlelens::patching::{PathPatcher, Receivers};
 use candlelens::{metrics, notebook};
 use candlelens::notebook::vs_source;
@@ -104,7 +104,7 @@ exact.figure("Activation patching per head (normalised logit difference)", None)
 // off by more than 0.1.
 
 // %%
-let attr = Attribution::new(&model, &clean, &corrupt, metrics::logit_diff_grad_metric(&pairs))?;
+let attr = AttributionPatcher::new(&model, &clean, &corrupt, metrics::logit_diff_grad_metric(&pairs))?;
 let check = attr.verify(PatchTarget::HeadsAllPos, 0.1)?;
 print!("{check}");
 println!("attribution {:.2} s ({:.1} forward-equivalents) for every head at once", attr.seconds, attr.forward_equivalents);
@@ -116,7 +116,7 @@ check.figure("Attribution estimate vs exact patching, per head").evcxr_display()
 // beside the exact value for the heads the plain estimate gets most wrong.
 
 // %%
-let ig = Attribution::integrated_gradients(&model, &clean, &corrupt, metrics::logit_diff_grad_metric(&pairs), 8)?;
+let ig = AttributionPatcher::integrated_gradients(&model, &clean, &corrupt, metrics::logit_diff_grad_metric(&pairs), 8)?;
 let ig_check = ig.verify(PatchTarget::HeadsAllPos, 0.1)?;
 println!("correlation with exact patching: attribution {:.3}, EAP-IG (8 steps) {:.3}; cells off by > 0.1: {} vs {}",
          check.correlation, ig_check.correlation, check.wrong.len(), ig_check.wrong.len());

@@ -127,7 +127,7 @@ logit_lens(&small, &seq)?.evcxr_display();
 // most positive and the three most negative heads (pick a head, hover a cell).
 
 // %%
-fn per_head(model: &HookedTransformer, a: &Analysis) -> candlelens::Result<candlelens::analysis::Attribution> {
+fn per_head(model: &HookedTransformer, a: &Analysis) -> candlelens::Result<candlelens::analysis::LogitAttribution> {
     let heads = a.cache.stack_head_results(model, None, Pos::Last)?;
     model.logit_attribution(&a.cache, &heads, &a.dirs)
 }

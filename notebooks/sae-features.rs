@@ -45,7 +45,7 @@
 // %%
 // :dep candlelens = { path = "../crates/candlelens", default-features = false }
 use candlelens::prelude::*;
-use candlelens::load::corpus::Corpus;
+use candlelens::util::corpus::Corpus;
 use candlelens::sae::Sae;
 use candlelens::sae::splice::Splice;
 use candlelens::sae::train::{train_topk, TrainConfig};

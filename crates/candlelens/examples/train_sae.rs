@@ -4,9 +4,9 @@
 //!
 //! `cargo run --release --example train_sae -- [MODEL] [LAYER] [CONTEXTS] [OUT_DIR]`
 //! (defaults: gemma-3-270m, 6, 320, no save)
-use candlelens::load::corpus::Corpus;
 use candlelens::prelude::*;
 use candlelens::sae::train::{train_topk, TrainConfig};
+use candlelens::util::corpus::Corpus;
 use std::time::Instant;
 
 fn main() -> candlelens::Result<()> {

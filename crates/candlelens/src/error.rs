@@ -373,18 +373,21 @@ pub enum LensError {
         detail: String,
     },
 
-    /// An entity or attribute of a binding prompt that is not a token of its own in the
-    /// tokenized prompt (split into pieces, or merged with its neighbours).
-    #[error("{role} '{entry}' of prompt {prompt} is not a token of its own there (its characters fall in the tokens {tokens:?}). Keep only entries that are single tokens (binding::one_token_rows), and check that the template separates them from their neighbours")]
-    BindingPosition {
-        /// Which entry it is (`"entity E_0"`, `"attribute A_1"`).
-        role: String,
-        /// The entry's text.
-        entry: String,
+    /// A piece of text that an analysis needs as one token (an entity, an answer word) is not
+    /// a token of its own in the tokenized prompt: split into pieces, or merged with its
+    /// neighbours.
+    #[error("{what} '{text}' is not a token of its own in prompt {prompt} (its characters fall in the tokens {tokens:?}). {fix}")]
+    NotOneToken {
+        /// What the text is (`"entity E_0"`, `"attribute A_1"`).
+        what: String,
+        /// The text.
+        text: String,
         /// The prompt's index in the batch.
         prompt: usize,
         /// The tokens its characters fall in.
         tokens: Vec<String>,
+        /// How to make it one token.
+        fix: String,
     },
 }
 
@@ -488,7 +491,7 @@ mod tests {
         );
         let e = crate::studies::lre::check_template("{} and {}").unwrap_err();
         assert!(matches!(e, LensError::BadTemplate { .. }), "{e}");
-        let mut r = crate::studies::pyrandom::PyRandom::seed(0);
+        let mut r = crate::util::pyrandom::PyRandom::seed(0);
         let names = vec!["a".to_string(), "b".to_string()];
         let e = crate::studies::binding::sample_prompts(
             &mut r,

@@ -14,8 +14,9 @@
 //! # Ok(()) }
 //! ```
 
-// The tree follows the data flow: load -> run (engine) -> cache (engine) -> analyse (interp,
-// studies, sae) -> show (viz, notebook).
+// The tree follows the data flow: load -> run (engine) -> cache (engine::hooks) -> analyse
+// (interp, sae, studies) -> show (viz, notebook); util holds what several layers share.
+// ARCHITECTURE.md at the repository's root draws it.
 pub mod engine;
 pub mod error;
 pub mod interp;
@@ -23,42 +24,45 @@ pub mod load;
 pub mod notebook;
 pub mod sae;
 pub mod studies;
+pub mod util;
 pub mod viz;
 
-// The flat paths notebooks and users already write (`candlelens::patching::Patcher`,
-// `candlelens::lre::Relation`, ...) keep working.
-pub use engine::{
-    block, cache, config, generate, hooks, model, tokenizer, tokens, user_hooks, weights,
-};
+// The flat paths notebooks and users write (`candlelens::patching::Patcher`,
+// `candlelens::lre::Relation`, `candlelens::cache::ActivationCache`, ...).
+pub use engine::hooks::cache;
+pub use engine::model::generate;
+pub use engine::text::{tokenizer, tokens};
+pub use engine::{block, config, hooks, model, weights};
 pub use interp::{analysis, attribution, factored, metrics, patching, prompts};
 pub use load::arch;
-pub use notebook::progress;
 pub use studies::{binding, data, lre};
+pub use util::progress;
 
 pub use block::{ForwardCtx, PastKv};
 pub use cache::ActivationCache;
 pub use config::ModelConfig;
 pub use error::{LensError, Result};
-pub use hooks::{HookFilter, HookPoint};
+pub use hooks::{HookAudit, HookFilter, HookPoint, Hooks};
 pub use load::LoadOptions;
 pub use model::{HookedTransformer, LogitsAt};
 pub use tokens::{Prompts, Tokens};
-pub use user_hooks::{HookAudit, Hooks};
 
 /// Everything a notebook needs, in one `use candlelens::prelude::*;`.
 pub mod prelude {
-    pub use crate::engine::cache::ActivationCache;
     pub use crate::engine::config::ModelConfig;
-    pub use crate::interp::analysis::{Attribution, Pos, ResidStack};
+    pub use crate::engine::hooks::ActivationCache;
+    pub use crate::interp::analysis::{LogitAttribution, Pos, ResidStack};
     pub use crate::interp::factored::FactoredMatrix;
     // `Result` is left out on purpose: a one-argument alias in scope breaks code that writes
     // `Result<T, E>` (notebook cells, evcxr's generated code). Write `candlelens::Result`.
-    pub use crate::engine::generate::GenerateOptions;
-    pub use crate::engine::hooks::{layer_from_module_name, HookFilter, HookPoint};
+    pub use crate::engine::hooks::{
+        layer_from_module_name, HookAudit, HookFilter, HookPoint, Hooks,
+    };
+    pub use crate::engine::model::generate::GenerateOptions;
     pub use crate::engine::model::{HookedTransformer, LogitsAt};
-    pub use crate::engine::tokens::Tokens;
-    pub use crate::engine::user_hooks::{HookAudit, Hooks};
+    pub use crate::engine::text::tokens::Tokens;
     pub use crate::error::LensError;
+    pub use crate::interp::attribution::AttributionPatcher;
     pub use crate::interp::metrics::{self, TokenGroups};
     pub use crate::interp::patching::{PatchGrid, PatchTarget, Patcher, PathPatcher, Receivers};
     pub use crate::interp::prompts::{PromptTest, TestPromptOptions};

@@ -7,7 +7,7 @@ mod common;
 
 use std::sync::Arc;
 
-use candlelens::attribution::Attribution;
+use candlelens::attribution::AttributionPatcher;
 use candlelens::metrics;
 use candlelens::patching::{PatchTarget, Patcher};
 use candlelens::prelude::*;
@@ -21,9 +21,9 @@ fn pair(m: &HookedTransformer) -> (Tokens, Tokens) {
     corrupted_pair(m, |n| n / 2)
 }
 
-fn attribution(m: &Arc<HookedTransformer>) -> Attribution {
+fn attribution(m: &Arc<HookedTransformer>) -> AttributionPatcher {
     let (clean, corrupt) = pair(m);
-    Attribution::new(
+    AttributionPatcher::new(
         m,
         &clean,
         &corrupt,
@@ -85,7 +85,7 @@ fn the_estimate_equals_pytorch_autograd() {
 /// The metric with `hp`'s activation moved by `eps · (clean − corrupted)` where `mask` is 1.
 fn metric_moved(
     m: &HookedTransformer,
-    a: &Attribution,
+    a: &AttributionPatcher,
     tokens: &Tokens,
     hp: HookPoint,
     mask: &Tensor,
@@ -220,7 +220,8 @@ fn integrated_gradients_on_the_embedding_add_up_to_the_whole_effect() {
         let m = tiny(family);
         let (clean, corrupt) = pair(&m);
         let metric = metrics::logit_diff_grad_metric(&[ANSWER]);
-        let ig = Attribution::integrated_gradients(&m, &clean, &corrupt, metric, 64).unwrap();
+        let ig =
+            AttributionPatcher::integrated_gradients(&m, &clean, &corrupt, metric, 64).unwrap();
         assert_eq!(ig.ig_steps(), Some(64));
         let total: f32 = ig.nodes(PatchTarget::ResidPre).unwrap().values[0]
             .iter()
@@ -234,7 +235,7 @@ fn integrated_gradients_on_the_embedding_add_up_to_the_whole_effect() {
     let (clean, corrupt) = pair(&m);
     let metric = metrics::logit_diff_grad_metric(&[ANSWER]);
     assert!(matches!(
-        Attribution::integrated_gradients(&m, &clean, &corrupt, metric, 0),
+        AttributionPatcher::integrated_gradients(&m, &clean, &corrupt, metric, 0),
         Err(LensError::BadParameter { .. })
     ));
 }
@@ -246,11 +247,11 @@ fn bad_metrics_and_corruptions_without_effect_are_typed_errors() {
     // a metric that does not reduce to one number
     let per_prompt: candlelens::metrics::GradMetric = std::rc::Rc::new(|l: &Tensor| Ok(l.sum(1)?));
     assert!(matches!(
-        Attribution::new(&m, &clean, &corrupt, per_prompt),
+        AttributionPatcher::new(&m, &clean, &corrupt, per_prompt),
         Err(LensError::Mismatch { .. })
     ));
     // clean == corrupted: every normalised score would divide by zero
-    let a = Attribution::new(
+    let a = AttributionPatcher::new(
         &m,
         &clean,
         &clean,
@@ -263,7 +264,7 @@ fn bad_metrics_and_corruptions_without_effect_are_typed_errors() {
     ));
     // answers outside the vocabulary
     assert!(matches!(
-        Attribution::new(
+        AttributionPatcher::new(
             &m,
             &clean,
             &corrupt,
@@ -278,7 +279,7 @@ fn bad_metrics_and_corruptions_without_effect_are_typed_errors() {
     ));
     let gptj = tiny("gptj");
     let (clean, corrupt) = pair(&gptj);
-    let a = Attribution::new(
+    let a = AttributionPatcher::new(
         &gptj,
         &clean,
         &corrupt,
@@ -308,7 +309,8 @@ fn the_self_check_sets_the_estimate_beside_the_exact_sweep_on_a_real_model() {
         )
         .unwrap();
     let pairs = m.answer_pairs(&[(" Mary", " John")]).unwrap();
-    let a = Attribution::new(m, &clean, &corrupt, metrics::logit_diff_grad_metric(&pairs)).unwrap();
+    let a = AttributionPatcher::new(m, &clean, &corrupt, metrics::logit_diff_grad_metric(&pairs))
+        .unwrap();
     eprintln!(
         "attribution: {:.2} s, {:.1} forward-equivalents",
         a.seconds, a.forward_equivalents

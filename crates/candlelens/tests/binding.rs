@@ -270,11 +270,12 @@ fn an_entry_that_is_not_its_own_token_is_a_typed_error() {
     )
     .unwrap();
     match BindingBatch::new(&model, prompts) {
-        Err(LensError::BindingPosition {
-            role,
-            entry,
+        Err(LensError::NotOneToken {
+            what: role,
+            text: entry,
             prompt,
             tokens,
+            ..
         }) => {
             assert_eq!(role, "entity E_0");
             assert!(entry == "Leo" || entry == "Dean");

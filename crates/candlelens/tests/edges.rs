@@ -7,9 +7,10 @@
 
 mod common;
 
-use candlelens::attribution::{Attribution, Downstream, Input, Upstream};
+use candlelens::attribution::{AttributionPatcher, Downstream, Input, Upstream};
+use candlelens::engine::block::split::SplitTaps;
+use candlelens::engine::block::{Forward, Heads, Stage};
 use candlelens::engine::hooks::NoHooks;
-use candlelens::engine::split::SplitTaps;
 use candlelens::metrics;
 use candlelens::prelude::*;
 use common::*;
@@ -30,22 +31,16 @@ fn tapped_metric(m: &HookedTransformer, tokens: &Tokens, layer: usize, taps: &Sp
             x = block.forward(x, &ctx, 0, None, &mut NoHooks).unwrap().0;
             continue;
         }
-        let attn = block.attention_split(&x, taps, &ctx).unwrap();
-        x = if m.cfg.parallel_attn_mlp {
-            let n1 = block.ln1(&x).unwrap();
-            let mlp_in = block.parallel_mlp_input(&x, n1, &mut NoHooks).unwrap();
-            let mlp = block.mlp(&mlp_in, &mut NoHooks).unwrap();
-            ((x + attn).unwrap() + mlp).unwrap()
-        } else {
-            block.mlp_half((x + attn).unwrap(), &mut NoHooks).unwrap()
-        };
+        let mut f = Forward::new(&ctx, 0, None);
+        f.heads = Heads::Split(taps);
+        x = block.wire(Stage::Pre, x, &mut f).unwrap();
     }
     let logits = m.unembed(&x, tokens, LogitsAt::Last, &mut NoHooks).unwrap();
     metrics::mean(&metrics::logit_diff(&logits, &[ANSWER]).unwrap())
 }
 
 /// What an upstream node changes in the residual stream (as the module docs define it).
-fn delta(m: &HookedTransformer, a: &Attribution, u: Upstream) -> Tensor {
+fn delta(m: &HookedTransformer, a: &AttributionPatcher, u: Upstream) -> Tensor {
     let (c, k) = (a.clean_cache(), a.corrupted_cache());
     match u {
         Upstream::Embed => {
@@ -76,7 +71,7 @@ fn head_input_edges_are_directional_derivatives() {
     ] {
         let m = tiny(family);
         let (clean, corrupt) = pair(&m);
-        let a = Attribution::new(
+        let a = AttributionPatcher::new(
             &m,
             &clean,
             &corrupt,
@@ -156,7 +151,7 @@ fn edges_into_a_node_add_up_to_its_gradient() {
     for family in ["gpt2", "llama", "gemma2", "olmo2", "neox", "qwen2_moe"] {
         let m = tiny(family);
         let (clean, corrupt) = pair(&m);
-        let a = Attribution::new(
+        let a = AttributionPatcher::new(
             &m,
             &clean,
             &corrupt,
@@ -242,7 +237,7 @@ fn edges_into_a_node_add_up_to_its_gradient() {
 fn the_self_check_sets_path_patching_beside_the_strongest_edges() {
     let m = tiny("llama");
     let (clean, corrupt) = pair(&m);
-    let a = Attribution::new(
+    let a = AttributionPatcher::new(
         &m,
         &clean,
         &corrupt,

@@ -198,12 +198,12 @@ fn no_import_cycle_between_module_files() {
             .join("\n")
     );
     // the check sees the edges it should: the model runs blocks, blocks do not know the model
-    let model = edges.get(Path::new("engine/model.rs")).unwrap();
-    assert!(model.contains(Path::new("engine/block.rs")));
+    let model = edges.get(Path::new("engine/model/mod.rs")).unwrap();
+    assert!(model.contains(Path::new("engine/block/mod.rs")));
     assert!(!edges
-        .get(Path::new("engine/block.rs"))
+        .get(Path::new("engine/block/mod.rs"))
         .unwrap()
-        .contains(Path::new("engine/model.rs")));
+        .contains(Path::new("engine/model/mod.rs")));
 }
 
 #[test]

@@ -9,7 +9,7 @@ mod common;
 
 use candlelens::prelude::*;
 use candlelens::sae::splice::Splice;
-use candlelens::sae::{Activation, Sae};
+use candlelens::sae::{Architecture, Sae};
 use common::sae_fixture as sae;
 use common::*;
 
@@ -35,14 +35,14 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
 fn every_architecture_matches_numpy() {
     let fx = read_fixture("reference/sae.json");
     for (name, want_act) in [
-        ("standard", Activation::Relu),
-        ("jumprelu", Activation::JumpRelu),
-        ("topk", Activation::TopK(5)),
-        ("topk_v5", Activation::TopK(3)),
-        ("transcoder", Activation::JumpRelu),
+        ("standard", Architecture::Relu),
+        ("jumprelu", Architecture::JumpRelu),
+        ("topk", Architecture::TopK(5)),
+        ("topk_v5", Architecture::TopK(3)),
+        ("transcoder", Architecture::JumpRelu),
     ] {
         let s = sae(name);
-        assert_eq!(s.activation, want_act, "{name}");
+        assert_eq!(s.architecture, want_act, "{name}");
         let r = &fx["saes"][name];
         let x = rows(&fx[r["input"].as_str().unwrap()]);
         let code = s.encode(&x).unwrap();
@@ -538,7 +538,7 @@ fn a_feature_view_shows_where_it_fires_and_what_it_writes() {
 /// Activations built from a known sparse dictionary: 3 of 48 unit directions in 32 dimensions
 /// per sample, with magnitudes in [0.5, 1.5].
 fn planted(n: usize) -> Tensor {
-    let mut rng = candlelens::studies::pyrandom::PyRandom::seed(11);
+    let mut rng = candlelens::util::pyrandom::PyRandom::seed(11);
     let (f, d) = (48usize, 32usize);
     let mut dict = vec![0f32; f * d];
     for row in dict.chunks_mut(d) {
@@ -612,8 +612,8 @@ fn a_topk_sae_learns_a_planted_dictionary_and_round_trips_through_saelens_format
     let back = Sae::load(&dir).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(
-        (back.activation, back.hook),
-        (Activation::TopK(3), HookPoint::ResidPost(0))
+        (back.architecture, back.hook),
+        (Architecture::TopK(3), HookPoint::ResidPost(0))
     );
     let again = back.encode(&acts).unwrap();
     assert_eq!(max_diff(&again.acts_post, &code.acts_post), 0.0);

@@ -4,11 +4,11 @@
 
 mod common;
 
-use candlelens::load::corpus::Corpus;
 use candlelens::prelude::*;
 use candlelens::sae::splice::Splice;
 use candlelens::sae::views::FeatureView;
 use candlelens::sae::Sae;
+use candlelens::util::corpus::Corpus;
 use common::sae_fixture as sae;
 use common::*;
 
@@ -381,7 +381,7 @@ fn the_attribution_self_check_ablates_each_cell_alone() {
 
 /// A ReLU SAE on `blocks.{l}.attn.hook_z` of `m` with seeded weights.
 fn z_sae(m: &HookedTransformer, l: usize) -> Sae {
-    use candlelens::sae::{Activation, Normalize};
+    use candlelens::sae::{Architecture, Normalize};
     let d_in = m.cfg.n_heads * m.cfg.d_head;
     let d_sae = 24;
     let mut seed = 7u64;
@@ -399,7 +399,7 @@ fn z_sae(m: &HookedTransformer, l: usize) -> Sae {
     Sae {
         hook: HookPoint::Z(l),
         hook_out: None,
-        activation: Activation::Relu,
+        architecture: Architecture::Relu,
         normalize: Normalize::None,
         apply_b_dec_to_input: true,
         w_enc: t(rnd(d_in * d_sae, 2.0), &[d_in, d_sae]),

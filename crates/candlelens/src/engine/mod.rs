@@ -3,42 +3,27 @@
 //!
 //! - [`config`] describes an architecture as switches ([`ModelConfig`]); [`weights`] holds its
 //!   tensors in the canonical layout.
-//! - [`ops`] holds the small shared operations (hook firing, `linear`, activations, norms);
-//!   [`rope`] the rotary tables and causal masks; [`block`] one transformer block as a view over
-//!   one layer's weights ([`block::Block`]); [`jvp`] its forward-mode derivative; [`moe`] the
-//!   sparse mixture-of-experts MLP. Where candle's CPU ops are slow the forward runs the
-//!   crate's own kernels: [`kernels`] (products, the fused gate), and the internal
-//!   `attention_kernel` (copy-free attention), `norm_kernel` (hooked norms) and `fastmath`
-//!   (a vectorised `exp`), each falling back to candle's ops where it does not apply.
-//! - [`model`] is [`HookedTransformer`]: embed, blocks, unembed, and the TransformerLens entry
-//!   points (`run_with_cache`, `run_with_hooks`, `to_tokens`, ...).
-//! - [`tokenizer`] and [`tokens`] turn text into right-padded batches; [`hooks`] names every
-//!   hook point the TransformerLens way; [`cache`] records them; [`generate`] samples with a KV
-//!   cache.
+//! - [`model`] is [`HookedTransformer`]: embed → blocks → unembed, the TransformerLens entry
+//!   points (`run_with_cache`, `run_with_hooks`, `to_tokens`, …), generation with a KV cache
+//!   and the weight views (`W_Q`, …).
+//! - [`block`] is one transformer block, a view over one layer's weights; its `wiring` is the
+//!   one place where a block's structure is written, and every analysis that runs blocks
+//!   (patching sweeps, path patching, edge attribution, the forward-mode JVP) goes through it.
+//! - [`ops`] holds the operations, one per file, each with its CPU kernel, its backward and
+//!   its forward-mode rule.
+//! - [`hooks`] names every hook point the TransformerLens way and holds the sinks a run fires
+//!   them into: user [`Hooks`](hooks::Hooks) and the [`ActivationCache`](hooks::ActivationCache).
+//! - [`text`] turns prompts into padded batches of token ids.
+//! - `runtime` tunes the allocator and the thread pool for tensor work (crate-private).
 //!
 //! [`ModelConfig`]: config::ModelConfig
 //! [`HookedTransformer`]: model::HookedTransformer
 
-pub(crate) mod attention_kernel;
 pub mod block;
-pub mod cache;
 pub mod config;
-pub(crate) mod fastmath;
-pub mod generate;
-pub mod grad_ops;
 pub mod hooks;
-pub mod jvp;
-pub mod kernels;
-pub mod malloc;
 pub mod model;
-pub mod moe;
-pub(crate) mod norm_kernel;
 pub mod ops;
-pub mod rope;
-pub mod split;
-pub mod threads;
-pub mod tokenizer;
-pub mod tokens;
-pub mod user_hooks;
-pub mod weight_views;
+pub(crate) mod runtime;
+pub mod text;
 pub mod weights;

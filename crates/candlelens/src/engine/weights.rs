@@ -182,7 +182,8 @@ impl Weights {
         for (l, w) in self.layers.iter().enumerate() {
             let n = |s: &str| format!("blocks.{l}.{s}");
             // the norms the config's switches promise, each [d_model]
-            let ln2_expected = cfg.pre_norms && (!cfg.parallel_attn_mlp || cfg.parallel_ln2);
+            let ln2_expected =
+                cfg.pre_norms && crate::engine::block::kind::BlockKind::of(cfg).has_ln2();
             for (name, nw, expected) in [
                 ("ln1", &w.ln1, cfg.pre_norms),
                 ("ln2", &w.ln2, ln2_expected),

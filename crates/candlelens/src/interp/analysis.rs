@@ -4,8 +4,8 @@
 
 use candle_core::{DType, IndexOp, Tensor, D};
 
-use crate::engine::cache::ActivationCache;
 use crate::engine::config::NormKind;
+use crate::engine::hooks::cache::ActivationCache;
 use crate::engine::hooks::HookPoint;
 use crate::engine::model::HookedTransformer;
 use crate::error::{LensError, Result};
@@ -36,7 +36,7 @@ pub struct ResidStack {
 
 /// Direct logit attribution of a stack onto per-prompt directions.
 #[derive(Clone, Debug)]
-pub struct Attribution {
+pub struct LogitAttribution {
     /// One label per component, as in the stack.
     pub labels: Vec<String>,
     /// Per component, the dot product with the direction averaged over the batch.
@@ -45,7 +45,14 @@ pub struct Attribution {
     pub note: Option<String>,
 }
 
-impl Attribution {
+/// The old name of [`LogitAttribution`].
+#[deprecated(
+    since = "0.2.0",
+    note = "renamed `LogitAttribution` (attribution patching is `attribution::AttributionPatcher`)"
+)]
+pub type Attribution = LogitAttribution;
+
+impl LogitAttribution {
     /// The `k` largest components, largest first: `(label, index, value)`.
     pub fn top(&self, k: usize) -> Vec<(String, usize, f32)> {
         let mut order: Vec<usize> = (0..self.values.len()).collect();
@@ -443,7 +450,7 @@ impl HookedTransformer {
         cache: &ActivationCache,
         stack: &ResidStack,
         directions: &Tensor,
-    ) -> Result<Attribution> {
+    ) -> Result<LogitAttribution> {
         if stack.pos == Pos::All {
             return Err(LensError::Unsupported {
                 what: "logit attribution at Pos::All".into(),
@@ -474,7 +481,7 @@ impl HookedTransformer {
                  so these attributions are to the pre-cap logits and do not add up to the logit difference"
             )
         });
-        Ok(Attribution {
+        Ok(LogitAttribution {
             labels: stack.labels.clone(),
             values,
             note,

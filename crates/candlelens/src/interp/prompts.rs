@@ -7,6 +7,7 @@ use candle_core::{DType, IndexOp};
 
 use crate::engine::model::HookedTransformer;
 use crate::error::{LensError, Result};
+use crate::viz::Table;
 
 /// One vocabulary entry at one position.
 #[derive(Clone, Debug, PartialEq)]
@@ -85,6 +86,48 @@ impl PromptTest {
 fn quoted(v: &[String]) -> String {
     let items: Vec<String> = v.iter().map(|s| format!("{s:?}")).collect();
     format!("[{}]", items.join(", "))
+}
+
+impl PromptTest {
+    /// The top-k predictions at each answer position as a table.
+    pub fn table(&self) -> Table {
+        let mut t = Table::new(
+            &format!("Prompt: {}", self.prompt_tokens.concat()),
+            ["answer token", "rank", "token", "logit", "prob"],
+        );
+        for (a, top) in self.answer.iter().zip(&self.top_k) {
+            for x in top {
+                let mark = if x.id == a.id { " ←" } else { "" };
+                t.row([
+                    format!("{:?}", a.token),
+                    x.rank.to_string(),
+                    format!("{:?}{mark}", x.token),
+                    format!("{:.2}", x.logit),
+                    format!("{:.2}%", x.prob * 100.0),
+                ]);
+            }
+            if a.rank >= top.len() {
+                t.row([
+                    format!("{:?}", a.token),
+                    a.rank.to_string(),
+                    format!("{:?} ←", a.token),
+                    format!("{:.2}", a.logit),
+                    format!("{:.2}%", a.prob * 100.0),
+                ]);
+            }
+        }
+        t
+    }
+
+    /// Shows TransformerLens's text and the table inline in an evcxr notebook.
+    pub fn evcxr_display(&self) {
+        let html = format!(
+            "<pre>{}</pre>{}",
+            crate::viz::escape(&self.to_string()),
+            self.table().to_html()
+        );
+        crate::viz::display("text/html", &html);
+    }
 }
 
 impl fmt::Display for PromptTest {

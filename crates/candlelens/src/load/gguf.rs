@@ -17,7 +17,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::engine::config::{
     Activation, AttentionKind, ModelConfig, NormKind, Positional, QkNorm, RotaryConfig,
 };
-use crate::engine::tokenizer::{self, GgufVocab, LensTokenizer};
+use crate::engine::text::tokenizer::{self, GgufVocab, LensTokenizer};
 use crate::engine::weights::TensorSource;
 use crate::error::{LensError, Result};
 use crate::load::arch::{check_dim, gemma3_layers, Family};

@@ -1,7 +1,6 @@
 //! Loading a model from a name: an alias, a local folder, a `.gguf` file, or a hub repo id.
 
 pub mod arch;
-pub mod corpus;
 pub mod gguf;
 mod guard;
 pub mod hub;
@@ -14,7 +13,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 
 use crate::engine::model::HookedTransformer;
-use crate::engine::tokenizer::LensTokenizer;
+use crate::engine::text::tokenizer::LensTokenizer;
 use crate::error::{did_you_mean, LensError, Result};
 use crate::load::arch::{config_from_hf, load_weights, Family};
 use registry::Source;
@@ -244,7 +243,10 @@ pub fn resolve_in(name: &str, models_dir: &Path) -> Result<Resolved> {
 /// [`LensError::MissingFile`] naming the fetch command.
 pub fn gpt2_tokenizer() -> Result<LensTokenizer> {
     let dir = registry::models_dir().join("gpt2-tokenizer");
-    crate::engine::tokenizer::gpt2_from_files(&dir.join("encoder.json"), &dir.join("vocab.bpe"))
+    crate::engine::text::tokenizer::gpt2_from_files(
+        &dir.join("encoder.json"),
+        &dir.join("vocab.bpe"),
+    )
 }
 
 impl HookedTransformer {

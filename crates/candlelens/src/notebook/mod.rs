@@ -1,8 +1,6 @@
 //! Helpers for notebooks: which model to load (the source's or the embedded stand-in), and
 //! errors shown in a form the headless runner recognises.
 
-pub mod progress;
-
 use std::sync::Arc;
 
 use crate::engine::model::HookedTransformer;

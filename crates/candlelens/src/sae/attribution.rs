@@ -7,7 +7,7 @@ use candle_core::{DType, Tensor, Var};
 
 use crate::engine::hooks::{HookPoint, HookSink};
 use crate::engine::model::{HookedTransformer, LogitsAt};
-use crate::engine::tokens::Tokens;
+use crate::engine::text::tokens::Tokens;
 use crate::error::{LensError, Result};
 use crate::interp::metrics::GradMetric;
 

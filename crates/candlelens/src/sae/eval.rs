@@ -6,9 +6,9 @@
 use candle_core::{DType, Tensor};
 
 use crate::engine::hooks::HookFilter;
+use crate::engine::hooks::Hooks;
 use crate::engine::model::HookedTransformer;
-use crate::engine::tokens::Tokens;
-use crate::engine::user_hooks::Hooks;
+use crate::engine::text::tokens::Tokens;
 use crate::error::{LensError, Result};
 
 use super::splice::Splice;

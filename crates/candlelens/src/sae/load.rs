@@ -11,7 +11,7 @@ use crate::engine::config::ModelConfig;
 use crate::engine::hooks::HookPoint;
 use crate::error::{LensError, Result};
 
-use super::{Activation, Normalize, Sae};
+use super::{Architecture, Normalize, Sae};
 
 /// The architectures this loader runs, as SAELens names them.
 const SUPPORTED: &str = "standard, jumprelu, topk, transcoder, skip_transcoder, jumprelu_transcoder, jumprelu_skip_transcoder";
@@ -138,7 +138,7 @@ impl Sae {
             .and_then(Value::as_str)
             .unwrap_or("relu");
         let k_of = |v: Option<&Value>| v.and_then(Value::as_u64).map(|k| k as usize);
-        let activation = match arch {
+        let architecture = match arch {
             "standard" | "transcoder" | "skip_transcoder" if act_fn == "topk" => {
                 let k = k_of(field("activation_fn_kwargs").and_then(|v| v.get("k"))).ok_or_else(
                     || {
@@ -148,11 +148,13 @@ impl Sae {
                         )
                     },
                 )?;
-                Activation::TopK(k)
+                Architecture::TopK(k)
             }
-            "standard" | "transcoder" | "skip_transcoder" => Activation::Relu,
-            "jumprelu" | "jumprelu_transcoder" | "jumprelu_skip_transcoder" => Activation::JumpRelu,
-            "topk" => Activation::TopK(k_of(field("k")).unwrap_or(100)),
+            "standard" | "transcoder" | "skip_transcoder" => Architecture::Relu,
+            "jumprelu" | "jumprelu_transcoder" | "jumprelu_skip_transcoder" => {
+                Architecture::JumpRelu
+            }
+            "topk" => Architecture::TopK(k_of(field("k")).unwrap_or(100)),
             other => {
                 return Err(LensError::UnsupportedConfig {
                     field: "architecture".into(),
@@ -248,7 +250,7 @@ impl Sae {
         let sae = Sae {
             hook,
             hook_out,
-            activation,
+            architecture,
             normalize,
             apply_b_dec_to_input,
             w_enc: need(&mut ts, "W_enc", &file)?,
@@ -328,7 +330,7 @@ impl Sae {
         let sae = Sae {
             hook,
             hook_out,
-            activation: Activation::JumpRelu,
+            architecture: Architecture::JumpRelu,
             normalize: Normalize::None,
             apply_b_dec_to_input: false,
             w_enc: need(&mut ts, "W_enc", file)?,

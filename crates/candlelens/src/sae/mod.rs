@@ -32,14 +32,15 @@ pub mod store;
 pub mod train;
 pub mod views;
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{Tensor, D};
 
 use crate::engine::hooks::HookPoint;
 use crate::error::{LensError, Result};
 
-/// How the features are drawn from the pre-activations.
+/// The SAE's architecture (SAELens's `architecture`): how the features are drawn from the
+/// pre-activations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Activation {
+pub enum Architecture {
     /// `relu(pre)` (SAELens `standard`, `transcoder`).
     Relu,
     /// `relu(pre) · [pre > threshold]` (SAELens `jumprelu`, Gemma Scope).
@@ -47,6 +48,13 @@ pub enum Activation {
     /// The `k` largest pre-activations per token, ReLU'd; the rest 0 (SAELens `topk`).
     TopK(usize),
 }
+
+/// The old name of [`Architecture`].
+#[deprecated(
+    since = "0.2.0",
+    note = "renamed `Architecture` (`Activation` is also the MLP's activation function)"
+)]
+pub type Activation = Architecture;
 
 /// SAELens's `normalize_activations`, as it acts when the SAE runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,8 +76,8 @@ pub struct Sae {
     /// The hook point it writes, for a transcoder (SAELens `hook_name_out`); `None` for an SAE,
     /// which writes where it reads.
     pub hook_out: Option<HookPoint>,
-    /// How features are drawn.
-    pub activation: Activation,
+    /// How features are drawn (SAELens's `architecture`).
+    pub architecture: Architecture,
     /// Input normalisation.
     pub normalize: Normalize,
     /// Subtract `b_dec` from the input before encoding.
@@ -185,10 +193,10 @@ impl Sae {
         if let Some(t) = &self.threshold {
             vec_of(t, d_sae, "threshold")?;
         }
-        if self.activation == Activation::JumpRelu && self.threshold.is_none() {
+        if self.architecture == Architecture::JumpRelu && self.threshold.is_none() {
             return Err(bad("a JumpReLU SAE needs a threshold tensor".into()));
         }
-        if let Activation::TopK(k) = self.activation {
+        if let Architecture::TopK(k) = self.architecture {
             if k == 0 || k > d_sae {
                 return Err(bad(format!(
                     "k = {k} must be between 1 and d_sae = {d_sae}"
@@ -247,16 +255,16 @@ impl Sae {
             xs = xs.broadcast_sub(&self.b_dec)?;
         }
         let pre = mm(&xs, &self.w_enc, &self.b_enc)?;
-        let post = match self.activation {
-            Activation::Relu => pre.relu()?,
-            Activation::JumpRelu => {
+        let post = match self.architecture {
+            Architecture::Relu => pre.relu()?,
+            Architecture::JumpRelu => {
                 let th = self
                     .threshold
                     .as_ref()
                     .ok_or_else(|| LensError::Internal("JumpReLU without a threshold".into()))?;
                 (pre.relu()? * pre.broadcast_gt(th)?.to_dtype(pre.dtype())?)?
             }
-            Activation::TopK(k) => top_k_relu(&pre, k)?,
+            Architecture::TopK(k) => top_k_relu(&pre, k)?,
         };
         Ok(SaeCode {
             acts_pre: pre,
@@ -315,23 +323,8 @@ fn mm(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 /// TopK: per row of `pre [.., d_sae]`, the `k` largest entries (raw, possibly negative) keep
-/// `relu(value)`, the others become 0.
+/// `relu(value)`, the others become 0 (the selection rule of `engine::ops::topk`, shared
+/// with mixture-of-experts routing).
 pub(crate) fn top_k_relu(pre: &Tensor, k: usize) -> Result<Tensor> {
-    let shape = pre.shape().clone();
-    let d = pre.dim(D::Minus1)?;
-    let rows = pre.elem_count() / d.max(1);
-    let v: Vec<f32> = pre.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-    let mut out = vec![0f32; v.len()];
-    let mut idx: Vec<usize> = Vec::with_capacity(d);
-    for r in 0..rows {
-        let row = &v[r * d..(r + 1) * d];
-        idx.clear();
-        idx.extend(0..d);
-        // ties broken by the lower index, as a stable sort would
-        idx.select_nth_unstable_by(k - 1, |&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-        for &j in &idx[..k] {
-            out[r * d + j] = row[j].max(0.0);
-        }
-    }
-    Ok(Tensor::from_vec(out, shape, pre.device())?.to_dtype(pre.dtype())?)
+    Ok(crate::engine::ops::topk::top_k_rows(pre, k, |v| v.max(0.0))?.to_dtype(pre.dtype())?)
 }

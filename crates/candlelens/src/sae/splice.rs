@@ -7,7 +7,7 @@ use candle_core::Tensor;
 
 use crate::engine::hooks::{HookPoint, HookSink};
 use crate::engine::model::{HookedTransformer, LogitsAt};
-use crate::engine::tokens::Tokens;
+use crate::engine::text::tokens::Tokens;
 use crate::error::{LensError, Result};
 
 use super::Sae;

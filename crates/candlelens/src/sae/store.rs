@@ -5,10 +5,10 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::engine::cache::ActivationCache;
+use crate::engine::hooks::cache::ActivationCache;
 use crate::engine::hooks::{HookFilter, HookPoint};
 use crate::engine::model::{HookedTransformer, LogitsAt};
-use crate::engine::tokens::Tokens;
+use crate::engine::text::tokens::Tokens;
 use crate::error::{LensError, Result};
 
 use super::Sae;
@@ -189,7 +189,7 @@ impl HookedTransformer {
         let t0 = std::time::Instant::now();
         let bos = self.tokenizer().bos_token_id;
         let rows = tokens.rows();
-        let bar = crate::notebook::progress::Progress::new(
+        let bar = crate::util::progress::Progress::new(
             &format!("caching {hook}"),
             rows.len().div_ceil(batch_size) as u64,
             true,

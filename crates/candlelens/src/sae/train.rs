@@ -11,9 +11,9 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 
 use crate::engine::hooks::HookPoint;
 use crate::error::{LensError, Result};
-use crate::studies::pyrandom::PyRandom;
+use crate::util::pyrandom::PyRandom;
 
-use super::{Activation, Normalize, Sae};
+use super::{Architecture, Normalize, Sae};
 
 /// The trainer's settings.
 #[derive(Clone, Debug)]
@@ -176,7 +176,7 @@ pub fn train_topk(acts: &Tensor, hook: HookPoint, cfg: &TrainConfig) -> Result<(
     let sae = Sae {
         hook,
         hook_out: None,
-        activation: Activation::TopK(cfg.k),
+        architecture: Architecture::TopK(cfg.k),
         normalize: Normalize::None,
         apply_b_dec_to_input: true,
         w_enc: w_enc.as_tensor().detach(),
@@ -229,15 +229,19 @@ impl Sae {
                 fix: "save into a folder that does not exist yet".into(),
             });
         }
-        let architecture = match (self.activation, self.is_transcoder(), self.w_skip.is_some()) {
-            (Activation::Relu, false, _) => "standard",
-            (Activation::JumpRelu, false, _) => "jumprelu",
-            (Activation::TopK(_), false, _) => "topk",
-            (Activation::Relu, true, false) => "transcoder",
-            (Activation::Relu, true, true) => "skip_transcoder",
-            (Activation::JumpRelu, true, false) => "jumprelu_transcoder",
-            (Activation::JumpRelu, true, true) => "jumprelu_skip_transcoder",
-            (Activation::TopK(_), true, _) => {
+        let architecture = match (
+            self.architecture,
+            self.is_transcoder(),
+            self.w_skip.is_some(),
+        ) {
+            (Architecture::Relu, false, _) => "standard",
+            (Architecture::JumpRelu, false, _) => "jumprelu",
+            (Architecture::TopK(_), false, _) => "topk",
+            (Architecture::Relu, true, false) => "transcoder",
+            (Architecture::Relu, true, true) => "skip_transcoder",
+            (Architecture::JumpRelu, true, false) => "jumprelu_transcoder",
+            (Architecture::JumpRelu, true, true) => "jumprelu_skip_transcoder",
+            (Architecture::TopK(_), true, _) => {
                 return Err(LensError::Unsupported {
                     what: "saving a TopK transcoder".into(),
                     fix: "SAELens has no such architecture".into(),
@@ -264,7 +268,7 @@ impl Sae {
                 "written_by": "candlelens",
             },
         });
-        if let Activation::TopK(k) = self.activation {
+        if let Architecture::TopK(k) = self.architecture {
             cfg["k"] = k.into();
         }
         if let Some(o) = self.hook_out {

@@ -7,7 +7,7 @@ use candle_core::{DType, IndexOp, Tensor};
 
 use crate::engine::hooks::HookPoint;
 use crate::engine::model::HookedTransformer;
-use crate::engine::tokens::Tokens;
+use crate::engine::text::tokens::Tokens;
 use crate::error::{LensError, Result};
 use crate::viz::escape;
 use crate::viz::{Figure, Table};

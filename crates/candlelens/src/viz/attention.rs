@@ -64,7 +64,7 @@ impl AttentionView {
     /// tokenizer errors.
     pub fn from_cache(
         model: &crate::engine::model::HookedTransformer,
-        cache: &crate::engine::cache::ActivationCache,
+        cache: &crate::engine::hooks::cache::ActivationCache,
         batch: usize,
         heads: &[(usize, usize)],
         title: &str,

@@ -7,7 +7,7 @@
 
 mod attention;
 mod chart;
-mod table;
+pub(crate) mod table;
 
 use std::path::Path;
 use std::sync::Once;

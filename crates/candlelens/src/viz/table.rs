@@ -2,10 +2,8 @@
 
 use std::fmt;
 
-use crate::interp::prompts::PromptTest;
-
 /// Escapes text for HTML.
-pub fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -106,48 +104,6 @@ impl fmt::Display for Table {
             line(f, r)?;
         }
         Ok(())
-    }
-}
-
-impl PromptTest {
-    /// The top-k predictions at each answer position as a table.
-    pub fn table(&self) -> Table {
-        let mut t = Table::new(
-            &format!("Prompt: {}", self.prompt_tokens.concat()),
-            ["answer token", "rank", "token", "logit", "prob"],
-        );
-        for (a, top) in self.answer.iter().zip(&self.top_k) {
-            for x in top {
-                let mark = if x.id == a.id { " ←" } else { "" };
-                t.row([
-                    format!("{:?}", a.token),
-                    x.rank.to_string(),
-                    format!("{:?}{mark}", x.token),
-                    format!("{:.2}", x.logit),
-                    format!("{:.2}%", x.prob * 100.0),
-                ]);
-            }
-            if a.rank >= top.len() {
-                t.row([
-                    format!("{:?}", a.token),
-                    a.rank.to_string(),
-                    format!("{:?} ←", a.token),
-                    format!("{:.2}", a.logit),
-                    format!("{:.2}%", a.prob * 100.0),
-                ]);
-            }
-        }
-        t
-    }
-
-    /// Shows TransformerLens's text and the table inline in an evcxr notebook.
-    pub fn evcxr_display(&self) {
-        let html = format!(
-            "<pre>{}</pre>{}",
-            escape(&self.to_string()),
-            self.table().to_html()
-        );
-        super::display("text/html", &html);
     }
 }
 

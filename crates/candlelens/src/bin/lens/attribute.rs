@@ -1,7 +1,7 @@
 //! `lens attribute`: attribution patching of one target (every layer and position, or head)
 //! from one backward pass, optionally beside the exact sweep (`--verify`).
 
-use candlelens::attribution::{Attribution, Disagreement, Edge, EdgeVerification};
+use candlelens::attribution::{AttributionPatcher, Disagreement, Edge, EdgeVerification};
 use candlelens::metrics;
 use candlelens::patching::{PatchGrid, PatchTarget};
 use candlelens::prelude::*;
@@ -93,7 +93,7 @@ struct EdgeReport<'a> {
 fn attribute_edges(
     a: &AttributeArgs,
     model: &HookedTransformer,
-    attr: &Attribution,
+    attr: &AttributionPatcher,
     str_tokens: Vec<String>,
 ) -> candlelens::Result<()> {
     let graph = attr.edges()?;
@@ -166,8 +166,8 @@ pub fn attribute(a: &AttributeArgs) -> candlelens::Result<()> {
     let target = PatchTarget::parse(&a.hook)?;
     let metric = metrics::logit_diff_grad_metric(&answer_pair(&model, &a.answers)?);
     let attr = match a.ig_steps {
-        Some(k) => Attribution::integrated_gradients(&model, &clean, &corrupt, metric, k)?,
-        None => Attribution::new(&model, &clean, &corrupt, metric)?,
+        Some(k) => AttributionPatcher::integrated_gradients(&model, &clean, &corrupt, metric, k)?,
+        None => AttributionPatcher::new(&model, &clean, &corrupt, metric)?,
     };
     if a.edges {
         let str_tokens = model.ids_to_str_tokens(clean.row(0)?)?;

@@ -223,9 +223,7 @@ fn gemm_floor_ms(
     let k = Tensor::randn(0f32, 1f32, (b, p, cfg.n_kv_heads, cfg.d_head), dev)?.to_dtype(dt)?;
     let v = Tensor::randn(0f32, 1f32, (b, p, cfg.n_kv_heads, cfg.d_head), dev)?.to_dtype(dt)?;
     per_layer += median(time_ms(runs, || {
-        touch(&candlelens::engine::kernels::attention_products(
-            &q, &k, &v,
-        )?)
+        touch(&candlelens::engine::ops::attention_products(&q, &k, &v)?)
     })?);
     let rows = if last { b } else { b * p };
     let x = Tensor::randn(0f32, 1f32, (rows, cfg.d_model), dev)?.to_dtype(dt)?;
@@ -386,7 +384,7 @@ fn ioi_batch() -> (Vec<String>, Vec<String>, Vec<(&'static str, &'static str)>) 
 }
 
 fn attribution(model: &str, runs: usize, edges: bool, as_json: bool) -> candlelens::Result<()> {
-    use candlelens::attribution::Attribution;
+    use candlelens::attribution::AttributionPatcher;
     let model = std::sync::Arc::new(HookedTransformer::from_pretrained(model)?);
     let (clean, corrupt, answers) = ioi_batch();
     fn strs(v: &[String]) -> Vec<&str> {
@@ -402,7 +400,7 @@ fn attribution(model: &str, runs: usize, edges: bool, as_json: bool) -> candlele
         touch(&model.last_logits(&clean)?)?;
         let f = ms(t);
         let t = Instant::now();
-        let attr = Attribution::new(&model, &clean, &corrupt, metric.clone())?;
+        let attr = AttributionPatcher::new(&model, &clean, &corrupt, metric.clone())?;
         let a = ms(t);
         let e = if edges {
             let t = Instant::now();

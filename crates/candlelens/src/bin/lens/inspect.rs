@@ -91,10 +91,14 @@ pub fn inspect(a: &InspectArgs) -> candlelens::Result<()> {
         })
         .collect();
     p!(o, "  layer attention {}", kinds.join(" "));
-    let block = match (cfg.parallel_attn_mlp, cfg.parallel_ln2) {
-        (false, _) => "sequential (attention, then MLP)",
-        (true, false) => "parallel attention + MLP from one norm",
-        (true, true) => "parallel attention + MLP, a norm each",
+    let block = match candlelens::block::BlockKind::of(cfg) {
+        candlelens::block::BlockKind::Sequential => "sequential (attention, then MLP)",
+        candlelens::block::BlockKind::Parallel { own_ln2: false } => {
+            "parallel attention + MLP from one norm"
+        }
+        candlelens::block::BlockKind::Parallel { own_ln2: true } => {
+            "parallel attention + MLP, a norm each"
+        }
     };
     p!(o, "  blocks {block}");
     if let Some(moe) = &cfg.moe {

@@ -1,59 +1,21 @@
 //! A block's attention: the q/k/v projections with the q/k norm and rotary, grouped-query
 //! keys and values, scores, mask, softmax and `z W_O` — on the copy-free CPU kernel of
-//! `engine::attention_kernel` where it applies, on candle's composed ops elsewhere
+//! `ops::attention` where it applies, on candle's composed ops elsewhere
 //! (the same function) — and the per-head views (`hook_result`, `z` to `attn_out`) that
 //! patching and attribution read.
 
-use candle_core::{DType, Tensor, D};
+use candle_core::Tensor;
 
 use super::{Block, ForwardCtx, PastKv};
-use crate::engine::attention_kernel::{self, AttnInputs};
 use crate::engine::config::{Positional, QkNorm};
-use crate::engine::hooks::{HookPoint, HookSink};
+use crate::engine::hooks::{HookPoint, HookSink, NoHooks};
+use crate::engine::ops::attention::{self as attention_kernel, AttnInputs};
+use crate::engine::ops::rope::rotate;
+use crate::engine::ops::softmax::softmax;
 use crate::engine::ops::{hook, linear};
 use crate::error::{LensError, Result};
 
 impl Block<'_> {
-    /// Rotary on `x [batch, pos, heads, d_head]`: the first `dim` dims of each head rotate,
-    /// as two halves (HF / NeoX) or as adjacent pairs (`interleaved`, GPT-J).
-    pub(crate) fn rotate(
-        &self,
-        x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        dim: usize,
-        interleaved: bool,
-    ) -> Result<Tensor> {
-        let d_head = x.dim(3)?;
-        let apply = |r: &Tensor| -> Result<Tensor> {
-            // candle's fused rotary kernels carry no gradient: when `r` is tracked (attribution,
-            // LRE Jacobians) the same kernels run with a written-out backward on the CPU, the
-            // composed ones elsewhere
-            let tracked = r.track_op();
-            let grad_op = tracked && r.device().is_cpu();
-            if !interleaved && !tracked {
-                return Ok(candle_nn::rotary_emb::rope_thd(&r.contiguous()?, cos, sin)?);
-            }
-            if !interleaved && grad_op {
-                return crate::engine::grad_ops::rope(r, cos, sin, false);
-            }
-            let bhtd = r.transpose(1, 2)?.contiguous()?;
-            let out = match (interleaved, tracked) {
-                (true, false) => candle_nn::rotary_emb::rope_i(&bhtd, cos, sin)?,
-                (true, true) if grad_op => crate::engine::grad_ops::rope(&bhtd, cos, sin, true)?,
-                (true, true) => candle_nn::rotary_emb::rope_i_slow(&bhtd, cos, sin)?,
-                (false, _) => candle_nn::rotary_emb::rope_slow(&bhtd, cos, sin)?,
-            };
-            Ok(out.transpose(1, 2)?.contiguous()?)
-        };
-        if dim == d_head {
-            return apply(x);
-        }
-        let rot = apply(&x.narrow(3, 0, dim)?)?;
-        let pass = x.narrow(3, dim, d_head - dim)?;
-        Ok(Tensor::cat(&[&rot, &pass], 3)?)
-    }
-
     /// Attention of the positions `offset..offset + pos` of `x [batch, pos, d_model]` (the
     /// norm's output) over the earlier positions in `past` and themselves. Returns the attention
     /// output `[batch, pos, d_model]` and the keys/values of all positions so far.
@@ -128,8 +90,8 @@ impl Block<'_> {
         let (q, k) = match &cfg.positional {
             Positional::Rotary(r) => {
                 let (cos, sin) = ctx.rope(kind, offset, p)?;
-                let q = self.rotate(&q, &cos, &sin, r.dim, r.interleaved)?;
-                let k = self.rotate(&k, &cos, &sin, r.dim, r.interleaved)?;
+                let q = rotate(&q, &cos, &sin, r.dim, r.interleaved)?;
+                let k = rotate(&k, &cos, &sin, r.dim, r.interleaved)?;
                 (
                     hook(sink, HookPoint::RotQ(l), q)?,
                     hook(sink, HookPoint::RotK(l), k)?,
@@ -178,32 +140,13 @@ impl Block<'_> {
         }
         let mask = ctx.mask(cfg.layer_attention[l], offset, p, t)?;
         let scores = hook(sink, HookPoint::AttnScores(l), scores.broadcast_add(&mask)?)?;
-        let pattern = hook(sink, HookPoint::Pattern(l), self.softmax(&scores)?)?;
+        let pattern = hook(sink, HookPoint::Pattern(l), softmax(&scores, self.dtype)?)?;
         // z: [b, p, h, dh]
         let z = pattern.matmul(vt)?.transpose(1, 2)?.contiguous()?;
         self.z_out(z, sink)
     }
 
-    /// The pattern of `scores [batch, head, pos, t]`: the softmax over the keys, computed in
-    /// f32.
-    fn softmax(&self, scores: &Tensor) -> Result<Tensor> {
-        let scores32 = scores.to_dtype(DType::F32)?;
-        // candle's fused softmax kernel carries no gradient: a run with gradients uses the
-        // same kernel with a written-out backward (composed ops off the CPU)
-        if let Some(pattern) = attention_kernel::softmax(&scores32)? {
-            return Ok(pattern.to_dtype(self.dtype)?);
-        }
-        Ok(if !scores32.track_op() {
-            candle_nn::ops::softmax_last_dim(&scores32)?
-        } else if scores32.device().is_cpu() {
-            crate::engine::grad_ops::softmax(&scores32)?
-        } else {
-            candle_nn::ops::softmax(&scores32, D::Minus1)?
-        }
-        .to_dtype(self.dtype)?)
-    }
-
-    /// [`Self::attend`] on the CPU kernel of [`attention_kernel`] for queries `q [batch, pos,
+    /// [`Self::attend`] on the CPU kernel of `ops::attention` for queries `q [batch, pos,
     /// head, d_head]` and keys and values `[batch, t, kv_head, d_head]` as they come out of
     /// the projections (no copies): the whole softmax in one pass where no hook reads the
     /// scores or the pattern, the scores and the weighted values apart (with the hooks in
@@ -234,7 +177,7 @@ impl Block<'_> {
             attention_kernel::attention_z(&inp)?
         } else if let Some(scores) = attention_kernel::scores(&inp)? {
             let scores = hook(sink, HookPoint::AttnScores(l), scores)?;
-            let pattern = hook(sink, HookPoint::Pattern(l), self.softmax(&scores)?)?;
+            let pattern = hook(sink, HookPoint::Pattern(l), softmax(&scores, self.dtype)?)?;
             match attention_kernel::weighted_values(&pattern, v)? {
                 Some(z) => Some(z),
                 // a hook handed back a tracked pattern: candle's product carries its gradient
@@ -283,9 +226,7 @@ impl Block<'_> {
         let w = self.w;
         let mut out = linear(&z.reshape((b, p, h * dh))?, &w.w_o, w.b_o.as_ref())?;
         if let Some(pn) = &w.ln1_post {
-            out = self
-                .norm_spec()
-                .apply(pn, &out, None, &mut crate::engine::hooks::NoHooks)?;
+            out = self.norm_spec().apply(pn, &out, None, &mut NoHooks)?;
         }
         Ok(out)
     }

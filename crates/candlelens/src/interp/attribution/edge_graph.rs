@@ -218,7 +218,7 @@ pub struct EdgeCheck {
     pub exact: f32,
 }
 
-/// What [`Attribution::verify_edges`](super::Attribution::verify_edges) found.
+/// What [`AttributionPatcher::verify_edges`](super::AttributionPatcher::verify_edges) found.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct EdgeVerification {
     /// The edges checked, strongest estimate first.

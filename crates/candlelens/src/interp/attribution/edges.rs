@@ -18,16 +18,17 @@
 //! The exact counterpart of a head's edge is path patching with every other head *and* every
 //! MLP frozen ([`crate::interp::patching::PathPatcher`] with `freeze_mlps`): the receiver reads
 //! the corrupted residual plus `Δu` and nothing else changes upstream.
-//! [`Attribution::verify_edges`] runs it on the strongest head edges.
+//! [`AttributionPatcher::verify_edges`] runs it on the strongest head edges.
 
 use std::time::Instant;
 
 use candle_core::{DType, Tensor, Var};
 
+use crate::engine::block::split::SplitTaps;
+use crate::engine::block::{BlockKind, Forward, Heads, Stage};
 use crate::engine::hooks::{HookPoint, HookSink, NoHooks};
 use crate::engine::model::{HookedTransformer, LogitsAt};
-use crate::engine::split::SplitTaps;
-use crate::engine::tokens::Tokens;
+use crate::engine::text::tokens::Tokens;
 use crate::error::{LensError, Result};
 use crate::interp::metrics::GradMetric;
 use crate::interp::patching::{PathPatcher, QkvInputs, Receiver, Receivers};
@@ -36,7 +37,7 @@ use super::edge_graph::{
     Downstream, Edge, EdgeCheck, EdgeGraph, EdgeVerification, Input, Upstream,
 };
 use super::verify::{check_threshold, pearson};
-use super::{scalar, Attribution};
+use super::{scalar, AttributionPatcher};
 
 /// Replaces the token embedding (the integrated-gradients interpolation).
 struct EmbedSink(Option<Tensor>);
@@ -114,23 +115,10 @@ fn edge_grad_run(
             k: tk.as_tensor(),
             v: tv.as_tensor(),
         };
-        let attn = block.attention_split(&x, &split, &ctx)?;
-        x = if cfg.parallel_attn_mlp {
-            let src = (&x + tm.as_tensor())?;
-            let n1 = block.ln1(&src)?;
-            let mlp_in = block.parallel_mlp_input(&src, n1, &mut NoHooks)?;
-            let mlp_out = block.mlp(&mlp_in, &mut NoHooks)?;
-            ((x + attn)? + mlp_out)?
-        } else {
-            let mid = (x + attn)?;
-            let src = (&mid + tm.as_tensor())?;
-            let mlp_in = match &block.weights().ln2 {
-                Some(ln2) => block.norm_spec().apply(ln2, &src, None, &mut NoHooks)?,
-                None => src,
-            };
-            let mlp_out = block.mlp(&mlp_in, &mut NoHooks)?;
-            (mid + mlp_out)?
-        };
+        let mut f = Forward::new(&ctx, 0, None);
+        f.heads = Heads::Split(&split);
+        f.mlp_tap = Some(tm.as_tensor());
+        x = block.wire(Stage::Pre, x, &mut f)?;
         taps.push([tq, tk, tv, tm]);
     }
     let tf = Var::zeros((b, p, d), dt, dev)?;
@@ -160,7 +148,7 @@ fn edge_grad_run(
     Ok((value, out))
 }
 
-impl Attribution {
+impl AttributionPatcher {
     /// The downstream gradients, at the corrupted run or averaged over the integrated-gradients
     /// interpolation of this attribution.
     fn down_grads(&self) -> Result<DownGrads> {
@@ -259,7 +247,7 @@ impl Attribution {
         let mut edges = Vec::new();
         for (i, (u, _)) in ups.iter().enumerate() {
             for (j, (d, _)) in downs.iter().enumerate() {
-                if feeds(cfg.parallel_attn_mlp, *u, *d) {
+                if feeds(BlockKind::of(cfg), *u, *d) {
                     edges.push(Edge {
                         from: *u,
                         to: *d,
@@ -342,7 +330,7 @@ impl Attribution {
 
 /// Whether `u` writes into the residual stream that `d` reads: an earlier layer, or a head
 /// feeding its own layer's MLP in a sequential block.
-fn feeds(parallel: bool, u: Upstream, d: Downstream) -> bool {
+fn feeds(kind: BlockKind, u: Upstream, d: Downstream) -> bool {
     let dl = match d {
         Downstream::Head(l, _, _) => l,
         Downstream::Mlp(l) => l,
@@ -351,6 +339,8 @@ fn feeds(parallel: bool, u: Upstream, d: Downstream) -> bool {
     match u {
         Upstream::Embed => true,
         Upstream::Mlp(l) => l < dl,
-        Upstream::Head(l, _) => l < dl || (!parallel && l == dl && matches!(d, Downstream::Mlp(_))),
+        Upstream::Head(l, _) => {
+            l < dl || (kind.has_resid_mid() && l == dl && matches!(d, Downstream::Mlp(_)))
+        }
     }
 }

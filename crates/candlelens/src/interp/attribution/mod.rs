@@ -15,7 +15,7 @@
 //! the corrupted to the clean ones (`α = 1/k, 2/k, …, 1`), which follows the metric along the
 //! whole way instead of its slope at the corrupted end.
 //!
-//! The estimate is linear; patching is not. [`Attribution::verify`] runs the exact sweep on the
+//! The estimate is linear; patching is not. [`AttributionPatcher::verify`] runs the exact sweep on the
 //! same grid and reports, cell by cell, where the two disagree — which no other tool does.
 
 use std::sync::Arc;
@@ -23,10 +23,10 @@ use std::time::Instant;
 
 use candle_core::{DType, Tensor, Var};
 
-use crate::engine::cache::ActivationCache;
+use crate::engine::hooks::cache::ActivationCache;
 use crate::engine::hooks::{HookFilter, HookPoint, HookSink};
 use crate::engine::model::HookedTransformer;
-use crate::engine::tokens::Tokens;
+use crate::engine::text::tokens::Tokens;
 use crate::error::{LensError, Result};
 use crate::interp::metrics::{normalise, GradMetric};
 use crate::interp::patching::{grid_labels, PatchGrid, PatchTarget};
@@ -100,12 +100,7 @@ fn final_residual(
     tokens: &Tokens,
     sink: &mut dyn HookSink,
 ) -> Result<Tensor> {
-    model.check_tokens(tokens)?;
-    let ctx = model.context(tokens.max_len())?;
-    let mut x = model.embed(tokens, sink)?;
-    for l in 0..model.cfg.n_layers {
-        x = model.run_block(l, x, &ctx, sink)?;
-    }
+    let x = model.run_until(tokens, model.cfg.n_layers, sink)?;
     model.gather_last(&x, tokens)
 }
 
@@ -179,7 +174,7 @@ pub(crate) fn scalar(metric: &GradMetric, last_logits: &Tensor) -> Result<Tensor
 ///
 /// Like [`Patcher`](crate::interp::patching::Patcher), it shares the model and owns all it holds, so a notebook keeps it across
 /// cells.
-pub struct Attribution {
+pub struct AttributionPatcher {
     model: Arc<HookedTransformer>,
     clean_tokens: Tokens,
     corrupt_tokens: Tokens,
@@ -196,7 +191,14 @@ pub struct Attribution {
     pub forward_equivalents: f64,
 }
 
-impl Attribution {
+/// The old name of [`AttributionPatcher`].
+#[deprecated(
+    since = "0.2.0",
+    note = "renamed `AttributionPatcher` (`Attribution` was also direct logit attribution's name)"
+)]
+pub type Attribution = AttributionPatcher;
+
+impl AttributionPatcher {
     /// Attribution patching: the clean run, the corrupted run with gradients tracked and one
     /// backward pass of `metric` (a scalar of the final-position logits `[batch, d_vocab]`, e.g.
     /// [`logit_diff_grad_metric`](crate::interp::metrics::logit_diff_grad_metric)).
@@ -307,7 +309,7 @@ impl Attribution {
             }
         };
         let seconds = start.elapsed().as_secs_f64();
-        Ok(Attribution {
+        Ok(AttributionPatcher {
             model: Arc::clone(model),
             clean_tokens: clean.clone(),
             corrupt_tokens: corrupt.clone(),
@@ -386,12 +388,7 @@ impl Attribution {
         let cfg = &self.model.cfg;
         let (c, k) = (self.clean_value, self.corrupt_value);
         self.check_effect()?;
-        if target == PatchTarget::ResidMid && cfg.parallel_attn_mlp {
-            return Err(LensError::Unsupported {
-                what: "resid_mid".into(),
-                fix: "this model runs attention and MLP in parallel, so it has no resid_mid; attribute resid_pre or resid_post".into(),
-            });
-        }
+        target.check(cfg)?;
         // a first-order change x of the metric, as the sweep normalises a patched metric k + x
         let norm = |x: f32| normalise(k + x, c, k);
         let mut values: Vec<Vec<f32>> = Vec::new();

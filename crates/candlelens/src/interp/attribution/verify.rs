@@ -1,11 +1,11 @@
 //! The self-check of attribution patching: the exact sweep on the same grid beside the
-//! estimate ([`Attribution::verify`]), with the cells where the linear estimate is wrong.
+//! estimate ([`AttributionPatcher::verify`]), with the cells where the linear estimate is wrong.
 
 use crate::error::{LensError, Result};
 use crate::interp::metrics::float_metric;
 use crate::interp::patching::{PatchGrid, PatchTarget, Patcher};
 
-use super::Attribution;
+use super::AttributionPatcher;
 
 /// A self-check's threshold: finite and non-negative.
 ///
@@ -22,7 +22,7 @@ pub(super) fn check_threshold(threshold: f32) -> Result<()> {
     Ok(())
 }
 
-impl Attribution {
+impl AttributionPatcher {
     /// The exact counterpart of the estimates: a [`Patcher`] on the same prompts and metric
     /// (progress off).
     pub(super) fn exact_patcher(&self) -> Result<Patcher> {
@@ -97,7 +97,7 @@ pub struct Disagreement {
     pub exact: f32,
 }
 
-/// What [`Attribution::verify`] found.
+/// What [`AttributionPatcher::verify`] found.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Verification {
     /// The attribution grid.

@@ -23,10 +23,10 @@ use std::sync::Arc;
 
 use candle_core::Tensor;
 
-use crate::engine::cache::ActivationCache;
+use crate::engine::hooks::cache::ActivationCache;
 use crate::engine::hooks::{HookFilter, HookPoint};
 use crate::engine::model::HookedTransformer;
-use crate::engine::tokens::Tokens;
+use crate::engine::text::tokens::Tokens;
 use crate::error::{LensError, Result};
 use crate::interp::metrics::normalise;
 
@@ -92,6 +92,23 @@ impl PatchTarget {
                 })
             }
         })
+    }
+
+    /// Errors if `cfg`'s models have no such activation: `resid_mid` on a model whose blocks
+    /// run attention and MLP in parallel.
+    ///
+    /// # Errors
+    /// [`LensError::Unsupported`] naming the targets to use instead.
+    pub fn check(&self, cfg: &crate::engine::config::ModelConfig) -> Result<()> {
+        if *self == PatchTarget::ResidMid
+            && !crate::engine::block::kind::BlockKind::of(cfg).has_resid_mid()
+        {
+            return Err(LensError::Unsupported {
+                what: "resid_mid".into(),
+                fix: "this model runs attention and MLP in parallel, so it has no resid_mid; use resid_pre or resid_post".into(),
+            });
+        }
+        Ok(())
     }
 
     /// The TransformerLens-style name.

@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use crate::engine::hooks::HookPoint;
-use crate::engine::user_hooks::Hooks;
+use crate::engine::hooks::Hooks;
 use crate::error::Result;
 
 use super::{PatchGrid, PatchTarget, Patcher};
@@ -80,7 +80,7 @@ impl Patcher {
             PatchTarget::HeadsByPos => (cfg.n_layers * cfg.n_heads, seq),
             _ => (cfg.n_layers, seq),
         };
-        let bar = crate::notebook::progress::Progress::new(
+        let bar = crate::util::progress::Progress::new(
             &format!("naive patching {}", target.name()),
             (rows * cols) as u64,
             self.progress,

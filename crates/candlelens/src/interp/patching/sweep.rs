@@ -7,23 +7,15 @@ use std::time::Instant;
 
 use candle_core::{DType, IndexOp, Tensor};
 
-use crate::engine::block::PastKv;
+use crate::engine::block::{Forward, Heads, PastKv, QkvInputs, Stage};
 use crate::engine::config::Positional;
-use crate::engine::hooks::{HookPoint, NoHooks};
+use crate::engine::hooks::{HookPoint, HookSink};
 use crate::error::{LensError, Result};
 
 use super::{CellMetric, PatchGrid, PatchTarget, Patcher};
 
-/// Where a patched run enters the network.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Stage {
-    /// As the residual entering block `layer` (`layer == n_layers`: straight to the unembedding).
-    Pre,
-    /// As `resid_mid` of block `layer` (sequential blocks only).
-    Mid,
-}
-
-/// One patched run: the residual stream from `start` on, `[batch, seq - start, d_model]`.
+/// One patched run: the residual stream from `start` on, `[batch, seq - start, d_model]`,
+/// entering block `layer` at `stage` (`layer == n_layers`: straight to the unembedding).
 struct Injection {
     layer: usize,
     stage: Stage,
@@ -68,11 +60,8 @@ impl Patcher {
             .at(HookPoint::AttnOut(l))?
             .narrow(1, start, n)?;
         let delta = (new - co_attn)?;
-        let (layer, stage, base) = if self.model.cfg.parallel_attn_mlp {
-            (l + 1, Stage::Pre, self.corrupt.at(HookPoint::ResidPost(l))?)
-        } else {
-            (l, Stage::Mid, self.corrupt.at(HookPoint::ResidMid(l))?)
-        };
+        let (joins, layer, stage) = self.model.block(l)?.kind().attn_joins(l);
+        let base = self.corrupt.at(joins)?;
         let head = (base.narrow(1, start, n)? + delta)?;
         let rows = if start + n == seq {
             head
@@ -108,12 +97,7 @@ impl Patcher {
             | PatchTarget::ResidPost
             | PatchTarget::MlpOut
             | PatchTarget::AttnOut => {
-                if target == PatchTarget::ResidMid && cfg.parallel_attn_mlp {
-                    return Err(LensError::Unsupported {
-                        what: "resid_mid".into(),
-                        fix: "this model runs attention and MLP in parallel, so it has no resid_mid; patch resid_pre or resid_post".into(),
-                    });
-                }
+                target.check(cfg)?;
                 for l in 0..n_layers {
                     for p in 0..seq {
                         let hp = match target {
@@ -196,18 +180,16 @@ impl Patcher {
                         _ => HookPoint::V(l),
                     };
                     let block = self.model.block(l)?;
-                    // the attention input of either run: a head's clean q, k or v is what it
-                    // computes from the clean one
-                    let x = block.ln1(self.corrupt.at(HookPoint::ResidPre(l))?)?;
-                    let alt = block.ln1(self.clean.at(HookPoint::ResidPre(l))?)?;
+                    // a head's clean q, k or v is what it computes from the clean residual
+                    let corrupt_pre = self.corrupt.at(HookPoint::ResidPre(l))?;
+                    let clean_pre = self.clean.at(HookPoint::ResidPre(l))?;
                     for col in 0..cols {
                         let Some(start) =
                             first_difference(self.clean.at(hp)?, self.corrupt.at(hp)?, col)?
                         else {
                             continue;
                         };
-                        let mut inputs =
-                            vec![crate::engine::block::QkvInputs::default(); cfg.n_heads];
+                        let mut inputs = vec![QkvInputs::default(); cfg.n_heads];
                         match target {
                             PatchTarget::Q => inputs[col].q = true,
                             PatchTarget::K => {
@@ -221,7 +203,12 @@ impl Patcher {
                                 }
                             }
                         }
-                        let new = block.attention_mixed(&x, &alt, &inputs, &ctx, 0, None)?;
+                        let mut f = Forward::new(&ctx, 0, None);
+                        f.heads = Heads::Mixed {
+                            alt: clean_pre,
+                            inputs: &inputs,
+                        };
+                        let new = block.attn_out(corrupt_pre, &mut f)?;
                         let new = new.narrow(1, start, seq - start)?;
                         out.push(self.attn_injection(l, start, &new, (l, col))?);
                     }
@@ -357,36 +344,36 @@ impl Patcher {
             if l == n_layers {
                 break;
             }
-            let has_mid = pending
-                .peek()
-                .is_some_and(|i| i.layer == l && i.stage == Stage::Mid);
-            if x.is_none() && !has_mid {
-                continue;
-            }
-            let mut mid = None;
-            if let Some(xc) = x.take() {
-                let runs = xc.dim(0)? / b;
-                let past = self.past(l, start, runs)?;
-                work += (runs * b * s) as f64;
-                let (attn_out, n1, _) =
-                    m.block(l)?
-                        .attn_half(&xc, &ctx, start, past.as_ref(), &mut NoHooks)?;
-                if m.cfg.parallel_attn_mlp {
-                    let block = m.block(l)?;
-                    let mlp_in = block.parallel_mlp_input(&xc, n1, &mut NoHooks)?;
-                    let mlp_out = block.mlp(&mlp_in, &mut NoHooks)?;
-                    x = Some(((xc + attn_out)? + mlp_out)?);
-                    continue;
-                }
-                mid = Some((xc + attn_out)?);
-            }
+            // runs entering at resid_mid join the batch between the block's halves
+            let mut mids = None;
             while let Some(inj) = pending.next_if(|i| i.layer == l && i.stage == Stage::Mid) {
                 cells.push(inj.cell);
-                mid = Some(join(mid, inj.rows)?);
+                mids = Some(join(mids, inj.rows)?);
             }
-            if let Some(mid) = mid {
-                x = Some(m.block(l)?.mlp_half(mid, &mut NoHooks)?);
-            }
+            let block = m.block(l)?;
+            x = match (x.take(), mids) {
+                (None, None) => continue,
+                (None, Some(mids)) => {
+                    Some(block.wire(Stage::Mid, mids, &mut Forward::new(&ctx, start, None))?)
+                }
+                (Some(xc), mids) => {
+                    let runs = xc.dim(0)? / b;
+                    let past = self.past(l, start, runs)?;
+                    work += (runs * b * s) as f64;
+                    let mut append = AppendAt {
+                        point: HookPoint::ResidMid(l),
+                        rows: mids,
+                    };
+                    let mut f = Forward::new(&ctx, start, past.as_ref()).with_sink(&mut append);
+                    let out = block.wire(Stage::Pre, xc, &mut f)?;
+                    if append.rows.is_some() {
+                        return Err(LensError::Internal(format!(
+                            "runs injected at blocks.{l}.hook_resid_mid, which this block does not have"
+                        )));
+                    }
+                    Some(out)
+                }
+            };
         }
         let Some(x) = x else {
             return Ok((Vec::new(), work));
@@ -415,7 +402,7 @@ impl Patcher {
         }
         let mut values = vec![vec![0f32; cols]; rows];
         let mut work = 0f64;
-        let bar = crate::notebook::progress::Progress::new(
+        let bar = crate::util::progress::Progress::new(
             &format!("patching {}", target.name()),
             groups.len() as u64,
             self.progress,
@@ -448,6 +435,25 @@ impl Patcher {
             self.sweep(PatchTarget::AttnOut)?,
             self.sweep(PatchTarget::MlpOut)?,
         ])
+    }
+}
+
+/// A sink that appends `rows` to the batch at `point` (the runs that enter there).
+struct AppendAt {
+    point: HookPoint,
+    rows: Option<Tensor>,
+}
+
+impl HookSink for AppendAt {
+    fn wants(&self, point: &HookPoint) -> bool {
+        *point == self.point && self.rows.is_some()
+    }
+
+    fn visit(&mut self, _point: &HookPoint, act: Tensor) -> Result<Tensor> {
+        match self.rows.take() {
+            Some(rows) => Ok(Tensor::cat(&[&act, &rows], 0)?),
+            None => Ok(act),
+        }
     }
 }
 

@@ -6,14 +6,14 @@ use std::fmt;
 use candle_core::{DType, Tensor};
 
 use crate::engine::hooks::HookFilter;
+use crate::engine::hooks::Hooks;
 use crate::engine::model::{HookedTransformer, LogitsAt};
-use crate::engine::user_hooks::Hooks;
 use crate::error::{LensError, Result};
 
 use super::lists::BindingLists;
 use super::positions::BindingBatch;
 use super::prompts::{sample_prompts, Task};
-use crate::studies::pyrandom::PyRandom;
+use crate::util::pyrandom::PyRandom;
 
 /// How a batch is answered: the source's metrics on the final position's logits.
 #[derive(Clone, Debug)]

@@ -3,9 +3,9 @@
 
 use candle_core::{IndexOp, Tensor};
 
+use crate::engine::hooks::Hooks;
 use crate::engine::hooks::{HookFilter, HookPoint};
 use crate::engine::model::HookedTransformer;
-use crate::engine::user_hooks::Hooks;
 use crate::error::{LensError, Result};
 
 use super::eval::{evaluate, Evaluation};

@@ -68,4 +68,4 @@ pub use vectors::{BindingMeans, BindingVectors};
 
 /// Python's `random` module (CPython's Mersenne Twister and seeding), shared with the LRE
 /// notebook: the sampler of [`sample_prompts`].
-pub use crate::studies::pyrandom::PyRandom;
+pub use crate::util::pyrandom::PyRandom;

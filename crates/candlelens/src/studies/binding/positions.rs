@@ -4,7 +4,7 @@
 use std::ops::Range;
 
 use crate::engine::model::HookedTransformer;
-use crate::engine::tokens::Tokens;
+use crate::engine::text::tokens::Tokens;
 use crate::error::{LensError, Result};
 
 use super::prompts::BindingPrompt;
@@ -24,7 +24,7 @@ pub struct BindingPositions {
 /// only used in the error message.
 ///
 /// # Errors
-/// [`LensError::BindingPosition`] naming the entry and the tokens its characters fall in, if
+/// [`LensError::NotOneToken`] naming the entry and the tokens its characters fall in, if
 /// the tokenizer split it or merged it with a neighbour; tokenizer errors.
 pub fn find_positions(
     model: &HookedTransformer,
@@ -56,11 +56,12 @@ pub fn find_positions(
             .filter(|(_, &(s, e))| s < core.end && e > core.start)
             .map(|(t, _)| model.ids_to_str_tokens(&ids[t..=t]).map(|v| v.concat()))
             .collect::<Result<Vec<_>>>()?;
-        Err(LensError::BindingPosition {
-            role: role.to_string(),
-            entry: entry.to_string(),
+        Err(LensError::NotOneToken {
+            what: role.to_string(),
+            text: entry.to_string(),
             prompt: index,
             tokens: pieces,
+            fix: "Keep only entries that are single tokens (binding::one_token_rows), and check that the template separates them from their neighbours".into(),
         })
     };
     let mut pos = BindingPositions {
@@ -106,7 +107,7 @@ impl BindingBatch {
     /// Tokenizes the prompts, finds the positions and the answer tokens.
     ///
     /// # Errors
-    /// [`LensError::BindingPosition`] for an entry that is not a token of its own,
+    /// [`LensError::NotOneToken`] for an entry that is not a token of its own,
     /// [`LensError::NotSingleToken`] for an answer that is not one token,
     /// [`LensError::EmptyPrompt`] for no prompts.
     pub fn new(model: &HookedTransformer, prompts: Vec<BindingPrompt>) -> Result<Self> {

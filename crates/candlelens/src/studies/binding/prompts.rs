@@ -4,7 +4,7 @@
 use std::ops::Range;
 
 use crate::error::{LensError, Result};
-use crate::studies::pyrandom::PyRandom;
+use crate::util::pyrandom::PyRandom;
 
 /// The source's two prompt templates (its `get_prompt_capital` / `get_prompt_fruit`), character
 /// for character. Attributes are inserted as given: the capital template writes

@@ -4,11 +4,11 @@
 
 use candle_core::{DType, IndexOp, Tensor};
 
+use crate::engine::hooks::Hooks;
 use crate::engine::hooks::{HookFilter, HookPoint};
 use crate::engine::model::HookedTransformer;
-use crate::engine::user_hooks::Hooks;
 use crate::error::{LensError, Result};
-use crate::studies::pyrandom::PyRandom;
+use crate::util::pyrandom::PyRandom;
 
 use super::eval::{evaluate, Evaluation};
 use super::positions::BindingBatch;

@@ -6,8 +6,8 @@ use serde::Serialize;
 
 use super::operator::LreOperator;
 use super::states::LreStates;
+use crate::engine::hooks::Hooks;
 use crate::engine::model::HookedTransformer;
-use crate::engine::user_hooks::Hooks;
 use crate::error::{LensError, Result};
 
 /// One test subject's outcome.
@@ -429,7 +429,7 @@ pub fn causality(
     let norms: Vec<f32> = delta.sqr()?.sum(1)?.sqrt()?.to_vec1()?;
     let h_norms: Vec<f32> = h.sqr()?.sum(1)?.sqrt()?.to_vec1()?;
     // control: Gaussian directions scaled to each edit's norm (seeded for reproducibility)
-    let mut rng = crate::studies::pyrandom::PyRandom::seed(0);
+    let mut rng = crate::util::pyrandom::PyRandom::seed(0);
     let mut gauss = Vec::with_capacity(test.len() * d);
     for _ in 0..test.len() * d {
         gauss.push(rng.box_muller_32() as f32);
@@ -471,7 +471,7 @@ fn edited_answers(
     delta: &Tensor,
 ) -> Result<Vec<usize>> {
     let rows: Vec<Vec<u32>> = test.items.iter().map(|s| s.ids.clone()).collect();
-    let tokens = crate::engine::tokens::Tokens::new(rows, model.cfg.pad_token_id)?;
+    let tokens = crate::engine::text::tokens::Tokens::new(rows, model.cfg.pad_token_id)?;
     let (b, t, d) = (tokens.batch(), tokens.max_len(), model.cfg.d_model);
     let mut add = vec![0f32; b * t * d];
     let delta: Vec<Vec<f32>> = delta.to_dtype(DType::F32)?.to_vec2()?;

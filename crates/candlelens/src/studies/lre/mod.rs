@@ -31,7 +31,7 @@ mod relation;
 mod states;
 pub mod steps;
 
-pub use crate::studies::pyrandom::PyRandom;
+pub use crate::util::pyrandom::PyRandom;
 pub use eval::{
     causality, evaluate, layer_sweep, Causality, CausalityReport, Edit, LreEval, LreReport,
     Prediction,

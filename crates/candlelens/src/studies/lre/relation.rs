@@ -5,7 +5,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{LensError, Result};
-use crate::studies::pyrandom::PyRandom;
+use crate::util::pyrandom::PyRandom;
 
 /// One fact of a relation: `subject` ("engineering") → `object` ("men").
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,7 +4,7 @@
 use candle_core::{DType, IndexOp, Tensor, D};
 
 use super::relation::{check_template, Sample};
-use crate::engine::cache::ActivationCache;
+use crate::engine::hooks::cache::ActivationCache;
 use crate::engine::hooks::{HookFilter, HookPoint};
 use crate::engine::model::{HookedTransformer, LogitsAt};
 use crate::error::{LensError, Result};

@@ -35,10 +35,10 @@ use std::time::Instant;
 
 use candle_core::Tensor;
 
-use crate::engine::block::QkvInputs;
-use crate::engine::hooks::{HookPoint, NoHooks};
+use crate::engine::block::{Forward, Heads, QkvInputs, Stage};
+use crate::engine::hooks::HookPoint;
 use crate::engine::model::HookedTransformer;
-use crate::engine::tokens::Tokens;
+use crate::engine::text::tokens::Tokens;
 use crate::error::{LensError, Result};
 
 use super::{PatchGrid, PatchTarget, Patcher};
@@ -253,6 +253,8 @@ impl PathPatcher {
         let first_receiver = receivers.first_layer(n_layers);
         let end = receivers.last_layer(n_layers);
         let receiver_layers = receivers.by_layer(m.cfg.n_heads);
+        // (no attention runs in step 1: the context's tables go unused)
+        let ctx = m.context(p.corrupt_tokens.max_len())?;
         // step 1: the senders' clean outputs along the frozen network, joining at their layer
         let mut x: Option<Tensor> = None;
         let mut joined = 0usize;
@@ -287,30 +289,16 @@ impl PathPatcher {
                     self.sender_attn_out(l, &heads, rows)?
                 });
             }
-            let attn = Tensor::cat(&parts, 0)?;
-            let block = m.block(l)?;
-            let frozen_mlp = || -> Result<Tensor> {
-                Ok(self
-                    .corrupt_rows(HookPoint::MlpOut(l), rows)?
-                    .repeat((joined, 1, 1))?)
-            };
-            let next = if m.cfg.parallel_attn_mlp {
-                let mlp_out = if self.freeze_mlps {
-                    frozen_mlp()?
-                } else {
-                    let n1 = block.ln1(&xc)?;
-                    let mlp_in = block.parallel_mlp_input(&xc, n1, &mut NoHooks)?;
-                    block.mlp(&mlp_in, &mut NoHooks)?
-                };
-                ((xc + attn)? + mlp_out)?
-            } else {
-                let mid = (xc + attn)?;
-                if self.freeze_mlps {
-                    (mid + frozen_mlp()?)?
-                } else {
-                    block.mlp_half(mid, &mut NoHooks)?
-                }
-            };
+            // the block with its attention frozen at those values, its MLPs free or frozen
+            let mut f = Forward::new(&ctx, 0, None);
+            f.attn_out = Some(Tensor::cat(&parts, 0)?);
+            if self.freeze_mlps {
+                f.mlp_out = Some(
+                    self.corrupt_rows(HookPoint::MlpOut(l), rows)?
+                        .repeat((joined, 1, 1))?,
+                );
+            }
+            let next = m.block(l)?.wire(Stage::Pre, xc, &mut f)?;
             if receiver_layers.contains_key(&(l + 1)) {
                 // runs not yet joined still read the corrupted residual
                 let rest = n_runs - joined;
@@ -392,23 +380,12 @@ impl PathPatcher {
         for l in first..m.cfg.n_layers {
             let block = m.block(l)?;
             let past = p.past(l, p0, n_runs)?;
-            x = match (receiver_layers.get(&l), alt.get(&l)) {
-                (Some(inputs), Some(alt)) => {
-                    let n1 = block.ln1(&x)?;
-                    let alt_n1 = block.ln1(alt)?;
-                    let attn =
-                        block.attention_mixed(&n1, &alt_n1, inputs, &ctx, p0, past.as_ref())?;
-                    if m.cfg.parallel_attn_mlp {
-                        let mlp_in = block.parallel_mlp_input(&x, n1, &mut NoHooks)?;
-                        let mlp_out = block.mlp(&mlp_in, &mut NoHooks)?;
-                        ((x + attn)? + mlp_out)?
-                    } else {
-                        block.mlp_half((x + attn)?, &mut NoHooks)?
-                    }
-                }
-                // receivers no sender reaches (all senders at or after their layer)
-                _ => block.forward(x, &ctx, p0, past.as_ref(), &mut NoHooks)?.0,
-            };
+            let mut f = Forward::new(&ctx, p0, past.as_ref());
+            if let (Some(inputs), Some(alt)) = (receiver_layers.get(&l), alt.get(&l)) {
+                f.heads = Heads::Mixed { alt, inputs };
+            }
+            // (receivers no sender reaches — all senders at or after their layer — run as usual)
+            x = block.wire(Stage::Pre, x, &mut f)?;
         }
         p.finals(&x, p0)
     }

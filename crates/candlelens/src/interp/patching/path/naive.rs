@@ -1,9 +1,9 @@
 //! Path patching the way the IOI paper's code and the ARENA exercises run it — hooks and full
 //! forwards — kept as the reference the tests hold [`PathPatcher`] to.
 
+use crate::engine::hooks::Hooks;
 use crate::engine::hooks::{HookFilter, HookPoint};
 use crate::engine::model::LogitsAt;
-use crate::engine::user_hooks::Hooks;
 use crate::error::{LensError, Result};
 
 use super::{Head, PathPatcher, Receivers};

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::engine::model::HookedTransformer;
-use crate::engine::tokens::Tokens;
+use crate::engine::text::tokens::Tokens;
 use crate::error::{LensError, Result};
 
 /// One document of a corpus.

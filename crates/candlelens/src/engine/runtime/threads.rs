@@ -8,7 +8,7 @@
 
 /// Sets `RAYON_NUM_THREADS` to candle's thread count if it is unset (see the module docs).
 /// Runs once per process, when the first model is built.
-pub fn pin() {
+pub(crate) fn pin() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         if std::env::var_os("RAYON_NUM_THREADS").is_some() {

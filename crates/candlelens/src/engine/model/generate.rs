@@ -5,7 +5,7 @@ use candle_core::{DType, IndexOp, Tensor};
 use crate::engine::block::PastKv;
 use crate::engine::hooks::NoHooks;
 use crate::engine::model::HookedTransformer;
-use crate::engine::tokens::Tokens;
+use crate::engine::text::tokens::Tokens;
 use crate::error::{LensError, Result};
 
 /// How to pick each next token.

@@ -1,7 +1,7 @@
 //! Attention on the CPU without copies: each `(batch, head)` pair is two strided matrix
 //! products straight off the `[batch, pos, head, d_head]` layout the projections produce,
 //! with the scale, soft-cap, mask and softmax applied to the scores in between while they sit
-//! in cache, and `z` written in place. The composed path ([`super::block::Block::attend`])
+//! in cache, and `z` written in place. The composed path (`Block::attend`)
 //! first copies the queries to `[batch, head, pos, d_head]` and the keys and values once per
 //! query head (grouped-query attention), multiplies 450 small matrices one after the other,
 //! each split over the cores, then runs the scale, the mask and the softmax as three passes
@@ -15,7 +15,8 @@ use candle_core::{DType, Layout, Storage, Tensor};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use crate::engine::fastmath;
+use super::fastmath;
+use super::softmax::softmax_rows;
 use crate::error::{LensError, Result};
 
 /// The inputs of one block's attention: queries `q [batch, pos, head, d_head]`, keys and
@@ -167,47 +168,6 @@ unsafe fn unit_scores(
     }
 }
 
-fastmath::simd_fn! {
-    /// Softmax of each row of `s [rows, t]` in place, through the vectorised `exp`: the
-    /// row's maximum, `e^(x − max)`, their sum, the quotients (as candle's kernel, which
-    /// divides).
-    fn softmax_rows(s: &mut [f32], t: usize) = softmax_rows_in
-}
-
-/// The body of [`softmax_rows`], inlined into its SIMD builds.
-#[inline(always)]
-fn softmax_rows_in(s: &mut [f32], t: usize) {
-    const L: usize = 16;
-    for row in s.chunks_mut(t) {
-        // reductions over 16 lanes, so that they vectorise
-        let mut m = [f32::NEG_INFINITY; L];
-        let mut chunks = row.chunks_exact(L);
-        for c in &mut chunks {
-            for (m, &x) in m.iter_mut().zip(c) {
-                *m = m.max(x);
-            }
-        }
-        let max = chunks.remainder().iter().fold(
-            m.iter().copied().fold(f32::NEG_INFINITY, f32::max),
-            |a, &x| a.max(x),
-        );
-        for x in row.iter_mut() {
-            *x = fastmath::exp(*x - max);
-        }
-        let mut acc = [0f32; L];
-        let mut chunks = row.chunks_exact(L);
-        for c in &mut chunks {
-            for (a, &x) in acc.iter_mut().zip(c) {
-                *a += x;
-            }
-        }
-        let sum = acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>();
-        for x in row.iter_mut() {
-            *x /= sum;
-        }
-    }
-}
-
 /// `z_bh [p, dh] = pattern_bh [p, t] · v_bg [t, dh]`, written into `z`'s strided rows.
 ///
 /// # Safety
@@ -350,34 +310,6 @@ pub(crate) fn scores(inp: &AttnInputs) -> Result<Option<Tensor>> {
     )?))
 }
 
-/// The softmax over the last axis of `scores [.., t]` (the pattern), on the pool the products
-/// run on (candle's fused softmax does the same arithmetic on a thread pool of its own), or
-/// `None` where the kernel does not apply.
-///
-/// # Errors
-/// Tensor errors.
-pub(crate) fn softmax(scores: &Tensor) -> Result<Option<Tensor>> {
-    let Some(sc) = f32_cpu(scores)? else {
-        return Ok(None);
-    };
-    let t = sc.dim(candle_core::D::Minus1)?;
-    if t == 0 {
-        return Ok(None);
-    }
-    let mut out = {
-        let (g, l) = sc.storage_and_layout();
-        slice(&g, l)?.to_vec()
-    };
-    let rows = (16_384 / t).max(1);
-    if out.len() < fastmath::SERIAL_BELOW {
-        softmax_rows(&mut out, t);
-    } else {
-        out.par_chunks_mut(rows * t)
-            .for_each(|c| softmax_rows(c, t));
-    }
-    Ok(Some(Tensor::from_vec(out, sc.shape(), sc.device())?))
-}
-
 /// `z [batch, pos, head, d_head]` from `pattern [batch, head, pos, t]` and the values
 /// `v [batch, t, kv_head, d_head]`, or `None` where the kernel does not apply.
 ///
@@ -467,6 +399,31 @@ pub(crate) fn products_only(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option
         (d.b, d.p, d.h, d.dh),
         q.device(),
     )?))
+}
+
+/// The matrix products of attention alone — `(q kᵀ) v` per `(batch, head)`, no scale, mask
+/// or softmax — run the way the forward's attention kernel runs them, for `q [batch, pos,
+/// head, d_head]` and `k`, `v [batch, t, kv_head, d_head]` (f32 on the CPU; candle's batched
+/// products elsewhere). What `lens bench forward --floor` times as attention's share of the
+/// matmul floor.
+///
+/// # Errors
+/// Shape mismatches.
+pub(crate) fn attention_products(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    if let Some(z) = products_only(q, k, v)? {
+        return Ok(z);
+    }
+    let (h, kv) = (q.dim(2)?, k.dim(2)?);
+    let per_head = |x: &Tensor| -> Result<Tensor> {
+        let x = x.transpose(1, 2)?.contiguous()?;
+        let (b, _, t, dh) = x.dims4()?;
+        Ok(x.unsqueeze(2)?
+            .expand((b, kv, h / kv.max(1), t, dh))?
+            .reshape((b, h, t, dh))?)
+    };
+    let qt = q.transpose(1, 2)?.contiguous()?;
+    let s = qt.matmul(&per_head(k)?.t()?)?;
+    Ok(s.matmul(&per_head(v)?)?.transpose(1, 2)?.contiguous()?)
 }
 
 #[cfg(test)]

@@ -10,9 +10,10 @@
 
 use candle_core::{Tensor, D};
 
-use crate::engine::block::{Block, ForwardCtx, PastKv, QkvInputs};
+use super::{Block, ForwardCtx, PastKv, QkvInputs};
 use crate::engine::config::{Positional, QkNorm};
 use crate::engine::hooks::NoHooks;
+use crate::engine::ops::rope::rotate;
 use crate::error::{LensError, Result};
 
 /// The taps added to each head's copies of `resid_pre`, `[batch, pos, head, d_model]` each.
@@ -31,7 +32,8 @@ impl Block<'_> {
     /// `offset..offset + pos`, after the keys and values of `past`, which both share); every head attends as usual on `x`, except that head `h` takes its queries
     /// (keys, values) from `alt` where `inputs[h]` says so. Keys and values are patched per
     /// query head: under grouped-query attention the other heads of the group keep theirs.
-    /// Returns `hook_attn_out` `[batch, pos, d_model]`, after the post-norm; no hooks fire.
+    /// Returns the attention output before the post-norm, `[batch, pos, d_model]`; no hooks
+    /// fire. Runs inside the block's wiring as [`super::Heads::Mixed`].
     ///
     /// # Errors
     /// [`LensError::Mismatch`] unless `inputs` has one entry per head; tensor errors.
@@ -51,7 +53,7 @@ impl Block<'_> {
                 detail: format!("{} entries given for {h} heads", inputs.len()),
             });
         }
-        let sink = &mut crate::engine::hooks::NoHooks;
+        let sink = &mut NoHooks;
         let (q, k, v) = self.qkv(x, ctx, offset, sink)?;
         let (q2, k2, v2) = self.qkv(alt, ctx, offset, sink)?;
         // earlier positions: both inputs agree there, so one set of cached keys and values
@@ -87,16 +89,13 @@ impl Block<'_> {
         )?;
         let kt = pick(&self.ungroup(&k)?, &self.ungroup(&k2)?, &|s| s.k)?;
         let vt = pick(&self.ungroup(&v)?, &self.ungroup(&v2)?, &|s| s.v)?;
-        let mut out = self.attend(&qt, &kt, &vt, ctx, offset, sink)?;
-        if let Some(pn) = &self.weights().ln1_post {
-            out = self.norm_spec().apply(pn, &out, None, sink)?;
-        }
-        Ok(out)
+        self.attend(&qt, &kt, &vt, ctx, offset, sink)
     }
 
-    /// `hook_attn_out` `[batch, pos, d_model]` (after the post-norm) of `resid_pre [batch,
-    /// pos, d_model]` (positions from 0), each head's queries, keys and values computed from
-    /// `resid_pre + tap` for its own tap. No hooks fire.
+    /// The attention output before the post-norm, `[batch, pos, d_model]`, of `resid_pre
+    /// [batch, pos, d_model]` (positions from 0), each head's queries, keys and values computed
+    /// from `resid_pre + tap` for its own tap. No hooks fire. Runs inside the block's wiring
+    /// as [`super::Heads::Split`].
     ///
     /// # Errors
     /// Tensor errors.
@@ -134,15 +133,11 @@ impl Block<'_> {
         let p = resid_pre.dim(1)?;
         if let Positional::Rotary(r) = &cfg.positional {
             let (cos, sin) = ctx.rope(cfg.layer_attention[self.layer], 0, p)?;
-            q = self.rotate(&q, &cos, &sin, r.dim, r.interleaved)?;
-            k = self.rotate(&k, &cos, &sin, r.dim, r.interleaved)?;
+            q = rotate(&q, &cos, &sin, r.dim, r.interleaved)?;
+            k = rotate(&k, &cos, &sin, r.dim, r.interleaved)?;
         }
         let t = |x: Tensor| -> Result<Tensor> { Ok(x.transpose(1, 2)?.contiguous()?) };
-        let mut out = self.attend(&t(q)?, &t(k)?, &t(v)?, ctx, 0, &mut NoHooks)?;
-        if let Some(pn) = &w.ln1_post {
-            out = self.norm_spec().apply(pn, &out, None, &mut NoHooks)?;
-        }
-        Ok(out)
+        self.attend(&t(q)?, &t(k)?, &t(v)?, ctx, 0, &mut NoHooks)
     }
 
     /// Copy `hh` of `x [batch, pos, head, d_model]` times the projection of head

@@ -21,30 +21,11 @@ use candle_core::{DType, Tensor, D};
 use crate::engine::block::Block;
 use crate::engine::config::MoeConfig;
 use crate::engine::hooks::{HookPoint, HookSink};
-use crate::engine::jvp::activation_grad;
+use crate::engine::ops::activation::gated_jvp;
+use crate::engine::ops::softmax::softmax_jvp;
+use crate::engine::ops::topk::top_k_rows;
 use crate::engine::ops::{activation, hook, linear};
 use crate::error::{LensError, Result};
-
-/// A constant 0/1 mask `[.., n_experts]` marking each row's `k` largest entries (ties go to
-/// the lower expert index).
-fn top_k_mask(probs: &Tensor, k: usize) -> Result<Tensor> {
-    let dims = probs.dims().to_vec();
-    let e = *dims.last().unwrap_or(&1);
-    let flat: Vec<f32> = probs
-        .detach()
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1()?;
-    let mut mask = vec![0f32; flat.len()];
-    let mut order: Vec<usize> = (0..e).collect();
-    for (row, m) in flat.chunks(e).zip(mask.chunks_mut(e)) {
-        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-        for &i in order.iter().take(k) {
-            m[i] = 1.0;
-        }
-    }
-    Ok(Tensor::from_vec(mask, dims, probs.device())?)
-}
 
 /// The routing weights `[batch, pos, n_experts]` (f32) of router logits (f32): the softmax over
 /// the experts, each token's `top_k` kept, renormalised where the family does so. The
@@ -58,7 +39,7 @@ pub fn route(logits: &Tensor, moe: &MoeConfig) -> Result<Tensor> {
     } else {
         candle_nn::ops::softmax_last_dim(logits)?
     };
-    let kept = (&probs * top_k_mask(&probs, moe.top_k)?)?;
+    let kept = (&probs * top_k_rows(&probs, moe.top_k, |_| 1.0)?)?;
     Ok(if moe.norm_topk_prob {
         kept.broadcast_div(&kept.sum_keepdim(D::Minus1)?)?
     } else {
@@ -220,18 +201,14 @@ impl Block<'_> {
             .ok_or_else(|| LensError::Internal("a mixture of experts without a router".into()))?;
         let dl = linear(dx, router, None)?.to_dtype(DType::F32)?;
         let probs = candle_nn::ops::softmax_last_dim(&logits.to_dtype(DType::F32)?)?;
-        let mask = top_k_mask(&probs, moe.top_k)?;
-        let softmax_tangent = |s: &Tensor| -> Result<Tensor> {
-            let mean = dl.broadcast_mul(s)?.sum_keepdim(D::Minus1)?;
-            Ok(s.broadcast_mul(&dl.broadcast_sub(&mean)?)?)
-        };
+        let mask = top_k_rows(&probs, moe.top_k, |_| 1.0)?;
         let kept = (&probs * &mask)?;
         let (wts, dwts) = if moe.norm_topk_prob {
             let wts = kept.broadcast_div(&kept.sum_keepdim(D::Minus1)?)?;
-            let dwts = softmax_tangent(&wts)?;
+            let dwts = softmax_jvp(&wts, &dl)?;
             (wts, dwts)
         } else {
-            let dwts = softmax_tangent(&probs)?.broadcast_mul(&mask)?;
+            let dwts = softmax_jvp(&probs, &dl)?.broadcast_mul(&mask)?;
             (kept, dwts)
         };
         let (wts, dwts) = (wts.to_dtype(dt)?, dwts.to_dtype(dt)?);
@@ -254,11 +231,7 @@ impl Block<'_> {
         let dpre = linear(dx, gate, None)?.broadcast_mul(&unit_mask)?;
         let lin = (linear(x, &w.w_in, w.b_in.as_ref())? * &unit_mask)?;
         let dlin = linear(dx, &w.w_in, None)?.broadcast_mul(&unit_mask)?;
-        let act = self.cfg().act;
-        let a = activation(act, &pre)?;
-        let post = (&a * &lin)?;
-        let dpost = (dpre.broadcast_mul(&(activation_grad(act, &pre)? * &lin)?)?
-            + dlin.broadcast_mul(&a)?)?;
+        let (post, dpost) = gated_jvp(self.cfg().act, (&pre, &dpre), (&lin, &dlin))?;
         let out = linear(&(&post * &scale)?, &w.w_out, w.b_out.as_ref())?;
         let dmix = (dpost.broadcast_mul(&scale)? + dscale.broadcast_mul(&post)?)?;
         Ok((out, linear(&dmix, &w.w_out, None)?))

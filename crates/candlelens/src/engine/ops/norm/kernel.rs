@@ -9,7 +9,7 @@
 use candle_core::{DType, Layout, Storage, Tensor};
 use rayon::prelude::*;
 
-use crate::engine::fastmath;
+use crate::engine::ops::fastmath;
 use crate::error::Result;
 
 /// The f32 data of a contiguous, untracked f32 CPU tensor's storage, or `None`.

@@ -13,10 +13,10 @@
 //! tuned; elsewhere this does nothing.
 
 /// Environment variable that turns the tuning off (`system`).
-pub const MALLOC_VAR: &str = "CANDLELENS_MALLOC";
+pub(crate) const MALLOC_VAR: &str = "CANDLELENS_MALLOC";
 
 /// Tunes glibc's malloc for tensor work, once per process (see the module docs).
-pub fn tune() {
+pub(crate) fn tune() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         if std::env::var(MALLOC_VAR).is_ok_and(|v| v.eq_ignore_ascii_case("system")) {

@@ -6,7 +6,7 @@ use candle_core::Tensor;
 
 use crate::engine::config::ModelConfig;
 use crate::engine::hooks::{HookFilter, HookPoint, HookSink};
-use crate::engine::tokens::Tokens;
+use crate::engine::text::tokens::Tokens;
 use crate::error::{LensError, Result};
 
 /// Activations recorded by [`crate::HookedTransformer::run_with_cache`], keyed by hook point,

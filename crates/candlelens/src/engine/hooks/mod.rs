@@ -1,9 +1,10 @@
 //! Hook points with TransformerLens names, and the hooks a forward pass calls at them.
 //!
 //! A [`HookPoint`] parses from and prints to the TransformerLens string
-//! (`"blocks.3.hook_resid_pre"`), so Python notebooks port without renaming. A
-//! [`Hooks`](crate::engine::user_hooks::Hooks) set holds user closures that read an activation
-//! and may return a replacement.
+//! (`"blocks.3.hook_resid_pre"`), so Python notebooks port without renaming. Every run fires
+//! its points into a [`HookSink`]: a [`Hooks`] set (user closures that read an activation and
+//! may return a replacement, with an audit of what they did), an [`ActivationCache`] recording
+//! them (`run_with_cache`), or both chained.
 
 use std::fmt;
 use std::str::FromStr;
@@ -12,6 +13,12 @@ use candle_core::Tensor;
 
 use crate::engine::config::ModelConfig;
 use crate::error::{did_you_mean, LensError, Result};
+
+pub mod cache;
+mod user;
+
+pub use cache::ActivationCache;
+pub use user::{HookAudit, Hooks};
 
 /// The part of a block (or of the model) a hook sits in. Layer-indexed points carry the layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -257,9 +264,10 @@ impl HookPoint {
         let rotary = matches!(cfg.positional, crate::engine::config::Positional::Rotary(_));
         // a parallel block has no resid_mid, and its ln2 only where the MLP has its own norm;
         // a block without pre-norms (OLMo 2) has neither ln1 nor ln2
-        let mid = !cfg.parallel_attn_mlp;
+        let kind = crate::engine::block::kind::BlockKind::of(cfg);
+        let mid = kind.has_resid_mid();
         let ln1 = cfg.pre_norms;
-        let ln2 = cfg.pre_norms && (!cfg.parallel_attn_mlp || cfg.parallel_ln2);
+        let ln2 = cfg.pre_norms && kind.has_ln2();
         Some(match self {
             Embed | ResidPre(_) | AttnOut(_) | MlpOut(_) | ResidPost(_) | LnFinalNormalized => {
                 format!("[batch, pos, {dm}]")

@@ -8,15 +8,18 @@
 use candle_core::{DType, Device, IndexOp, Tensor, D};
 
 use crate::engine::block::{Block, ForwardCtx, PastKv};
-use crate::engine::cache::ActivationCache;
 use crate::engine::config::ModelConfig;
+use crate::engine::hooks::cache::ActivationCache;
+use crate::engine::hooks::Hooks;
 use crate::engine::hooks::{Chain, HookFilter, HookPoint, HookSink, NoHooks};
 use crate::engine::ops::{hook, linear, NormSpec};
-use crate::engine::tokenizer::LensTokenizer;
-use crate::engine::tokens::Tokens;
-use crate::engine::user_hooks::Hooks;
+use crate::engine::text::tokenizer::LensTokenizer;
+use crate::engine::text::tokens::Tokens;
 use crate::engine::weights::Weights;
 use crate::error::{LensError, Result};
+
+pub mod generate;
+pub mod weight_views;
 
 /// A transformer with hook points, weights in the canonical layout, and its tokenizer.
 pub struct HookedTransformer {
@@ -51,8 +54,8 @@ impl HookedTransformer {
     ) -> Result<Self> {
         cfg.validate()?;
         weights.validate(&cfg)?;
-        crate::engine::malloc::tune();
-        crate::engine::threads::pin();
+        crate::engine::runtime::malloc::tune();
+        crate::engine::runtime::threads::pin();
         let dtype = weights.w_e.dtype();
         Ok(HookedTransformer {
             cfg,
@@ -85,7 +88,7 @@ impl HookedTransformer {
     ///
     /// # Errors
     /// [`LensError::EmptyPrompt`], [`LensError::PromptTooLong`].
-    pub fn to_tokens<P: crate::engine::tokens::Prompts>(
+    pub fn to_tokens<P: crate::engine::text::tokens::Prompts>(
         &self,
         prompts: P,
         prepend_bos: Option<bool>,

@@ -1,0 +1,8 @@
+//! Small pieces shared by the analysis layers (interp, sae, studies) and the notebooks, kept out
+//! of any one of them so that no layer imports a study or a notebook helper: progress bars for
+//! long sweeps, Python's `random` (seeded splits and samples that match the sources), and text
+//! corpora cut into token contexts.
+
+pub mod corpus;
+pub mod progress;
+pub mod pyrandom;
