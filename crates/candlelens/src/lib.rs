@@ -70,3 +70,36 @@ pub mod prelude {
     pub use crate::viz::{AttentionView, Figure, Table};
     pub use candle_core::{DType, Device, IndexOp, Tensor, D};
 }
+
+/// The README's and the user guide's Rust examples, compiled (and run, where not `no_run`) by
+/// `cargo test --doc`: every snippet a user reads is checked against this crate.
+#[cfg(doctest)]
+mod guide {
+    macro_rules! chapters {
+        ($($name:ident = $path:literal),* $(,)?) => {
+            $(
+                #[doc = include_str!($path)]
+                #[allow(dead_code)]
+                struct $name;
+            )*
+        };
+    }
+    chapters! {
+        Readme = "../../../README.md",
+        Introduction = "../../../docs/src/introduction.md",
+        Models = "../../../docs/src/models.md",
+        CachingAndHooks = "../../../docs/src/caching-and-hooks.md",
+        Analysis = "../../../docs/src/analysis.md",
+        Patching = "../../../docs/src/patching.md",
+        Circuits = "../../../docs/src/circuits.md",
+        Saes = "../../../docs/src/saes.md",
+        Lre = "../../../docs/src/lre.md",
+        EntityBinding = "../../../docs/src/entity-binding.md",
+        Notebooks = "../../../docs/src/notebooks.md",
+        Cli = "../../../docs/src/cli.md",
+        Errors = "../../../docs/src/errors.md",
+        Speed = "../../../docs/src/speed.md",
+        Correctness = "../../../docs/src/correctness.md",
+        Layout = "../../../docs/src/layout.md",
+    }
+}
