@@ -72,10 +72,6 @@ println!("False group: {} of {} words are single tokens; not: {dropped_f:?}", fa
 if true_ids.len() != false_ids.len() {
     println!("note: the groups differ in size here, so the mean-over-group difference is not the source's (sum_T - sum_F) / 8");
 }
-fn groups_for(labels: &[bool], t: &[u32], f: &[u32]) -> Vec<TokenGroups> {
-    labels.iter().map(|&l| if l { TokenGroups { correct: t.to_vec(), incorrect: f.to_vec() } }
-                            else { TokenGroups { correct: f.to_vec(), incorrect: t.to_vec() } }).collect()
-}
 let mut q = Table::new("The source's ten questions", ["#", "question", "answer"]);
 for (i, (qq, l)) in questions.iter().zip(&labels).enumerate() { q.row([i.to_string(), format!("{qq:?}"), l.to_string()]); }
 q.evcxr_display();
@@ -100,19 +96,18 @@ let tokens = {
     let qs: Vec<&str> = questions.iter().map(|s| s.as_str()).collect();
     model.to_tokens(qs.as_slice(), Some(true))?
 };
-let groups = groups_for(&labels, &true_ids, &false_ids);
+let groups = TokenGroups::for_labels(&labels, &true_ids, &false_ids);
 let last = model.last_logits(&tokens)?;
 let ld = metrics::group_logit_diff(&last, &groups)?;
 let pd = metrics::group_prob_diff(&last, &groups)?;
-fn round3(v: &[f32]) -> Vec<f32> { v.iter().map(|x| (x * 1000.0).round() / 1000.0).collect() }
 {
     let alone = model.last_logits(&model.to_tokens(questions[0].as_str(), Some(true))?)?;
     let ld0 = metrics::group_logit_diff(&alone, &groups[..1])?[0];
     vs_source("group logit difference, question 0 alone", format!("{ld0:.2} nats"), "4.99 nats");
 }
-vs_source("Per prompt logit difference", format!("{:?}", round3(&ld)), "[3.594, 2.368, 8.989, 5.64, 4.428, -1.19, 5.244, 3.644, 6.026, 0.829]");
+vs_source("Per prompt logit difference", format!("{ld:.3?}"), "[3.594, 2.368, 8.989, 5.64, 4.428, -1.19, 5.244, 3.644, 6.026, 0.829]");
 vs_source("Average logit difference", format!("{:.2}", metrics::mean(&ld)), "3.96");
-vs_source("Per prompt probability difference", format!("{:?}", round3(&pd)), "[0.594, 0.205, 0.895, 0.994, 0.827, 0.409, 0.747, 0.988, 0.848, 0.89]");
+vs_source("Per prompt probability difference", format!("{pd:.3?}"), "[0.594, 0.205, 0.895, 0.994, 0.827, 0.409, 0.747, 0.988, 0.848, 0.89]");
 vs_source("Average probability difference", format!("{:.2}", metrics::mean(&pd)), "0.74");
 {
     let right = ld.iter().filter(|&&x| x > 0.0).count();
@@ -169,7 +164,7 @@ let ktokens = {
     let kq: Vec<&str> = kept_q.iter().map(|s| s.as_str()).collect();
     model.to_tokens(kq.as_slice(), Some(true))?
 };
-let kgroups = groups_for(&kept_l, &true_ids, &false_ids);
+let kgroups = TokenGroups::for_labels(&kept_l, &true_ids, &false_ids);
 let (_, cache) = model.run_with_cache(&ktokens, None)?;
 let dirs = model.group_diff_directions(&kgroups)?;
 let acc = cache.accumulated_resid(None, true, Pos::Last)?;
@@ -238,22 +233,12 @@ let pairs: Vec<(String, String, bool)> = {
     v
 };
 println!("{} rows, {} really corrupted pairs: {:?}", patch_rows.len(), pairs.len(), pairs.iter().map(|p| (p.0.trim_end(), p.1.trim_end())).collect::<Vec<_>>());
-/// The patcher for one pair, or `None` (with the reason) if the corruption does not clearly lower
-/// the group logit difference for this model.
-fn group_patcher(model: &std::sync::Arc<HookedTransformer>, clean: &Tokens, corrupt: &Tokens, g: &TokenGroups) -> candlelens::Result<Option<Patcher>> {
-    let p = Patcher::new(model, clean, corrupt, metrics::group_logit_diff_metric(std::slice::from_ref(g)))?;
-    println!("clean {:.3}, corrupted {:.3}", p.clean_metric(), p.corrupted_metric());
-    if p.clean_metric() - p.corrupted_metric() < 0.1 * p.clean_metric().abs().max(1.0) {
-        println!("the corruption does not clearly lower the metric for this model: no sweep (normalised scores would divide by a near-zero number)");
-        return Ok(None);
-    }
-    Ok(Some(p))
-}
 let (clean0, corrupt0, label0) = pairs[0].clone();
 let clean0_t = model.to_tokens(clean0.as_str(), Some(true))?;
 let corrupt0_t = model.to_tokens(corrupt0.as_str(), Some(true))?;
 println!("{clean0:?} vs {corrupt0:?}");
-let patcher0 = group_patcher(&model, &clean0_t, &corrupt0_t, &groups_for(&[label0], &true_ids, &false_ids)[0])?;
+let patcher0 = notebook::checked_patcher(&model, &clean0_t, &corrupt0_t,
+    metrics::group_logit_diff_metric(&TokenGroups::for_labels(&[label0], &true_ids, &false_ids)), None)?;
 if let Some(p) = &patcher0 {
     let grid = p.sweep(PatchTarget::ResidPre)?;
     println!("strongest cells: {:?}", grid.strongest(4));
@@ -272,7 +257,8 @@ if let Some((clean1, corrupt1, label1)) = pairs.get(1).cloned() {
     let c = model.to_tokens(clean1.as_str(), Some(true))?;
     let k = model.to_tokens(corrupt1.as_str(), Some(true))?;
     println!("{clean1:?} vs {corrupt1:?}");
-    if let Some(p) = group_patcher(&model, &c, &k, &groups_for(&[label1], &true_ids, &false_ids)[0])? {
+    if let Some(p) = notebook::checked_patcher(&model, &c, &k,
+        metrics::group_logit_diff_metric(&TokenGroups::for_labels(&[label1], &true_ids, &false_ids)), None)? {
         let grid = p.sweep(PatchTarget::ResidPre)?;
         println!("strongest cells: {:?}", grid.strongest(4));
         grid.figure("Logit Difference From Patched Residual Stream", Some(model.position_labels(&c, 0)?)).evcxr_display();

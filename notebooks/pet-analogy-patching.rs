@@ -37,10 +37,12 @@
 // :dep candlelens = { path = "../crates/candlelens", default-features = false }
 use candlelens::prelude::*;
 use candlelens::{metrics, notebook};
+use candlelens::analysis::LogitDiffRun;
 use candlelens::notebook::vs_source;
 
 // %%
 let small = notebook::load("gpt2", "gemma-3-270m")?;
+let bos = TestPromptOptions { prepend_bos: Some(true), ..Default::default() };
 let large = if notebook::use_source_models() { notebook::load("gpt2-large", "gemma-3-270m")? } else { small.clone() };
 if !notebook::use_source_models() { println!("the embedded model plays both GPT-2 small's and GPT-2 large's parts"); };
 
@@ -61,27 +63,12 @@ vs_source("Model loss (small)", format!("{:.4}", small.loss(&small.to_tokens("1 
 // column quotes its top token and the answer's rank.
 
 // %%
-/// Runs `test_prompt` on each `(prompt, answer, source's result)`, prints TransformerLens's text
-/// and returns a summary table.
-fn test_prompts(model: &HookedTransformer, tests: &[(&str, &str, &str)], title: &str) -> candlelens::Result<Table> {
-    let opts = TestPromptOptions { prepend_bos: Some(true), ..Default::default() };
-    let mut summary = Table::new(title, ["prompt", "answer tokens", "ranks", "P(answer)", "our top-3", "source"]);
-    for (prompt, answer, source) in tests {
-        let t = model.test_prompt(prompt, answer, &opts)?;
-        println!("{t}");
-        let top3: Vec<String> = t.top_k[0].iter().take(3).map(|x| format!("{:?} {:.1}%", x.token, 100.0 * x.prob)).collect();
-        let ranks: Vec<String> = t.answer.iter().map(|a| a.rank.to_string()).collect();
-        summary.row([format!("{prompt:?}"), format!("{:?}", t.answer_tokens), ranks.join(", "),
-                     format!("{:.2}%", 100.0 * t.answer_prob()), top3.join(", "), source.to_string()]);
-    }
-    Ok(summary)
-}
-test_prompts(&small, &[
+notebook::test_prompts(&small, &[
     ("1 2 3 4", " 5", "\" 5\" 96.17%, rank 0"),
     ("2 4", " 6", "top \"/\" 10.63%; \" 6\" rank 8, 2.24%"),
     ("Mary is a human. Fido is a dog. The pet of this family is Fido. Rachel is a human. Pebbles is a cat. The pet of this family is", " Peb", "\" Peb\" 70.16%, rank 0"),
     ("The human is Mary. The dog is Fido. The pet is Fido. The human is Rachel. The dog is Pebbles. The pet is", " Peb", "\" Peb\" 13.43%, rank 0"),
-], "test_prompt on the small model")?.evcxr_display();
+], &bos, "test_prompt on the small model")?.evcxr_display();
 
 // %% [markdown]
 // ### Number sequence: logit difference and logit lens
@@ -93,32 +80,12 @@ test_prompts(&small, &[
 // `W_U[correct] - W_U[incorrect]`, a line over half-layers as in the source.
 
 // %%
-/// The cache and logit-difference directions one analysis section reads.
-struct Analysis { tokens: Tokens, cache: ActivationCache, pairs: Vec<(u32, u32)>, dirs: Tensor, logit_diff: f32 }
-
-fn analyse(model: &HookedTransformer, prompts: &[&str], answers: &[(&str, &str)]) -> candlelens::Result<Analysis> {
-    let tokens = model.to_tokens(prompts, Some(true))?;
-    let pairs = model.answer_pairs(answers)?;
-    let (logits, cache) = model.run_with_cache(&tokens, None)?;
-    let per_prompt = metrics::logit_diff(&model.gather_last(&logits, &tokens)?, &pairs)?;
-    println!("Per prompt logit difference: {per_prompt:?}");
-    let dirs = model.logit_diff_directions(&pairs)?;
-    Ok(Analysis { tokens, cache, pairs, dirs, logit_diff: metrics::mean(&per_prompt) })
-}
-
-fn logit_lens(model: &HookedTransformer, a: &Analysis) -> candlelens::Result<Figure> {
-    let acc = a.cache.accumulated_resid(None, true, Pos::Last)?;
-    let lens = model.logit_attribution(&a.cache, &acc, &a.dirs)?;
-    if let Some(n) = &lens.note { println!("note: {n}"); }
-    let x: Vec<f32> = (0..lens.values.len()).map(|i| i as f32 / 2.0).collect();
-    Ok(Figure::line(x, vec![("logit diff".into(), lens.values)], Some(lens.labels), "Logit Difference From Accumulate Residual Stream").axes("layer", "logit diff"))
-}
-
 let (seq_prompt, seq_answers, note) = notebook::adapt_answers(&small, "1 2 3 4", &[" 5", " Next"]);
 if let Some(n) = note { println!("note: {n}"); }
-let seq = analyse(&small, &[seq_prompt.as_str()], &[(seq_answers[0].as_str(), seq_answers[1].as_str())])?;
+let seq = LogitDiffRun::new(&small, &[seq_prompt.as_str()], &[(seq_answers[0].as_str(), seq_answers[1].as_str())], Some(true))?;
+println!("Per prompt logit difference: {:?}", seq.per_prompt);
 vs_source("Average logit difference (small)", format!("{:.4}", seq.logit_diff), "5.4894");
-logit_lens(&small, &seq)?.evcxr_display();
+seq.logit_lens(&small)?.lens_figure("Logit Difference From Accumulate Residual Stream").evcxr_display();
 
 // %% [markdown]
 // ### Per-head attribution and the top heads' attention
@@ -127,11 +94,7 @@ logit_lens(&small, &seq)?.evcxr_display();
 // most positive and the three most negative heads (pick a head, hover a cell).
 
 // %%
-fn per_head(model: &HookedTransformer, a: &Analysis) -> candlelens::Result<candlelens::analysis::LogitAttribution> {
-    let heads = a.cache.stack_head_results(model, None, Pos::Last)?;
-    model.logit_attribution(&a.cache, &heads, &a.dirs)
-}
-let seq_heads = per_head(&small, &seq)?;
+let seq_heads = seq.per_head(&small)?;
 seq_heads.head_figure(small.cfg.n_layers, small.cfg.n_heads, "Logit Difference From Each Head")?.evcxr_display();
 
 // %%
@@ -161,12 +124,12 @@ AttentionView::from_cache(&small, &l9_cache, 0, &l9_heads, "Layer 9 Head Attenti
 
 // %%
 const PET: &str = "Mary is a human. Fido is a dog. The pet of this family is Fido. Rachel is a human. Pebbles is a cat. The pet of this family is";
-let pet_small = analyse(&small, &[PET], &[(" Peb", " Rachel")])?;
+let pet_small = LogitDiffRun::new(&small, &[PET], &[(" Peb", " Rachel")], Some(true))?;
 vs_source("Average logit difference (small)", format!("{:.4}", pet_small.logit_diff), "5.5811");
-logit_lens(&small, &pet_small)?.evcxr_display();
+pet_small.logit_lens(&small)?.lens_figure("Logit Difference From Accumulate Residual Stream").evcxr_display();
 
 // %%
-let pet_small_heads = per_head(&small, &pet_small)?;
+let pet_small_heads = pet_small.per_head(&small)?;
 pet_small_heads.head_figure(small.cfg.n_layers, small.cfg.n_heads, "Logit Difference From Each Head")?.evcxr_display();
 
 // %%
@@ -191,7 +154,7 @@ vs_source("Model loss (large)", format!("{:.4}", large.loss(&large.to_tokens("1 
 vs_source("to_str_tokens(\"  Pebbles\")", format!("{:?}", large.to_str_tokens("  Pebbles", Some(true))?), "['<|endoftext|>', ' ', ' Peb', 'bles']");
 
 // %%
-test_prompts(&large, &[
+notebook::test_prompts(&large, &[
     ("1 2 3 4", " 5", "\" 5\" 96.91%, rank 0"),
     ("2 4", " 6", "top \" 5\" 8.82%; \" 6\" not in the top 10"),
     ("2 4 6", " 8", "top \" 7\" 13.95%; \" 8\" rank 1, 8.17%"),
@@ -210,7 +173,7 @@ test_prompts(&large, &[
     ("Mary is X. Fido is Y. Z is Fido. John is Y. Larry is X. Z is John. Pebbles is X. Rachel is Y. Z is", " Peb", "top \" Rachel\" 49.74%; \" Peb\" 18.71%"),
     ("The human is Mary. The dog is Fido. The pet is Fido. The dog is Pebbles. The human is Rachel. The pet is", " Peb", "top \" Rachel\" 35.58%; \" Peb\" 13.47%"),
     ("The human is Mary. The dog is Fido. The pet is Fido. The human is Rachel. The dog is Pebbles. The pet is", " Peb", "\" Peb\" 90.00%, rank 0"),
-], "test_prompt on the large model")?.evcxr_display();
+], &bos, "test_prompt on the large model")?.evcxr_display();
 
 // %% [markdown]
 // ### The pet analogy, and the check that the final residual stream carries the logit difference
@@ -223,16 +186,16 @@ test_prompts(&large, &[
 // calculated value differs by that bias term.
 
 // %%
-let pet = analyse(&large, &[PET], &[(" Peb", " Rachel")])?;
+let pet = LogitDiffRun::new(&large, &[PET], &[(" Peb", " Rachel")], Some(true))?;
 vs_source("Average logit difference (large)", format!("{:.4}", pet.logit_diff), "4.5368");
 let final_resid = pet.cache.accumulated_resid(None, false, Pos::Last)?;
-let calculated = *large.logit_attribution(&pet.cache, &final_resid, &pet.dirs)?.values.last().expect("final_post");
+let calculated = *large.logit_attribution(&pet.cache, &final_resid, &pet.directions)?.values.last().expect("final_post");
 let bias = metrics::mean(&large.logit_diff_bias(&pet.pairs)?);
 vs_source("Calculated average logit diff", format!("{calculated:.4}"), "1.1993 (2-prompt run)");
 vs_source("Original logit difference", format!("{:.4}", pet.logit_diff), "0.8093 (2-prompt run)");
 println!("norm and unembedding bias along the direction: {bias:+.4}; calculated + bias = {:.4}; gap to the logit difference {:.2e}",
     calculated + bias, (calculated + bias - pet.logit_diff).abs());
-logit_lens(&large, &pet)?.evcxr_display();
+pet.logit_lens(&large)?.lens_figure("Logit Difference From Accumulate Residual Stream").evcxr_display();
 
 // %% [markdown]
 // ### Per-layer attribution
@@ -241,14 +204,13 @@ logit_lens(&large, &pet)?.evcxr_display();
 // and MLP output), as the source's line.
 
 // %%
-let dec = pet.cache.decompose_resid(None, true, Pos::Last)?;
-let per_layer = large.logit_attribution(&pet.cache, &dec, &pet.dirs)?;
+let per_layer = pet.per_layer(&large)?;
 for (label, _, v) in per_layer.top(3) { println!("largest: {label} {v:+.3}"); }
 for (label, _, v) in per_layer.bottom(2) { println!("most negative: {label} {v:+.3}"); }
 per_layer.line_figure("Logit Difference From Each Layer").evcxr_display();
 
 // %%
-let pet_heads = per_head(&large, &pet)?;
+let pet_heads = pet.per_head(&large)?;
 pet_heads.head_figure(large.cfg.n_layers, large.cfg.n_heads, "Logit Difference From Each Head")?.evcxr_display();
 
 // %%
@@ -272,40 +234,15 @@ AttentionView::from_cache(&large, &pet.cache, 0, &pet_heads.bottom_heads(3)?, "T
 // "Pebbles is a cat. Rachel is a human."
 
 // %%
-/// Clean and corrupted prompts with their answers: the patcher (both runs cached) if the corruption
-/// lowers the logit difference clearly (by at least 10% of the clean value), else `None` with the
-/// verdict printed.
-fn corruption(model: &std::sync::Arc<HookedTransformer>, clean: &[&str], corrupt: &[&str], answers: &[(&str, &str)], source: &str) -> candlelens::Result<Option<(Patcher, Tokens)>> {
-    let clean_t = model.to_tokens(clean, Some(true))?;
-    let corrupt_t = model.to_tokens(corrupt, Some(true))?;
-    let p = Patcher::new(model, &clean_t, &corrupt_t, metrics::logit_diff_metric(&model.answer_pairs(answers)?))?;
-    vs_source("Corrupted Average Logit Diff, Clean Average Logit Diff", format!("{:.4}, {:.4}", p.corrupted_metric(), p.clean_metric()), source);
-    if p.corrupted_metric() >= p.clean_metric() {
-        println!("verdict: rejected — the corruption does not lower the logit difference (corrupted ≥ clean), so patching it cannot show what restores the answer");
-        return Ok(None);
-    }
-    if p.clean_metric() - p.corrupted_metric() < 0.1 * p.clean_metric().abs() {
-        println!("verdict: rejected — the corruption lowers the logit difference by only {:.4} (under 10% of the clean value): normalised scores would divide by a near-zero number",
-            p.clean_metric() - p.corrupted_metric());
-        return Ok(None);
-    }
-    println!("verdict: usable — the corruption lowers the logit difference by {:.4}", p.clean_metric() - p.corrupted_metric());
-    Ok(Some((p, clean_t)))
-}
-
-fn sweep(model: &HookedTransformer, p: &Patcher, clean_t: &Tokens, title: &str) -> candlelens::Result<Figure> {
-    let grid = p.sweep(PatchTarget::ResidPre)?;
-    let labels = model.position_labels(clean_t, 0)?;
-    let strongest: Vec<String> = grid.strongest(5).iter()
-        .map(|(l, pos, v)| format!("layer {l} at {}: {v:+.2}", pos.parse::<usize>().ok().and_then(|i| labels.get(i)).map_or(pos.as_str(), |s| s.as_str()))).collect();
-    println!("strongest cells: {}", strongest.join("; "));
-    println!("sweep {:.1} s, {:.0} forward-equivalents instead of {} (exact: tests hold it equal to one forward per cell)", grid.seconds, grid.forward_equivalents, grid.naive_forwards);
-    Ok(grid.figure(title, Some(labels)))
-}
-
+let pet_t = large.to_tokens(PET, Some(true))?;
+let pet_pairs = large.answer_pairs(&[(" Peb", " Rachel")])?;
+let pet_labels = large.position_labels(&pet_t, 0)?;
 const SENTENCE_SWAP: &str = "Mary is a human. Fido is a dog. The pet of this family is Fido. Pebbles is a cat. Rachel is a human. The pet of this family is";
-if let Some((p, t)) = corruption(&large, &[PET], &[SENTENCE_SWAP], &[(" Peb", " Rachel")], "-2.9183, 4.5368")? {
-    sweep(&large, &p, &t, "Logit Difference From Patched Residual Stream")?.evcxr_display();
+let swap_t = large.to_tokens(SENTENCE_SWAP, Some(true))?;
+if let Some(p) = notebook::checked_patcher(&large, &pet_t, &swap_t, metrics::logit_diff_metric(&pet_pairs), Some("-2.9183, 4.5368"))? {
+    let grid = p.sweep(PatchTarget::ResidPre)?;
+    println!("{}", grid.summary(Some(&pet_labels)));
+    grid.figure("Logit Difference From Patched Residual Stream", Some(pet_labels.clone())).evcxr_display();
 }
 println!("source's reading (GPT-2 large): early and middle layers attend negatively to Rachel, positively to Pebbles (esp 'bles'), and then attention moves so that later layers attend to the last token 'is'");
 
@@ -318,9 +255,12 @@ println!("source's reading (GPT-2 large): early and middle layers attend negativ
 
 // %%
 const WORD_SWAP: &str = "Mary is a human. Fido is a dog. The pet of this family is Fido. Rachel is a cat. Pebbles is a human. The pet of this family is";
-if let Some((p, t)) = corruption(&large, &[PET], &[WORD_SWAP], &[(" Peb", " Rachel")], "5.1553, 4.5368 → rejected")? {
+let word_t = large.to_tokens(WORD_SWAP, Some(true))?;
+if let Some(p) = notebook::checked_patcher(&large, &pet_t, &word_t, metrics::logit_diff_metric(&pet_pairs), Some("5.1553, 4.5368 → rejected"))? {
     println!("for this model the word swap does lower the logit difference; the source did not patch it, so this sweep is beyond the source");
-    sweep(&large, &p, &t, "Logit Difference From Patched Residual Stream (word swap, not in the source)")?.evcxr_display();
+    let grid = p.sweep(PatchTarget::ResidPre)?;
+    println!("{}", grid.summary(Some(&pet_labels)));
+    grid.figure("Logit Difference From Patched Residual Stream (word swap, not in the source)", Some(pet_labels.clone())).evcxr_display();
 };
 
 // %% [markdown]
@@ -363,24 +303,30 @@ println!("{ioi_answers:?}");
 // logit difference is negative. Answers that are two tokens for this tokenizer are handled as above.
 
 // %%
-test_prompts(&large, &[("1 2 3 5", " 6", "\" 6\" 41.51%, rank 0; \" 5\" rank 6, 2.75%")], "test_prompt on the corrupted sequence")?.evcxr_display();
+notebook::notebook::test_prompts(&large, &[("1 2 3 5", " 6", "\" 6\" 41.51%, rank 0; \" 5\" rank 6, 2.75%")], &bos, "test_prompt on the corrupted sequence")?.evcxr_display();
 
 // %%
 let (seq_clean, seq_ans, note) = notebook::adapt_answers(&large, "1 2 3 4", &[" 5", " 6"]);
 let (seq_corrupt, _, _) = notebook::adapt_answers(&large, "1 2 3 5", &[" 5", " 6"]);
 if let Some(n) = note { println!("note: {n}"); }
-if let Some((p, t)) = corruption(&large, &[seq_clean.as_str()], &[seq_corrupt.as_str()], &[(seq_ans[0].as_str(), seq_ans[1].as_str())], "-2.7137, 7.3265")? {
+let seq_clean_t = large.to_tokens(seq_clean.as_str(), Some(true))?;
+let seq_corrupt_t = large.to_tokens(seq_corrupt.as_str(), Some(true))?;
+let seq_pairs = large.answer_pairs(&[(seq_ans[0].as_str(), seq_ans[1].as_str())])?;
+if let Some(p) = notebook::checked_patcher(&large, &seq_clean_t, &seq_corrupt_t, metrics::logit_diff_metric(&seq_pairs), Some("-2.7137, 7.3265"))? {
     if p.corrupted_metric() < 0.0 {
         println!("the corrupted sequence ranks {:?} above {:?}: use it (as the source did)", seq_ans[1], seq_ans[0]);
     } else {
         println!("the corrupted sequence still ranks {:?} above {:?} for this model, unlike the source's", seq_ans[0], seq_ans[1]);
     }
-    sweep(&large, &p, &t, "Logit Difference From Patched Residual Stream (1 2 3 5)")?.evcxr_display();
+    let grid = p.sweep(PatchTarget::ResidPre)?;
+    let labels = large.position_labels(&seq_clean_t, 0)?;
+    println!("{}", grid.summary(Some(&labels)));
+    grid.figure("Logit Difference From Patched Residual Stream (1 2 3 5)", Some(labels)).evcxr_display();
 }
 println!("source's reading (GPT-2 large): all the layers outputting to the residual stream attend highly to the last token, the one that was changed");
 
 // %%
-test_prompts(&large, &[("1 2 3", " 4", "\" 4\" 94.97%, rank 0")], "test_prompt on \"1 2 3\"")?.evcxr_display();
+notebook::notebook::test_prompts(&large, &[("1 2 3", " 4", "\" 4\" 94.97%, rank 0")], &bos, "test_prompt on \"1 2 3\"")?.evcxr_display();
 
 // %% [markdown]
 // ## Reading the figures

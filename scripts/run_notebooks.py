@@ -3,8 +3,13 @@
 evcxr reports a panic, an `Err` from `?` or a compile error on stderr without marking the cell
 failed, so every output is scanned for them. A notebook may list outputs it must produce in its
 metadata (`"candlelens": {"expect": ["image/svg+xml", "text/html"]}`): a run without them fails.
+A notebook that reproduces several source runs lists them (`"candlelens": {"runs": {"lre-gpt2":
+{"CANDLELENS_LRE_MODEL": "gpt2"}, ...}}`): it is executed once per run, with that run's
+environment, and each run writes its own report (reports/<run>.html). A run can be named on the
+command line instead of its notebook.
 """
 
+import os
 import re
 import sys
 import time
@@ -48,8 +53,10 @@ def mimes(nb):
     return have
 
 
-def run(path: Path):
+def run(path: Path, report: str, env: dict):
     nb = nbformat.read(path, as_version=4)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the kernel inherits the environment it is started in
     client = NotebookClient(
         nb,
         kernel_name="rust",
@@ -65,6 +72,12 @@ def run(path: Path):
         problems.append(str(e).splitlines()[0])
     except Exception as e:  # kernel died, timeout
         problems.append(f"{type(e).__name__}: {e}")
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     seconds = time.time() - t0
     problems += failures(nb)
     expect = nb.metadata.get("candlelens", {}).get("expect", [])
@@ -72,32 +85,54 @@ def run(path: Path):
     if missing:
         problems.append(f"missing outputs: {', '.join(missing)}")
     REPORTS.mkdir(exist_ok=True)
-    out = REPORTS / path.name
-    nbformat.write(nb, out)
+    nbformat.write(nb, REPORTS / (report + ".ipynb"))
     html, _ = HTMLExporter().from_notebook_node(nb)
-    (REPORTS / (path.stem + ".html")).write_text(html, encoding="utf-8")
+    (REPORTS / (report + ".html")).write_text(html, encoding="utf-8")
     return seconds, problems
 
 
+def runs_of(path: Path):
+    """(report name, environment) of each run of a notebook: its `runs`, or one plain run."""
+    runs = nbformat.read(path, as_version=4).metadata.get("candlelens", {}).get("runs")
+    if not runs:
+        return [(path.stem, {})]
+    return [(name, {k: str(v) for k, v in env.items()}) for name, env in runs.items()]
+
+
+def plan(names):
+    """The (notebook, report, environment) runs that `names` (notebooks or run names) ask for."""
+    every = [(p, r, env) for p in sorted(NOTEBOOKS.glob("*.ipynb")) for r, env in runs_of(p)]
+    if not names:
+        return every, []
+    chosen, unknown = [], []
+    for n in names:
+        stem = n[: -len(".ipynb")] if n.endswith(".ipynb") else n
+        hits = [x for x in every if x[0].stem == stem or x[1] == stem]
+        chosen += hits
+        if not hits:
+            unknown.append(n)
+    return chosen, unknown
+
+
 def main(names):
-    paths = [NOTEBOOKS / (n if n.endswith(".ipynb") else n + ".ipynb") for n in names] or sorted(NOTEBOOKS.glob("*.ipynb"))
-    missing = [p for p in paths if not p.exists()]
-    if missing:
-        print("run-notebooks: no such notebook: " + ", ".join(str(p) for p in missing), file=sys.stderr)
+    runs, unknown = plan(names)
+    if unknown:
+        print("run-notebooks: no such notebook or run: " + ", ".join(unknown), file=sys.stderr)
         return 2
     failed = 0
     total = 0.0
-    for p in paths:
-        print(f"running {p.name} ...", flush=True)
-        seconds, problems = run(p)
+    for p, report, env in runs:
+        label = p.name if report == p.stem else f"{p.name} as {report} ({', '.join(f'{k}={v}' for k, v in env.items())})"
+        print(f"running {label} ...", flush=True)
+        seconds, problems = run(p, report, env)
         total += seconds
         status = "ok" if not problems else "FAILED"
-        print(f"  {p.name}: {status} in {seconds:.1f} s -> reports/{p.stem}.html", flush=True)
+        print(f"  {report}: {status} in {seconds:.1f} s -> reports/{report}.html", flush=True)
         for pr in problems:
             print(f"    {pr}", flush=True)
         failed += bool(problems)
-    print(f"total {total:.1f} s ({total / 60:.1f} min) for {len(paths)} notebooks")
-    print(f"{len(paths) - failed} passed, {failed} failed")
+    print(f"total {total:.1f} s ({total / 60:.1f} min) for {len(runs)} notebook runs")
+    print(f"{len(runs) - failed} passed, {failed} failed")
     return 1 if failed else 0
 
 

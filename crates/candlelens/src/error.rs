@@ -401,6 +401,33 @@ impl std::fmt::Debug for LensError {
 pub type Result<T> = std::result::Result<T, LensError>;
 
 impl LensError {
+    /// [`LensError::TooFew`]: `got` of `what` where `need` are needed.
+    pub fn too_few(what: &str, need: usize, got: usize, fix: &str) -> Self {
+        LensError::TooFew {
+            what: what.into(),
+            need,
+            got,
+            fix: fix.into(),
+        }
+    }
+
+    /// [`LensError::Mismatch`]: `what` do not fit together, as `detail` says.
+    pub fn mismatch(what: &str, detail: impl Into<String>) -> Self {
+        LensError::Mismatch {
+            what: what.into(),
+            detail: detail.into(),
+        }
+    }
+
+    /// [`LensError::BadParameter`]: `name = value` is outside what `fix` allows.
+    pub fn bad_parameter(name: &str, value: impl std::fmt::Display, fix: &str) -> Self {
+        LensError::BadParameter {
+            name: name.into(),
+            value: value.to_string(),
+            fix: fix.into(),
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         LensError::Io {
             path: path.into(),

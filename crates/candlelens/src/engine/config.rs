@@ -52,6 +52,25 @@ pub struct RotaryConfig {
     pub interleaved: bool,
 }
 
+impl RotaryConfig {
+    /// Rotary on the first `dim` dimensions of each head, rotating its two halves (HF's
+    /// `rotate_half`), frequencies of `base`, unscaled, one base for every layer.
+    pub fn plain(dim: usize, base: f64) -> RotaryConfig {
+        RotaryConfig {
+            dim,
+            base,
+            local_base: None,
+            scaling: None,
+            interleaved: false,
+        }
+    }
+
+    /// [`Self::plain`] as the model's positional scheme.
+    pub fn halves(dim: usize, base: f64) -> Positional {
+        Positional::Rotary(RotaryConfig::plain(dim, base))
+    }
+}
+
 /// Rotary frequency scaling rules.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub enum RopeScaling {
@@ -138,22 +157,10 @@ pub struct ModelConfig {
     pub architecture: String,
     /// A human name (alias, repo id or file name).
     pub name: String,
-    /// Number of transformer blocks.
-    pub n_layers: usize,
-    /// Width of the residual stream.
-    pub d_model: usize,
-    /// Number of query heads.
-    pub n_heads: usize,
-    /// Key/value heads: `n_heads` for MHA, fewer for grouped-query attention, 1 for MQA.
-    pub n_kv_heads: usize,
-    /// Dimension of each attention head.
-    pub d_head: usize,
-    /// Width of the MLP's hidden layer.
-    pub d_mlp: usize,
-    /// Vocabulary size (rows of `W_E`, columns of `W_U`).
-    pub d_vocab: usize,
-    /// Maximum context length.
-    pub n_ctx: usize,
+    /// The model's size (`n_layers`, `d_model`, heads, widths, vocabulary, context), read as
+    /// `cfg.n_layers` etc. through `Deref`.
+    #[serde(flatten)]
+    pub dims: Dims,
     /// The normalisation the blocks and the final norm use.
     pub norm: NormKind,
     /// The epsilon of every norm.
@@ -204,7 +211,76 @@ pub struct ModelConfig {
     pub default_prepend_bos: bool,
 }
 
+/// The size of a model: the part of its config every family reads from keys of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Dims {
+    /// Number of transformer blocks.
+    pub n_layers: usize,
+    /// Width of the residual stream.
+    pub d_model: usize,
+    /// Number of query heads.
+    pub n_heads: usize,
+    /// Key/value heads: `n_heads` for MHA, fewer for grouped-query attention, 1 for MQA.
+    pub n_kv_heads: usize,
+    /// Dimension of each attention head.
+    pub d_head: usize,
+    /// Width of the MLP's hidden layer.
+    pub d_mlp: usize,
+    /// Vocabulary size (rows of `W_E`, columns of `W_U`).
+    pub d_vocab: usize,
+    /// Maximum context length.
+    pub n_ctx: usize,
+}
+
+impl std::ops::Deref for ModelConfig {
+    type Target = Dims;
+
+    fn deref(&self) -> &Dims {
+        &self.dims
+    }
+}
+
+impl std::ops::DerefMut for ModelConfig {
+    fn deref_mut(&mut self) -> &mut Dims {
+        &mut self.dims
+    }
+}
+
 impl ModelConfig {
+    /// A config of `dims` with every switch at its plainest — pre-LayerNorm (epsilon `1e-5`)
+    /// blocks run one after the other, learned positions, a dense GELU MLP, global attention
+    /// scaled by `1/sqrt(d_head)`, no soft-caps, an untied unembedding, no special tokens —
+    /// for a family's reader to override what its family does differently (struct update
+    /// syntax), so that each reader states only its family's differences.
+    pub fn plain(architecture: &str, name: &str, dims: Dims) -> ModelConfig {
+        ModelConfig {
+            architecture: architecture.to_string(),
+            name: name.to_string(),
+            dims,
+            norm: NormKind::LayerNorm,
+            norm_eps: 1e-5,
+            positional: Positional::Learned,
+            act: Activation::Gelu,
+            gated_mlp: false,
+            moe: None,
+            pre_norms: true,
+            qk_norm: QkNorm::None,
+            post_norms: false,
+            attn_scale: 1.0 / (dims.d_head as f64).sqrt(),
+            attn_softcap: None,
+            final_softcap: None,
+            layer_attention: vec![AttentionKind::Global; dims.n_layers],
+            embed_scale: None,
+            tied_embeddings: false,
+            parallel_attn_mlp: false,
+            parallel_ln2: false,
+            bos_token_id: None,
+            eos_token_id: None,
+            pad_token_id: 0,
+            default_prepend_bos: false,
+        }
+    }
+
     /// Number of query heads sharing one key/value head.
     pub fn kv_group(&self) -> usize {
         self.n_heads / self.n_kv_heads.max(1)

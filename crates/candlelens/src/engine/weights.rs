@@ -71,6 +71,45 @@ pub struct LayerWeights {
     pub b_out: Option<Tensor>,
 }
 
+impl LayerWeights {
+    /// The matrices every block has — the q/k/v/o projections `[n · d_head, d_model]` (`w_o`
+    /// `[d_model, n_heads · d_head]`) and the MLP's `w_in` `[d_mlp, d_model]` and `w_out`
+    /// `[d_model, d_mlp]` — with every optional tensor absent, for a family's mapping to add
+    /// what its family has (struct update syntax).
+    pub fn projections(
+        w_q: Tensor,
+        w_k: Tensor,
+        w_v: Tensor,
+        w_o: Tensor,
+        w_in: Tensor,
+        w_out: Tensor,
+    ) -> LayerWeights {
+        LayerWeights {
+            ln1: None,
+            ln2: None,
+            ln1_post: None,
+            ln2_post: None,
+            w_q,
+            b_q: None,
+            w_k,
+            b_k: None,
+            w_v,
+            b_v: None,
+            q_norm: None,
+            k_norm: None,
+            w_o,
+            b_o: None,
+            router: None,
+            shared_expert_gate: None,
+            w_in,
+            b_in: None,
+            w_gate: None,
+            w_out,
+            b_out: None,
+        }
+    }
+}
+
 /// All weights of a model.
 #[derive(Clone, Debug)]
 pub struct Weights {

@@ -126,19 +126,35 @@ impl LogitAttribution {
         .axes("component", "logit diff")
     }
 
+    /// The logit lens as the source draws it: one point per half-layer (the accumulated
+    /// residual's labels `0_pre`, `0_mid`, …, `final_post` at `0, 0.5, …`), notes printed first.
+    pub fn lens_figure(&self, title: &str) -> crate::viz::Figure {
+        if let Some(n) = &self.note {
+            println!("note: {n}");
+        }
+        let x: Vec<f32> = (0..self.values.len()).map(|i| i as f32 / 2.0).collect();
+        crate::viz::Figure::line(
+            x,
+            vec![("logit diff".into(), self.values.clone())],
+            Some(self.labels.clone()),
+            title,
+        )
+        .axes("layer", "logit diff")
+    }
+
     /// Values reshaped to `[rows][cols]` (per-head attribution as layer x head).
     ///
     /// # Errors
     /// [`LensError::Mismatch`] if the count does not fit.
     pub fn grid(&self, rows: usize, cols: usize) -> Result<Vec<Vec<f32>>> {
         if rows * cols != self.values.len() {
-            return Err(LensError::Mismatch {
-                what: "values and grid shape".into(),
-                detail: format!(
+            return Err(LensError::mismatch(
+                "values and grid shape",
+                format!(
                     "{} values do not make a {rows} x {cols} grid",
                     self.values.len()
                 ),
-            });
+            ));
         }
         Ok(self.values.chunks(cols).map(<[f32]>::to_vec).collect())
     }
@@ -444,7 +460,9 @@ impl HookedTransformer {
     /// these sums: the note says so.
     ///
     /// # Errors
-    /// Shape mismatches; [`LensError::NotCached`].
+    /// [`LensError::Unsupported`] for a `Pos::All` stack; [`LensError::NotCached`] without
+    /// `ln_final.hook_scale`; [`LensError::Mismatch`] for another model's cache or not one row of
+    /// `directions` per prompt; a raw [`LensError::Candle`] if `directions` is not `[_, d_model]`.
     pub fn logit_attribution(
         &self,
         cache: &ActivationCache,
@@ -461,13 +479,13 @@ impl HookedTransformer {
         let (_, b, _) = scaled.dims3()?;
         let dirs = directions.to_dtype(DType::F32)?;
         if dirs.dims2()?.0 != b {
-            return Err(LensError::Mismatch {
-                what: "directions and prompts".into(),
-                detail: format!(
+            return Err(LensError::mismatch(
+                "directions and prompts",
+                format!(
                     "{} directions for a batch of {b} prompts; give one direction per prompt",
                     dirs.dim(0)?
                 ),
-            });
+            ));
         }
         let values: Vec<f32> = (scaled
             .broadcast_mul(&dirs.unsqueeze(0)?)?
@@ -486,5 +504,84 @@ impl HookedTransformer {
             values,
             note,
         })
+    }
+}
+
+/// One cached run of prompts with answer pairs: what a logit-difference analysis reads (the
+/// source notebooks' `run_with_cache` + `logits_to_ave_logit_diff` + residual directions), and
+/// the three standard decompositions of that logit difference.
+pub struct LogitDiffRun {
+    /// The prompts, tokenized.
+    pub tokens: crate::engine::text::tokens::Tokens,
+    /// Every activation of the run.
+    pub cache: ActivationCache,
+    /// `(correct, incorrect)` token ids per prompt.
+    pub pairs: Vec<(u32, u32)>,
+    /// `W_U[correct] − W_U[incorrect]` per prompt, through the final norm's weight:
+    /// `[batch, d_model]`.
+    pub directions: Tensor,
+    /// Each prompt's logit difference at its last token.
+    pub per_prompt: Vec<f32>,
+    /// Their mean.
+    pub logit_diff: f32,
+}
+
+impl LogitDiffRun {
+    /// Runs `prompts` with the cache and measures `correct − incorrect` for `answers` (one pair
+    /// per prompt, or one for all).
+    ///
+    /// # Errors
+    /// [`LensError::EmptyPrompt`] / [`LensError::PromptTooLong`] for a prompt the model cannot
+    /// run; [`LensError::NotSingleToken`] when an answer is not a single token;
+    /// [`LensError::Mismatch`] when the pairs are neither one nor one per prompt.
+    pub fn new(
+        model: &HookedTransformer,
+        prompts: &[&str],
+        answers: &[(&str, &str)],
+        prepend_bos: Option<bool>,
+    ) -> Result<Self> {
+        let tokens = model.to_tokens(prompts, prepend_bos)?;
+        let pairs = model.answer_pairs(answers)?;
+        let (logits, cache) = model.run_with_cache(&tokens, None)?;
+        let per_prompt =
+            crate::interp::metrics::logit_diff(&model.gather_last(&logits, &tokens)?, &pairs)?;
+        let directions = model.logit_diff_directions(&pairs)?;
+        Ok(LogitDiffRun {
+            tokens,
+            cache,
+            pairs,
+            directions,
+            logit_diff: crate::interp::metrics::mean(&per_prompt),
+            per_prompt,
+        })
+    }
+
+    /// The logit lens: the accumulated residual stream at the last token, final norm applied
+    /// with its cached scale, along the answer directions (`0_pre`, `0_mid`, …, `final_post`).
+    ///
+    /// # Errors
+    /// [`LensError::NotCached`] only if the cache was filtered (it is not, as built here).
+    pub fn logit_lens(&self, model: &HookedTransformer) -> Result<LogitAttribution> {
+        let acc = self.cache.accumulated_resid(None, true, Pos::Last)?;
+        model.logit_attribution(&self.cache, &acc, &self.directions)
+    }
+
+    /// Each component's direct contribution: embeddings, then every layer's attention and MLP
+    /// output (`decompose_resid`).
+    ///
+    /// # Errors
+    /// As [`Self::logit_lens`].
+    pub fn per_layer(&self, model: &HookedTransformer) -> Result<LogitAttribution> {
+        let dec = self.cache.decompose_resid(None, true, Pos::Last)?;
+        model.logit_attribution(&self.cache, &dec, &self.directions)
+    }
+
+    /// Each head's direct contribution (`stack_head_results`), labels `L{l}H{h}`.
+    ///
+    /// # Errors
+    /// As [`Self::logit_lens`].
+    pub fn per_head(&self, model: &HookedTransformer) -> Result<LogitAttribution> {
+        let heads = self.cache.stack_head_results(model, None, Pos::Last)?;
+        model.logit_attribution(&self.cache, &heads, &self.directions)
     }
 }

@@ -64,10 +64,10 @@ impl FactoredMatrix {
     pub fn new(a: Tensor, b: Tensor) -> Result<Self> {
         let (ad, bd) = (a.dims().to_vec(), b.dims().to_vec());
         if ad.len() != 2 || bd.len() != 2 || ad[1] != bd[0] {
-            return Err(LensError::Mismatch {
-                what: "the factors of a factored matrix".into(),
-                detail: format!("A is {ad:?} and B is {bd:?}; they must be [m, r] and [r, n]"),
-            });
+            return Err(LensError::mismatch(
+                "the factors of a factored matrix",
+                format!("A is {ad:?} and B is {bd:?}; they must be [m, r] and [r, n]"),
+            ));
         }
         Ok(FactoredMatrix { a, b })
     }
@@ -85,7 +85,8 @@ impl FactoredMatrix {
     /// The product `A B` `[m, n]` (only when asked: it is the large one).
     ///
     /// # Errors
-    /// Tensor errors.
+    /// None for factors that share a dtype and device; otherwise a raw [`LensError::Candle`]
+    /// ([`Self::new`] checks the shapes only).
     pub fn full(&self) -> Result<Tensor> {
         Ok(self.a.matmul(&self.b)?)
     }

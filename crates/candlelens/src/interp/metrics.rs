@@ -10,8 +10,20 @@ use crate::error::{LensError, Result};
 /// [`Patcher`](crate::interp::patching::Patcher) holding it can be kept across notebook cells.
 pub type Metric = Box<dyn Fn(&Tensor) -> Result<f32>>;
 
-fn rows(last_logits: &Tensor) -> Result<Vec<Vec<f32>>> {
-    Ok(last_logits.to_dtype(DType::F32)?.to_vec2()?)
+/// `f(row, item)` for each prompt's row of `last_logits [batch, d_vocab]`, `items` holding one
+/// entry per prompt or one shared by all (`what` names them in the error).
+fn per_prompt<T>(
+    last_logits: &Tensor,
+    items: &[T],
+    what: &str,
+    f: impl Fn(&[f32], &T) -> Result<f32>,
+) -> Result<Vec<f32>> {
+    let rows: Vec<Vec<f32>> = last_logits.to_dtype(DType::F32)?.to_vec2()?;
+    check_count(rows.len(), items.len(), what)?;
+    rows.iter()
+        .enumerate()
+        .map(|(b, r)| f(r, &items[if items.len() == 1 { 0 } else { b }]))
+        .collect()
 }
 
 /// Per prompt `logit[correct] - logit[incorrect]`. `pairs` has one `(correct, incorrect)` per
@@ -21,15 +33,9 @@ fn rows(last_logits: &Tensor) -> Result<Vec<Vec<f32>>> {
 /// [`LensError::Mismatch`] if the counts do not match, [`LensError::TokenOutOfRange`] for an id
 /// outside the vocabulary.
 pub fn logit_diff(last_logits: &Tensor, pairs: &[(u32, u32)]) -> Result<Vec<f32>> {
-    let rows = rows(last_logits)?;
-    check_count(rows.len(), pairs.len(), "answer pairs")?;
-    rows.iter()
-        .enumerate()
-        .map(|(b, r)| {
-            let (c, i) = pairs[if pairs.len() == 1 { 0 } else { b }];
-            Ok(at(r, c)? - at(r, i)?)
-        })
-        .collect()
+    per_prompt(last_logits, pairs, "answer pairs", |r, &(c, i)| {
+        Ok(at(r, c)? - at(r, i)?)
+    })
 }
 
 /// The patching metric "mean logit difference over the answer pairs" (TransformerLens's
@@ -108,21 +114,37 @@ pub struct TokenGroups {
     pub incorrect: Vec<u32>,
 }
 
+impl TokenGroups {
+    /// One pair of groups per prompt of a yes/no dataset: `true_ids` are correct where the
+    /// prompt's label is `true`, `false_ids` where it is `false` (the Paris source's True / False
+    /// answer sets).
+    pub fn for_labels(labels: &[bool], true_ids: &[u32], false_ids: &[u32]) -> Vec<TokenGroups> {
+        labels
+            .iter()
+            .map(|&label| {
+                let (correct, incorrect) = if label {
+                    (true_ids, false_ids)
+                } else {
+                    (false_ids, true_ids)
+                };
+                TokenGroups {
+                    correct: correct.to_vec(),
+                    incorrect: incorrect.to_vec(),
+                }
+            })
+            .collect()
+    }
+}
+
 /// Per prompt, mean logit over the correct group minus mean logit over the incorrect group (in
 /// nats); groups may differ in size. `groups` has one entry per prompt or a single shared one.
 ///
 /// # Errors
 /// As [`logit_diff`]; empty groups.
 pub fn group_logit_diff(last_logits: &Tensor, groups: &[TokenGroups]) -> Result<Vec<f32>> {
-    let rows = rows(last_logits)?;
-    check_count(rows.len(), groups.len(), "token groups")?;
-    rows.iter()
-        .enumerate()
-        .map(|(b, r)| {
-            let g = &groups[if groups.len() == 1 { 0 } else { b }];
-            Ok(group_mean(r, &g.correct)? - group_mean(r, &g.incorrect)?)
-        })
-        .collect()
+    per_prompt(last_logits, groups, "token groups", |r, g| {
+        Ok(group_mean(r, &g.correct)? - group_mean(r, &g.incorrect)?)
+    })
 }
 
 /// Per prompt, total softmax probability of the correct group minus that of the incorrect one.
@@ -130,24 +152,18 @@ pub fn group_logit_diff(last_logits: &Tensor, groups: &[TokenGroups]) -> Result<
 /// # Errors
 /// As [`group_logit_diff`].
 pub fn group_prob_diff(last_logits: &Tensor, groups: &[TokenGroups]) -> Result<Vec<f32>> {
-    let rows = rows(last_logits)?;
-    check_count(rows.len(), groups.len(), "token groups")?;
-    rows.iter()
-        .enumerate()
-        .map(|(b, r)| {
-            let g = &groups[if groups.len() == 1 { 0 } else { b }];
-            let m = r.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let z: f64 = r.iter().map(|&x| (x as f64 - m).exp()).sum();
-            let p = |ids: &[u32]| -> Result<f64> {
-                let mut s = 0.0;
-                for &id in ids {
-                    s += ((at(r, id)? as f64) - m).exp() / z;
-                }
-                Ok(s)
-            };
-            Ok((p(&g.correct)? - p(&g.incorrect)?) as f32)
-        })
-        .collect()
+    per_prompt(last_logits, groups, "token groups", |r, g| {
+        let m = r.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let z: f64 = r.iter().map(|&x| (x as f64 - m).exp()).sum();
+        let p = |ids: &[u32]| -> Result<f64> {
+            let mut s = 0.0;
+            for &id in ids {
+                s += ((at(r, id)? as f64) - m).exp() / z;
+            }
+            Ok(s)
+        };
+        Ok((p(&g.correct)? - p(&g.incorrect)?) as f32)
+    })
 }
 
 /// Resolves answer words to token ids, each of which must be one token.
@@ -179,15 +195,83 @@ pub fn resolve_group_lenient(
     (ids, dropped)
 }
 
-/// Whether a corruption moves the metric at all: the normalised scores of patching and
-/// attribution divide by `clean − corrupted`.
+/// What a corruption does to a metric that is higher on the clean answer (a logit difference
+/// correct − incorrect, a probability of the clean answer): the one rule that the patchers, the
+/// notebooks and the CLI apply before a sweep. With `gap = clean − corrupted`:
+///
+/// - [`Effect::None`]: a value is not finite, or `|gap| ≤ 1e-6 · max(|clean|, |corrupted|, 1)` —
+///   normalised scores `(patched − corrupted) / gap` are undefined; the patchers refuse.
+/// - [`Effect::Clear`]: `gap ≥ 0.1 · max(|clean|, 1)` — the corruption removes the clean
+///   answer, and patching shows what restores it.
+/// - [`Effect::Weak`]: `0 < gap` below that — normalised scores divide by a small number and
+///   amplify noise.
+/// - [`Effect::Reversed`]: `gap < 0` — the corrupted prompt favours the clean answer even more,
+///   so patching cannot show what restores it.
+///
+/// The patchers run on all but [`Effect::None`]; the notebooks sweep only a clear effect.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Effect {
+    /// The corruption lowers the metric by `gap`, at least a tenth of `max(|clean|, 1)`.
+    Clear {
+        /// `clean − corrupted`.
+        gap: f32,
+    },
+    /// The corruption lowers the metric by less than that.
+    Weak {
+        /// `clean − corrupted`.
+        gap: f32,
+    },
+    /// The corruption raises the metric.
+    Reversed {
+        /// `clean − corrupted` (negative).
+        gap: f32,
+    },
+    /// The corruption does not move the metric, or a value is not finite.
+    None,
+}
+
+impl Effect {
+    /// The verdict on a corruption from the metric's clean and corrupted values (see [`Effect`]).
+    pub fn of(clean: f32, corrupted: f32) -> Effect {
+        let gap = clean - corrupted;
+        let scale = clean.abs().max(corrupted.abs()).max(1.0);
+        if !gap.is_finite() || gap.abs() <= 1e-6 * scale {
+            Effect::None
+        } else if gap >= 0.1 * clean.abs().max(1.0) {
+            Effect::Clear { gap }
+        } else if gap > 0.0 {
+            Effect::Weak { gap }
+        } else {
+            Effect::Reversed { gap }
+        }
+    }
+
+    /// Whether the corruption clearly removes the clean answer (worth a sweep).
+    pub fn is_clear(&self) -> bool {
+        matches!(self, Effect::Clear { .. })
+    }
+}
+
+impl std::fmt::Display for Effect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Effect::Clear { gap } => write!(f, "usable — the corruption lowers the metric by {gap:.4}"),
+            Effect::Weak { gap } => write!(f, "rejected — the corruption lowers the metric by only {gap:.4} (under a tenth of the clean value): normalised scores would divide by a near-zero number"),
+            Effect::Reversed { gap } => write!(f, "rejected — the corruption raises the metric (by {:.4}), so patching it cannot show what restores the clean answer", -gap),
+            Effect::None => write!(f, "rejected — the corruption does not move the metric (or a value is not finite)"),
+        }
+    }
+}
+
+/// Errors unless a corruption moves the metric at all ([`Effect::of`] is not
+/// [`Effect::None`]): the normalised scores of patching and attribution divide by
+/// `clean − corrupted`.
 ///
 /// # Errors
 /// [`LensError::NoEffect`] (with `fix`) when either value is not finite or `|clean −
 /// corrupted|` is below `1e-6` of their scale.
 pub fn require_effect(clean: f32, corrupted: f32, fix: &str) -> Result<()> {
-    let scale = clean.abs().max(corrupted.abs()).max(1.0);
-    if !clean.is_finite() || !corrupted.is_finite() || (clean - corrupted).abs() <= 1e-6 * scale {
+    if Effect::of(clean, corrupted) == Effect::None {
         return Err(LensError::NoEffect {
             clean,
             corrupted,
@@ -213,12 +297,12 @@ fn at(row: &[f32], id: u32) -> Result<f32> {
 
 fn group_mean(row: &[f32], ids: &[u32]) -> Result<f32> {
     if ids.is_empty() {
-        return Err(LensError::TooFew {
-            what: "tokens in an answer token group".into(),
-            need: 1,
-            got: 0,
-            fix: "give every group at least one token id".into(),
-        });
+        return Err(LensError::too_few(
+            "tokens in an answer token group",
+            1,
+            0,
+            "give every group at least one token id",
+        ));
     }
     let mut s = 0.0f64;
     for &id in ids {

@@ -96,24 +96,27 @@ impl PromptTest {
             ["answer token", "rank", "token", "logit", "prob"],
         );
         for (a, top) in self.answer.iter().zip(&self.top_k) {
+            let row = |t: &mut Table, rank: usize, token: String, logit: f32, prob: f32| {
+                t.row([
+                    format!("{:?}", a.token),
+                    rank.to_string(),
+                    token,
+                    format!("{logit:.2}"),
+                    format!("{:.2}%", prob * 100.0),
+                ]);
+            };
             for x in top {
                 let mark = if x.id == a.id { " ←" } else { "" };
-                t.row([
-                    format!("{:?}", a.token),
-                    x.rank.to_string(),
+                row(
+                    &mut t,
+                    x.rank,
                     format!("{:?}{mark}", x.token),
-                    format!("{:.2}", x.logit),
-                    format!("{:.2}%", x.prob * 100.0),
-                ]);
+                    x.logit,
+                    x.prob,
+                );
             }
             if a.rank >= top.len() {
-                t.row([
-                    format!("{:?}", a.token),
-                    a.rank.to_string(),
-                    format!("{:?} ←", a.token),
-                    format!("{:.2}", a.logit),
-                    format!("{:.2}%", a.prob * 100.0),
-                ]);
+                row(&mut t, a.rank, format!("{:?} ←", a.token), a.logit, a.prob);
             }
         }
         t
@@ -213,13 +216,13 @@ impl HookedTransformer {
     /// errors.
     pub fn top_tokens(&self, logits: &candle_core::Tensor, k: usize) -> Result<Vec<TopToken>> {
         if logits.rank() != 1 {
-            return Err(LensError::Mismatch {
-                what: "top_tokens' logits".into(),
-                detail: format!(
+            return Err(LensError::mismatch(
+                "top_tokens' logits",
+                format!(
                     "got shape {:?}; pass one position's row [d_vocab] (e.g. logits.i((0, pos)))",
                     logits.dims()
                 ),
-            });
+            ));
         }
         Ranked::new(logits.to_dtype(DType::F32)?.to_vec1()?).top(self, k)
     }

@@ -15,7 +15,7 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{DType, Device, Tensor};
 
 use crate::engine::config::{
-    Activation, AttentionKind, ModelConfig, NormKind, Positional, QkNorm, RotaryConfig,
+    Activation, Dims, ModelConfig, NormKind, Positional, QkNorm, RotaryConfig,
 };
 use crate::engine::text::tokenizer::{self, GgufVocab, LensTokenizer};
 use crate::engine::weights::TensorSource;
@@ -46,13 +46,10 @@ impl GgufFile {
     /// [`LensError::MissingFile`], [`LensError::CorruptFile`] (bad magic, truncated),
     /// [`LensError::UnsupportedArchitecture`].
     pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => LensError::MissingFile {
-                path: path.to_path_buf(),
-                fix: "Check the path; for the embedded models run scripts/fetch-models".into(),
-            },
-            _ => LensError::io(path, e),
-        })?;
+        let file = crate::util::fs::open(
+            path,
+            "Check the path; for the embedded models run scripts/fetch-models",
+        )?;
         let file_len = file.metadata().map_err(|e| LensError::io(path, e))?.len();
         let mut reader = BufReader::new(file);
         // candle's reader panics on some damaged headers (an alignment of 0): caught here
@@ -162,9 +159,7 @@ impl GgufFile {
         let tied = !c.tensor_infos.contains_key("output.weight");
         let bos = meta_u32(c, "tokenizer.ggml.bos_token_id");
         let add_bos = meta_bool(c, "tokenizer.ggml.add_bos_token");
-        let mut cfg = ModelConfig {
-            architecture: arch.clone(),
-            name: name.to_string(),
+        let dims = Dims {
             n_layers,
             d_model,
             n_heads,
@@ -173,35 +168,24 @@ impl GgufFile {
             d_mlp,
             d_vocab,
             n_ctx,
+        };
+        let mut cfg = ModelConfig {
             norm: NormKind::RmsNorm,
             norm_eps: eps,
-            positional: Positional::Rotary(RotaryConfig {
-                dim: meta_usize(c, &format!("{arch}.rope.dimension_count")).unwrap_or(d_head),
+            positional: RotaryConfig::halves(
+                meta_usize(c, &format!("{arch}.rope.dimension_count")).unwrap_or(d_head),
                 base,
-                local_base: None,
-                scaling: None,
-                interleaved: false,
-            }),
+            ),
             act: Activation::Silu,
             gated_mlp: true,
-            moe: None,
-            pre_norms: true,
-            qk_norm: QkNorm::None,
-            post_norms: false,
-            attn_scale: 1.0 / (d_head as f64).sqrt(),
-            attn_softcap: None,
-            final_softcap: None,
-            layer_attention: vec![AttentionKind::Global; n_layers],
-            embed_scale: None,
             tied_embeddings: tied,
-            parallel_attn_mlp: false,
-            parallel_ln2: false,
             bos_token_id: bos,
             eos_token_id: meta_u32(c, "tokenizer.ggml.eos_token_id"),
             pad_token_id: meta_u32(c, "tokenizer.ggml.padding_token_id")
                 .or(meta_u32(c, "tokenizer.ggml.eos_token_id"))
                 .unwrap_or(0),
             default_prepend_bos: add_bos.unwrap_or(false),
+            ..ModelConfig::plain(&arch, name, dims)
         };
         if self.family == Family::Gemma3 {
             // Gemma 3 text config; GGUF lacks the local RoPE base and the sliding pattern.

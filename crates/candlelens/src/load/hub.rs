@@ -343,18 +343,17 @@ mod tests {
         dir
     }
 
+    /// `someone/model` on the fake hub at `endpoint`, cached in a fresh folder `name`.
+    fn fake_repo(endpoint: &str, name: &str, timeout: Duration) -> (HubRepo, PathBuf) {
+        let dir = scratch(name);
+        let repo = HubRepo::with("someone/model", None, endpoint, Some(&dir), timeout).unwrap();
+        (repo, dir)
+    }
+
     #[test]
     fn a_stalled_connection_is_a_typed_error_within_the_timeout() {
         let endpoint = fake_hub(|_| None);
-        let dir = scratch("stall");
-        let repo = HubRepo::with(
-            "someone/model",
-            None,
-            &endpoint,
-            Some(&dir),
-            Duration::from_millis(800),
-        )
-        .unwrap();
+        let (repo, dir) = fake_repo(&endpoint, "stall", Duration::from_millis(800));
         let t0 = Instant::now();
         let err = repo.get("config.json").unwrap_err().to_string();
         assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
@@ -376,15 +375,7 @@ mod tests {
                 r
             })
         });
-        let dir = scratch("truncated");
-        let repo = HubRepo::with(
-            "someone/model",
-            None,
-            &endpoint,
-            Some(&dir),
-            Duration::from_secs(5),
-        )
-        .unwrap();
+        let (repo, dir) = fake_repo(&endpoint, "truncated", Duration::from_secs(5));
         let err = repo.get("model.safetensors").unwrap_err().to_string();
         assert!(err.contains("cut short: 40 of 100 bytes"), "{err}");
         // nothing of it is left where a later run would find it
@@ -433,15 +424,7 @@ mod tests {
     fn an_lfs_download_is_checked_against_its_sha256() {
         // the right bytes under the wrong hash: refused and removed
         let endpoint = fake_hub(|head| Some(lfs_reply(head, &"0".repeat(64), BODY)));
-        let dir = scratch("lfs-bad");
-        let repo = HubRepo::with(
-            "someone/model",
-            None,
-            &endpoint,
-            Some(&dir),
-            Duration::from_secs(5),
-        )
-        .unwrap();
+        let (repo, dir) = fake_repo(&endpoint, "lfs-bad", Duration::from_secs(5));
         let err = repo.get("model.safetensors").unwrap_err().to_string();
         assert!(err.contains("the hub announced 0000"), "{err}");
         assert!(repo.cache.get("model.safetensors").is_none());
@@ -449,15 +432,7 @@ mod tests {
 
         // the right hash: accepted
         let endpoint = fake_hub(|head| Some(lfs_reply(head, &body_sha(), BODY)));
-        let dir = scratch("lfs-good");
-        let repo = HubRepo::with(
-            "someone/model",
-            None,
-            &endpoint,
-            Some(&dir),
-            Duration::from_secs(5),
-        )
-        .unwrap();
+        let (repo, dir) = fake_repo(&endpoint, "lfs-good", Duration::from_secs(5));
         let path = repo.get("model.safetensors").unwrap();
         assert_eq!(std::fs::read(path).unwrap(), BODY);
         let _ = std::fs::remove_dir_all(&dir);

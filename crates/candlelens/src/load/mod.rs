@@ -136,11 +136,7 @@ pub fn resolve_in(name: &str, models_dir: &Path) -> Result<Resolved> {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
         if !valid {
-            return Err(LensError::BadParameter {
-                name: "revision".into(),
-                value: rev.to_string(),
-                fix: format!("write the model as NAME@REVISION with a branch, tag or commit after '@' (e.g. pythia-70m@step3000); got '{name}'"),
-            });
+            return Err(LensError::bad_parameter("revision", rev, &format!("write the model as NAME@REVISION with a branch, tag or commit after '@' (e.g. pythia-70m@step3000); got '{name}'")));
         }
         return match resolve_in(base, models_dir)? {
             Resolved::Hub { repo, .. } => Ok(Resolved::Hub {
@@ -341,17 +337,7 @@ struct FolderFiles {
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => LensError::MissingFile {
-            path: path.to_path_buf(),
-            fix: "The checkpoint folder needs this file".into(),
-        },
-        _ => LensError::io(path, e),
-    })?;
-    serde_json::from_str(&text).map_err(|e| LensError::Json {
-        what: path.display().to_string(),
-        detail: e.to_string(),
-    })
+    crate::util::fs::read_json(path, "The checkpoint folder needs this file")
 }
 
 fn load_folder(files: &FolderFiles, name: &str, opts: &LoadOptions) -> Result<HookedTransformer> {

@@ -65,13 +65,10 @@ impl SafetensorsSource {
         let mut files = Vec::new();
         let mut index = HashMap::new();
         for (i, p) in paths.iter().enumerate() {
-            let f = File::open(p).map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => LensError::MissingFile {
-                    path: p.clone(),
-                    fix: "A safetensors shard of the checkpoint is missing; re-download it".into(),
-                },
-                _ => LensError::io(p, e),
-            })?;
+            let f = crate::util::fs::open(
+                p,
+                "A safetensors shard of the checkpoint is missing; re-download it",
+            )?;
             let len = f.metadata().map_err(|e| LensError::io(p, e))?.len();
             let mut n = [0u8; 8];
             read_at(&f, &mut n, 0).map_err(|e| corrupt(p, format!("no header: {e}")))?;

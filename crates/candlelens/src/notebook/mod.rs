@@ -1,11 +1,17 @@
-//! Helpers for notebooks: which model to load (the source's or the embedded stand-in), and
-//! errors shown in a form the headless runner recognises.
+//! Helpers for notebooks: which model to load (the source's or the embedded stand-in), our
+//! numbers printed beside the source's, `test_prompt` over a list with a summary table, and
+//! the check a corruption passes before a sweep.
 
 use std::sync::Arc;
 
 use crate::engine::model::HookedTransformer;
+use crate::engine::text::tokens::Tokens;
 use crate::error::{LensError, Result};
+use crate::interp::metrics::Metric;
+use crate::interp::patching::Patcher;
+use crate::interp::prompts::TestPromptOptions;
 use crate::load::LoadOptions;
+use crate::viz::Table;
 
 /// The environment variable that picks the models: `embedded` (default; works offline) or
 /// `source` (the models the source experiment used; needs the hub).
@@ -90,11 +96,13 @@ where
             best = Some((s, Arc::new(model)));
         }
     }
-    let (_, model) = best.ok_or_else(|| LensError::TooFew {
-        what: "embedded candidates".into(),
-        need: 1,
-        got: 0,
-        fix: "name at least one embedded model to measure".into(),
+    let (_, model) = best.ok_or_else(|| {
+        LensError::too_few(
+            "embedded candidates",
+            1,
+            0,
+            "name at least one embedded model to measure",
+        )
     })?;
     let c = &model.cfg;
     println!(
@@ -133,4 +141,74 @@ pub fn adapt_answers(
         return (format!("{prompt} "), stripped, Some(note));
     }
     (prompt.to_string(), given(), None)
+}
+
+/// Runs `test_prompt` on each `(prompt, answer, what the source printed)`, prints
+/// TransformerLens's text for each, and returns one summary table: the answer's tokens and
+/// ranks, its probability, our top three and the source's result beside them.
+///
+/// # Errors
+/// As [`HookedTransformer::test_prompt`] (an empty prompt or answer, a prompt longer than the
+/// model's context).
+pub fn test_prompts(
+    model: &HookedTransformer,
+    cases: &[(&str, &str, &str)],
+    opts: &TestPromptOptions,
+    title: &str,
+) -> Result<Table> {
+    let mut summary = Table::new(
+        title,
+        [
+            "prompt",
+            "answer tokens",
+            "ranks",
+            "P(answer)",
+            "our top-3",
+            "source",
+        ],
+    );
+    for (prompt, answer, source) in cases {
+        let t = model.test_prompt(prompt, answer, opts)?;
+        println!("{t}");
+        let top3: Vec<String> = t.top_k[0]
+            .iter()
+            .take(3)
+            .map(|x| format!("{:?} {:.1}%", x.token, 100.0 * x.prob))
+            .collect();
+        let ranks: Vec<String> = t.answer.iter().map(|a| a.rank.to_string()).collect();
+        summary.row([
+            format!("{prompt:?}"),
+            format!("{:?}", t.answer_tokens),
+            ranks.join(", "),
+            format!("{:.2}%", 100.0 * t.answer_prob()),
+            top3.join(", "),
+            source.to_string(),
+        ]);
+    }
+    Ok(summary)
+}
+
+/// A patcher for `clean` against `corrupt` under `metric`, if the corruption clearly removes the
+/// clean answer by the one rule of [`Effect`](crate::interp::metrics::Effect): prints the clean and corrupted metric (beside
+/// `source`'s values when given) and the verdict, and returns `None` for a corruption that is
+/// not worth a sweep.
+///
+/// # Errors
+/// As [`Patcher::new`].
+pub fn checked_patcher(
+    model: &Arc<HookedTransformer>,
+    clean: &Tokens,
+    corrupt: &Tokens,
+    metric: Metric,
+    source: Option<&str>,
+) -> Result<Option<Patcher>> {
+    let p = Patcher::new(model, clean, corrupt, metric)?;
+    let ours = format!("{:.4}, {:.4}", p.corrupted_metric(), p.clean_metric());
+    match source {
+        Some(s) => vs_source("Corrupted, clean metric", ours, s),
+        None => println!("Corrupted, clean metric: {ours}"),
+    }
+    let effect = p.effect();
+    println!("verdict: {effect}");
+    Ok(effect.is_clear().then_some(p))
 }

@@ -47,7 +47,8 @@ impl FeatureAttribution {
     /// features.
     ///
     /// # Errors
-    /// Tensor errors.
+    /// None for an attribution the model computed; a raw [`LensError::Candle`] if a hand-set
+    /// `scores` is not 3-D (`acts` is assumed to have its shape).
     pub fn top(&self, k: usize) -> Result<Vec<FeatureScore>> {
         self.top_from(k, 0)
     }
@@ -56,7 +57,8 @@ impl FeatureAttribution {
     /// without it fires hugely and meaninglessly.
     ///
     /// # Errors
-    /// Tensor errors.
+    /// None for an attribution the model computed; a raw [`LensError::Candle`] if a hand-set
+    /// `scores` is not 3-D (`acts` is assumed to have its shape).
     pub fn top_from(&self, k: usize, first_pos: usize) -> Result<Vec<FeatureScore>> {
         let (b, p, d) = self.scores.dims3()?;
         let s: Vec<f32> = self.scores.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;

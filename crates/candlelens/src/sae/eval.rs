@@ -47,11 +47,11 @@ impl HookedTransformer {
     pub fn evaluate_sae(&self, sae: &Sae, tokens: &Tokens, batch_size: usize) -> Result<SaeEval> {
         sae.check_model(&self.cfg)?;
         if batch_size == 0 {
-            return Err(LensError::BadParameter {
-                name: "batch_size".into(),
-                value: "0".into(),
-                fix: "run at least one context at a time".into(),
-            });
+            return Err(LensError::bad_parameter(
+                "batch_size",
+                "0",
+                "run at least one context at a time",
+            ));
         }
         let out = sae.output_hook();
         let bos = self.tokenizer().bos_token_id;
@@ -109,12 +109,12 @@ impl HookedTransformer {
             });
         }
         if n_ce == 0 || positions == 0 {
-            return Err(LensError::TooFew {
-                what: "positions to evaluate the SAE on".into(),
-                need: 2,
-                got: tokens.max_len(),
-                fix: "give contexts of at least two tokens after BOS".into(),
-            });
+            return Err(LensError::too_few(
+                "positions to evaluate the SAE on",
+                2,
+                tokens.max_len(),
+                "give contexts of at least two tokens after BOS",
+            ));
         }
         // Σ‖y − ȳ‖² = Σ‖y‖² − ‖Σy‖² / n
         let s = y_sum.map_or(Ok(0.0), |t| -> Result<f64> {

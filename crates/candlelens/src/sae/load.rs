@@ -102,14 +102,8 @@ impl Sae {
                 fix: "an SAELens SAE folder holds cfg.json and sae_weights.safetensors (SAE.save_model writes them); for Gemma Scope's params.npz use Sae::load_gemma_scope(dir, hook)".into(),
             });
         }
-        let text = std::fs::read_to_string(&cfg_path).map_err(|e| LensError::Io {
-            path: cfg_path.clone(),
-            source: e,
-        })?;
-        let mut cfg: Value = serde_json::from_str(&text).map_err(|e| LensError::Json {
-            what: cfg_path.display().to_string(),
-            detail: e.to_string(),
-        })?;
+        let mut cfg =
+            crate::util::fs::read_json(&cfg_path, "an SAELens SAE folder holds cfg.json")?;
         if let (Some(Value::Object(o)), Value::Object(c)) = (overrides, &mut cfg) {
             for (k, v) in o {
                 c.insert(k.clone(), v.clone());
@@ -300,14 +294,7 @@ impl Sae {
     /// Gemma Scope 2's raw folder: `config.json` names the HF hook points.
     fn load_gemma_scope_2(dir: &Path) -> Result<Sae> {
         let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| LensError::Io {
-            path: path.clone(),
-            source: e,
-        })?;
-        let cfg: Value = serde_json::from_str(&text).map_err(|e| LensError::Json {
-            what: path.display().to_string(),
-            detail: e.to_string(),
-        })?;
+        let cfg = crate::util::fs::read_json(&path, "a Gemma Scope 2 folder holds config.json")?;
         let point = |k: &str| -> Result<Option<HookPoint>> {
             let Some(name) = cfg.get(k).and_then(Value::as_str) else {
                 return Ok(None);

@@ -144,7 +144,7 @@ impl Sae {
     /// other points unchanged.
     ///
     /// # Errors
-    /// Tensor errors.
+    /// None: a 4-D `act` is flattened from axis 2, any other is returned as it is.
     pub fn flatten_heads(act: &Tensor) -> Result<Tensor> {
         Ok(if act.rank() == 4 {
             act.flatten_from(2)?

@@ -140,14 +140,14 @@ impl ActivationStore {
     /// [`LensError::Mismatch`] when `values` does not have one entry per row.
     pub fn per_context(&self, values: &[f32]) -> Result<Vec<Vec<f32>>> {
         if values.len() != self.len() {
-            return Err(LensError::Mismatch {
-                what: "values and the activation store".into(),
-                detail: format!(
+            return Err(LensError::mismatch(
+                "values and the activation store",
+                format!(
                     "{} values for {} rows; give one per row",
                     values.len(),
                     self.len()
                 ),
-            });
+            ));
         }
         let mut out: Vec<Vec<f32>> = self
             .tokens
@@ -180,11 +180,11 @@ impl HookedTransformer {
     ) -> Result<ActivationStore> {
         hook.check(&self.cfg)?;
         if batch_size == 0 {
-            return Err(LensError::BadParameter {
-                name: "batch_size".into(),
-                value: "0".into(),
-                fix: "run at least one context at a time (16 to 64 suit a CPU)".into(),
-            });
+            return Err(LensError::bad_parameter(
+                "batch_size",
+                "0",
+                "run at least one context at a time (16 to 64 suit a CPU)",
+            ));
         }
         let t0 = std::time::Instant::now();
         let bos = self.tokenizer().bos_token_id;
@@ -230,12 +230,12 @@ impl HookedTransformer {
         }
         bar.finish();
         if parts.is_empty() {
-            return Err(LensError::TooFew {
-                what: "positions to gather activations at".into(),
-                need: 1,
-                got: 0,
-                fix: "give contexts with at least one token after BOS".into(),
-            });
+            return Err(LensError::too_few(
+                "positions to gather activations at",
+                1,
+                0,
+                "give contexts with at least one token after BOS",
+            ));
         }
         Ok(ActivationStore {
             hook,

@@ -121,12 +121,12 @@ pub fn train_topk(acts: &Tensor, hook: HookPoint, cfg: &TrainConfig) -> Result<(
         ));
     }
     if n < cfg.batch_size {
-        return Err(LensError::TooFew {
-            what: "activations to train on".into(),
-            need: cfg.batch_size,
-            got: n,
-            fix: "cache more prompts or lower batch_size".into(),
-        });
+        return Err(LensError::too_few(
+            "activations to train on",
+            cfg.batch_size,
+            n,
+            "cache more prompts or lower batch_size",
+        ));
     }
     let x_all = acts.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
     let mut rng = PyRandom::seed(cfg.seed);
@@ -223,11 +223,11 @@ impl Sae {
     pub fn save(&self, dir: impl AsRef<Path>) -> Result<()> {
         let dir = dir.as_ref();
         if dir.exists() {
-            return Err(LensError::BadParameter {
-                name: "dir".into(),
-                value: dir.display().to_string(),
-                fix: "save into a folder that does not exist yet".into(),
-            });
+            return Err(LensError::bad_parameter(
+                "dir",
+                dir.display(),
+                "save into a folder that does not exist yet",
+            ));
         }
         let architecture = match (
             self.architecture,

@@ -250,7 +250,8 @@ impl FeatureView {
     /// histogram.
     ///
     /// # Errors
-    /// Drawing failures.
+    /// [`LensError::Drawing`] if plotters fails to draw the histogram (see [`Figure::to_svg`]); the
+    /// rest is string formatting.
     pub fn to_html(&self) -> Result<String> {
         let max = self
             .contexts

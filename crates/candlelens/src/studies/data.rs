@@ -40,18 +40,10 @@ pub fn read_csv(path: impl AsRef<Path>) -> Result<Vec<BTreeMap<String, String>>>
 /// # Errors
 /// [`LensError::MissingFile`], [`LensError::Json`].
 pub fn read_json(path: impl AsRef<Path>) -> Result<serde_json::Value> {
-    let path = path.as_ref();
-    let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => LensError::MissingFile {
-            path: path.to_path_buf(),
-            fix: "Run the notebook from notebooks/ (paths are relative to it)".into(),
-        },
-        _ => LensError::io(path, e),
-    })?;
-    serde_json::from_str(&text).map_err(|e| LensError::Json {
-        what: path.display().to_string(),
-        detail: e.to_string(),
-    })
+    crate::util::fs::read_json(
+        path.as_ref(),
+        "Run the notebook from notebooks/ (paths are relative to it)",
+    )
 }
 
 #[cfg(test)]

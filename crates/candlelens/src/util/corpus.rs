@@ -64,16 +64,10 @@ impl Corpus {
     /// is not such an object, or for a file with no documents.
     pub fn from_jsonl(path: impl AsRef<Path>) -> Result<Corpus> {
         let path = path.as_ref();
-        if !path.exists() {
-            return Err(LensError::MissingFile {
-                path: path.to_path_buf(),
-                fix: "Pass a JSONL file with one {\"text\": ...} object per line".into(),
-            });
-        }
-        let text = std::fs::read_to_string(path).map_err(|e| LensError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        })?;
+        let text = crate::util::fs::read_text(
+            path,
+            "Pass a JSONL file with one {\"text\": ...} object per line",
+        )?;
         let mut documents = Vec::new();
         for (i, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
@@ -142,18 +136,18 @@ impl Corpus {
     ) -> Result<Tokens> {
         let n_ctx = model.cfg.n_ctx;
         if context_size < 2 || context_size > n_ctx {
-            return Err(LensError::BadParameter {
-                name: "context_size".into(),
-                value: context_size.to_string(),
-                fix: format!("use 2..={n_ctx} tokens per context (SAELens's default is 128)"),
-            });
+            return Err(LensError::bad_parameter(
+                "context_size",
+                context_size,
+                &format!("use 2..={n_ctx} tokens per context (SAELens's default is 128)"),
+            ));
         }
         if max_contexts == 0 {
-            return Err(LensError::BadParameter {
-                name: "max_contexts".into(),
-                value: "0".into(),
-                fix: "ask for at least one context".into(),
-            });
+            return Err(LensError::bad_parameter(
+                "max_contexts",
+                "0",
+                "ask for at least one context",
+            ));
         }
         let tk = model.tokenizer();
         let bos = tk.bos_token_id;
@@ -181,12 +175,12 @@ impl Corpus {
             }
         }
         if rows.is_empty() {
-            return Err(LensError::TooFew {
-                what: format!("tokens in the corpus {}", self.name),
-                need: width,
-                got: window.len(),
-                fix: "use a shorter context_size or a larger corpus".into(),
-            });
+            return Err(LensError::too_few(
+                &format!("tokens in the corpus {}", self.name),
+                width,
+                window.len(),
+                "use a shorter context_size or a larger corpus",
+            ));
         }
         let t = Tokens::new(rows, model.cfg.pad_token_id)?;
         Ok(t)

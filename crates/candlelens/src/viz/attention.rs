@@ -38,15 +38,12 @@ impl AttentionView {
                 .iter()
                 .any(|h| h.len() != n || h.iter().any(|r| r.len() != n))
         {
-            return Err(LensError::Mismatch {
-                what: "attention view head labels, patterns and tokens".into(),
-                detail: format!(
+            return Err(LensError::mismatch("attention view head labels, patterns and tokens", format!(
                     "{} head labels, {} patterns, {} tokens; give one label per pattern, each pattern tokens x tokens",
                     head_labels.len(),
                     patterns.len(),
                     n
-                ),
-            });
+                )));
         }
         Ok(AttentionView {
             title: title.into(),

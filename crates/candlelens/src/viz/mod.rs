@@ -187,7 +187,8 @@ impl Figure {
     /// The figure as an SVG document.
     ///
     /// # Errors
-    /// Drawing failures.
+    /// [`LensError::Drawing`] if plotters reports a failure while drawing (none is expected: the
+    /// SVG is written to a string, with the embedded font).
     pub fn to_svg(&self) -> Result<String> {
         ensure_font();
         let mut svg = String::new();
@@ -203,7 +204,7 @@ impl Figure {
     /// The figure as an HTML fragment (the SVG inline).
     ///
     /// # Errors
-    /// Drawing failures.
+    /// As [`Self::to_svg`]: [`LensError::Drawing`] if plotters reports a failure (none expected).
     pub fn to_html(&self) -> Result<String> {
         Ok(format!(
             "<div class=\"candlelens-figure\">{}</div>",

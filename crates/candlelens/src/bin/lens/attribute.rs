@@ -8,22 +8,12 @@ use candlelens::prelude::*;
 use clap::Args;
 use serde::Serialize;
 
-use crate::common::{answer_pair, bos_flag, emit, emit_json, grid_text};
+use crate::common::{circuit_header, emit, emit_json, grid_text, PairArgs};
 
 #[derive(Args)]
 pub struct AttributeArgs {
-    /// Alias, local folder, .gguf path, or hub repo id.
-    #[arg(long)]
-    model: String,
-    /// The clean prompt.
-    #[arg(long)]
-    clean: String,
-    /// The corrupted prompt (same number of tokens).
-    #[arg(long)]
-    corrupt: String,
-    /// Correct and incorrect answer (each one token, e.g. " Peb" " Rachel").
-    #[arg(long, num_args = 2, value_names = ["CORRECT", "INCORRECT"])]
-    answers: Vec<String>,
+    #[command(flatten)]
+    pair: PairArgs,
     /// What to attribute: resid_pre, resid_mid, resid_post, attn_out, mlp_out, heads,
     /// heads_by_pos, q, k, v (per kv head), pattern.
     #[arg(long, default_value = "resid_pre")]
@@ -46,12 +36,6 @@ pub struct AttributeArgs {
     /// With --edges: how many of the strongest edges to print (and, with --verify, check).
     #[arg(long, default_value_t = 20)]
     top: usize,
-    /// Prepend BOS (default: the model's tokenizer default).
-    #[arg(long, conflicts_with = "no_bos")]
-    bos: bool,
-    /// Do not prepend BOS.
-    #[arg(long)]
-    no_bos: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -118,17 +102,8 @@ fn attribute_edges(
         emit_json(&report, true);
         return Ok(());
     }
-    let mut o = String::new();
-    p!(
-        o,
-        "model {}  edge attribution{}  clean diff {:.4}  corrupted diff {:.4}",
-        model.cfg.name,
-        a.ig_steps
-            .map(|k| format!(" (integrated gradients, {k} steps)"))
-            .unwrap_or_default(),
-        graph.clean,
-        graph.corrupted
-    );
+    let what = format!("edge attribution{}", ig_note(a.ig_steps));
+    let mut o = circuit_header(&model.cfg.name, &what, graph.clean, graph.corrupted);
     p!(o, "tokens: {:?}", str_tokens);
     p!(
         o,
@@ -159,12 +134,9 @@ fn attribute_edges(
 }
 
 pub fn attribute(a: &AttributeArgs) -> candlelens::Result<()> {
-    let model = std::sync::Arc::new(HookedTransformer::from_pretrained(&a.model)?);
-    let bos = bos_flag(a.bos, a.no_bos);
-    let clean = model.to_tokens(a.clean.as_str(), bos)?;
-    let corrupt = model.to_tokens(a.corrupt.as_str(), bos)?;
+    let (model, clean, corrupt, pairs) = a.pair.load()?;
     let target = PatchTarget::parse(&a.hook)?;
-    let metric = metrics::logit_diff_grad_metric(&answer_pair(&model, &a.answers)?);
+    let metric = metrics::logit_diff_grad_metric(&pairs);
     let attr = match a.ig_steps {
         Some(k) => AttributionPatcher::integrated_gradients(&model, &clean, &corrupt, metric, k)?,
         None => AttributionPatcher::new(&model, &clean, &corrupt, metric)?,
@@ -197,18 +169,8 @@ pub fn attribute(a: &AttributeArgs) -> candlelens::Result<()> {
         emit_json(&report, true);
         return Ok(());
     }
-    let mut o = String::new();
-    p!(
-        o,
-        "model {}  attributing {}{}  clean diff {:.4}  corrupted diff {:.4}",
-        model.cfg.name,
-        target.name(),
-        a.ig_steps
-            .map(|k| format!(" (integrated gradients, {k} steps)"))
-            .unwrap_or_default(),
-        grid.clean,
-        grid.corrupted
-    );
+    let what = format!("attributing {}{}", target.name(), ig_note(a.ig_steps));
+    let mut o = circuit_header(&model.cfg.name, &what, grid.clean, grid.corrupted);
     p!(o, "tokens: {:?}", str_tokens);
     grid_text(&mut o, &grid, "estimated", 6);
     p!(
@@ -222,4 +184,11 @@ pub fn attribute(a: &AttributeArgs) -> candlelens::Result<()> {
     }
     emit(&o);
     Ok(())
+}
+
+/// `" (integrated gradients, k steps)"` with `--ig-steps k`, else nothing.
+fn ig_note(steps: Option<usize>) -> String {
+    steps
+        .map(|k| format!(" (integrated gradients, {k} steps)"))
+        .unwrap_or_default()
 }

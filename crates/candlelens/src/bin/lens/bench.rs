@@ -9,7 +9,7 @@ use candlelens::prelude::*;
 use clap::Subcommand;
 use serde::Serialize;
 
-use crate::common::{answer_metric, emit_json, rss_mb, Input};
+use crate::common::{answer_pair, emit_json, rss_mb, Input};
 
 #[derive(Subcommand)]
 pub enum BenchCmd {
@@ -542,7 +542,12 @@ fn patch(
     let model = std::sync::Arc::new(HookedTransformer::from_pretrained(model)?);
     let clean = model.to_tokens(PET, None)?;
     let corrupt = model.to_tokens(PET_SWAPPED, None)?;
-    let mut p = Patcher::new(&model, &clean, &corrupt, answer_metric(&model, answers)?)?;
+    let mut p = Patcher::new(
+        &model,
+        &clean,
+        &corrupt,
+        candlelens::metrics::logit_diff_metric(&answer_pair(&model, answers)?),
+    )?;
     p.progress = !as_json;
     let fast = p.sweep(PatchTarget::ResidPre)?;
     let (naive_s, estimated, max_diff) = match sample {

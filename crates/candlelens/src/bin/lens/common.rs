@@ -24,12 +24,8 @@ pub struct Input {
     /// Comma-separated token ids (used as given; no BOS added).
     #[arg(long, value_delimiter = ',')]
     pub tokens: Option<Vec<u32>>,
-    /// Prepend BOS (default: the model's tokenizer default).
-    #[arg(long, conflicts_with = "no_bos")]
-    pub bos: bool,
-    /// Do not prepend BOS.
-    #[arg(long)]
-    pub no_bos: bool,
+    #[command(flatten)]
+    pub bos: BosArgs,
     /// Device: cpu (default), cuda, cuda:N, metal (GPU builds: --features cuda / metal).
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -48,7 +44,7 @@ impl Input {
     /// The prompts' tokens: the ids as given, the text tokenized, or the file's lines as one
     /// right-padded batch.
     pub fn tokens(&self, model: &HookedTransformer) -> candlelens::Result<Tokens> {
-        let bos = bos_flag(self.bos, self.no_bos);
+        let bos = self.bos.flag();
         match (&self.prompt, &self.tokens, &self.prompts) {
             (_, Some(ids), _) => model.tokens_from_ids(ids.clone()),
             (Some(p), None, _) => model.to_tokens(p.as_str(), bos),
@@ -60,16 +56,7 @@ impl Input {
 
 /// One prompt per non-empty line of `path`.
 fn read_prompts(path: &std::path::Path) -> candlelens::Result<Vec<String>> {
-    if !path.exists() {
-        return Err(LensError::MissingFile {
-            path: path.to_path_buf(),
-            fix: "pass a text file with one prompt per line".into(),
-        });
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| LensError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    })?;
+    let text = candlelens::util::fs::read_text(path, "pass a text file with one prompt per line")?;
     let prompts: Vec<String> = text
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -81,14 +68,67 @@ fn read_prompts(path: &std::path::Path) -> candlelens::Result<Vec<String>> {
     Ok(prompts)
 }
 
-/// `--bos` / `--no-bos` as `prepend_bos` (`None`: the tokenizer's default).
-pub fn bos_flag(bos: bool, no_bos: bool) -> Option<bool> {
-    if bos {
-        Some(true)
-    } else if no_bos {
-        Some(false)
-    } else {
-        None
+/// `--bos` / `--no-bos`: whether to prepend BOS.
+#[derive(clap::Args)]
+pub struct BosArgs {
+    /// Prepend BOS (default: the model's tokenizer default).
+    #[arg(long, conflicts_with = "no_bos")]
+    pub bos: bool,
+    /// Do not prepend BOS.
+    #[arg(long)]
+    pub no_bos: bool,
+}
+
+impl BosArgs {
+    /// `Some(true)` for `--bos`, `Some(false)` for `--no-bos`, else the model's default.
+    pub fn flag(&self) -> Option<bool> {
+        if self.bos {
+            Some(true)
+        } else if self.no_bos {
+            Some(false)
+        } else {
+            None
+        }
+    }
+}
+
+/// The shared model, the clean and corrupted prompts as tokens, and the answer pair.
+pub type Pair = (
+    std::sync::Arc<HookedTransformer>,
+    candlelens::Tokens,
+    candlelens::Tokens,
+    Vec<(u32, u32)>,
+);
+
+/// What every circuit command reads: the model, a clean and a corrupted prompt, and the answer
+/// pair whose logit difference is the metric.
+#[derive(clap::Args)]
+pub struct PairArgs {
+    /// Alias, local folder, .gguf path, or hub repo id.
+    #[arg(long)]
+    pub model: String,
+    /// The clean prompt.
+    #[arg(long)]
+    pub clean: String,
+    /// The corrupted prompt (same number of tokens).
+    #[arg(long)]
+    pub corrupt: String,
+    /// Correct and incorrect answer (each one token, e.g. " Peb" " Rachel").
+    #[arg(long, num_args = 2, value_names = ["CORRECT", "INCORRECT"])]
+    pub answers: Vec<String>,
+    #[command(flatten)]
+    pub bos: BosArgs,
+}
+
+impl PairArgs {
+    /// The model (shared, for the patchers), the clean and corrupted prompts as tokens, and
+    /// the checked answer pair.
+    pub fn load(&self) -> candlelens::Result<Pair> {
+        let model = std::sync::Arc::new(HookedTransformer::from_pretrained(&self.model)?);
+        let clean = model.to_tokens(self.clean.as_str(), self.bos.flag())?;
+        let corrupt = model.to_tokens(self.corrupt.as_str(), self.bos.flag())?;
+        let pairs = answer_pair(&model, &self.answers)?;
+        Ok((model, clean, corrupt, pairs))
     }
 }
 
@@ -121,15 +161,6 @@ pub fn rss_mb(field: &str) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-/// The logit difference of `answers[0]` over `answers[1]` (each one token), averaged over the
-/// batch.
-pub fn answer_metric(
-    model: &HookedTransformer,
-    answers: &[String],
-) -> candlelens::Result<candlelens::patching::Metric> {
-    Ok(metrics::logit_diff_metric(&answer_pair(model, answers)?))
-}
-
 /// The `(correct, incorrect)` token pair of `--answers`, checked: two answers that differ,
 /// each one token.
 pub fn answer_pair(
@@ -137,19 +168,13 @@ pub fn answer_pair(
     answers: &[String],
 ) -> candlelens::Result<Vec<(u32, u32)>> {
     if answers.len() != 2 {
-        return Err(candlelens::LensError::Mismatch {
-            what: "--answers".into(),
-            detail: format!(
+        return Err(candlelens::LensError::mismatch("--answers", format!(
                 "got {} answer(s) {answers:?}; give the correct and the incorrect answer, e.g. --answers \" Peb\" \" Rachel\"",
                 answers.len()
-            ),
-        });
+            )));
     }
     if answers[0] == answers[1] {
-        return Err(candlelens::LensError::Mismatch {
-            what: "--answers".into(),
-            detail: format!("both answers are {:?}: their logit difference is always 0; give two different answers", answers[0]),
-        });
+        return Err(candlelens::LensError::mismatch("--answers", format!("both answers are {:?}: their logit difference is always 0; give two different answers", answers[0])));
     }
     model.answer_pairs(&[(answers[0].as_str(), answers[1].as_str())])
 }
@@ -171,4 +196,10 @@ pub fn grid_text(o: &mut String, grid: &candlelens::patching::PatchGrid, what: &
         let cells: Vec<String> = row.iter().map(|v| format!("{v:6.2}")).collect();
         p!(o, "{label:>width$} {}", cells.join(" "));
     }
+}
+
+/// The first line of a circuit command's text report: the model, what was computed, and the
+/// metric on the clean and corrupted runs.
+pub fn circuit_header(model: &str, what: &str, clean: f32, corrupted: f32) -> String {
+    format!("model {model}  {what}  clean diff {clean:.4}  corrupted diff {corrupted:.4}\n")
 }

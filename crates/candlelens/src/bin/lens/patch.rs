@@ -1,36 +1,21 @@
 //! `lens patch`: activation patching of one target over every layer and position (or head).
 
+use candlelens::metrics;
 use candlelens::patching::{PatchGrid, PatchTarget};
 use candlelens::prelude::*;
 use clap::Args;
 use serde::Serialize;
 
-use crate::common::{answer_metric, bos_flag, emit, emit_json, grid_text};
+use crate::common::{circuit_header, emit, emit_json, grid_text, PairArgs};
 
 #[derive(Args)]
 pub struct PatchArgs {
-    /// Alias, local folder, .gguf path, or hub repo id.
-    #[arg(long)]
-    model: String,
-    /// The clean prompt.
-    #[arg(long)]
-    clean: String,
-    /// The corrupted prompt (same number of tokens).
-    #[arg(long)]
-    corrupt: String,
-    /// Correct and incorrect answer (each one token, e.g. " Peb" " Rachel").
-    #[arg(long, num_args = 2, value_names = ["CORRECT", "INCORRECT"])]
-    answers: Vec<String>,
+    #[command(flatten)]
+    pair: PairArgs,
     /// What to patch: resid_pre, resid_mid, resid_post, attn_out, mlp_out, heads, heads_by_pos,
     /// q, k, v (per kv head), pattern.
     #[arg(long, default_value = "resid_pre")]
     hook: String,
-    /// Prepend BOS (default: the model's tokenizer default).
-    #[arg(long, conflicts_with = "no_bos")]
-    bos: bool,
-    /// Do not prepend BOS.
-    #[arg(long)]
-    no_bos: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -46,12 +31,9 @@ struct PatchReport<'a> {
 }
 
 pub fn patch(a: &PatchArgs) -> candlelens::Result<()> {
-    let model = std::sync::Arc::new(HookedTransformer::from_pretrained(&a.model)?);
-    let bos = bos_flag(a.bos, a.no_bos);
-    let clean = model.to_tokens(a.clean.as_str(), bos)?;
-    let corrupt = model.to_tokens(a.corrupt.as_str(), bos)?;
+    let (model, clean, corrupt, pairs) = a.pair.load()?;
     let target = PatchTarget::parse(&a.hook)?;
-    let mut p = Patcher::new(&model, &clean, &corrupt, answer_metric(&model, &a.answers)?)?;
+    let mut p = Patcher::new(&model, &clean, &corrupt, metrics::logit_diff_metric(&pairs))?;
     p.progress = !a.json;
     let grid = p.sweep(target)?;
     let str_tokens = model.ids_to_str_tokens(clean.row(0)?)?;
@@ -64,14 +46,11 @@ pub fn patch(a: &PatchArgs) -> candlelens::Result<()> {
         emit_json(&report, true);
         return Ok(());
     }
-    let mut o = String::new();
-    p!(
-        o,
-        "model {}  patching {}  clean diff {:.4}  corrupted diff {:.4}",
-        model.cfg.name,
-        target.name(),
+    let mut o = circuit_header(
+        &model.cfg.name,
+        &format!("patching {}", target.name()),
         grid.clean,
-        grid.corrupted
+        grid.corrupted,
     );
     p!(o, "tokens: {:?}", str_tokens);
     grid_text(&mut o, &grid, "normalised", 6);

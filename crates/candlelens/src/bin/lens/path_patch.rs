@@ -7,22 +7,12 @@ use candlelens::prelude::*;
 use clap::Args;
 use serde::Serialize;
 
-use crate::common::{answer_pair, bos_flag, emit, emit_json, grid_text};
+use crate::common::{circuit_header, emit, emit_json, grid_text, PairArgs};
 
 #[derive(Args)]
 pub struct PathPatchArgs {
-    /// Alias, local folder, .gguf path, or hub repo id.
-    #[arg(long)]
-    model: String,
-    /// The clean prompt.
-    #[arg(long)]
-    clean: String,
-    /// The corrupted prompt (same number of tokens).
-    #[arg(long)]
-    corrupt: String,
-    /// Correct and incorrect answer (each one token, e.g. " Mary" " John").
-    #[arg(long, num_args = 2, value_names = ["CORRECT", "INCORRECT"])]
-    answers: Vec<String>,
+    #[command(flatten)]
+    pair: PairArgs,
     /// Where the paths end: `final` (the logits) or receiver heads `LAYER.HEAD:q|k|v`
     /// (several allowed, e.g. `9.6:q 9.9:q`; `qkv` for all three inputs).
     #[arg(long, num_args = 1.., default_value = "final")]
@@ -34,12 +24,6 @@ pub struct PathPatchArgs {
     /// Freeze the MLPs at the corrupted run too (only direct paths count).
     #[arg(long)]
     freeze_mlps: bool,
-    /// Prepend BOS (default: the model's tokenizer default).
-    #[arg(long, conflicts_with = "no_bos")]
-    bos: bool,
-    /// Do not prepend BOS.
-    #[arg(long)]
-    no_bos: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -84,11 +68,8 @@ pub fn path_patch(a: &PathPatchArgs) -> candlelens::Result<()> {
         .iter()
         .map(|s| parse_head(s))
         .collect::<candlelens::Result<Vec<_>>>()?;
-    let model = std::sync::Arc::new(HookedTransformer::from_pretrained(&a.model)?);
-    let bos = bos_flag(a.bos, a.no_bos);
-    let clean = model.to_tokens(a.clean.as_str(), bos)?;
-    let corrupt = model.to_tokens(a.corrupt.as_str(), bos)?;
-    let metric = metrics::logit_diff_metric(&answer_pair(&model, &a.answers)?);
+    let (model, clean, corrupt, pairs) = a.pair.load()?;
+    let metric = metrics::logit_diff_metric(&pairs);
     let t0 = std::time::Instant::now();
     let mut pp = PathPatcher::new(&model, &clean, &corrupt, metric)?;
     pp.freeze_mlps = a.freeze_mlps;
@@ -114,12 +95,12 @@ pub fn path_patch(a: &PathPatchArgs) -> candlelens::Result<()> {
         emit_json(&report, true);
         return Ok(());
     }
-    let mut o = String::new();
-    p!(
-        o,
-        "model {}  paths to {receivers}{}  clean diff {c:.4}  corrupted diff {k:.4}",
-        model.cfg.name,
-        if a.freeze_mlps { " (MLPs frozen)" } else { "" }
+    let frozen = if a.freeze_mlps { " (MLPs frozen)" } else { "" };
+    let mut o = circuit_header(
+        &model.cfg.name,
+        &format!("paths to {receivers}{frozen}"),
+        c,
+        k,
     );
     if let Some(s) = score {
         p!(

@@ -7,7 +7,7 @@ use candlelens::sae::Sae;
 use clap::Args;
 use serde::Serialize;
 
-use crate::common::{bos_flag, emit, emit_json};
+use crate::common::{emit, emit_json, BosArgs};
 
 #[derive(Args)]
 pub struct SaeArgs {
@@ -32,12 +32,8 @@ pub struct SaeArgs {
     /// How many of the strongest features to list.
     #[arg(long, default_value_t = 10)]
     top_k: usize,
-    /// Prepend BOS (default: the model's tokenizer default).
-    #[arg(long, conflicts_with = "no_bos")]
-    bos: bool,
-    /// Do not prepend BOS.
-    #[arg(long)]
-    no_bos: bool,
+    #[command(flatten)]
+    bos: BosArgs,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -76,7 +72,7 @@ pub fn sae(a: &SaeArgs) -> candlelens::Result<()> {
         (None, _) => Sae::load(path)?,
     };
     let model = HookedTransformer::from_pretrained(&a.model)?;
-    let tokens = model.to_tokens(a.prompt.as_str(), bos_flag(a.bos, a.no_bos))?;
+    let tokens = model.to_tokens(a.prompt.as_str(), a.bos.flag())?;
     let pos = tokens.resolve_pos(0, a.pos)?;
     let (_, cache) = model.run_with_saes(&tokens, &mut [Splice::new(&sae)])?;
     let name = |w: &str| format!("{}.{w}", sae.output_hook());

@@ -21,7 +21,9 @@ impl Block<'_> {
     /// output `[batch, pos, d_model]` and the keys/values of all positions so far.
     ///
     /// # Errors
-    /// Tensor and hook errors.
+    /// Whatever a hook returns (a hook's own error, or [`LensError::HookShape`] when it returns a
+    /// tensor of another shape); a raw [`LensError::Candle`] when `x` is not
+    /// `[batch, pos, d_model]`, `ctx` is shorter than `offset + pos`, or `past` has another batch.
     pub fn attention(
         &self,
         x: &Tensor,
@@ -220,7 +222,9 @@ impl Block<'_> {
     /// d_model]`, the `hook_attn_out` a patched `z` produces.
     ///
     /// # Errors
-    /// Shape errors.
+    /// A raw [`LensError::Candle`] when `z` is not 4-D or its last two axes do not multiply to
+    /// `n_heads * d_head`; other splits of that width are not caught (unlike
+    /// [`Self::head_results`]).
     pub fn attn_out_from_z(&self, z: &Tensor) -> Result<Tensor> {
         let (b, p, h, dh) = z.dims4()?;
         let w = self.w;
@@ -240,13 +244,10 @@ impl Block<'_> {
         let cfg = self.cfg;
         let dims = z.dims();
         if dims.len() != 4 || dims[2] != cfg.n_heads || dims[3] != cfg.d_head {
-            return Err(LensError::Mismatch {
-                what: "z and the model".into(),
-                detail: format!(
+            return Err(LensError::mismatch("z and the model", format!(
                     "z has shape {dims:?}; head results need [batch, pos, {}, {}], this model's blocks.{}.attn.hook_z",
                     cfg.n_heads, cfg.d_head, self.layer
-                ),
-            });
+                )));
         }
         let (b, p, h, dh) = z.dims4()?;
         // W_O[h] = w_o[:, h*dh..(h+1)*dh]^T  ->  [h, dh, d_model]

@@ -42,7 +42,8 @@ impl ForwardCtx {
     /// Rotary tables and masks of `cfg` for sequences of up to `seq` positions.
     ///
     /// # Errors
-    /// Tensor allocation failure.
+    /// None beyond allocation failure on `dev`: the masks are `seq × seq` (`seq` is not checked
+    /// against `cfg.n_ctx`).
     pub fn new(cfg: &ModelConfig, seq: usize, dt: DType, dev: &Device) -> Result<Self> {
         let (rope_global, rope_local) = match &cfg.positional {
             Positional::Learned => (None, None),
@@ -118,7 +119,7 @@ impl ForwardCtx {
 /// `k` (`k ≤ q`, within the window of a local layer), `-inf` elsewhere.
 ///
 /// # Errors
-/// Tensor allocation failure.
+/// None beyond allocation failure on `dev` (a `seq × seq` mask).
 pub(crate) fn causal_mask(
     kind: AttentionKind,
     seq: usize,

@@ -55,7 +55,7 @@ impl Wiring for Tangents<'_> {
     }
 
     fn attention(&mut self, block: &Block, _resid_pre: &Dual, n1: &Dual) -> Result<Dual> {
-        let (x, dx) = block.attention_jvp(&n1.x, &n1.dx, self.ctx, self.offset, self.past)?;
+        let (x, dx) = block.attention_jvp(n1, self)?;
         Ok(Dual { x, dx })
     }
 
@@ -118,14 +118,9 @@ impl Block<'_> {
     /// over `past` (constant) and themselves: `S = q Kᵀ · scale` (softcapped, masked),
     /// `A = softmax(S)`, `z = A V`; `dS = (dq Kᵀ + q dKᵀ) · scale`, `dA = A ⊙ (dS − Σ A ⊙ dS)`,
     /// `dz = dA V + A dV`; the output projection is linear.
-    fn attention_jvp(
-        &self,
-        x: &Tensor,
-        dx: &Tensor,
-        ctx: &ForwardCtx,
-        offset: usize,
-        past: Option<&PastKv>,
-    ) -> Result<(Tensor, Tensor)> {
+    fn attention_jvp(&self, n1: &Dual, at: &Tangents) -> Result<(Tensor, Tensor)> {
+        let (x, dx) = (&n1.x, &n1.dx);
+        let (ctx, offset, past) = (at.ctx, at.offset, at.past);
         let (cfg, w, dt) = (self.cfg(), self.weights(), self.dtype());
         let (_, p, _) = x.dims3()?;
         let n = dx.dim(0)?;

@@ -32,7 +32,8 @@ use crate::error::{LensError, Result};
 /// selection is a constant; the weights carry gradients (autograd) through the softmax.
 ///
 /// # Errors
-/// Tensor errors.
+/// A raw [`LensError::Candle`] for a 0-d or integer `logits`; none otherwise. `moe` is not checked:
+/// `top_k = 0` with `norm_topk_prob` gives NaN weights, not an error.
 pub fn route(logits: &Tensor, moe: &MoeConfig) -> Result<Tensor> {
     let probs = if logits.track_op() {
         candle_nn::ops::softmax(logits, D::Minus1)?
@@ -92,7 +93,9 @@ impl Block<'_> {
     /// (where hooked) the activation hooks.
     ///
     /// # Errors
-    /// Tensor and hook errors.
+    /// Whatever a hook returns (a hook's own error, or [`LensError::HookShape`] when it returns a
+    /// tensor of another shape); a raw [`LensError::Candle`] when `x` is not
+    /// `[batch, pos, d_model]` in the block's dtype.
     pub(crate) fn moe_mlp(
         &self,
         x: &Tensor,
@@ -186,7 +189,8 @@ impl Block<'_> {
     /// with `dp = p ⊙ (dl − Σ_e p_e dl_e)` otherwise.
     ///
     /// # Errors
-    /// Tensor errors.
+    /// A raw [`LensError::Candle`] when `x` is not `[1, pos, d_model]` or `dx` not
+    /// `[n, pos, d_model]` with the same `pos`, in the block's dtype.
     pub(crate) fn moe_jvp(
         &self,
         x: &Tensor,
@@ -253,12 +257,15 @@ mod tests {
             d_shared: 0,
             norm_topk_prob: true,
         };
-        let w: Vec<f32> = route(&logits, &moe)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let weights = |moe: &MoeConfig| -> Vec<f32> {
+            route(&logits, moe)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        let w = weights(&moe);
         // softmax over experts 1 and 2 only
         let (a, b) = (2f32.exp(), 1f32.exp());
         let want = [0.0, a / (a + b), b / (a + b), 0.0];
@@ -266,12 +273,7 @@ mod tests {
             assert!((g - w).abs() < 1e-6, "{g} vs {w}");
         }
         moe.norm_topk_prob = false;
-        let w: Vec<f32> = route(&logits, &moe)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let w = weights(&moe);
         let z: f32 = [0.0f32, 2.0, 1.0, -1.0].iter().map(|x| x.exp()).sum();
         let want = [0.0, a / z, b / z, 0.0];
         for (g, w) in w.iter().zip(want) {

@@ -48,10 +48,10 @@ impl Block<'_> {
     ) -> Result<Tensor> {
         let h = self.cfg().n_heads;
         if inputs.len() != h {
-            return Err(LensError::Mismatch {
-                what: "path-patched heads".into(),
-                detail: format!("{} entries given for {h} heads", inputs.len()),
-            });
+            return Err(LensError::mismatch(
+                "path-patched heads",
+                format!("{} entries given for {h} heads", inputs.len()),
+            ));
         }
         let sink = &mut NoHooks;
         let (q, k, v) = self.qkv(x, ctx, offset, sink)?;
@@ -98,7 +98,9 @@ impl Block<'_> {
     /// as [`super::Heads::Split`].
     ///
     /// # Errors
-    /// Tensor errors.
+    /// A raw [`LensError::Candle`] when `resid_pre` is not `[batch, pos, d_model]`, a tap does not
+    /// broadcast to `[batch, pos, n_heads, d_model]` (its head axis must be `n_heads`), or `ctx`
+    /// covers fewer than `pos` positions.
     pub fn attention_split(
         &self,
         resid_pre: &Tensor,

@@ -70,14 +70,11 @@ impl ActivationCache {
     /// [`Self::recorder`] carries no origin and passes.
     pub fn check_model(&self, cfg: &ModelConfig) -> Result<()> {
         match &self.origin {
-            Some(o) if *o != Origin::of(cfg) => Err(LensError::Mismatch {
-                what: "cache and model".into(),
-                detail: format!(
+            Some(o) if *o != Origin::of(cfg) => Err(LensError::mismatch("cache and model", format!(
                     "the cache was recorded on {}, the model is {}; run run_with_cache on this model",
                     o.describe(),
                     Origin::of(cfg).describe()
-                ),
-            }),
+                ))),
             _ => Ok(()),
         }
     }

@@ -97,11 +97,11 @@ impl HookedTransformer {
         opts: &GenerateOptions,
     ) -> Result<Vec<Vec<u32>>> {
         if !(opts.temperature.is_finite() && opts.temperature >= 0.0) {
-            return Err(LensError::BadParameter {
-                name: "temperature".into(),
-                value: opts.temperature.to_string(),
-                fix: "use 0 for greedy decoding or a finite positive number to sample".into(),
-            });
+            return Err(LensError::bad_parameter(
+                "temperature",
+                opts.temperature,
+                "use 0 for greedy decoding or a finite positive number to sample",
+            ));
         }
         let mut rng = Rng(opts.seed);
         let mut out = Vec::with_capacity(tokens.batch());

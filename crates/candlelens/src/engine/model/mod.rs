@@ -7,7 +7,7 @@
 
 use candle_core::{DType, Device, IndexOp, Tensor, D};
 
-use crate::engine::block::{Block, ForwardCtx, PastKv};
+use crate::engine::block::{Block, ForwardCtx};
 use crate::engine::config::ModelConfig;
 use crate::engine::hooks::cache::ActivationCache;
 use crate::engine::hooks::Hooks;
@@ -134,7 +134,8 @@ impl HookedTransformer {
     /// Each token of `text` as a string (`["<bos>", "Is", " Paris", ...]`).
     ///
     /// # Errors
-    /// Tokenizer errors.
+    /// [`LensError::NoBosToken`] when BOS is asked for (by `prepend_bos` or the model's default)
+    /// and the model has none; [`LensError::Tokenizer`] only if the tokenizer itself fails.
     pub fn to_str_tokens(&self, text: &str, prepend_bos: Option<bool>) -> Result<Vec<String>> {
         let ids = self.tokenizer.encode_with_bos(text, prepend_bos)?;
         self.tokenizer.str_tokens(&ids)
@@ -143,7 +144,8 @@ impl HookedTransformer {
     /// The strings of given ids.
     ///
     /// # Errors
-    /// Tokenizer errors.
+    /// [`LensError::Tokenizer`] only if the tokenizer's decoder fails. Ids are not checked: one
+    /// outside the vocabulary decodes to an empty string.
     pub fn ids_to_str_tokens(&self, ids: &[u32]) -> Result<Vec<String>> {
         self.tokenizer.str_tokens(ids)
     }
@@ -205,7 +207,8 @@ impl HookedTransformer {
     /// Decodes ids to text.
     ///
     /// # Errors
-    /// Tokenizer errors.
+    /// [`LensError::Tokenizer`] only if the tokenizer's decoder fails. Ids are not checked: ones
+    /// outside the vocabulary are left out of the text.
     pub fn to_string(&self, ids: &[u32]) -> Result<String> {
         self.tokenizer.decode(ids)
     }
@@ -215,7 +218,9 @@ impl HookedTransformer {
     /// Logits `[batch, pos, d_vocab]`.
     ///
     /// # Errors
-    /// Tensor errors (a bug) or bad tokens.
+    /// [`LensError::PromptTooLong`] for a prompt longer than `n_ctx`,
+    /// [`LensError::TokenOutOfRange`] for an id `>= d_vocab`. The pad id is not checked: padding a
+    /// ragged batch with an id `>= d_vocab` gives a raw [`LensError::Candle`].
     pub fn forward(&self, tokens: &Tokens) -> Result<Tensor> {
         self.forward_with(tokens, LogitsAt::All, &mut NoHooks)
     }
@@ -296,12 +301,12 @@ impl HookedTransformer {
         let logits = self.forward(tokens)?;
         let (sum, n) = Self::loss_sum(&logits, tokens)?;
         if n == 0 {
-            return Err(LensError::TooFew {
-                what: "tokens in the longest prompt for a next-token loss".into(),
-                need: 2,
-                got: tokens.max_len(),
-                fix: "pass a longer prompt".into(),
-            });
+            return Err(LensError::too_few(
+                "tokens in the longest prompt for a next-token loss",
+                2,
+                tokens.max_len(),
+                "pass a longer prompt",
+            ));
         }
         Ok((sum / n as f64) as f32)
     }
@@ -310,7 +315,9 @@ impl HookedTransformer {
     /// position of `tokens` that has a next token, and how many there are: `(Σ −log p, n)`.
     ///
     /// # Errors
-    /// Tensor errors.
+    /// A raw [`LensError::Candle`] when `logits` is not `[batch, pos, d_vocab]` for `tokens` (fewer
+    /// prompts or positions than `tokens`, or a token id `>= d_vocab`); nothing is checked up
+    /// front.
     pub fn loss_sum(logits: &Tensor, tokens: &Tokens) -> Result<(f64, usize)> {
         let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
         let (mut sum, mut n) = (0f64, 0usize);
@@ -382,7 +389,9 @@ impl HookedTransformer {
     /// `[batch, pos, d_model]`. Fires `hook_embed`, `hook_pos_embed`.
     ///
     /// # Errors
-    /// Tensor errors.
+    /// [`LensError::PromptTooLong`] past a learned `W_pos`; whatever a hook returns (a hook's own
+    /// error, or [`LensError::HookShape`] when it returns a tensor of another shape). Ids are not
+    /// checked here: one `>= d_vocab` gives a raw [`LensError::Candle`].
     pub fn embed(&self, tokens: &Tokens, sink: &mut dyn HookSink) -> Result<Tensor> {
         self.embed_ids(&tokens.to_tensor(&self.device)?, 0, sink)
     }
@@ -390,7 +399,9 @@ impl HookedTransformer {
     /// Embeds ids `[batch, pos]` standing at positions `offset..offset + pos`.
     ///
     /// # Errors
-    /// Tensor errors.
+    /// [`LensError::PromptTooLong`] when `offset + pos` passes a learned `W_pos`; whatever a hook
+    /// returns (its own error, or [`LensError::HookShape`] for a tensor of another shape); a raw
+    /// [`LensError::Candle`] unless `ids` is a 2-D tensor of integer ids `< d_vocab`.
     pub fn embed_ids(
         &self,
         ids: &Tensor,
@@ -427,7 +438,9 @@ impl HookedTransformer {
     /// Fires `ln_final.hook_scale` and `ln_final.hook_normalized`.
     ///
     /// # Errors
-    /// Tensor errors.
+    /// Whatever a hook on `ln_final` returns (its own error, or [`LensError::HookShape`] for a
+    /// tensor of another shape); a raw [`LensError::Candle`] unless `x` is `[batch, pos, d_model]`
+    /// (for [`LogitsAt::Last`], with at least `tokens`' prompts and positions).
     pub fn unembed(
         &self,
         x: &Tensor,
@@ -456,7 +469,7 @@ impl HookedTransformer {
     /// the logits `[.., d_vocab]` they would produce as the last layer's output.
     ///
     /// # Errors
-    /// Tensor errors.
+    /// A raw [`LensError::Candle`] when `x` has no last axis of width `d_model`.
     pub fn unembed_residual(&self, x: &Tensor) -> Result<Tensor> {
         let n = self
             .norm_spec()
@@ -471,7 +484,8 @@ impl HookedTransformer {
     /// Picks each prompt's final real position from `x [batch, pos, ...]` -> `[batch, ...]`.
     ///
     /// # Errors
-    /// Tensor errors.
+    /// A raw [`LensError::Candle`] when `x` has fewer than `tokens.batch()` rows or fewer positions
+    /// than the longest prompt.
     pub fn gather_last(&self, x: &Tensor, tokens: &Tokens) -> Result<Tensor> {
         tokens.gather_last(x)
     }
@@ -502,7 +516,8 @@ impl HookedTransformer {
     /// Rotary tables and masks for sequences of up to `seq` positions.
     ///
     /// # Errors
-    /// Tensor allocation failure.
+    /// None beyond allocation failure on the model's device: a `seq × seq` mask per attention kind
+    /// and the rotary tables (`seq` is not checked against `n_ctx`).
     pub fn context(&self, seq: usize) -> Result<ForwardCtx> {
         ForwardCtx::new(&self.cfg, seq, self.dtype, &self.device)
     }
@@ -510,7 +525,9 @@ impl HookedTransformer {
     /// One transformer block: `resid_pre [batch, pos, d_model]` -> `resid_post`.
     ///
     /// # Errors
-    /// Tensor errors, hook errors, [`LensError::LayerOutOfRange`].
+    /// [`LensError::LayerOutOfRange`] for `l >= n_layers`; whatever a hook returns (its own error,
+    /// or [`LensError::HookShape`] for a tensor of another shape); a raw [`LensError::Candle`] when
+    /// `x` is not `[batch, pos, d_model]` in the model's dtype or `ctx` is shorter than `x`.
     pub fn run_block(
         &self,
         l: usize,
@@ -521,29 +538,12 @@ impl HookedTransformer {
         Ok(self.block(l)?.forward(x, ctx, 0, None, sink)?.0)
     }
 
-    /// One block on positions `offset..` given the keys/values of the earlier positions;
-    /// returns `resid_post` and the keys/values of all positions so far (a KV cache step).
-    /// See [`Block::forward`].
-    ///
-    /// # Errors
-    /// As [`Self::run_block`].
-    pub fn run_block_at(
-        &self,
-        l: usize,
-        x: Tensor,
-        ctx: &ForwardCtx,
-        offset: usize,
-        past: Option<&PastKv>,
-        sink: &mut dyn HookSink,
-    ) -> Result<(Tensor, PastKv)> {
-        self.block(l)?.forward(x, ctx, offset, past, sink)
-    }
-
     /// Each head's output `z W_O` without the bias at layer `l`: `z [batch, pos, head, d_head]`
     /// -> `[batch, pos, head, d_model]` (TransformerLens's `hook_result`).
     ///
     /// # Errors
-    /// Shape errors, [`LensError::LayerOutOfRange`].
+    /// [`LensError::LayerOutOfRange`] for `l >= n_layers`; [`LensError::Mismatch`] when `z` is not
+    /// `[batch, pos, n_heads, d_head]`.
     pub fn head_results(&self, l: usize, z: &Tensor) -> Result<Tensor> {
         self.block(l)?.head_results(z)
     }

@@ -111,7 +111,8 @@ impl HookedTransformer {
     /// The unembedding `W_U [d_model, d_vocab]`.
     ///
     /// # Errors
-    /// Tensor errors.
+    /// None for a loaded model (`W_U`'s shape is checked at load); only candle's allocation failure
+    /// for the copy.
     pub fn W_U(&self) -> Result<Tensor> {
         Ok(self.weights.w_u.t()?.contiguous()?)
     }
@@ -119,7 +120,7 @@ impl HookedTransformer {
     /// The unembedding bias `b_U [d_vocab]` (zeros when the model has none).
     ///
     /// # Errors
-    /// Tensor errors.
+    /// None: only candle's allocation failure (the zeros of a model without `b_U`).
     pub fn b_U(&self) -> Result<Tensor> {
         match &self.weights.b_u {
             Some(b) => Ok(b.clone()),
@@ -135,7 +136,8 @@ impl HookedTransformer {
     /// (before rotary and the per-head q norm).
     ///
     /// # Errors
-    /// Tensor errors.
+    /// None for a loaded model (the projections' shapes are checked at load); only candle's
+    /// allocation failure for the copy.
     pub fn W_Q(&self) -> Result<Tensor> {
         self.stack_layers(|l| self.proj_at(l, Proj::Q))
     }
@@ -143,7 +145,8 @@ impl HookedTransformer {
     /// Keys `W_K [n_layers, n_heads, d_model, d_head]`, key/value heads repeated per query head.
     ///
     /// # Errors
-    /// Tensor errors.
+    /// None for a loaded model (the projections' shapes are checked at load); only candle's
+    /// allocation failure for the copy.
     pub fn W_K(&self) -> Result<Tensor> {
         self.stack_layers(|l| self.proj_at(l, Proj::K))
     }
@@ -152,7 +155,8 @@ impl HookedTransformer {
     /// head.
     ///
     /// # Errors
-    /// Tensor errors.
+    /// None for a loaded model (the projections' shapes are checked at load); only candle's
+    /// allocation failure for the copy.
     pub fn W_V(&self) -> Result<Tensor> {
         self.stack_layers(|l| self.proj_at(l, Proj::V))
     }
@@ -161,7 +165,8 @@ impl HookedTransformer {
     /// (before a post-attention norm, where the family has one).
     ///
     /// # Errors
-    /// Tensor errors.
+    /// None for a loaded model (the projections' shapes are checked at load); only candle's
+    /// allocation failure for the copy.
     pub fn W_O(&self) -> Result<Tensor> {
         self.stack_layers(|l| self.W_O_at(l))
     }
@@ -204,7 +209,8 @@ impl HookedTransformer {
     /// Query biases `b_Q [n_layers, n_heads, d_head]`.
     ///
     /// # Errors
-    /// Tensor errors.
+    /// A raw [`LensError::Candle`] only for a checkpoint whose query bias does not hold
+    /// `n_heads * d_head` values (load does not check bias shapes); otherwise none.
     pub fn b_Q(&self) -> Result<Tensor> {
         self.stack_layers(|l| self.bias_at(l, Proj::Q))
     }
@@ -212,7 +218,8 @@ impl HookedTransformer {
     /// Key biases `b_K [n_layers, n_heads, d_head]`.
     ///
     /// # Errors
-    /// Tensor errors.
+    /// A raw [`LensError::Candle`] only for a checkpoint whose key bias does not hold
+    /// `n_kv_heads * d_head` values (load does not check bias shapes); otherwise none.
     pub fn b_K(&self) -> Result<Tensor> {
         self.stack_layers(|l| self.bias_at(l, Proj::K))
     }
@@ -220,7 +227,8 @@ impl HookedTransformer {
     /// Value biases `b_V [n_layers, n_heads, d_head]`.
     ///
     /// # Errors
-    /// Tensor errors.
+    /// A raw [`LensError::Candle`] only for a checkpoint whose value bias does not hold
+    /// `n_kv_heads * d_head` values (load does not check bias shapes); otherwise none.
     pub fn b_V(&self) -> Result<Tensor> {
         self.stack_layers(|l| self.bias_at(l, Proj::V))
     }
@@ -228,7 +236,8 @@ impl HookedTransformer {
     /// Attention output biases `b_O [n_layers, d_model]`.
     ///
     /// # Errors
-    /// Tensor errors.
+    /// A raw [`LensError::Candle`] only for a checkpoint whose attention output bias does not hold
+    /// `d_model` values (load does not check bias shapes); otherwise none.
     pub fn b_O(&self) -> Result<Tensor> {
         self.stack_layers(|l| {
             self.bias_or_zeros(self.layer_weights(l)?.b_o.as_ref(), self.cfg.d_model)
@@ -239,7 +248,8 @@ impl HookedTransformer {
     /// `hook_pre = ln2(x) @ W_in + b_in` (gated: `hook_pre_linear`).
     ///
     /// # Errors
-    /// Tensor errors.
+    /// None for a loaded model (the MLP matrices' shapes are checked at load); only candle's
+    /// allocation failure for the copy.
     pub fn W_in(&self) -> Result<Tensor> {
         self.stack_layers(|l| Ok(self.layer_weights(l)?.w_in.t()?.contiguous()?))
     }
@@ -261,7 +271,8 @@ impl HookedTransformer {
     /// The MLP's output `W_out [n_layers, d_mlp, d_model]`.
     ///
     /// # Errors
-    /// Tensor errors.
+    /// None for a loaded model (the MLP matrices' shapes are checked at load); only candle's
+    /// allocation failure for the copy.
     pub fn W_out(&self) -> Result<Tensor> {
         self.stack_layers(|l| Ok(self.layer_weights(l)?.w_out.t()?.contiguous()?))
     }
@@ -269,7 +280,8 @@ impl HookedTransformer {
     /// MLP input biases `b_in [n_layers, d_mlp]`.
     ///
     /// # Errors
-    /// Tensor errors.
+    /// A raw [`LensError::Candle`] only for a checkpoint whose MLP input bias does not hold `d_mlp`
+    /// values (load does not check bias shapes); otherwise none.
     pub fn b_in(&self) -> Result<Tensor> {
         self.stack_layers(|l| {
             self.bias_or_zeros(self.layer_weights(l)?.b_in.as_ref(), self.cfg.d_mlp)
@@ -279,7 +291,8 @@ impl HookedTransformer {
     /// MLP output biases `b_out [n_layers, d_model]`.
     ///
     /// # Errors
-    /// Tensor errors.
+    /// A raw [`LensError::Candle`] only for a checkpoint whose MLP output bias does not hold
+    /// `d_model` values (load does not check bias shapes); otherwise none.
     pub fn b_out(&self) -> Result<Tensor> {
         self.stack_layers(|l| {
             self.bias_or_zeros(self.layer_weights(l)?.b_out.as_ref(), self.cfg.d_model)

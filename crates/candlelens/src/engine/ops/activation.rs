@@ -4,9 +4,9 @@
 //! element) and their forward-mode rule (`dy = act'(x) ⊙ dx`); both derivative uses go through
 //! [`derivative`].
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use candle_core::{DType, Tensor};
 
-use super::custom::{apply, run_fwd};
+use super::custom::{apply, Differentiable};
 use super::fastmath;
 use crate::engine::config::Activation;
 use crate::error::Result;
@@ -14,7 +14,7 @@ use crate::error::Result;
 /// The MLP's activation function, elementwise.
 ///
 /// # Errors
-/// Tensor errors.
+/// None for a float `x` of any shape (elementwise); only candle's allocation failure.
 pub fn activation(act: Activation, x: &Tensor) -> Result<Tensor> {
     Ok(match act {
         Activation::Gelu => x.gelu_erf()?,
@@ -34,7 +34,8 @@ pub fn activation(act: Activation, x: &Tensor) -> Result<Tensor> {
 /// activation and the product otherwise (the same values).
 ///
 /// # Errors
-/// Tensor errors.
+/// A raw [`crate::LensError::Candle`] when `pre` and `lin` differ in shape or dtype (the product
+/// does not broadcast).
 pub fn gated_activation(act: Activation, pre: &Tensor, lin: &Tensor) -> Result<Tensor> {
     match gated(act, pre, lin)? {
         Some(post) => Ok(post),
@@ -46,7 +47,8 @@ pub fn gated_activation(act: Activation, pre: &Tensor, lin: &Tensor) -> Result<T
 /// `dy = act'(x) ⊙ dx`.
 ///
 /// # Errors
-/// Tensor errors (shapes that do not broadcast).
+/// A raw [`crate::LensError::Candle`] when `dx` does not broadcast against `x` (trailing axes other
+/// than `x`'s) or differs from it in dtype.
 pub(crate) fn activation_jvp(act: Activation, x: &Tensor, dx: &Tensor) -> Result<(Tensor, Tensor)> {
     Ok((activation(act, x)?, dx.broadcast_mul(&derivative(act, x)?)?))
 }
@@ -55,7 +57,8 @@ pub(crate) fn activation_jvp(act: Activation, x: &Tensor, dx: &Tensor) -> Result
 /// `dy = act'(pre) ⊙ lin ⊙ dpre + act(pre) ⊙ dlin`.
 ///
 /// # Errors
-/// Tensor errors.
+/// A raw [`crate::LensError::Candle`] when `pre` and `lin` differ in shape or dtype, or `dpre` and
+/// `dlin` do not broadcast against them to one shape.
 pub(crate) fn gated_jvp(
     act: Activation,
     (pre, dpre): (&Tensor, &Tensor),
@@ -71,7 +74,7 @@ pub(crate) fn gated_jvp(
 /// every core; elsewhere composed from candle's ops (the same function).
 ///
 /// # Errors
-/// Tensor errors.
+/// None for any `x` (elementwise); only candle's allocation failure.
 pub(crate) fn derivative(act: Activation, x: &Tensor) -> Result<Tensor> {
     let scalar = match act {
         Activation::GeluTanh => Some(Act::GeluTanh),
@@ -138,7 +141,7 @@ fn gelu_tanh_f32(x: f32) -> f32 {
 /// Elsewhere (other dtypes, devices, tensors tracked for autograd) candle's `gelu`.
 ///
 /// # Errors
-/// Tensor errors.
+/// None for a float `x` of any shape (elementwise); only candle's allocation failure.
 pub(crate) fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
     if x.dtype() == DType::F32 && x.device().is_cpu() && !x.track_op() {
         let (storage, layout) = x.storage_and_layout();
@@ -157,7 +160,8 @@ pub(crate) fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
 /// few ulp of the composed ops). `None` where it does not apply.
 ///
 /// # Errors
-/// Tensor errors.
+/// None: inputs the kernel does not take (other activations, dtypes, devices or shapes) give
+/// `Ok(None)`.
 pub(crate) fn gated(act: Activation, pre: &Tensor, lin: &Tensor) -> Result<Option<Tensor>> {
     let f32_cpu = |t: &Tensor| t.dtype() == DType::F32 && t.device().is_cpu() && !t.track_op();
     if !matches!(act, Activation::Silu | Activation::GeluTanh)
@@ -209,7 +213,7 @@ impl Act {
     }
 }
 
-impl CustomOp1 for Act {
+impl Differentiable for Act {
     fn name(&self) -> &'static str {
         match self {
             Act::GeluTanh => "fused-gelu-tanh",
@@ -217,24 +221,20 @@ impl CustomOp1 for Act {
         }
     }
 
-    fn cpu_fwd(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        run_fwd(storage, layout, |x| match self {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
             Act::GeluTanh => gelu_tanh(x),
             Act::Silu => Ok(x.silu()?),
-        })
+        }
     }
 
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    fn backward(&self, arg: &Tensor, _y: &Tensor, g: &Tensor) -> candle_core::Result<Tensor> {
         let act = match self {
             Act::GeluTanh => Activation::GeluTanh,
             Act::Silu => Activation::Silu,
         };
         let d = derivative(act, arg).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        Ok(Some((g * d)?))
+        g * d
     }
 }
 

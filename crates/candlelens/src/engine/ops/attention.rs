@@ -73,9 +73,28 @@ struct Dims {
 }
 
 impl Dims {
+    /// The shapes of queries `q [batch, pos, head, d_head]` and keys `k [batch, t, kv_head,
+    /// d_head]`, checked before any unit reads through raw offsets.
+    ///
+    /// # Errors
+    /// [`LensError::Mismatch`] unless both are 4-D with one batch and one `d_head`, and the
+    /// heads a non-zero multiple of the kv heads (a hook that returned `hook_q` or `hook_k` in
+    /// another shape, a caller's own tensors).
     fn of(q: &Tensor, k: &Tensor) -> Result<Self> {
         let (b, p, h, dh) = q.dims4()?;
-        let (_, t, kv, _) = k.dims4()?;
+        let (kb, t, kv, kdh) = k.dims4()?;
+        if kb != b || kdh != dh || kv == 0 || h % kv != 0 {
+            return Err(LensError::mismatch(
+                "attention's queries and keys",
+                format!(
+                    "queries {:?} and keys {:?}: attention needs [batch, pos, heads, d_head] and \
+                     [batch, t, kv_heads, d_head] with one batch and d_head, and heads a multiple \
+                     of kv_heads; a hook on hook_q or hook_k must return its input's shape",
+                    q.dims(),
+                    k.dims()
+                ),
+            ));
+        }
         Ok(Dims { b, p, t, h, kv, dh })
     }
 
@@ -208,7 +227,7 @@ fn prepare(inp: &AttnInputs) -> Result<Option<(Dims, [Tensor; 4])>> {
         return Ok(None);
     };
     let d = Dims::of(&q, &k)?;
-    if v.dims() != k.dims() || mask.dims() != [d.p, d.t] || d.kv == 0 || d.h % d.kv != 0 {
+    if v.dims() != k.dims() || mask.dims() != [d.p, d.t] {
         return Ok(None);
     }
     Ok(Some((d, [q, k, v, mask])))
@@ -218,7 +237,8 @@ fn prepare(inp: &AttnInputs) -> Result<Option<(Dims, [Tensor; 4])>> {
 /// core (see the module docs), or `None` where the kernel does not apply.
 ///
 /// # Errors
-/// Tensor errors.
+/// A raw [`LensError::Candle`] when `q` or `k` is not 4-D (f32 CPU inputs; others give `Ok(None)`).
+/// Not checked: `k` and `v` must have `q`'s batch and `d_head`.
 pub(crate) fn attention_z(inp: &AttnInputs) -> Result<Option<Tensor>> {
     let Some((d, [q, k, v, mask])) = prepare(inp)? else {
         return Ok(None);
@@ -270,7 +290,8 @@ pub(crate) fn attention_z(inp: &AttnInputs) -> Result<Option<Tensor>> {
 /// or `None` where the kernel does not apply.
 ///
 /// # Errors
-/// Tensor errors.
+/// A raw [`LensError::Candle`] when `q` or `k` is not 4-D (f32 CPU inputs; others give `Ok(None)`).
+/// Not checked: `k` must have `q`'s batch and `d_head`.
 pub(crate) fn scores(inp: &AttnInputs) -> Result<Option<Tensor>> {
     let Some((d, [q, k, _, mask])) = prepare(inp)? else {
         return Ok(None);
@@ -314,7 +335,8 @@ pub(crate) fn scores(inp: &AttnInputs) -> Result<Option<Tensor>> {
 /// `v [batch, t, kv_head, d_head]`, or `None` where the kernel does not apply.
 ///
 /// # Errors
-/// Tensor errors.
+/// A raw [`LensError::Candle`] when `pattern` or `v` is not 4-D (f32 CPU inputs; others give
+/// `Ok(None)`); a batch, `t` or head count that does not match gives `Ok(None)`.
 pub(crate) fn weighted_values(pattern: &Tensor, v: &Tensor) -> Result<Option<Tensor>> {
     let (Some(pat), Some(v)) = (f32_cpu(pattern)?, f32_cpu(v)?) else {
         return Ok(None);
@@ -355,13 +377,14 @@ pub(crate) fn weighted_values(pattern: &Tensor, v: &Tensor) -> Result<Option<Ten
 /// kernel does not apply.
 ///
 /// # Errors
-/// Tensor errors.
+/// A raw [`LensError::Candle`] when `q` or `k` is not 4-D (f32 CPU inputs; others give `Ok(None)`).
+/// Not checked: `k` and `v` must have `q`'s batch and `d_head`.
 pub(crate) fn products_only(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>> {
     let (Some(q), Some(k), Some(v)) = (f32_cpu(q)?, f32_cpu(k)?, f32_cpu(v)?) else {
         return Ok(None);
     };
     let d = Dims::of(&q, &k)?;
-    if v.dims() != k.dims() || d.kv == 0 || d.h % d.kv != 0 {
+    if v.dims() != k.dims() {
         return Ok(None);
     }
     let n = d.b * d.p * d.h * d.dh;
@@ -408,7 +431,8 @@ pub(crate) fn products_only(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option
 /// matmul floor.
 ///
 /// # Errors
-/// Shape mismatches.
+/// A raw [`LensError::Candle`] when a tensor is not 4-D or (off the f32 CPU path) the shapes do not
+/// line up. Not checked on the f32 CPU path: `k` and `v` must have `q`'s batch and `d_head`.
 pub(crate) fn attention_products(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     if let Some(z) = products_only(q, k, v)? {
         return Ok(z);
@@ -458,16 +482,7 @@ mod tests {
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         assert_eq!(a.dims(), b.dims());
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
+        crate::engine::ops::custom::testing::max_abs((a - b).unwrap())
     }
 
     #[test]
@@ -548,6 +563,27 @@ mod tests {
             };
             assert!(attention_z(&inp).unwrap().is_none());
             assert!(scores(&inp).unwrap().is_none());
+        }
+    }
+
+    #[test]
+    fn keys_of_another_batch_or_width_are_a_typed_error_not_a_read_past_the_end() {
+        let dev = Device::Cpu;
+        let q = Tensor::zeros((2, 3, 4, 8), DType::F32, &dev).unwrap();
+        let mask = Tensor::zeros((3, 3), DType::F32, &dev).unwrap();
+        for k_shape in [(1, 3, 2, 8), (2, 3, 2, 4), (2, 3, 3, 8)] {
+            let k = Tensor::zeros(k_shape, DType::F32, &dev).unwrap();
+            let inp = AttnInputs {
+                q: &q,
+                k: &k,
+                v: &k,
+                mask: &mask,
+                scale: 1.0,
+                softcap: None,
+            };
+            assert!(matches!(attention_z(&inp), Err(LensError::Mismatch { .. })));
+            assert!(matches!(scores(&inp), Err(LensError::Mismatch { .. })));
+            assert!(products_only(&q, &k, &k).is_err());
         }
     }
 }

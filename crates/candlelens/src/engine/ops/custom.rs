@@ -7,7 +7,7 @@
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 
 /// `storage` under `layout` as a tensor of its own (a copy) on the CPU.
-pub(crate) fn cpu_tensor(storage: &CpuStorage, layout: &Layout) -> candle_core::Result<Tensor> {
+fn cpu_tensor(storage: &CpuStorage, layout: &Layout) -> candle_core::Result<Tensor> {
     let dev = Device::Cpu;
     let (start, end) = layout
         .contiguous_offsets()
@@ -27,7 +27,7 @@ pub(crate) fn cpu_tensor(storage: &CpuStorage, layout: &Layout) -> candle_core::
 }
 
 /// A contiguous CPU tensor's storage, moved out as a [`CpuStorage`].
-pub(crate) fn into_storage(t: &Tensor) -> candle_core::Result<(CpuStorage, Shape)> {
+fn into_storage(t: &Tensor) -> candle_core::Result<(CpuStorage, Shape)> {
     let flat = t.flatten_all()?;
     let storage = match t.dtype() {
         DType::F32 => CpuStorage::F32(flat.to_vec1()?),
@@ -43,16 +43,50 @@ pub(crate) fn into_storage(t: &Tensor) -> candle_core::Result<(CpuStorage, Shape
     Ok((storage, t.shape().clone()))
 }
 
-/// `storage` under `layout` as an untracked tensor, the op's forward applied, and the result
-/// moved back into a [`CpuStorage`].
-pub(crate) fn run_fwd(
-    storage: &CpuStorage,
-    layout: &Layout,
-    f: impl FnOnce(&Tensor) -> crate::error::Result<Tensor>,
-) -> candle_core::Result<(CpuStorage, Shape)> {
-    let x = cpu_tensor(storage, layout)?;
-    let y = f(&x).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-    into_storage(&y.contiguous()?)
+/// An op of a run with gradients: its forward (the untracked kernel the plain forward runs)
+/// and its written-out backward, differentiable in its input only. [`apply`] makes it a candle
+/// custom op.
+pub(crate) trait Differentiable: Send + Sync + 'static {
+    /// The op's name in candle's graph.
+    fn name(&self) -> &'static str;
+
+    /// The untracked forward of `x` (contiguous, on the CPU).
+    ///
+    /// # Errors
+    /// Whatever the kernel returns.
+    fn forward(&self, x: &Tensor) -> crate::error::Result<Tensor>;
+
+    /// `∂m/∂x` from the input `x`, the output `y` and `g = ∂m/∂y`.
+    ///
+    /// # Errors
+    /// Tensor errors of candle's ops.
+    fn backward(&self, x: &Tensor, y: &Tensor, g: &Tensor) -> candle_core::Result<Tensor>;
+}
+
+/// A [`Differentiable`] as candle sees it.
+struct Custom<O>(O);
+
+impl<O: Differentiable> CustomOp1 for Custom<O> {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = cpu_tensor(storage, layout)?;
+        let y = self
+            .0
+            .forward(&x)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        into_storage(&y.contiguous()?)
+    }
+
+    fn bwd(&self, arg: &Tensor, res: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(self.0.backward(arg, res, g)?))
+    }
 }
 
 /// `op` applied as a custom op to a contiguous `x`, so that autograd calls its written-out
@@ -60,12 +94,9 @@ pub(crate) fn run_fwd(
 ///
 /// # Errors
 /// Whatever the op's forward returns (shape mismatches).
-pub(crate) fn apply(
-    x: &Tensor,
-    op: impl CustomOp1 + Send + Sync + 'static,
-) -> crate::error::Result<Tensor> {
+pub(crate) fn apply<O: Differentiable>(x: &Tensor, op: O) -> crate::error::Result<Tensor> {
     Ok(x.contiguous()?
-        .apply_op1_arc(std::sync::Arc::new(Box::new(op)))?)
+        .apply_op1_arc(std::sync::Arc::new(Box::new(Custom(op))))?)
 }
 
 #[cfg(test)]
@@ -83,7 +114,8 @@ pub(crate) mod testing {
             .unwrap()
     }
 
-    /// `op`'s value and the gradient of `Σ (op(x) ⊙ c)` against the composed reference's.
+    /// `op`'s value and the gradient of `Σ (op(x) ⊙ c)` (random `c` of the output's shape)
+    /// against the composed reference's.
     pub(crate) fn same_as(
         shape: &[usize],
         op: impl Fn(&Tensor) -> crate::error::Result<Tensor>,
@@ -91,8 +123,8 @@ pub(crate) mod testing {
     ) {
         let dev = Device::Cpu;
         let x = Var::from_tensor(&Tensor::randn(0f32, 1., shape, &dev).unwrap()).unwrap();
-        let c = Tensor::randn(0f32, 1., shape, &dev).unwrap();
         let y = op(x.as_tensor()).unwrap();
+        let c = Tensor::randn(0f32, 1., y.shape(), &dev).unwrap();
         let want = reference(x.as_tensor()).unwrap();
         assert!(max_abs((&y - &want).unwrap()) < 1e-5);
         let g = (&y * &c).unwrap().sum_all().unwrap().backward().unwrap();

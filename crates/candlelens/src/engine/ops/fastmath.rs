@@ -71,11 +71,13 @@ pub(crate) fn with_simd<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// Defines `fn $name(args) -> ret` that runs the `#[inline(always)]` function `$body` compiled
-/// for AVX-512 (or AVX2 + FMA) where the CPU has it, chosen at run time: the explicit form of
-/// [`with_simd`] for a kernel whose body would not inline into a closure's SIMD build.
+/// Defines `fn $name(args)` that runs the body `$block`, compiled for AVX-512 (or AVX2 + FMA)
+/// where the CPU has it, chosen at run time — the explicit form of [`with_simd`] for a kernel
+/// whose body would not inline into a closure's SIMD build — and the body itself as the
+/// `#[inline(always)]` function `$body`, for other kernels' bodies to call. The signature is
+/// written once: `simd_fn! { fn name, name_in(args) { body } }`.
 macro_rules! simd_fn {
-    ($(#[$m:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) = $body:path) => {
+    ($(#[$m:meta])* $vis:vis fn $name:ident, $body:ident($($arg:ident: $ty:ty),* $(,)?) $block:block) => {
         $(#[$m])*
         $vis fn $name($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
@@ -99,6 +101,10 @@ macro_rules! simd_fn {
             }
             $body($($arg),*)
         }
+
+        #[doc = concat!("The body of [`", stringify!($name), "`], inlined into its SIMD builds.")]
+        #[inline(always)]
+        fn $body($($arg: $ty),*) $block
     };
 }
 pub(crate) use simd_fn;

@@ -4,16 +4,17 @@
 //! gradients) and its forward-mode rule (it is linear: tangents go through `W` without the
 //! bias).
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use candle_core::{DType, Tensor};
 
-use super::custom::{apply, cpu_tensor, into_storage};
+use super::custom::{apply, Differentiable};
 use super::fastmath;
 use crate::error::Result;
 
 /// `x W^T + b` for `x [.., d_in]`, `w [d_out, d_in]`, `b [d_out]` -> `[.., d_out]`.
 ///
 /// # Errors
-/// Shape mismatches (a bug in the caller).
+/// A raw [`crate::LensError::Candle`] when `x`'s last axis is not `w`'s `d_in`, `w` is not
+/// `[d_out, d_in]`, `b` is not `[d_out]`, or `x`, `w` and `b` differ in dtype or device.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let d_in = *dims.last().unwrap_or(&0);
@@ -39,7 +40,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 /// `(y, dy)` of [`linear`] for the primal `x` and tangents `dx`: `y = x Wᵀ + b`, `dy = dx Wᵀ`.
 ///
 /// # Errors
-/// Shape mismatches.
+/// As [`linear`], for `x` and for `dx` (whose last axis must also be `w`'s `d_in`).
 pub(crate) fn linear_jvp(
     x: &Tensor,
     dx: &Tensor,
@@ -58,7 +59,8 @@ pub(crate) const FEW_ROWS: usize = 512;
 /// `x Wᵀ` beyond.
 ///
 /// # Errors
-/// Shape mismatches.
+/// A raw [`crate::LensError::Candle`] when `x` is not `[rows, d_in]` or `w` not `[d_out, d_in]`
+/// with the same `d_in`, or they differ in dtype or device.
 pub(crate) fn product(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     if let Some(y) = product_f32(x, w)? {
         return Ok(y);
@@ -136,7 +138,7 @@ fn product_f32(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
 /// candle's `t().contiguous()`.
 ///
 /// # Errors
-/// Tensor errors; `t` must be 2-D.
+/// A raw [`crate::LensError::Candle`] when `t` is not 2-D.
 pub(crate) fn transpose_2d(t: &Tensor) -> Result<Tensor> {
     let (r, c) = t.dims2()?;
     let fast = t.dtype() == DType::F32 && t.device().is_cpu() && !t.track_op();
@@ -199,28 +201,17 @@ struct ConstWeightProduct {
     w: Tensor,
 }
 
-impl CustomOp1 for ConstWeightProduct {
+impl Differentiable for ConstWeightProduct {
     fn name(&self) -> &'static str {
         "const-weight-product"
     }
 
-    fn cpu_fwd(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = cpu_tensor(storage, layout)?;
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // the untracked product, with the plain forward's kernel choice
-        let y = product(&x, &self.w).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        into_storage(&y)
+        product(x, &self.w)
     }
 
-    fn bwd(
-        &self,
-        _arg: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
+    fn backward(&self, _x: &Tensor, _y: &Tensor, grad_res: &Tensor) -> candle_core::Result<Tensor> {
         // a metric of a few logits (a logit difference) leaves most columns of a large
         // unembedding's gradient at zero: multiply by the rows of W it needs only
         let (rows, d_out) = grad_res.dims2()?;
@@ -232,18 +223,18 @@ impl CustomOp1 for ConstWeightProduct {
             if idx.len() * 64 <= d_out {
                 let n = idx.len();
                 if n == 0 {
-                    return Ok(Some(Tensor::zeros(
+                    return Tensor::zeros(
                         (rows, self.w.dim(1)?),
                         grad_res.dtype(),
                         grad_res.device(),
-                    )?));
+                    );
                 }
                 let idx = Tensor::from_vec(idx, n, grad_res.device())?;
                 let g = grad_res.index_select(&idx, 1)?;
-                return Ok(Some(g.matmul(&self.w.index_select(&idx, 0)?)?));
+                return g.matmul(&self.w.index_select(&idx, 0)?);
             }
         }
-        Ok(Some(grad_res.matmul(&self.w)?))
+        grad_res.matmul(&self.w)
     }
 }
 
@@ -251,7 +242,8 @@ impl CustomOp1 for ConstWeightProduct {
 /// (on the CPU; elsewhere candle's matmul, which also differentiates in `w`).
 ///
 /// # Errors
-/// Shape mismatches.
+/// A raw [`crate::LensError::Candle`] when `x` is not `[rows, d_in]` for `w [d_out, d_in]`, or `x`
+/// and `w` differ in dtype or device.
 pub(crate) fn linear_input_grad(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     if !x.device().is_cpu() {
         return Ok(x.matmul(&w.t()?)?);
@@ -262,7 +254,7 @@ pub(crate) fn linear_input_grad(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::ops::custom::testing::max_abs;
+    use crate::engine::ops::custom::testing::{max_abs, same_as};
     use candle_core::{Device, Var};
 
     #[test]
@@ -295,33 +287,15 @@ mod tests {
                 .unwrap()
                 .broadcast_add(&b)
                 .unwrap();
-            let diff = (y.squeeze(0).unwrap() - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = max_abs((y.squeeze(0).unwrap() - want).unwrap());
             assert!(diff < 1e-4, "{rows} rows: {diff}");
         }
     }
 
     #[test]
     fn same_product_and_input_gradient_as_the_matmul() {
-        let dev = Device::Cpu;
-        let x = Var::from_tensor(&Tensor::randn(0f32, 1., (5, 7), &dev).unwrap()).unwrap();
-        let w = Tensor::randn(0f32, 1., (3, 7), &dev).unwrap();
-        let y = linear_input_grad(x.as_tensor(), &w).unwrap();
-        let want = x.as_tensor().matmul(&w.t().unwrap()).unwrap();
-        let d = max_abs((&y - &want).unwrap());
-        assert!(d < 1e-5, "{d}");
-        let g = (y.sqr().unwrap().sum_all().unwrap()).backward().unwrap();
-        let g2 = (want.sqr().unwrap().sum_all().unwrap()).backward().unwrap();
-        let a = g.get(x.as_tensor()).unwrap();
-        let b = g2.get(x.as_tensor()).unwrap();
-        let d = max_abs((a - b).unwrap());
-        assert!(d < 1e-5, "{d}");
+        let w = Tensor::randn(0f32, 1., (3, 7), &Device::Cpu).unwrap();
+        same_as(&[5, 7], |x| linear_input_grad(x, &w), |x| x.matmul(&w.t()?));
     }
 
     #[test]
@@ -341,14 +315,7 @@ mod tests {
         let g2 = pick(&x.as_tensor().matmul(&w.t().unwrap()).unwrap())
             .backward()
             .unwrap();
-        let d = (g.get(x.as_tensor()).unwrap() - g2.get(x.as_tensor()).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs((g.get(x.as_tensor()).unwrap() - g2.get(x.as_tensor()).unwrap()).unwrap());
         assert!(d < 1e-5, "{d}");
     }
 }

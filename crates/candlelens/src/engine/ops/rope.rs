@@ -3,9 +3,9 @@
 //! as GPT-J, partial rotary), its backward (the rotation by `−θ`), and its forward-mode rule
 //! (rotary is linear: tangents rotate like the values).
 
-use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
+use candle_core::{DType, Device, Tensor};
 
-use super::custom::{apply, run_fwd};
+use super::custom::{apply, Differentiable};
 
 use crate::engine::config::RopeScaling;
 use crate::error::Result;
@@ -56,7 +56,7 @@ pub(crate) fn inv_freq(dim: usize, base: f64, scaling: Option<&RopeScaling>) -> 
 /// `(cos, sin)` `[seq, dim / 2]` of positions `0..seq` in `dtype`.
 ///
 /// # Errors
-/// Tensor allocation failure.
+/// None: only candle's allocation failure on `dev`.
 pub(crate) fn rope_tables(
     dim: usize,
     base: f64,
@@ -89,7 +89,8 @@ pub(crate) fn rope_tables(
 /// candle's composed ops elsewhere.
 ///
 /// # Errors
-/// Shape mismatches between `x` and the tables.
+/// A raw [`crate::LensError::Candle`] when `x` is not 4-D, `dim` is odd or above `d_head`, or
+/// `cos`/`sin` have fewer than `pos` rows, a width other than `dim / 2`, or another dtype than `x`.
 pub(crate) fn rotate(
     x: &Tensor,
     cos: &Tensor,
@@ -142,22 +143,18 @@ impl Rope {
     }
 }
 
-impl CustomOp1 for Rope {
+impl Differentiable for Rope {
     fn name(&self) -> &'static str {
         "fused-rope"
     }
 
-    fn cpu_fwd(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        run_fwd(storage, layout, |x| Ok(self.turn(x, &self.sin)?))
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.turn(x, &self.sin)?)
     }
 
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    fn backward(&self, _x: &Tensor, _y: &Tensor, g: &Tensor) -> candle_core::Result<Tensor> {
         // each pair turns by θ; the transpose of a rotation turns by −θ
-        Ok(Some(self.turn(g, &self.sin.neg()?)?))
+        self.turn(g, &self.sin.neg()?)
     }
 }
 

@@ -2,10 +2,10 @@
 //! inner step of the fused attention kernel, [`softmax_rows`]), the backward of a run with
 //! gradients (`g ↦ y ⊙ (g − Σ g ⊙ y)`), and the forward-mode rule ([`softmax_jvp`]).
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor, D};
+use candle_core::{DType, Tensor, D};
 use rayon::prelude::*;
 
-use super::custom::{apply, run_fwd};
+use super::custom::{apply, Differentiable};
 use super::fastmath;
 use crate::error::Result;
 
@@ -15,7 +15,7 @@ use crate::error::Result;
 /// candle's composed (differentiable) ops elsewhere.
 ///
 /// # Errors
-/// Tensor errors.
+/// Only a raw [`crate::LensError::Candle`] for a 0-d `scores` (no last axis).
 pub(crate) fn softmax(scores: &Tensor, dtype: DType) -> Result<Tensor> {
     let scores32 = scores.to_dtype(DType::F32)?;
     if let Some(pattern) = kernel(&scores32)? {
@@ -46,7 +46,8 @@ pub(crate) fn softmax_jvp(a: &Tensor, ds: &Tensor) -> Result<Tensor> {
 /// where the kernel does not apply (another dtype or device, a tracked tensor).
 ///
 /// # Errors
-/// Tensor errors.
+/// Only a raw [`crate::LensError::Candle`] for a 0-d `scores` (no last axis); inputs the kernel
+/// does not take give `Ok(None)`.
 pub(crate) fn kernel(scores: &Tensor) -> Result<Option<Tensor>> {
     if scores.dtype() != DType::F32 || !scores.device().is_cpu() || scores.track_op() {
         return Ok(None);
@@ -77,39 +78,35 @@ fastmath::simd_fn! {
     /// Softmax of each row of `s [rows, t]` in place, through the vectorised `exp`: the
     /// row's maximum, `e^(x − max)`, their sum, the quotients (as candle's kernel, which
     /// divides).
-    pub(crate) fn softmax_rows(s: &mut [f32], t: usize) = softmax_rows_in
-}
-
-/// The body of [`softmax_rows`], inlined into its SIMD builds.
-#[inline(always)]
-fn softmax_rows_in(s: &mut [f32], t: usize) {
-    const L: usize = 16;
-    for row in s.chunks_mut(t) {
-        // reductions over 16 lanes, so that they vectorise
-        let mut m = [f32::NEG_INFINITY; L];
-        let mut chunks = row.chunks_exact(L);
-        for c in &mut chunks {
-            for (m, &x) in m.iter_mut().zip(c) {
-                *m = m.max(x);
+    pub(crate) fn softmax_rows, softmax_rows_in(s: &mut [f32], t: usize) {
+        const L: usize = 16;
+        for row in s.chunks_mut(t) {
+            // reductions over 16 lanes, so that they vectorise
+            let mut m = [f32::NEG_INFINITY; L];
+            let mut chunks = row.chunks_exact(L);
+            for c in &mut chunks {
+                for (m, &x) in m.iter_mut().zip(c) {
+                    *m = m.max(x);
+                }
             }
-        }
-        let max = chunks.remainder().iter().fold(
-            m.iter().copied().fold(f32::NEG_INFINITY, f32::max),
-            |a, &x| a.max(x),
-        );
-        for x in row.iter_mut() {
-            *x = fastmath::exp(*x - max);
-        }
-        let mut acc = [0f32; L];
-        let mut chunks = row.chunks_exact(L);
-        for c in &mut chunks {
-            for (a, &x) in acc.iter_mut().zip(c) {
-                *a += x;
+            let max = chunks.remainder().iter().fold(
+                m.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+                |a, &x| a.max(x),
+            );
+            for x in row.iter_mut() {
+                *x = fastmath::exp(*x - max);
             }
-        }
-        let sum = acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>();
-        for x in row.iter_mut() {
-            *x /= sum;
+            let mut acc = [0f32; L];
+            let mut chunks = row.chunks_exact(L);
+            for c in &mut chunks {
+                for (a, &x) in acc.iter_mut().zip(c) {
+                    *a += x;
+                }
+            }
+            let sum = acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>();
+            for x in row.iter_mut() {
+                *x /= sum;
+            }
         }
     }
 }
@@ -117,25 +114,19 @@ fn softmax_rows_in(s: &mut [f32], t: usize) {
 /// Softmax over the last axis.
 struct Softmax;
 
-impl CustomOp1 for Softmax {
+impl Differentiable for Softmax {
     fn name(&self) -> &'static str {
         "fused-softmax"
     }
 
-    fn cpu_fwd(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        run_fwd(storage, layout, |x| {
-            Ok(candle_nn::ops::softmax_last_dim(x)?)
-        })
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::softmax_last_dim(x)?)
     }
 
-    fn bwd(&self, _arg: &Tensor, res: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    fn backward(&self, _x: &Tensor, res: &Tensor, g: &Tensor) -> candle_core::Result<Tensor> {
         let y = res.detach();
         let s = (g * &y)?.sum_keepdim(candle_core::D::Minus1)?;
-        Ok(Some((g.broadcast_sub(&s)? * y)?))
+        g.broadcast_sub(&s)? * y
     }
 }
 

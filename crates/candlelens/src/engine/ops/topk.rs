@@ -9,7 +9,8 @@ use crate::error::Result;
 /// untracked f32 tensor of `x`'s shape (`keep = |_| 1.0` gives the 0/1 mask of the top `k`).
 ///
 /// # Errors
-/// Tensor errors; `k` must be between 1 and `d`.
+/// None: every `x` and `k` work (a `k` above `d` keeps every entry, `k = 0` none); only candle's
+/// allocation failure on `x`'s device.
 pub(crate) fn top_k_rows(x: &Tensor, k: usize, keep: impl Fn(f32) -> f32) -> Result<Tensor> {
     let shape = x.shape().clone();
     let d = *x.dims().last().unwrap_or(&1);

@@ -88,7 +88,7 @@ impl Tokens {
     /// `[batch, pos]` u32 tensor, right-padded.
     ///
     /// # Errors
-    /// Tensor allocation failure.
+    /// None: only candle's allocation failure on `device`.
     pub fn to_tensor(&self, device: &Device) -> Result<Tensor> {
         let n = self.max_len();
         let flat: Vec<u32> = self
@@ -106,7 +106,8 @@ impl Tokens {
     /// Picks each prompt's final real position from `x [batch, pos, ...]` -> `[batch, ...]`.
     ///
     /// # Errors
-    /// Shape errors.
+    /// A raw [`LensError::Candle`] when `x` has fewer than [`Self::batch`] rows or fewer positions
+    /// than the longest prompt.
     pub fn gather_last(&self, x: &Tensor) -> Result<Tensor> {
         use candle_core::IndexOp;
         let rows = self

@@ -29,7 +29,7 @@ use crate::engine::model::HookedTransformer;
 use crate::engine::text::tokens::Tokens;
 use crate::error::{LensError, Result};
 use crate::interp::metrics::{normalise, GradMetric};
-use crate::interp::patching::{grid_labels, PatchGrid, PatchTarget};
+use crate::interp::patching::{check_pair, grid_labels, node_point, PatchGrid, PatchTarget};
 
 mod edge_graph;
 mod edges;
@@ -37,23 +37,6 @@ mod verify;
 pub use edge_graph::{Downstream, Edge, EdgeCheck, EdgeGraph, EdgeVerification, Input, Upstream};
 pub(crate) use verify::pearson;
 pub use verify::{Disagreement, Verification};
-
-/// The hook points whose activations and gradients the node grids read.
-fn node_point(hp: &HookPoint) -> bool {
-    matches!(
-        hp,
-        HookPoint::ResidPre(_)
-            | HookPoint::ResidMid(_)
-            | HookPoint::ResidPost(_)
-            | HookPoint::AttnOut(_)
-            | HookPoint::MlpOut(_)
-            | HookPoint::Z(_)
-            | HookPoint::Q(_)
-            | HookPoint::K(_)
-            | HookPoint::V(_)
-            | HookPoint::Pattern(_)
-    )
-}
 
 fn recorded(hp: &HookPoint) -> bool {
     *hp == HookPoint::Embed || node_point(hp)
@@ -158,13 +141,10 @@ fn run_with_grads(
 pub(crate) fn scalar(metric: &GradMetric, last_logits: &Tensor) -> Result<Tensor> {
     let m = metric(last_logits)?;
     if m.rank() != 0 {
-        return Err(LensError::Mismatch {
-            what: "the attribution metric".into(),
-            detail: format!(
+        return Err(LensError::mismatch("the attribution metric", format!(
                 "it returned shape {:?}; it must reduce the logits to one number (e.g. the mean over the batch)",
                 m.dims()
-            ),
-        });
+            )));
     }
     Ok(m)
 }
@@ -229,11 +209,11 @@ impl AttributionPatcher {
         steps: usize,
     ) -> Result<Self> {
         if steps == 0 {
-            return Err(LensError::BadParameter {
-                name: "ig_steps".into(),
-                value: "0".into(),
-                fix: "use at least 1 interpolation step".into(),
-            });
+            return Err(LensError::bad_parameter(
+                "ig_steps",
+                "0",
+                "use at least 1 interpolation step",
+            ));
         }
         Self::build(model, clean, corrupt, metric, Some(steps))
     }
@@ -245,17 +225,7 @@ impl AttributionPatcher {
         metric: GradMetric,
         ig_steps: Option<usize>,
     ) -> Result<Self> {
-        if clean.batch() != corrupt.batch() || clean.lengths() != corrupt.lengths() {
-            return Err(LensError::Mismatch {
-                what: "clean and corrupted prompts".into(),
-                detail: format!(
-                    "they must have the same number of tokens (clean {:?}, corrupted {:?}); \
-                     pick corruptions that keep the token count",
-                    clean.lengths(),
-                    corrupt.lengths()
-                ),
-            });
-        }
+        check_pair(clean, corrupt)?;
         let start = Instant::now();
         let value_of = |logits: &Tensor| -> Result<f32> {
             Ok(scalar(&metric, logits)?

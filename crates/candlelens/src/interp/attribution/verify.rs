@@ -13,11 +13,11 @@ use super::AttributionPatcher;
 /// [`LensError::BadParameter`] otherwise.
 pub(super) fn check_threshold(threshold: f32) -> Result<()> {
     if !(threshold.is_finite() && threshold >= 0.0) {
-        return Err(LensError::BadParameter {
-            name: "threshold".into(),
-            value: threshold.to_string(),
-            fix: "use a finite, non-negative difference in normalised units (e.g. 0.1)".into(),
-        });
+        return Err(LensError::bad_parameter(
+            "threshold",
+            threshold,
+            "use a finite, non-negative difference in normalised units (e.g. 0.1)",
+        ));
     }
     Ok(())
 }

@@ -213,12 +213,7 @@ impl PatchGrid {
                 fix: "it reads layer x head grids (PatchTarget::HeadsAllPos, path patching); use strongest() for others".into(),
             });
         }
-        let mut cells: Vec<(usize, usize, f32)> = self
-            .values
-            .iter()
-            .enumerate()
-            .flat_map(|(l, row)| row.iter().enumerate().map(move |(h, &v)| (l, h, v)))
-            .collect();
+        let mut cells = self.cells();
         cells.sort_by(|a, b| {
             if descending {
                 b.2.total_cmp(&a.2)
@@ -229,20 +224,48 @@ impl PatchGrid {
         Ok(cells.into_iter().take(k).map(|(l, h, _)| (l, h)).collect())
     }
 
-    /// The `k` cells with the largest absolute score: `(row label, col label, score)`.
-    pub fn strongest(&self, k: usize) -> Vec<(String, String, f32)> {
-        let mut cells: Vec<(usize, usize, f32)> = self
-            .values
+    /// Every cell as `(row, col, score)`.
+    fn cells(&self) -> Vec<(usize, usize, f32)> {
+        self.values
             .iter()
             .enumerate()
             .flat_map(|(r, row)| row.iter().enumerate().map(move |(c, &v)| (r, c, v)))
-            .collect();
+            .collect()
+    }
+
+    /// The `k` cells with the largest absolute score: `(row label, col label, score)`.
+    pub fn strongest(&self, k: usize) -> Vec<(String, String, f32)> {
+        let mut cells = self.cells();
         cells.sort_by(|a, b| b.2.abs().total_cmp(&a.2.abs()));
         cells
             .into_iter()
             .take(k)
             .map(|(r, c, v)| (self.row_labels[r].clone(), self.col_labels[c].clone(), v))
             .collect()
+    }
+
+    /// Two lines a reader wants under the figure: the five strongest cells (positions named by
+    /// `labels`, e.g. [`HookedTransformer::position_labels`], where given) and the sweep's cost
+    /// against one forward per cell.
+    pub fn summary(&self, labels: Option<&[String]>) -> String {
+        let name = |col: &str| -> String {
+            col.parse::<usize>()
+                .ok()
+                .and_then(|i| labels.and_then(|l| l.get(i)))
+                .map_or_else(|| col.to_string(), String::clone)
+        };
+        let strongest: Vec<String> = self
+            .strongest(5)
+            .iter()
+            .map(|(row, col, v)| format!("layer {row} at {}: {v:+.2}", name(col)))
+            .collect();
+        format!(
+            "strongest cells: {}\nsweep {:.1} s, {:.0} forward-equivalents instead of {} (exact: tests hold it equal to one forward per cell)",
+            strongest.join("; "),
+            self.seconds,
+            self.forward_equivalents,
+            self.naive_forwards
+        )
     }
 }
 
@@ -261,7 +284,10 @@ pub struct Patcher {
     pub progress: bool,
 }
 
-fn needed(hp: &HookPoint) -> bool {
+/// The activations of the nodes patching and attribution patching change: the residual stream
+/// at each stage, each block's attention and MLP output, and each head's `z`, `q`, `k`, `v` and
+/// pattern.
+pub(crate) fn node_point(hp: &HookPoint) -> bool {
     matches!(
         hp,
         HookPoint::ResidPre(_)
@@ -272,10 +298,34 @@ fn needed(hp: &HookPoint) -> bool {
             | HookPoint::Z(_)
             | HookPoint::Q(_)
             | HookPoint::K(_)
-            | HookPoint::RotK(_)
             | HookPoint::V(_)
             | HookPoint::Pattern(_)
     )
+}
+
+/// Errors unless the clean and corrupted prompts line up token for token, as patching one
+/// into the other needs.
+///
+/// # Errors
+/// [`LensError::Mismatch`] naming both prompts' lengths when the batches or lengths differ.
+pub(crate) fn check_pair(clean: &Tokens, corrupt: &Tokens) -> Result<()> {
+    if clean.batch() != corrupt.batch() || clean.lengths() != corrupt.lengths() {
+        return Err(LensError::mismatch(
+            "clean and corrupted prompts",
+            format!(
+                "they must have the same number of tokens (clean {:?}, corrupted {:?}); \
+                 pick corruptions that keep the token count",
+                clean.lengths(),
+                corrupt.lengths()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// What a sweep caches: the nodes, and the rotated keys the runs that start late attend to.
+fn needed(hp: &HookPoint) -> bool {
+    node_point(hp) || matches!(hp, HookPoint::RotK(_))
 }
 
 impl Patcher {
@@ -290,17 +340,7 @@ impl Patcher {
         corrupt: &Tokens,
         metric: Metric,
     ) -> Result<Self> {
-        if clean.batch() != corrupt.batch() || clean.lengths() != corrupt.lengths() {
-            return Err(LensError::Mismatch {
-                what: "clean and corrupted prompts".into(),
-                detail: format!(
-                    "they must have the same number of tokens (clean {:?}, corrupted {:?}); \
-                     pick corruptions that keep the token count",
-                    clean.lengths(),
-                    corrupt.lengths()
-                ),
-            });
-        }
+        check_pair(clean, corrupt)?;
         let f = || Some(HookFilter::Predicate(Box::new(needed)));
         let (cl, clean_cache) = model.run_with_cache(clean, f())?;
         let (co, corrupt_cache) = model.run_with_cache(corrupt, f())?;
@@ -341,6 +381,13 @@ impl Patcher {
     /// The metric on the corrupted run.
     pub fn corrupted_metric(&self) -> f32 {
         self.corrupt_value
+    }
+
+    /// What the corruption does to the metric, by the one rule of
+    /// [`Effect`](crate::interp::metrics::Effect): a sweep runs on all but `Effect::None`, and
+    /// is worth reading on a clear effect.
+    pub fn effect(&self) -> crate::interp::metrics::Effect {
+        crate::interp::metrics::Effect::of(self.clean_value, self.corrupt_value)
     }
 
     /// Whether the corruption moves the metric at all; without that every normalised score is

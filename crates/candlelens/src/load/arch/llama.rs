@@ -6,16 +6,18 @@
 //! put their experts side by side in one wide MLP (see
 //! [`MoeConfig`](crate::engine::config::MoeConfig)).
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::Tensor;
 use serde_json::Value;
 
 use super::moe::{experts, moe_config};
 use super::phi::{partial_rotary_factor, rotary_dims};
-use super::{check_dim, get, hidden_act, norm, opt, rope_params, Family, Json};
+use super::{
+    check_dim, get, hidden_act, norm, opt, rope_params, Checkpoint, DimKeys, Family, Json, MlpWidth,
+};
 use crate::engine::config::{
     Activation, AttentionKind, ModelConfig, NormKind, Positional, QkNorm, RotaryConfig,
 };
-use crate::engine::weights::{LayerWeights, TensorSource, Weights};
+use crate::engine::weights::{LayerWeights, Weights};
 use crate::error::{LensError, Result};
 
 /// Gemma 3's layer pattern: every `pattern`-th layer global, the rest sliding.
@@ -57,11 +59,15 @@ fn layer_kinds(
 /// The config of a Llama-style family.
 pub(super) fn config(family: Family, j: &Json, name: &str) -> Result<ModelConfig> {
     let v = j.v;
-    let d_model = j.dim("hidden_size")?;
-    let n_heads = j.dim("num_attention_heads")?;
-    let n_layers = j.dim("num_hidden_layers")?;
-    let d_head = j.dim_or("head_dim", d_model / n_heads)?;
-    let n_kv_heads = j.dim_or("num_key_value_heads", n_heads)?;
+    let moe = moe_config(family, j)?;
+    let dims = j.dims(&DimKeys {
+        d_mlp: match &moe {
+            Some(m) => MlpWidth::Given(m.n_experts * m.d_expert + m.d_shared),
+            None => MlpWidth::Key("intermediate_size"),
+        },
+        ..DimKeys::HF
+    })?;
+    let (n_layers, d_model, d_head) = (dims.n_layers, dims.d_model, dims.d_head);
     let gemma = family.norm_plus_one();
     let default_base = if family == Family::Gemma3 {
         1_000_000.0
@@ -85,35 +91,18 @@ pub(super) fn config(family: Family, j: &Json, name: &str) -> Result<ModelConfig
     } else {
         hidden_act(j, "hidden_act", "silu")?
     };
-    let moe = moe_config(family, j)?;
-    let d_mlp = match &moe {
-        Some(m) => m.n_experts * m.d_expert + m.d_shared,
-        None => j.dim("intermediate_size")?,
+    // Phi-4-mini rotates 3/4 of each head; the others all of it
+    let rotary_dim = if family == Family::Phi3 {
+        rotary_dims(d_head, partial_rotary_factor(j, 1.0)?)?
+    } else {
+        d_head
     };
     let mut cfg = ModelConfig {
-        architecture: j.str("model_type").unwrap_or_default().to_string(),
-        name: name.to_string(),
-        n_layers,
-        d_model,
-        n_heads,
-        n_kv_heads,
-        d_head,
-        d_mlp,
-        d_vocab: j.dim("vocab_size")?,
-        n_ctx: j.usize_or("max_position_embeddings", 2048),
         norm: NormKind::RmsNorm,
         norm_eps: j.f64_or("rms_norm_eps", 1e-6),
         positional: Positional::Rotary(RotaryConfig {
-            // Phi-4-mini rotates 3/4 of each head; the others all of it
-            dim: if family == Family::Phi3 {
-                rotary_dims(d_head, partial_rotary_factor(j, 1.0)?)?
-            } else {
-                d_head
-            },
-            base,
-            local_base: None,
             scaling,
-            interleaved: false,
+            ..RotaryConfig::plain(rotary_dim, base)
         }),
         act,
         gated_mlp: true,
@@ -125,18 +114,13 @@ pub(super) fn config(family: Family, j: &Json, name: &str) -> Result<ModelConfig
             _ => QkNorm::None,
         },
         post_norms: matches!(family, Family::Gemma2 | Family::Gemma3 | Family::Olmo2),
-        attn_scale: 1.0 / (d_head as f64).sqrt(),
-        attn_softcap: None,
-        final_softcap: None,
-        layer_attention: vec![AttentionKind::Global; n_layers],
         embed_scale: gemma.then(|| (d_model as f64).sqrt()),
         tied_embeddings: j.bool_or("tie_word_embeddings", gemma),
-        parallel_attn_mlp: false,
-        parallel_ln2: false,
         bos_token_id: j.opt_u32("bos_token_id"),
         eos_token_id: j.opt_u32("eos_token_id"),
         pad_token_id: j.opt_u32("pad_token_id").unwrap_or(0),
         default_prepend_bos: true,
+        ..ModelConfig::plain(j.str("model_type").unwrap_or_default(), name, dims)
     };
     if matches!(family, Family::Gemma2 | Family::Gemma3) {
         cfg.attn_scale = 1.0 / j.f64_or("query_pre_attn_scalar", d_head as f64).sqrt();
@@ -205,13 +189,8 @@ fn split_rows(name: &str, t: &Tensor, parts: &[usize], d_in: usize) -> Result<Ve
 ///
 /// # Errors
 /// Missing or mis-shaped tensors.
-pub(crate) fn weights(
-    family: Family,
-    cfg: &ModelConfig,
-    src: &mut dyn TensorSource,
-    dtype: DType,
-    dev: &Device,
-) -> Result<Weights> {
+pub(super) fn weights(family: Family, ck: Checkpoint) -> Result<Weights> {
+    let (cfg, src, dtype, dev) = (ck.cfg, ck.src, ck.dtype, ck.dev);
     let p1 = family.norm_plus_one();
     let (h, kv, dh, d, dmlp) = (
         cfg.n_heads,

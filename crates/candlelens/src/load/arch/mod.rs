@@ -6,6 +6,7 @@
 mod gpt2;
 mod gpt_neo;
 mod gptj;
+mod json;
 mod llama;
 mod moe;
 mod neox;
@@ -14,10 +15,11 @@ mod phi;
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
 
-use crate::engine::config::{Activation, ModelConfig, RopeScaling};
-use crate::engine::weights::{to_compute, NormWeights, TensorSource, Weights};
+use crate::engine::config::ModelConfig;
+use crate::engine::weights::{to_compute, LayerWeights, NormWeights, TensorSource, Weights};
 use crate::error::{LensError, Result};
 
+pub(crate) use json::{check_dim, hidden_act, rope_params, DimKeys, Json, MlpWidth};
 pub(crate) use llama::gemma3_layers;
 
 /// The families with a weight mapping.
@@ -238,13 +240,19 @@ pub fn load_weights(
     dtype: DType,
     dev: &Device,
 ) -> Result<Weights> {
+    let ck = Checkpoint {
+        cfg,
+        src,
+        dtype,
+        dev,
+    };
     let w = match family {
-        Family::Gpt2 => gpt2::weights(cfg, src, dtype, dev)?,
-        Family::GptJ => gptj::weights(cfg, src, dtype, dev)?,
-        Family::GptNeoX => neox::weights(cfg, src, dtype, dev)?,
-        Family::GptNeo => gpt_neo::weights(cfg, src, dtype, dev)?,
-        Family::Phi => phi::weights(cfg, src, dtype, dev)?,
-        _ => llama::weights(family, cfg, src, dtype, dev)?,
+        Family::Gpt2 => gpt2::weights(ck)?,
+        Family::GptJ => gptj::weights(ck)?,
+        Family::GptNeoX => neox::weights(ck)?,
+        Family::GptNeo => gpt_neo::weights(ck)?,
+        Family::Phi => phi::weights(ck)?,
+        _ => llama::weights(family, ck)?,
     };
     w.validate(cfg)?;
     Ok(w)
@@ -285,168 +293,162 @@ fn norm(
     })
 }
 
-/// Reads a JSON field as f64/usize with a typed error.
-pub(crate) struct Json<'a> {
-    pub v: &'a Value,
-    pub what: &'a str,
+/// The unembedding `[d_vocab, d_model]`: the token embedding when the config ties them, else
+/// the checkpoint's `name`.
+fn unembedding(
+    cfg: &ModelConfig,
+    src: &mut dyn TensorSource,
+    w_e: &Tensor,
+    name: &str,
+    dtype: DType,
+    dev: &Device,
+) -> Result<Tensor> {
+    if cfg.tied_embeddings {
+        Ok(w_e.clone())
+    } else {
+        get(src, name, dtype, dev)
+    }
 }
 
-/// The largest value a model dimension may take (layers and heads far below it; widths and
-/// vocabularies too).
-pub(crate) const MAX_DIM: usize = 1 << 24;
-
-/// The largest number of layers or heads (the largest public models have ~130 layers and
-/// 128 heads): per-layer tables are allocated from these counts before any weight is read.
-pub(crate) const MAX_COUNT: usize = 1 << 12;
-
-/// Whether `field` counts layers or heads (bounded by [`MAX_COUNT`]) rather than a width.
-fn is_count(field: &str) -> bool {
-    field.contains("layer")
-        || field.contains("block_count")
-        || field.contains("head_count")
-        || field.contains("attention_heads")
-        || field.contains("key_value_heads")
-        || field == "n_head"
+/// A checkpoint being read into a model's weights: the config it was read with, its tensors,
+/// and the dtype and device they are converted to.
+pub(super) struct Checkpoint<'a> {
+    pub cfg: &'a ModelConfig,
+    pub src: &'a mut dyn TensorSource,
+    pub dtype: DType,
+    pub dev: &'a Device,
 }
 
-/// `value` as a model dimension of `field`: positive and at most [`MAX_DIM`] ([`MAX_COUNT`]
-/// for layer and head counts).
-///
-/// # Errors
-/// [`LensError::UnsupportedConfig`] naming the field.
-pub(crate) fn check_dim(field: &str, value: usize) -> Result<usize> {
-    let max = if is_count(field) { MAX_COUNT } else { MAX_DIM };
-    if value == 0 || value > max {
-        return Err(LensError::UnsupportedConfig {
-            field: field.to_string(),
-            value: value.to_string(),
-            fix: format!(
-                "this must be between 1 and {max}; the config is damaged or not a model's"
-            ),
-        });
-    }
-    Ok(value)
+/// Where a family keeps the tensors around its blocks.
+struct ModelNames<'a> {
+    /// The token embedding.
+    embed: &'a str,
+    /// The learned positions, where the family has them.
+    pos: Option<&'a str>,
+    /// The final norm's weight (its `.bias` read where present).
+    ln_final: &'a str,
+    /// The unembedding, read unless the config ties it to the embedding.
+    unembed: &'a str,
+    /// The unembedding's bias, where the family has one.
+    unembed_bias: Option<&'a str>,
 }
 
-impl Json<'_> {
-    pub fn usize(&self, key: &str) -> Result<usize> {
-        self.v
-            .get(key)
-            .and_then(Value::as_u64)
-            .map(|x| x as usize)
-            .ok_or_else(|| LensError::Json {
-                what: self.what.into(),
-                detail: format!("missing integer field '{key}'"),
-            })
-    }
-    /// A model dimension (layers, heads, widths, vocabulary): a positive integer below a bound
-    /// no real checkpoint reaches, checked before anything divides by it or allocates from it.
-    pub fn dim(&self, key: &str) -> Result<usize> {
-        check_dim(key, self.usize(key)?)
-    }
-    /// [`Self::dim`] with a default for an absent key.
-    pub fn dim_or(&self, key: &str, default: usize) -> Result<usize> {
-        match self.v.get(key) {
-            None | Some(Value::Null) => Ok(default),
-            Some(_) => self.dim(key),
-        }
-    }
-    pub fn usize_or(&self, key: &str, default: usize) -> usize {
-        self.v
-            .get(key)
-            .and_then(Value::as_u64)
-            .map_or(default, |x| x as usize)
-    }
-    pub fn f64_or(&self, key: &str, default: f64) -> f64 {
-        self.v.get(key).and_then(Value::as_f64).unwrap_or(default)
-    }
-    pub fn opt_f64(&self, key: &str) -> Option<f64> {
-        self.v.get(key).and_then(Value::as_f64)
-    }
-    pub fn bool_or(&self, key: &str, default: bool) -> bool {
-        self.v.get(key).and_then(Value::as_bool).unwrap_or(default)
-    }
-    pub fn str(&self, key: &str) -> Option<&str> {
-        self.v.get(key).and_then(Value::as_str)
-    }
-    pub fn opt_u32(&self, key: &str) -> Option<u32> {
-        // eos_token_id may be a list; take the first
-        match self.v.get(key) {
-            Some(Value::Number(n)) => n.as_u64().map(|x| x as u32),
-            Some(Value::Array(a)) => a.first().and_then(Value::as_u64).map(|x| x as u32),
-            _ => None,
+impl<'a> ModelNames<'a> {
+    /// Names without learned positions or an unembedding bias.
+    fn new(embed: &'a str, ln_final: &'a str, unembed: &'a str) -> Self {
+        ModelNames {
+            embed,
+            pos: None,
+            ln_final,
+            unembed,
+            unembed_bias: None,
         }
     }
 }
 
-pub(crate) fn hidden_act(j: &Json, key: &str, default: &str) -> Result<Activation> {
-    let act = j.str(key).unwrap_or(default);
-    match act {
-        "silu" | "swish" => Ok(Activation::Silu),
-        "gelu" => Ok(Activation::Gelu),
-        "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Activation::GeluTanh),
-        "relu" => Ok(Activation::Relu),
-        other => Err(LensError::UnsupportedConfig {
-            field: key.into(),
-            value: other.into(),
-            fix: "supported activations: silu, gelu, gelu_new, gelu_pytorch_tanh, relu".into(),
-        }),
-    }
-}
-
-fn rope_scaling_from(rs: &Value, what: &str) -> Result<Option<RopeScaling>> {
-    let r = Json { v: rs, what };
-    let kind = r.str("rope_type").or(r.str("type")).unwrap_or("default");
-    match kind {
-        "default" => Ok(None),
-        "linear" => Ok(Some(RopeScaling::Linear {
-            factor: r.f64_or("factor", 1.0),
-        })),
-        "llama3" => Ok(Some(RopeScaling::Llama3 {
-            factor: r.f64_or("factor", 8.0),
-            low_freq_factor: r.f64_or("low_freq_factor", 1.0),
-            high_freq_factor: r.f64_or("high_freq_factor", 4.0),
-            original_max_position_embeddings: r.f64_or("original_max_position_embeddings", 8192.0),
-        })),
-        other => Err(LensError::UnsupportedConfig {
-            field: "rope_type".into(),
-            value: other.into(),
-            fix: "supported: default, linear, llama3".into(),
-        }),
-    }
-}
-
-/// Rotary parameters from either config format: transformers 4 (`rope_theta`, `rope_scaling`,
-/// `rope_local_base_freq`) or transformers 5 (`rope_parameters`, per layer type for Gemma 3).
-/// Returns `(global base, global scaling, local base)`.
-pub(crate) fn rope_params(
-    j: &Json,
-    default_base: f64,
-) -> Result<(f64, Option<RopeScaling>, Option<f64>)> {
-    if let Some(rp) = j.v.get("rope_parameters").filter(|v| v.is_object()) {
-        let (global, local) = match rp.get("full_attention") {
-            Some(g) => (g, rp.get("sliding_attention")),
-            None => (rp, None),
-        };
-        let base = global
-            .get("rope_theta")
-            .and_then(Value::as_f64)
-            .unwrap_or(default_base);
-        let scaling = rope_scaling_from(global, j.what)?;
-        let local_base = local
-            .and_then(|l| l.get("rope_theta"))
-            .and_then(Value::as_f64);
-        return Ok((base, scaling, local_base));
-    }
-    let scaling = match j.v.get("rope_scaling").filter(|v| !v.is_null()) {
-        Some(rs) => rope_scaling_from(rs, j.what)?,
+/// A model's weights: the embeddings and final norm and unembedding under `names`, and
+/// `block(src, l)` for every layer.
+fn read_model(
+    ck: Checkpoint,
+    names: &ModelNames,
+    mut block: impl FnMut(&mut dyn TensorSource, usize) -> Result<LayerWeights>,
+) -> Result<Weights> {
+    let (cfg, src, dtype, dev) = (ck.cfg, ck.src, ck.dtype, ck.dev);
+    let w_e = get(src, names.embed, dtype, dev)?;
+    let w_pos = match names.pos {
+        Some(p) => Some(get(src, p, dtype, dev)?),
         None => None,
     };
-    Ok((
-        j.f64_or("rope_theta", default_base),
-        scaling,
-        j.opt_f64("rope_local_base_freq"),
-    ))
+    let layers = (0..cfg.n_layers)
+        .map(|l| block(&mut *src, l))
+        .collect::<Result<Vec<_>>>()?;
+    let w_u = unembedding(cfg, src, &w_e, names.unembed, dtype, dev)?;
+    let b_u = match names.unembed_bias {
+        Some(b) => opt(src, b, dtype, dev)?,
+        None => None,
+    };
+    Ok(Weights {
+        w_e,
+        w_pos,
+        layers,
+        ln_final: norm(src, names.ln_final, false, dtype, dev)?,
+        w_u,
+        b_u,
+    })
+}
+
+/// A block's tensor names below its layer's prefix, for the families whose blocks have
+/// separate q/k/v/o projections and a two-matrix MLP: each `{name}.weight`, with `{name}.bias`
+/// where the checkpoint has one, and the pre-norms the block has.
+struct BlockNames<'a> {
+    /// The q, k, v and output projections.
+    attn: [&'a str; 4],
+    /// The MLP's up and down projections.
+    mlp: [&'a str; 2],
+    /// The attention's pre-norm (the MLP's too in a parallel block without its own).
+    ln1: &'a str,
+    /// The MLP's own pre-norm, where it has one.
+    ln2: Option<&'a str>,
+}
+
+/// The block under `prefix` (`transformer.h.3.`) named by `names`.
+fn read_block(
+    src: &mut dyn TensorSource,
+    prefix: &str,
+    names: &BlockNames,
+    dtype: DType,
+    dev: &Device,
+) -> Result<LayerWeights> {
+    let [q, k, v, o] = names.attn;
+    let [up, down] = names.mlp;
+    let mut weight = |s: &str| get(src, &format!("{prefix}{s}.weight"), dtype, dev);
+    let (w_q, w_k, w_v, w_o) = (weight(q)?, weight(k)?, weight(v)?, weight(o)?);
+    let (w_in, w_out) = (weight(up)?, weight(down)?);
+    let mut bias = |s: &str| opt(src, &format!("{prefix}{s}.bias"), dtype, dev);
+    let (b_q, b_k, b_v, b_o) = (bias(q)?, bias(k)?, bias(v)?, bias(o)?);
+    let (b_in, b_out) = (bias(up)?, bias(down)?);
+    let ln1 = norm(
+        src,
+        &format!("{prefix}{}.weight", names.ln1),
+        false,
+        dtype,
+        dev,
+    )?;
+    let ln2 = match names.ln2 {
+        Some(n) => Some(norm(
+            src,
+            &format!("{prefix}{n}.weight"),
+            false,
+            dtype,
+            dev,
+        )?),
+        None => None,
+    };
+    Ok(LayerWeights {
+        ln1: Some(ln1),
+        ln2,
+        b_q,
+        b_k,
+        b_v,
+        b_o,
+        b_in,
+        b_out,
+        ..LayerWeights::projections(w_q, w_k, w_v, w_o, w_in, w_out)
+    })
+}
+
+/// `cfg` with GPT-2's BPE special tokens as the families on its tokenizer declare them:
+/// `<|endoftext|>` (`endoftext`, 50256 for GPT-2's vocabulary) as BOS and EOS unless the config
+/// names others, padding with the EOS token (or the config's `pad_token_id` where `pad_key`
+/// says so), and BOS prepended before every prompt, as TransformerLens does.
+fn endoftext_tokens(j: &Json, cfg: ModelConfig, endoftext: u32, pad_key: &str) -> ModelConfig {
+    ModelConfig {
+        bos_token_id: j.opt_u32("bos_token_id").or(Some(endoftext)),
+        eos_token_id: j.opt_u32("eos_token_id").or(Some(endoftext)),
+        pad_token_id: j.opt_u32(pad_key).unwrap_or(endoftext),
+        default_prepend_bos: true,
+        ..cfg
+    }
 }
 
 #[cfg(test)]
@@ -532,13 +534,18 @@ mod tests {
 
     #[test]
     fn transformers4_and_5_rope_formats_agree() {
-        let v5 = tiny_config("llama");
-        let mut v4 = v5.clone();
-        let rp = v4
-            .as_object_mut()
-            .unwrap()
-            .remove("rope_parameters")
-            .unwrap();
+        // a transformers-5 config, and the same without its rope_parameters
+        let v4_of = |name: &str| {
+            let v5 = tiny_config(name);
+            let mut v4 = v5.clone();
+            let rp = v4
+                .as_object_mut()
+                .unwrap()
+                .remove("rope_parameters")
+                .unwrap();
+            (v5, v4, rp)
+        };
+        let (v5, mut v4, rp) = v4_of("llama");
         v4["rope_theta"] = rp["rope_theta"].clone();
         v4["rope_scaling"] = rp.clone();
         let (_, a) = config_from_hf(&v5, "x").unwrap();
@@ -550,13 +557,7 @@ mod tests {
         assert_eq!(r.base, 500000.0);
         assert!(matches!(r.scaling, Some(RopeScaling::Llama3 { factor, .. }) if factor == 8.0));
 
-        let g5 = tiny_config("gemma3");
-        let mut g4 = g5.clone();
-        let rp = g4
-            .as_object_mut()
-            .unwrap()
-            .remove("rope_parameters")
-            .unwrap();
+        let (g5, mut g4, rp) = v4_of("gemma3");
         g4["rope_theta"] = rp["full_attention"]["rope_theta"].clone();
         g4["rope_local_base_freq"] = rp["sliding_attention"]["rope_theta"].clone();
         let (_, a) = config_from_hf(&g5, "x").unwrap();

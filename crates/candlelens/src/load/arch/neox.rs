@@ -4,21 +4,23 @@
 //! rotate-half, a fused `query_key_value` projection laid out head by head (`[h, q|k|v, d_head]`
 //! rows), biases everywhere, an untied `embed_out`.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::Tensor;
 use serde_json::Value;
 
-use super::{check_dim, get, hidden_act, norm, opt, Json};
-use crate::engine::config::{
-    AttentionKind, ModelConfig, NormKind, Positional, QkNorm, RotaryConfig,
+use super::{
+    get, hidden_act, norm, opt, read_model, Checkpoint, DimKeys, Json, MlpWidth, ModelNames,
 };
-use crate::engine::weights::{LayerWeights, TensorSource, Weights};
+use crate::engine::config::{ModelConfig, RotaryConfig};
+use crate::engine::weights::{LayerWeights, Weights};
 use crate::error::{LensError, Result};
 
 pub(super) fn config(j: &Json, name: &str) -> Result<ModelConfig> {
-    let d_model = j.dim("hidden_size")?;
-    let n_heads = j.dim("num_attention_heads")?;
-    let n_layers = j.dim("num_hidden_layers")?;
-    let d_head = check_dim("hidden_size / num_attention_heads", d_model / n_heads)?;
+    let dims = j.dims(&DimKeys {
+        n_kv_heads: None,
+        d_head: None,
+        d_mlp: MlpWidth::KeyOr4x("intermediate_size"),
+        ..DimKeys::HF
+    })?;
     // transformers 5 writes rope_parameters; the released Pythia configs rotary_pct/rotary_emb_base
     let rp = j.v.get("rope_parameters").filter(|v| v.is_object());
     let pct = rp
@@ -37,39 +39,12 @@ pub(super) fn config(j: &Json, name: &str) -> Result<ModelConfig> {
         });
     }
     // HF: int(head_size * factor); the rotated part must hold whole pairs
-    let rot = ((d_head as f64 * pct) as usize).max(2) & !1;
+    let rot = ((dims.d_head as f64 * pct) as usize).max(2) & !1;
     let parallel = j.bool_or("use_parallel_residual", true);
     Ok(ModelConfig {
-        architecture: "gpt_neox".into(),
-        name: name.to_string(),
-        n_layers,
-        d_model,
-        n_heads,
-        n_kv_heads: n_heads,
-        d_head,
-        d_mlp: j.dim_or("intermediate_size", 4 * d_model)?,
-        d_vocab: j.dim("vocab_size")?,
-        n_ctx: j.usize_or("max_position_embeddings", 2048),
-        norm: NormKind::LayerNorm,
         norm_eps: j.f64_or("layer_norm_eps", 1e-5),
-        positional: Positional::Rotary(RotaryConfig {
-            dim: rot,
-            base,
-            local_base: None,
-            scaling: None,
-            interleaved: false,
-        }),
+        positional: RotaryConfig::halves(rot, base),
         act: hidden_act(j, "hidden_act", "gelu")?,
-        gated_mlp: false,
-        moe: None,
-        pre_norms: true,
-        qk_norm: QkNorm::None,
-        post_norms: false,
-        attn_scale: 1.0 / (d_head as f64).sqrt(),
-        attn_softcap: None,
-        final_softcap: None,
-        layer_attention: vec![AttentionKind::Global; n_layers],
-        embed_scale: None,
         tied_embeddings: j.bool_or("tie_word_embeddings", false),
         parallel_attn_mlp: parallel,
         parallel_ln2: parallel,
@@ -77,6 +52,7 @@ pub(super) fn config(j: &Json, name: &str) -> Result<ModelConfig> {
         eos_token_id: j.opt_u32("eos_token_id").or(Some(0)),
         pad_token_id: j.opt_u32("pad_token_id").unwrap_or(1),
         default_prepend_bos: true,
+        ..ModelConfig::plain("gpt_neox", name, dims)
     })
 }
 
@@ -95,16 +71,15 @@ fn split_qkv(t: &Tensor, n_heads: usize, d_head: usize) -> Result<(Tensor, Tenso
     Ok((part(0)?, part(1)?, part(2)?))
 }
 
-pub(super) fn weights(
-    cfg: &ModelConfig,
-    src: &mut dyn TensorSource,
-    dtype: DType,
-    dev: &Device,
-) -> Result<Weights> {
+pub(super) fn weights(ck: Checkpoint) -> Result<Weights> {
+    let (cfg, dtype, dev) = (ck.cfg, ck.dtype, ck.dev);
     let (h, dh, d) = (cfg.n_heads, cfg.d_head, cfg.d_model);
-    let w_e = get(src, "gpt_neox.embed_in.weight", dtype, dev)?;
-    let mut layers = Vec::new();
-    for l in 0..cfg.n_layers {
+    let names = ModelNames::new(
+        "gpt_neox.embed_in.weight",
+        "gpt_neox.final_layer_norm.weight",
+        "embed_out.weight",
+    );
+    read_model(ck, &names, |src, l| {
         let n = |s: &str| format!("gpt_neox.layers.{l}.{s}");
         let qkv = get(src, &n("attention.query_key_value.weight"), dtype, dev)?;
         if qkv.dims() != [3 * h * dh, d] {
@@ -127,9 +102,8 @@ pub(super) fn weights(
             }
             None => (None, None, None),
         };
-        layers.push(LayerWeights {
+        Ok(LayerWeights {
             ln1: Some(norm(src, &n("input_layernorm.weight"), false, dtype, dev)?),
-            ln1_post: None,
             ln2: Some(norm(
                 src,
                 &n("post_attention_layernorm.weight"),
@@ -137,37 +111,20 @@ pub(super) fn weights(
                 dtype,
                 dev,
             )?),
-            ln2_post: None,
-            w_q,
             b_q,
-            w_k,
             b_k,
-            w_v,
             b_v,
-            q_norm: None,
-            k_norm: None,
-            w_o: get(src, &n("attention.dense.weight"), dtype, dev)?,
             b_o: opt(src, &n("attention.dense.bias"), dtype, dev)?,
-            router: None,
-            shared_expert_gate: None,
-            w_in: get(src, &n("mlp.dense_h_to_4h.weight"), dtype, dev)?,
             b_in: opt(src, &n("mlp.dense_h_to_4h.bias"), dtype, dev)?,
-            w_gate: None,
-            w_out: get(src, &n("mlp.dense_4h_to_h.weight"), dtype, dev)?,
             b_out: opt(src, &n("mlp.dense_4h_to_h.bias"), dtype, dev)?,
-        });
-    }
-    let w_u = if cfg.tied_embeddings {
-        w_e.clone()
-    } else {
-        get(src, "embed_out.weight", dtype, dev)?
-    };
-    Ok(Weights {
-        w_e,
-        w_pos: None,
-        layers,
-        ln_final: norm(src, "gpt_neox.final_layer_norm.weight", false, dtype, dev)?,
-        w_u,
-        b_u: None,
+            ..LayerWeights::projections(
+                w_q,
+                w_k,
+                w_v,
+                get(src, &n("attention.dense.weight"), dtype, dev)?,
+                get(src, &n("mlp.dense_h_to_4h.weight"), dtype, dev)?,
+                get(src, &n("mlp.dense_4h_to_h.weight"), dtype, dev)?,
+            )
+        })
     })
 }

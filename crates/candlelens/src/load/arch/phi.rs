@@ -3,14 +3,14 @@
 //! `partial_rotary_factor` of each head (0.4 in Phi-2), biases on every projection and on the
 //! unembedding. (Phi-3 and Phi-4-mini are Llama-style: see `llama.rs`.)
 
-use candle_core::{DType, Device};
 use serde_json::Value;
 
-use super::{check_dim, get, hidden_act, norm, opt, rope_params, Json};
-use crate::engine::config::{
-    AttentionKind, ModelConfig, NormKind, Positional, QkNorm, RotaryConfig,
+use super::{
+    endoftext_tokens, hidden_act, read_block, read_model, rope_params, BlockNames, Checkpoint,
+    DimKeys, Json, ModelNames,
 };
-use crate::engine::weights::{LayerWeights, TensorSource, Weights};
+use crate::engine::config::{ModelConfig, Positional, RotaryConfig};
+use crate::engine::weights::Weights;
 use crate::error::{LensError, Result};
 
 /// The fraction of each head that rotates: `rope_parameters.partial_rotary_factor`
@@ -49,14 +49,7 @@ pub(super) fn rotary_dims(d_head: usize, pct: f64) -> Result<usize> {
 }
 
 pub(super) fn config(j: &Json, name: &str) -> Result<ModelConfig> {
-    let d_model = j.dim("hidden_size")?;
-    let n_heads = j.dim("num_attention_heads")?;
-    let n_layers = j.dim("num_hidden_layers")?;
-    let n_kv_heads = j.dim_or("num_key_value_heads", n_heads)?;
-    let d_head = check_dim(
-        "hidden_size / num_attention_heads",
-        j.usize_or("head_dim", d_model / n_heads),
-    )?;
+    let dims = j.dims(&DimKeys::HF)?;
     if j.bool_or("qk_layernorm", false) {
         return Err(LensError::UnsupportedConfig {
             field: "qk_layernorm".into(),
@@ -65,98 +58,45 @@ pub(super) fn config(j: &Json, name: &str) -> Result<ModelConfig> {
         });
     }
     let (base, scaling, _) = rope_params(j, 10_000.0)?;
-    let dim = rotary_dims(d_head, partial_rotary_factor(j, 0.5)?)?;
-    Ok(ModelConfig {
-        architecture: "phi".into(),
-        name: name.to_string(),
-        n_layers,
-        d_model,
-        n_heads,
-        n_kv_heads,
-        d_head,
-        d_mlp: j.dim("intermediate_size")?,
-        d_vocab: j.dim("vocab_size")?,
-        n_ctx: j.usize_or("max_position_embeddings", 2048),
-        norm: NormKind::LayerNorm,
+    let dim = rotary_dims(dims.d_head, partial_rotary_factor(j, 0.5)?)?;
+    let cfg = ModelConfig {
         norm_eps: j.f64_or("layer_norm_eps", 1e-5),
         positional: Positional::Rotary(RotaryConfig {
-            dim,
-            base,
-            local_base: None,
             scaling,
-            interleaved: false,
+            ..RotaryConfig::plain(dim, base)
         }),
         act: hidden_act(j, "hidden_act", "gelu_new")?,
-        gated_mlp: false,
-        moe: None,
-        pre_norms: true,
-        qk_norm: QkNorm::None,
-        post_norms: false,
-        attn_scale: 1.0 / (d_head as f64).sqrt(),
-        attn_softcap: None,
-        final_softcap: None,
-        layer_attention: vec![AttentionKind::Global; n_layers],
-        embed_scale: None,
         tied_embeddings: j.bool_or("tie_word_embeddings", false),
         parallel_attn_mlp: true,
-        parallel_ln2: false,
-        bos_token_id: j.opt_u32("bos_token_id").or(Some(50256)),
-        eos_token_id: j.opt_u32("eos_token_id").or(Some(50256)),
-        pad_token_id: j.opt_u32("pad_token_id").unwrap_or(50256),
-        // Phi's tokenizer adds no BOS; TransformerLens prepends <|endoftext|>
-        default_prepend_bos: true,
-    })
+        ..ModelConfig::plain("phi", name, dims)
+    };
+    // Phi's tokenizer adds no BOS; TransformerLens prepends <|endoftext|>
+    Ok(endoftext_tokens(j, cfg, 50256, "pad_token_id"))
 }
 
-pub(super) fn weights(
-    cfg: &ModelConfig,
-    src: &mut dyn TensorSource,
-    dtype: DType,
-    dev: &Device,
-) -> Result<Weights> {
-    let w_e = get(src, "model.embed_tokens.weight", dtype, dev)?;
-    let mut layers = Vec::with_capacity(cfg.n_layers);
-    for l in 0..cfg.n_layers {
-        let n = |s: &str| format!("model.layers.{l}.{s}");
-        layers.push(LayerWeights {
-            ln1: Some(norm(src, &n("input_layernorm.weight"), false, dtype, dev)?),
-            ln1_post: None,
-            // the MLP reads ln1's output
-            ln2: None,
-            ln2_post: None,
-            w_q: get(src, &n("self_attn.q_proj.weight"), dtype, dev)?,
-            b_q: opt(src, &n("self_attn.q_proj.bias"), dtype, dev)?,
-            w_k: get(src, &n("self_attn.k_proj.weight"), dtype, dev)?,
-            b_k: opt(src, &n("self_attn.k_proj.bias"), dtype, dev)?,
-            w_v: get(src, &n("self_attn.v_proj.weight"), dtype, dev)?,
-            b_v: opt(src, &n("self_attn.v_proj.bias"), dtype, dev)?,
-            q_norm: None,
-            k_norm: None,
-            w_o: get(src, &n("self_attn.dense.weight"), dtype, dev)?,
-            b_o: opt(src, &n("self_attn.dense.bias"), dtype, dev)?,
-            router: None,
-            shared_expert_gate: None,
-            w_in: get(src, &n("mlp.fc1.weight"), dtype, dev)?,
-            b_in: opt(src, &n("mlp.fc1.bias"), dtype, dev)?,
-            w_gate: None,
-            w_out: get(src, &n("mlp.fc2.weight"), dtype, dev)?,
-            b_out: opt(src, &n("mlp.fc2.bias"), dtype, dev)?,
-        });
-    }
-    let (w_u, b_u) = if cfg.tied_embeddings {
-        (w_e.clone(), opt(src, "lm_head.bias", dtype, dev)?)
-    } else {
-        (
-            get(src, "lm_head.weight", dtype, dev)?,
-            opt(src, "lm_head.bias", dtype, dev)?,
+pub(super) fn weights(ck: Checkpoint) -> Result<Weights> {
+    let (dtype, dev) = (ck.dtype, ck.dev);
+    let names = ModelNames {
+        unembed_bias: Some("lm_head.bias"),
+        ..ModelNames::new(
+            "model.embed_tokens.weight",
+            "model.final_layernorm.weight",
+            "lm_head.weight",
         )
     };
-    Ok(Weights {
-        w_e,
-        w_pos: None,
-        layers,
-        ln_final: norm(src, "model.final_layernorm.weight", false, dtype, dev)?,
-        w_u,
-        b_u,
+    // the MLP reads ln1's output
+    let block = BlockNames {
+        attn: [
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.dense",
+        ],
+        mlp: ["mlp.fc1", "mlp.fc2"],
+        ln1: "input_layernorm",
+        ln2: None,
+    };
+    read_model(ck, &names, |src, l| {
+        read_block(src, &format!("model.layers.{l}."), &block, dtype, dev)
     })
 }

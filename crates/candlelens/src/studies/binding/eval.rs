@@ -59,15 +59,12 @@ impl Evaluation {
         answers: &[(u32, u32)],
     ) -> Result<Vec<Evaluation>> {
         if answers.len() != batch.len() || self.per_prompt.len() != batch.len() {
-            return Err(LensError::Mismatch {
-                what: "evaluation, answers and batch".into(),
-                detail: format!(
+            return Err(LensError::mismatch("evaluation, answers and batch", format!(
                     "an evaluation of {} prompts and {} answers for a batch of {}; give one answer pair per prompt",
                     self.per_prompt.len(),
                     answers.len(),
                     batch.len()
-                ),
-            });
+                )));
         }
         (0..batch.num_pairs())
             .map(|k| {
@@ -103,14 +100,14 @@ pub fn evaluate_logits(last_logits: &Tensor, answers: &[(u32, u32)]) -> Result<E
     let last_logits = last_logits.to_dtype(DType::F32)?;
     let rows: Vec<Vec<f32>> = last_logits.to_vec2()?;
     if rows.len() != answers.len() {
-        return Err(LensError::Mismatch {
-            what: "answer pairs and prompts".into(),
-            detail: format!(
+        return Err(LensError::mismatch(
+            "answer pairs and prompts",
+            format!(
                 "{} answer pairs for {} prompts; give one pair per prompt",
                 answers.len(),
                 rows.len()
             ),
-        });
+        ));
     }
     let (mut hit, mut pair, mut other) = (0usize, 0usize, 0usize);
     let mut per_prompt = Vec::with_capacity(rows.len());

@@ -137,13 +137,10 @@ impl Intervention {
         let want = [model.cfg.n_layers, model.cfg.d_model];
         for t in [&vectors.entity, &vectors.attribute] {
             if t.dims() != want {
-                return Err(LensError::Mismatch {
-                    what: "binding vectors and model".into(),
-                    detail: format!(
+                return Err(LensError::mismatch("binding vectors and model", format!(
                         "binding vectors of shape {:?} for a model with [n_layers, d_model] = {want:?}; compute them on this model",
                         t.dims()
-                    ),
-                });
+                    )));
             }
         }
         let device = model.device();

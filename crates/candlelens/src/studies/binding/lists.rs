@@ -68,7 +68,8 @@ impl BindingLists {
     /// alone; an entry without a leading space must be one token with one too.
     ///
     /// # Errors
-    /// Tokenizer errors.
+    /// [`LensError::Mismatch`] when `countries` and `capitals` differ in length;
+    /// [`LensError::Tokenizer`] only if the tokenizer itself fails.
     pub fn one_token(&self, model: &HookedTransformer) -> Result<BindingLists> {
         let names = pick(&self.names, &one_token_rows(model, &[&self.names])?);
         let rows = one_token_rows(model, &[&self.countries, &self.capitals])?;
@@ -89,7 +90,8 @@ fn pick(list: &[String], rows: &[usize]) -> Vec<String> {
 /// Whether `text` is exactly one token for the model (no BOS).
 ///
 /// # Errors
-/// Tokenizer errors.
+/// [`LensError::Tokenizer`] only if the tokenizer itself fails; no `text` is rejected (an empty one
+/// is simply not one token).
 pub fn is_one_token(model: &HookedTransformer, text: &str) -> Result<bool> {
     Ok(model.tokenizer().encode(text)?.len() == 1)
 }
@@ -103,21 +105,21 @@ pub fn is_one_token(model: &HookedTransformer, text: &str) -> Result<bool> {
 /// lengths; tokenizer errors.
 pub fn one_token_rows(model: &HookedTransformer, columns: &[&[String]]) -> Result<Vec<usize>> {
     let Some(first) = columns.first() else {
-        return Err(LensError::TooFew {
-            what: "lists for one_token_rows".into(),
-            need: 1,
-            got: 0,
-            fix: "pass the lists to filter".into(),
-        });
+        return Err(LensError::too_few(
+            "lists for one_token_rows",
+            1,
+            0,
+            "pass the lists to filter",
+        ));
     };
     if columns.iter().any(|c| c.len() != first.len()) {
-        return Err(LensError::Mismatch {
-            what: "lists for one_token_rows".into(),
-            detail: format!(
+        return Err(LensError::mismatch(
+            "lists for one_token_rows",
+            format!(
                 "they differ in length ({:?}); they must be aligned by index",
                 columns.iter().map(|c| c.len()).collect::<Vec<_>>()
             ),
-        });
+        ));
     }
     let mut rows = Vec::new();
     'row: for i in 0..first.len() {

@@ -64,29 +64,22 @@ pub fn find_positions(
             fix: "Keep only entries that are single tokens (binding::one_token_rows), and check that the template separates them from their neighbours".into(),
         })
     };
-    let mut pos = BindingPositions {
-        entities: Vec::new(),
-        attributes: Vec::new(),
+    let find_all = |spans: &[Range<usize>], texts: &[String], role: &str| {
+        spans
+            .iter()
+            .zip(texts)
+            .enumerate()
+            .map(|(k, (span, t))| find(span, &format!("{role}_{k}"), t))
+            .collect::<Result<Vec<_>>>()
     };
-    for (k, (span, e)) in prompt
-        .text
-        .entity_spans
-        .iter()
-        .zip(&prompt.entities)
-        .enumerate()
-    {
-        pos.entities.push(find(span, &format!("entity E_{k}"), e)?);
-    }
-    for (k, (span, a)) in prompt
-        .text
-        .attribute_spans
-        .iter()
-        .zip(&prompt.attributes)
-        .enumerate()
-    {
-        pos.attributes
-            .push(find(span, &format!("attribute A_{k}"), a)?);
-    }
+    let pos = BindingPositions {
+        entities: find_all(&prompt.text.entity_spans, &prompt.entities, "entity E")?,
+        attributes: find_all(
+            &prompt.text.attribute_spans,
+            &prompt.attributes,
+            "attribute A",
+        )?,
+    };
     Ok(pos)
 }
 
@@ -176,7 +169,8 @@ impl BindingBatch {
     /// source prints.
     ///
     /// # Errors
-    /// Tokenizer errors; [`LensError::OutOfRange`] for `i` out of range.
+    /// [`LensError::OutOfRange`] for `i` beyond the batch; [`LensError::Tokenizer`] only if the
+    /// tokenizer's decoder fails.
     pub fn describe_positions(&self, model: &HookedTransformer, i: usize) -> Result<String> {
         let (Some(pos), true) = (self.positions.get(i), i < self.tokens.batch()) else {
             return Err(LensError::OutOfRange {

@@ -46,14 +46,14 @@ impl Task {
         attributes: &[String],
     ) -> Result<PromptText> {
         if entities.len() != attributes.len() {
-            return Err(LensError::Mismatch {
-                what: "entities and attributes".into(),
-                detail: format!(
+            return Err(LensError::mismatch(
+                "entities and attributes",
+                format!(
                     "{} entities but {} attributes; a prompt binds them in pairs",
                     entities.len(),
                     attributes.len()
                 ),
-            });
+            ));
         }
         let mut text = String::from(HEADER);
         text.push_str("Context: ");
@@ -136,12 +136,12 @@ pub fn sample_prompts(
     num_pairs: usize,
 ) -> Result<Vec<BindingPrompt>> {
     if num_pairs < 2 {
-        return Err(LensError::TooFew {
-            what: "pairs per prompt".into(),
-            need: 2,
-            got: num_pairs,
-            fix: "a binding prompt needs at least two entity/attribute pairs".into(),
-        });
+        return Err(LensError::too_few(
+            "pairs per prompt",
+            2,
+            num_pairs,
+            "a binding prompt needs at least two entity/attribute pairs",
+        ));
     }
     let shortest = entities.len().min(attributes.len());
     if num_pairs > shortest {
@@ -158,14 +158,11 @@ pub fn sample_prompts(
     }
     if let Some(a) = answers {
         if a.len() != attributes.len() {
-            return Err(LensError::Mismatch {
-                what: "answers and attributes".into(),
-                detail: format!(
+            return Err(LensError::mismatch("answers and attributes", format!(
                     "{} answers for {} attributes; the answers are looked up by the attribute's index",
                     a.len(),
                     attributes.len()
-                ),
-            });
+                )));
         }
     }
     let mut picks = Vec::with_capacity(n);

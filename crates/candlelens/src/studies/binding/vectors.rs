@@ -34,11 +34,10 @@ impl BindingMeans {
     ) -> Result<(BindingMeans, Evaluation)> {
         let k = batch.num_pairs();
         if batch.positions.iter().any(|p| p.entities.len() != k) {
-            return Err(LensError::Mismatch {
-                what: "pairs per prompt".into(),
-                detail: "BindingMeans::collect needs every prompt to have the same number of pairs"
-                    .into(),
-            });
+            return Err(LensError::mismatch(
+                "pairs per prompt",
+                "BindingMeans::collect needs every prompt to have the same number of pairs",
+            ));
         }
         let (b, p) = (batch.tokens.batch(), batch.tokens.max_len());
         // flat row index into [batch * pos]: slot (E_0..E_k-1, A_0..A_k-1) major, prompt minor
@@ -95,7 +94,7 @@ impl BindingMeans {
     /// `Δ_E = mean[E_0] - mean[E_1]`, `Δ_A = mean[A_0] - mean[A_1]` per layer.
     ///
     /// # Errors
-    /// Tensor errors.
+    /// [`LensError::OutOfRange`] when the means hold fewer than two pairs.
     pub fn vectors(&self) -> Result<BindingVectors> {
         self.difference(0, 1)
     }
@@ -133,7 +132,8 @@ impl BindingVectors {
     /// L2 norms per layer: `(|Δ_E[l]|, |Δ_A[l]|)`.
     ///
     /// # Errors
-    /// Tensor errors.
+    /// None for vectors from [`BindingMeans`]; a raw [`LensError::Candle`] if a hand-set field is
+    /// not a 2-D f32 tensor.
     pub fn norms(&self) -> Result<(Vec<f32>, Vec<f32>)> {
         let n = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.sqr()?.sum(1)?.sqrt()?.to_vec1::<f32>()?) };
         Ok((n(&self.entity)?, n(&self.attribute)?))
@@ -143,7 +143,8 @@ impl BindingVectors {
     /// norm of `Δ_E[l]` (resp. `Δ_A[l]`).
     ///
     /// # Errors
-    /// Tensor errors.
+    /// None for vectors from [`BindingMeans`]; a raw [`LensError::Candle`] if a hand-set field is
+    /// not a 2-D f32 tensor.
     pub fn random_like(&self, seed: u64) -> Result<BindingVectors> {
         let mut rng = PyRandom::seed(seed);
         let mut random = |t: &Tensor| -> Result<Tensor> {

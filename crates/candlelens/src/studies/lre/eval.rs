@@ -363,12 +363,12 @@ pub fn causality(
     let c = &test.candidates;
     let nc = c.objects.len();
     if nc < 2 {
-        return Err(LensError::TooFew {
-            what: "candidate objects for a causality test".into(),
-            need: 2,
-            got: nc,
-            fix: "use a relation with at least two objects".into(),
-        });
+        return Err(LensError::too_few(
+            "candidate objects for a causality test",
+            2,
+            nc,
+            "use a relation with at least two objects",
+        ));
     }
     let z_train = op.apply(&train.h_at(op.layer)?)?;
     // z' per candidate: mean operator output over the training subjects the model answers it

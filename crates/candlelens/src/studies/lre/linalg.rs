@@ -53,14 +53,11 @@ pub fn least_norm_fit(x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor)> {
     let dev = x.device().clone();
     let (xa, ya) = (to_array(x)?, to_array(y)?);
     if xa.nrows() != ya.nrows() || xa.nrows() == 0 {
-        return Err(LensError::Mismatch {
-            what: "regression inputs and targets".into(),
-            detail: format!(
+        return Err(LensError::mismatch("regression inputs and targets", format!(
                 "{} inputs and {} targets; a regression needs one target per input, and at least one",
                 xa.nrows(),
                 ya.nrows()
-            ),
-        });
+            )));
     }
     let (xm, ym) = (
         xa.mean_axis(Axis(0)).unwrap_or_default(),

@@ -28,6 +28,7 @@ mod linalg;
 mod operator;
 
 mod relation;
+mod sources;
 mod states;
 pub mod steps;
 
@@ -39,4 +40,5 @@ pub use eval::{
 pub use linalg::{least_norm_fit, low_rank_pinv, singular_values};
 pub use operator::{jacobian, Estimator, LreOperator, SubjectJacobian};
 pub use relation::{check_template, Relation, Sample};
+pub use sources::{SourceNotebook, SOURCE_NOTEBOOKS, SOURCE_VAR};
 pub use states::{subject_last_token, Candidates, LreStates, ReadAt, SubjectState};

@@ -61,12 +61,12 @@ impl LreOperator {
         layer: usize,
     ) -> Result<Self> {
         if train.len() < 2 {
-            return Err(LensError::TooFew {
-                what: "training subjects for the regression estimator".into(),
-                need: 2,
-                got: train.len(),
-                fix: "use a larger relation or a larger training fraction".into(),
-            });
+            return Err(LensError::too_few(
+                "training subjects for the regression estimator",
+                2,
+                train.len(),
+                "use a larger relation or a larger training fraction",
+            ));
         }
         let x = train.h_at(layer)?;
         let ids = train
@@ -116,12 +116,12 @@ impl LreOperator {
     ) -> Result<Self> {
         check_beta(beta)?;
         if train.is_empty() {
-            return Err(LensError::TooFew {
-                what: "training subjects for the Jacobian estimator".into(),
-                need: 1,
-                got: 0,
-                fix: "pass at least one subject's states".into(),
-            });
+            return Err(LensError::too_few(
+                "training subjects for the Jacobian estimator",
+                1,
+                0,
+                "pass at least one subject's states",
+            ));
         }
         let d = model.cfg.d_model;
         let mut w_sum = Tensor::zeros((d, d), DType::F32, model.device())?;
@@ -316,10 +316,10 @@ fn check_beta(beta: f32) -> Result<f64> {
     if beta.is_finite() && beta > 0.0 {
         Ok(f64::from(beta))
     } else {
-        Err(LensError::BadParameter {
-            name: "beta".into(),
-            value: beta.to_string(),
-            fix: "β scales the Jacobian operator: give a finite positive number (the paper uses 2.25)".into(),
-        })
+        Err(LensError::bad_parameter(
+            "beta",
+            beta,
+            "β scales the Jacobian operator: give a finite positive number (the paper uses 2.25)",
+        ))
     }
 }

@@ -39,13 +39,10 @@ impl Relation {
     /// an empty relation.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Relation> {
         let path = path.as_ref();
-        if !path.exists() {
-            return Err(LensError::MissingFile {
-                path: path.to_path_buf(),
-                fix: "pass a relation JSON file (data/data_sample.json, data/lre/*.json)".into(),
-            });
-        }
-        let text = std::fs::read_to_string(path).map_err(|e| LensError::io(path, e))?;
+        let text = crate::util::fs::read_text(
+            path,
+            "pass a relation JSON file (data/data_sample.json, data/lre/*.json)",
+        )?;
         let json_err = |detail: String| LensError::Json {
             what: path.display().to_string(),
             detail,
@@ -106,12 +103,12 @@ impl Relation {
             }
         };
         if relation.samples.len() < 2 {
-            return Err(LensError::TooFew {
-                what: format!("samples in {}", path.display()),
-                need: 2,
-                got: relation.samples.len(),
-                fix: "an LRE needs some samples to fit and some to test".into(),
-            });
+            return Err(LensError::too_few(
+                &format!("samples in {}", path.display()),
+                2,
+                relation.samples.len(),
+                "an LRE needs some samples to fit and some to test",
+            ));
         }
         Ok(relation)
     }

@@ -251,10 +251,7 @@ impl LreStates {
             || self.candidates.ids != other.candidates.ids
             || self.read_at != other.read_at
         {
-            return Err(LensError::Mismatch {
-                what: "LRE state sets".into(),
-                detail: "they differ in template, candidates or read position; collect both with the same ones".into(),
-            });
+            return Err(LensError::mismatch("LRE state sets", "they differ in template, candidates or read position; collect both with the same ones"));
         }
         let mut out = self.clone();
         out.items.extend(other.items.iter().cloned());

@@ -102,18 +102,8 @@ pub fn faithfulness_per_layer(
     test: &LreStates,
 ) -> Result<(Vec<LreEval>, Figure)> {
     let n = model.cfg.n_layers;
-    let at_prompt = layer_sweep(
-        model,
-        &train.read_at(ReadAt::PromptLast),
-        &test.read_at(ReadAt::PromptLast),
-        0..n,
-    )?;
-    let at_subject = layer_sweep(
-        model,
-        &train.read_at(ReadAt::SubjectLast),
-        &test.read_at(ReadAt::SubjectLast),
-        0..n,
-    )?;
+    let sweep = |at: ReadAt| layer_sweep(model, &train.read_at(at), &test.read_at(at), 0..n);
+    let (at_prompt, at_subject) = (sweep(ReadAt::PromptLast)?, sweep(ReadAt::SubjectLast)?);
     let x: Vec<f32> = (0..n).map(|l| l as f32).collect();
     let figure = Figure::line(
         x,

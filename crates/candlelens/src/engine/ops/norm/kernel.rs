@@ -37,53 +37,39 @@ fn centre(row: &[f32], centred: bool) -> f32 {
 
 fastmath::simd_fn! {
     /// The scales of the rows of `xr` into `o`: [`norm_scale`]'s tasks, in SIMD builds.
-    fn scale_rows(o: &mut [f32], xr: &[f32], d: usize, centred: bool, eps: f64) = scale_rows_in
+    fn scale_rows, scale_rows_in(o: &mut [f32], xr: &[f32], d: usize, centred: bool, eps: f64) {
+        for (o, row) in o.iter_mut().zip(xr.chunks(d)) {
+            let mu = centre(row, centred);
+            let ms = fastmath::sum_by(row, |v| (v - mu) * (v - mu)) / d as f32;
+            *o = (ms + eps as f32).sqrt();
+        }
+    }
 }
 
 fastmath::simd_fn! {
     /// The normalised rows of `xr` into `o`: [`norm_apply`]'s tasks, in SIMD builds.
-    fn apply_rows(
+    fn apply_rows, apply_rows_in(
         o: &mut [std::mem::MaybeUninit<f32>],
         xr: &[f32],
         sr: &[f32],
         d: usize,
         centred: bool,
         wb: (&[f32], Option<&[f32]>),
-    ) = apply_rows_in
-}
-
-/// The body of [`scale_rows`].
-#[inline(always)]
-fn scale_rows_in(o: &mut [f32], xr: &[f32], d: usize, centred: bool, eps: f64) {
-    for (o, row) in o.iter_mut().zip(xr.chunks(d)) {
-        let mu = centre(row, centred);
-        let ms = fastmath::sum_by(row, |v| (v - mu) * (v - mu)) / d as f32;
-        *o = (ms + eps as f32).sqrt();
-    }
-}
-
-/// The body of [`apply_rows`]: the rows of `xr` with scales `sr`, weight and bias `wb`.
-#[inline(always)]
-fn apply_rows_in(
-    o: &mut [std::mem::MaybeUninit<f32>],
-    xr: &[f32],
-    sr: &[f32],
-    d: usize,
-    centred: bool,
-    wb: (&[f32], Option<&[f32]>),
-) {
-    let (ws, bs) = wb;
-    for ((o, row), &s) in o.chunks_mut(d).zip(xr.chunks(d)).zip(sr) {
-        let mu = centre(row, centred);
-        match bs {
-            Some(bs) => {
-                for (((o, &v), &wv), &bv) in o.iter_mut().zip(row).zip(ws).zip(bs) {
-                    o.write((v - mu) / s * wv + bv);
+    ) {
+        // the rows of `xr` with scales `sr`, weight and bias `wb`.
+        let (ws, bs) = wb;
+        for ((o, row), &s) in o.chunks_mut(d).zip(xr.chunks(d)).zip(sr) {
+            let mu = centre(row, centred);
+            match bs {
+                Some(bs) => {
+                    for (((o, &v), &wv), &bv) in o.iter_mut().zip(row).zip(ws).zip(bs) {
+                        o.write((v - mu) / s * wv + bv);
+                    }
                 }
-            }
-            None => {
-                for ((o, &v), &wv) in o.iter_mut().zip(row).zip(ws) {
-                    o.write((v - mu) / s * wv);
+                None => {
+                    for ((o, &v), &wv) in o.iter_mut().zip(row).zip(ws) {
+                        o.write((v - mu) / s * wv);
+                    }
                 }
             }
         }
@@ -94,7 +80,8 @@ fn apply_rows_in(
 /// for LayerNorm, `centred`, and 0 for RMSNorm): `[.., 1]`, what `hook_scale` sees.
 ///
 /// # Errors
-/// Tensor errors.
+/// Only a raw [`crate::LensError::Candle`] for a 0-d `x` (no last axis); inputs the kernel does not
+/// take give `Ok(None)`.
 pub(crate) fn norm_scale(x: &Tensor, centred: bool, eps: f64) -> Result<Option<Tensor>> {
     let (gx, lx) = x.storage_and_layout();
     let Some(xs) = data(x, &gx, lx)? else {
@@ -129,7 +116,8 @@ pub(crate) fn norm_scale(x: &Tensor, centred: bool, eps: f64) -> Result<Option<T
 /// apply (a tracked or non-f32 scale or weight, shapes that do not match).
 ///
 /// # Errors
-/// Tensor errors.
+/// Only a raw [`crate::LensError::Candle`] for a 0-d `x` (no last axis); inputs the kernel does not
+/// take give `Ok(None)`.
 pub(crate) fn norm_apply(
     x: &Tensor,
     scale: &Tensor,
@@ -226,31 +214,21 @@ fn normalise(
 
 fastmath::simd_fn! {
     /// The scales and then the normalised rows of `xr` into `o`: [`norm`]'s tasks.
-    fn norm_rows(
+    fn norm_rows, norm_rows_in(
         o: &mut [std::mem::MaybeUninit<f32>],
         xr: &[f32],
         d: usize,
         centred: bool,
         eps: f64,
         wb: (&[f32], Option<&[f32]>),
-    ) = norm_rows_in
-}
-
-/// The body of [`norm_rows`]: each row's scale, then the row normalised with it (the row is
-/// still in cache for the second pass).
-#[inline(always)]
-fn norm_rows_in(
-    o: &mut [std::mem::MaybeUninit<f32>],
-    xr: &[f32],
-    d: usize,
-    centred: bool,
-    eps: f64,
-    wb: (&[f32], Option<&[f32]>),
-) {
-    for (o, row) in o.chunks_mut(d).zip(xr.chunks(d)) {
-        let mut scale = [0f32];
-        scale_rows_in(&mut scale, row, d, centred, eps);
-        apply_rows_in(o, row, &scale, d, centred, wb);
+    ) {
+        // each row's scale, then the row normalised with it (the row is still in cache for
+        // the second pass)
+        for (o, row) in o.chunks_mut(d).zip(xr.chunks(d)) {
+            let mut scale = [0f32];
+            scale_rows_in(&mut scale, row, d, centred, eps);
+            apply_rows_in(o, row, &scale, d, centred, wb);
+        }
     }
 }
 
@@ -259,7 +237,8 @@ fn norm_rows_in(
 /// CPU norms sum and scale one element at a time). `None` where the kernel does not apply.
 ///
 /// # Errors
-/// Tensor errors.
+/// Only a raw [`crate::LensError::Candle`] for a 0-d `x` (no last axis); inputs the kernel does not
+/// take give `Ok(None)`.
 pub(crate) fn norm(
     x: &Tensor,
     centred: bool,
@@ -273,6 +252,7 @@ pub(crate) fn norm(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::ops::custom::testing::max_abs;
     use candle_core::{Device, D};
 
     #[test]
@@ -301,18 +281,7 @@ mod tests {
                 y_ref = y_ref.broadcast_add(b).unwrap();
             }
             let scale = norm_scale(&x, centred, 1e-5).unwrap().unwrap();
-            let diff = |a: &Tensor, b: &Tensor| {
-                (a - b)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .max(0)
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap()
-            };
+            let diff = |a: &Tensor, b: &Tensor| max_abs((a - b).unwrap());
             assert!(diff(&scale, &scale_ref) < 1e-5, "scale, centred {centred}");
             let y = norm_apply(&x, &scale, centred, &w, bias).unwrap().unwrap();
             assert!(diff(&y, &y_ref) < 1e-5, "normalized, centred {centred}");

@@ -5,9 +5,9 @@
 
 pub(crate) mod kernel;
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor, D};
+use candle_core::{DType, Tensor, D};
 
-use super::custom::{apply, run_fwd};
+use super::custom::{apply, Differentiable};
 use super::hook;
 use crate::engine::config::{ModelConfig, NormKind};
 use crate::engine::hooks::{HookPoint, HookSink};
@@ -40,7 +40,9 @@ impl NormSpec {
     /// (RMSNorm). The scale hook sees `[batch, pos, 1]`.
     ///
     /// # Errors
-    /// Tensor and hook errors.
+    /// Whatever a hook returns (its own error, or [`crate::LensError::HookShape`] for a tensor of
+    /// another shape); a raw [`crate::LensError::Candle`] unless `w.w`, `w.b` are `[d]` in
+    /// `self.dtype` for `x [.., d]`.
     pub fn apply(
         &self,
         w: &NormWeights,
@@ -121,7 +123,8 @@ impl NormSpec {
     /// `w [d_head]` (the q/k norm of Qwen3 and Gemma 3).
     ///
     /// # Errors
-    /// Tensor errors.
+    /// A raw [`crate::LensError::Candle`] when `w`'s length is not `x`'s last axis, or `w` is not
+    /// in `self.dtype`.
     pub fn head_rms(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
         if self.dtype == DType::F32 && x.dtype() == DType::F32 {
             if !x.track_op() {
@@ -151,25 +154,19 @@ struct Norm {
     eps: f32,
 }
 
-impl CustomOp1 for Norm {
+impl Differentiable for Norm {
     fn name(&self) -> &'static str {
         "fused-norm"
     }
 
-    fn cpu_fwd(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        run_fwd(storage, layout, |x| {
-            Ok(match &self.b {
-                None => candle_nn::ops::rms_norm(x, &self.w, self.eps)?,
-                Some(b) => candle_nn::ops::layer_norm(x, &self.w, b, self.eps)?,
-            })
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match &self.b {
+            None => candle_nn::ops::rms_norm(x, &self.w, self.eps)?,
+            Some(b) => candle_nn::ops::layer_norm(x, &self.w, b, self.eps)?,
         })
     }
 
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, g: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    fn backward(&self, arg: &Tensor, _y: &Tensor, g: &Tensor) -> candle_core::Result<Tensor> {
         use candle_core::D;
         let x = arg.detach();
         let gw = g.broadcast_mul(&self.w)?;
@@ -194,7 +191,7 @@ impl CustomOp1 for Norm {
                 (a - xh.broadcast_mul(&c)?)?.broadcast_mul(&r)?
             }
         };
-        Ok(Some(dx))
+        Ok(dx)
     }
 }
 
@@ -202,7 +199,8 @@ impl CustomOp1 for Norm {
 /// kernel forward and a written-out backward.
 ///
 /// # Errors
-/// Shape mismatches.
+/// A raw [`crate::LensError::Candle`] when `w` (or `b`) is not `[d]` for `x [.., d]`, or `x` is not
+/// on the CPU (the op has only a CPU forward).
 pub(crate) fn tracked(x: &Tensor, w: &Tensor, b: Option<&Tensor>, eps: f32) -> Result<Tensor> {
     let op = Norm {
         w: w.detach(),

@@ -4,6 +4,17 @@
 //   candlelens:
 //     expect:
 //     - image/svg+xml
+//     runs:
+//       lre-gemma3-270m:
+//         CANDLELENS_LRE_MODEL: gemma3-270m
+//       lre-gpt2:
+//         CANDLELENS_LRE_MODEL: gpt2
+//       lre-gpt2-xl:
+//         CANDLELENS_LRE_MODEL: gpt2-xl
+//       lre-llama-3.2-1b:
+//         CANDLELENS_LRE_MODEL: llama-3.2-1b
+//       lre-qwen3-0.6b:
+//         CANDLELENS_LRE_MODEL: qwen3-0.6b
 //   jupytext:
 //     notebook_metadata_filter: candlelens
 //     text_representation:
@@ -18,9 +29,12 @@
 // ---
 
 // %% [markdown]
-// # Linear relational embeddings — Gemma 3 270M
+// # Linear relational embeddings
 //
-// Reproduces the LRE experiment of `shared/seeds/001` (notebook `lre-gemma3-270m.ipynb` there) in Rust. The source's README calls this notebook "Gemma 2 (2.6B)"; its file name and the model are Gemma 3 270M — here the embedded GGUF of that very model runs offline.
+// Reproduces the LRE experiment of `shared/seeds/001` in Rust: any of the source's five per-model
+// notebooks (`lre-gpt2`, `lre-gpt2-xl`, `lre-llama-3.2-1b`, `lre-qwen3-0.6b`, `lre-gemma3-270m`),
+// chosen in the first cell (`CANDLELENS_LRE_MODEL`; `scripts/run-notebooks` runs all five, one
+// report each, `reports/lre-<name>.html`).
 //
 // A relation such as *"{subject} students are typically → men / women"* is decoded by the model in
 // its later layers. The LRE hypothesis: from the subject's hidden state `h` (the residual stream after
@@ -40,8 +54,9 @@
 // computer science → men); the other 35 of this file's 38 rows were written for this project
 // (`data/README.md`), so the split and the counts are not the source's file's.
 //
-// This notebook runs offline on the embedded stand-in (`gemma-3-270m`); set
-// `CANDLELENS_MODEL_SET=source` to run Gemma 3 270M from the Hugging Face hub. It then goes past the
+// This notebook runs offline on an embedded stand-in (Gemma 3 270M for the source's Gemma notebook,
+// SmolLM2 for the others); set `CANDLELENS_MODEL_SET=source` to run the source's model from the
+// Hugging Face hub. It then goes past the
 // source with the original paper's estimator (Hernandez et al. 2023, *Linearity of Relation Decoding
 // in Transformer Language Models*): the mean Jacobian, its faithfulness over the vocabulary, and
 // causality (editing `h` to change the answer).
@@ -49,11 +64,14 @@
 // %%
 // :dep candlelens = { path = "../crates/candlelens", default-features = false }
 use candlelens::prelude::*;
-use candlelens::lre::{self, Candidates, LreOperator, LreStates, ReadAt, Relation};
+use candlelens::lre::{self, Candidates, LreOperator, LreStates, ReadAt, Relation, SourceNotebook};
 use candlelens::notebook::vs_source;
 
 // %%
-let model = candlelens::notebook::load("gemma-3-270m-hf", "gemma-3-270m")?;
+// which of the source's notebooks this run reproduces: CANDLELENS_LRE_MODEL, or the default here
+let source = SourceNotebook::from_env("gemma3-270m")?;
+println!("{}", source.describe());
+let model = candlelens::notebook::load(source.model, source.standin)?;
 
 // %% [markdown]
 // ## Data and the source's split
@@ -99,7 +117,7 @@ println!("candidates {:?} -> first tokens {:?}", cands.objects, model.ids_to_str
 // %% [markdown]
 // ## The source's evaluation at its three layers
 //
-// The source's notebook for this model tests `["model.layers.5", "model.layers.10", "model.layers.15"]` (module outputs, i.e.
+// The source's notebook tests three modules of its model (printed below; module outputs, i.e.
 // `blocks.{l}.hook_resid_post`); a stand-in with a different depth is tested at the same fractions
 // of depth. The table keeps the source's columns (`LRE Pred` is the operator's top token over the
 // vocabulary, ✓ when it starts with the object) at the source's position, the prompt's last token,
@@ -107,15 +125,15 @@ println!("candidates {:?} -> first tokens {:?}", cands.objects, model.ids_to_str
 // positions: over the 16 held-out subjects (the source's notebooks) and over all 38 (the README).
 
 // %%
-let source_layers = lre::steps::source_layers(&model, &["model.layers.5", "model.layers.10", "model.layers.15"], 18)?;
-println!("layers: {:?} ({})\n", source_layers,
-    if model.cfg.n_layers == 18 { "the source's" } else { "the source's, scaled to this model's depth" });
+let source_layers = lre::steps::source_layers(&model, &source.modules, source.n_layers)?;
+println!("the source's modules {:?} -> layers {:?} ({})\n", source.modules, source_layers,
+    if model.cfg.n_layers == source.n_layers { "the source's" } else { "the source's, scaled to this model's depth" });
 let counts = lre::steps::source_evaluation(&model, &train, &test, &source_layers)?;
 {
     let at_prompt: Vec<_> = counts.iter().filter(|c| c.read_at == ReadAt::PromptLast).collect();
     vs_source("held-out counts at the three layers, prompt's last token",
         at_prompt.iter().map(|c| format!("{}/{}", c.held_out.0, c.held_out.1)).collect::<Vec<_>>().join(", "),
-        "11/16, 12/16, 10/16 (the source's notebook for this model, on its own data file)");
+        &format!("{} (the source's notebook for this model, on its own data file)", source.held_out_counts));
     vs_source("over all subjects, middle layer, prompt's last token", format!("{}/{}", at_prompt[1].all.0, at_prompt[1].all.1),
         "28/38 (73.68%), GPT-2-XL transformer.h.15 (README example)");
 };
