@@ -303,7 +303,7 @@ println!("{ioi_answers:?}");
 // logit difference is negative. Answers that are two tokens for this tokenizer are handled as above.
 
 // %%
-notebook::notebook::test_prompts(&large, &[("1 2 3 5", " 6", "\" 6\" 41.51%, rank 0; \" 5\" rank 6, 2.75%")], &bos, "test_prompt on the corrupted sequence")?.evcxr_display();
+notebook::test_prompts(&large, &[("1 2 3 5", " 6", "\" 6\" 41.51%, rank 0; \" 5\" rank 6, 2.75%")], &bos, "test_prompt on the corrupted sequence")?.evcxr_display();
 
 // %%
 let (seq_clean, seq_ans, note) = notebook::adapt_answers(&large, "1 2 3 4", &[" 5", " 6"]);
@@ -326,7 +326,7 @@ if let Some(p) = notebook::checked_patcher(&large, &seq_clean_t, &seq_corrupt_t,
 println!("source's reading (GPT-2 large): all the layers outputting to the residual stream attend highly to the last token, the one that was changed");
 
 // %%
-notebook::notebook::test_prompts(&large, &[("1 2 3", " 4", "\" 4\" 94.97%, rank 0")], &bos, "test_prompt on \"1 2 3\"")?.evcxr_display();
+notebook::test_prompts(&large, &[("1 2 3", " 4", "\" 4\" 94.97%, rank 0")], &bos, "test_prompt on \"1 2 3\"")?.evcxr_display();
 
 // %% [markdown]
 // ## Reading the figures
