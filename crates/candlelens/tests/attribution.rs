@@ -11,6 +11,7 @@ use candlelens::attribution::AttributionPatcher;
 use candlelens::metrics;
 use candlelens::patching::{PatchTarget, Patcher};
 use candlelens::prelude::*;
+use candlelens::tokens::Padding;
 use candlelens::Hooks;
 use common::*;
 
@@ -18,11 +19,22 @@ const ANSWER: (u32, u32) = (5, 9);
 
 /// The clean prompts and a corruption of two positions (as the PyTorch script makes it).
 fn pair(m: &HookedTransformer) -> (Tokens, Tokens) {
-    corrupted_pair(m, |n| n / 2)
+    padded_pair(m, Padding::Right)
+}
+
+/// The pair padded on `padding`'s side.
+fn padded_pair(m: &HookedTransformer, padding: Padding) -> (Tokens, Tokens) {
+    let (clean, corrupt) = corrupted_pair(m, |n| n / 2);
+    let pad = |t: &Tokens| Tokens::with_padding(t.rows().to_vec(), t.pad_id(), padding).unwrap();
+    (pad(&clean), pad(&corrupt))
 }
 
 fn attribution(m: &Arc<HookedTransformer>) -> AttributionPatcher {
-    let (clean, corrupt) = pair(m);
+    attribution_padded(m, Padding::Right)
+}
+
+fn attribution_padded(m: &Arc<HookedTransformer>, padding: Padding) -> AttributionPatcher {
+    let (clean, corrupt) = padded_pair(m, padding);
     AttributionPatcher::new(
         m,
         &clean,
@@ -120,95 +132,108 @@ fn each_cell_is_the_directional_derivative_of_the_metric() {
         "olmo2",
         "qwen2_moe",
     ] {
-        let m = tiny(family);
-        let (_, corrupt) = pair(&m);
-        let a = attribution(&m);
-        let gap = a.clean_metric() - a.corrupted_metric();
-        let seq = corrupt.max_len();
-        let dev = m.device().clone();
-        let pos_mask = |p: usize, rank: usize| {
-            let mut v = vec![0f32; seq];
-            v[p] = 1.0;
-            let shape: Vec<usize> = [1, seq]
-                .into_iter()
-                .chain(std::iter::repeat_n(1, rank - 2))
-                .collect();
-            Tensor::from_vec(v, shape, &dev).unwrap()
-        };
-        let eps = 1e-3;
-        let mut checked = 0;
-        for (target, hp, p) in [
-            (PatchTarget::ResidPre, HookPoint::ResidPre(1), seq / 2),
-            (PatchTarget::AttnOut, HookPoint::AttnOut(0), 4),
-            (PatchTarget::MlpOut, HookPoint::MlpOut(0), seq / 2),
-            (PatchTarget::ResidPost, HookPoint::ResidPost(0), 3),
-        ] {
-            let grid = a.nodes(target).unwrap();
-            let l = hp.layer().unwrap();
-            let est = grid.values[l][p] * gap;
-            let mask = pos_mask(p, 3);
-            let up = metric_moved(&m, &a, &corrupt, hp, &mask, eps);
-            let down = metric_moved(&m, &a, &corrupt, hp, &mask, -eps);
-            let fd = (up - down) / (2.0 * eps as f32);
-            assert!(
-                (fd - est).abs() <= 2e-3 + 2e-2 * est.abs(),
-                "{family} {hp} pos {p}: attribution {est} vs finite differences {fd}"
-            );
-            checked += 1;
-        }
-        // one head at every position
-        let grid = a.nodes(PatchTarget::HeadsAllPos).unwrap();
-        let mut v = vec![0f32; m.cfg.n_heads];
-        v[1] = 1.0;
-        let mask = Tensor::from_vec(v, (1, 1, m.cfg.n_heads, 1), &dev).unwrap();
-        let hp = HookPoint::Z(1);
+        directional_derivatives(family, Padding::Right);
+    }
+}
+
+#[test]
+fn left_padded_batches_attribute_by_their_own_positions() {
+    for family in ["gpt2", "llama", "gemma2"] {
+        directional_derivatives(family, Padding::Left);
+    }
+}
+
+/// Every kind of cell of `family`'s attribution grids against central finite differences of the
+/// metric, on the pair padded on `padding`'s side.
+fn directional_derivatives(family: &str, padding: Padding) {
+    let m = tiny(family);
+    let (_, corrupt) = padded_pair(&m, padding);
+    let a = attribution_padded(&m, padding);
+    let gap = a.clean_metric() - a.corrupted_metric();
+    let seq = corrupt.max_len();
+    let dev = m.device().clone();
+    let pos_mask = |p: usize, rank: usize| {
+        let mut v = vec![0f32; seq];
+        v[p] = 1.0;
+        let shape: Vec<usize> = [1, seq]
+            .into_iter()
+            .chain(std::iter::repeat_n(1, rank - 2))
+            .collect();
+        Tensor::from_vec(v, shape, &dev).unwrap()
+    };
+    let eps = 1e-3;
+    let mut checked = 0;
+    for (target, hp, p) in [
+        (PatchTarget::ResidPre, HookPoint::ResidPre(1), seq / 2),
+        (PatchTarget::AttnOut, HookPoint::AttnOut(0), 4),
+        (PatchTarget::MlpOut, HookPoint::MlpOut(0), seq / 2),
+        (PatchTarget::ResidPost, HookPoint::ResidPost(0), 3),
+    ] {
+        let grid = a.nodes(target).unwrap();
+        let l = hp.layer().unwrap();
+        let est = grid.values[l][p] * gap;
+        let mask = pos_mask(p, 3);
+        let up = metric_moved(&m, &a, &corrupt, hp, &mask, eps);
+        let down = metric_moved(&m, &a, &corrupt, hp, &mask, -eps);
+        let fd = (up - down) / (2.0 * eps as f32);
+        assert!(
+            (fd - est).abs() <= 2e-3 + 2e-2 * est.abs(),
+            "{family} {hp} pos {p}: attribution {est} vs finite differences {fd}"
+        );
+        checked += 1;
+    }
+    // one head at every position
+    let grid = a.nodes(PatchTarget::HeadsAllPos).unwrap();
+    let mut v = vec![0f32; m.cfg.n_heads];
+    v[1] = 1.0;
+    let mask = Tensor::from_vec(v, (1, 1, m.cfg.n_heads, 1), &dev).unwrap();
+    let hp = HookPoint::Z(1);
+    let fd = (metric_moved(&m, &a, &corrupt, hp, &mask, eps)
+        - metric_moved(&m, &a, &corrupt, hp, &mask, -eps))
+        / (2.0 * eps as f32);
+    let est = grid.values[1][1] * gap;
+    assert!(
+        (fd - est).abs() <= 2e-3 + 2e-2 * est.abs(),
+        "{family} L1H1: {est} vs {fd}"
+    );
+    // one head's queries, one kv head's keys and values, one head's pattern
+    for (target, hp, head, shape) in [
+        (PatchTarget::Q, HookPoint::Q(1), 1, [1, 1, m.cfg.n_heads, 1]),
+        (
+            PatchTarget::K,
+            HookPoint::K(1),
+            0,
+            [1, 1, m.cfg.n_kv_heads, 1],
+        ),
+        (
+            PatchTarget::V,
+            HookPoint::V(0),
+            m.cfg.n_kv_heads - 1,
+            [1, 1, m.cfg.n_kv_heads, 1],
+        ),
+        (
+            PatchTarget::Pattern,
+            HookPoint::Pattern(1),
+            2,
+            [1, m.cfg.n_heads, 1, 1],
+        ),
+    ] {
+        let grid = a.nodes(target).unwrap();
+        let n = shape.iter().product::<usize>();
+        let mut v = vec![0f32; n];
+        v[head] = 1.0;
+        let mask = Tensor::from_vec(v, shape.to_vec(), &dev).unwrap();
         let fd = (metric_moved(&m, &a, &corrupt, hp, &mask, eps)
             - metric_moved(&m, &a, &corrupt, hp, &mask, -eps))
             / (2.0 * eps as f32);
-        let est = grid.values[1][1] * gap;
+        let est = grid.values[hp.layer().unwrap()][head] * gap;
         assert!(
             (fd - est).abs() <= 2e-3 + 2e-2 * est.abs(),
-            "{family} L1H1: {est} vs {fd}"
+            "{family} {hp} head {head}: {est} vs {fd}"
         );
-        // one head's queries, one kv head's keys and values, one head's pattern
-        for (target, hp, head, shape) in [
-            (PatchTarget::Q, HookPoint::Q(1), 1, [1, 1, m.cfg.n_heads, 1]),
-            (
-                PatchTarget::K,
-                HookPoint::K(1),
-                0,
-                [1, 1, m.cfg.n_kv_heads, 1],
-            ),
-            (
-                PatchTarget::V,
-                HookPoint::V(0),
-                m.cfg.n_kv_heads - 1,
-                [1, 1, m.cfg.n_kv_heads, 1],
-            ),
-            (
-                PatchTarget::Pattern,
-                HookPoint::Pattern(1),
-                2,
-                [1, m.cfg.n_heads, 1, 1],
-            ),
-        ] {
-            let grid = a.nodes(target).unwrap();
-            let n = shape.iter().product::<usize>();
-            let mut v = vec![0f32; n];
-            v[head] = 1.0;
-            let mask = Tensor::from_vec(v, shape.to_vec(), &dev).unwrap();
-            let fd = (metric_moved(&m, &a, &corrupt, hp, &mask, eps)
-                - metric_moved(&m, &a, &corrupt, hp, &mask, -eps))
-                / (2.0 * eps as f32);
-            let est = grid.values[hp.layer().unwrap()][head] * gap;
-            assert!(
-                (fd - est).abs() <= 2e-3 + 2e-2 * est.abs(),
-                "{family} {hp} head {head}: {est} vs {fd}"
-            );
-            checked += 1;
-        }
-        assert_eq!(checked, 8);
+        checked += 1;
     }
+    assert_eq!(checked, 8);
 }
 
 #[test]

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use candlelens::metrics;
 use candlelens::prelude::*;
+use candlelens::tokens::Padding;
 use common::*;
 
 /// Clean prompts and corruptions that change two token positions.
@@ -123,6 +124,24 @@ fn fast_sweep_equals_naive_on_every_architecture() {
         Box::new(|l| Ok(metrics::mean(&metrics::logit_diff(l, &[(5, 9)])?)));
     let p = Patcher::new(&m, &clean, &corrupt, metric).unwrap();
     assert!(p.sweep(PatchTarget::ResidMid).is_err());
+}
+
+#[test]
+fn left_padded_batches_patch_exactly() {
+    // pads first: the sweep's runs share per-prompt masks and positions with the naive runs
+    for family in ["gpt2", "llama", "gemma2", "mixtral"] {
+        let m = tiny(family);
+        let (clean, corrupt) = pair(&m);
+        let left = |t: &Tokens| {
+            Tokens::with_padding(t.rows().to_vec(), t.pad_id(), Padding::Left).unwrap()
+        };
+        let (clean, corrupt) = (left(&clean), left(&corrupt));
+        assert!(
+            clean.has_leading_pads(),
+            "{family}: the prompts must differ in length"
+        );
+        compare(&m, &clean, &corrupt, &[(5, 9)], ALL);
+    }
 }
 
 #[test]

@@ -15,10 +15,11 @@ use crate::error::{LensError, Result};
 pub enum Pos {
     /// Every position: stacks are `[components, batch, pos, d_model]`.
     All,
-    /// Each prompt's final real position (right padding aware): `[components, batch, d_model]`.
+    /// Each prompt's final real position (padding aware): `[components, batch, d_model]`.
     Last,
-    /// One index for every prompt, negative from the end of the padded length (TL's
-    /// `pos_slice=-1`): `[components, batch, d_model]`.
+    /// Each prompt's own token `i`, counted in its tokens (`-1` = its last real token, `0` = its
+    /// first, whichever side the batch is padded on; TL's `pos_slice`): `[components, batch,
+    /// d_model]`.
     At(i64),
 }
 
@@ -176,14 +177,23 @@ impl ActivationCache {
     fn select(&self, t: &Tensor, pos: Pos) -> Result<Tensor> {
         match pos {
             Pos::All => Ok(t.clone()),
-            Pos::At(i) => {
-                let len = t.dim(1)?;
-                let p = if i < 0 { len as i64 + i } else { i };
-                if p < 0 || p >= len as i64 {
-                    return Err(LensError::PositionOutOfRange { pos: i, len });
+            Pos::At(i) => match self.tokens() {
+                // each prompt's own token i (padding on either side)
+                Some(tokens) => {
+                    let rows = (0..tokens.batch())
+                        .map(|b| Ok(t.i((b, tokens.resolve_pos(b, i)?))?))
+                        .collect::<Result<Vec<_>>>()?;
+                    Ok(Tensor::stack(&rows, 0)?)
                 }
-                Ok(t.i((.., p as usize))?.contiguous()?)
-            }
+                None => {
+                    let len = t.dim(1)?;
+                    let p = if i < 0 { len as i64 + i } else { i };
+                    if p < 0 || p >= len as i64 {
+                        return Err(LensError::PositionOutOfRange { pos: i, len });
+                    }
+                    Ok(t.i((.., p as usize))?.contiguous()?)
+                }
+            },
             Pos::Last => {
                 let tokens = self.tokens().ok_or_else(|| LensError::NoTokens {
                     what: "Pos::Last".into(),

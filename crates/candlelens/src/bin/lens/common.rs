@@ -18,9 +18,12 @@ pub struct Input {
         required_unless_present_any = ["tokens", "prompts"]
     )]
     pub prompt: Option<String>,
-    /// A file with one prompt per line, run as one right-padded batch (empty lines skipped).
+    /// A file with one prompt per line, run as one padded batch (empty lines skipped).
     #[arg(long, conflicts_with = "tokens")]
     pub prompts: Option<std::path::PathBuf>,
+    /// Which side a batch of prompts is padded on: right (default) or left.
+    #[arg(long, default_value = "right", value_parser = ["left", "right"])]
+    pub padding: String,
     /// Comma-separated token ids (used as given; no BOS added).
     #[arg(long, value_delimiter = ',')]
     pub tokens: Option<Vec<u32>>,
@@ -42,13 +45,16 @@ impl Input {
     }
 
     /// The prompts' tokens: the ids as given, the text tokenized, or the file's lines as one
-    /// right-padded batch.
+    /// batch padded on `--padding`'s side.
     pub fn tokens(&self, model: &HookedTransformer) -> candlelens::Result<Tokens> {
         let bos = self.bos.flag();
         match (&self.prompt, &self.tokens, &self.prompts) {
             (_, Some(ids), _) => model.tokens_from_ids(ids.clone()),
             (Some(p), None, _) => model.to_tokens(p.as_str(), bos),
-            (None, None, Some(path)) => model.to_tokens(read_prompts(path)?, bos),
+            (None, None, Some(path)) => {
+                let padding = candlelens::tokens::Padding::parse(&self.padding)?;
+                model.to_tokens_padded(read_prompts(path)?, bos, padding)
+            }
             (None, None, None) => Err(LensError::EmptyPrompt),
         }
     }

@@ -1,4 +1,5 @@
-//! `lens run`: a prompt's top next-token logits and the residual stream entering each block.
+//! `lens run`: each prompt's top next-token logits (at its own last real token, whichever side
+//! the batch is padded on) and the first prompt's residual stream entering each block.
 
 use candle_core::{DType, IndexOp};
 use candlelens::prelude::*;
@@ -35,7 +36,15 @@ struct ResidSummary {
     first16: Vec<f32>,
 }
 
-/// What `lens run --json` prints.
+/// One prompt of the batch: its ids and its top next-token logits.
+#[derive(Serialize)]
+struct PromptTop {
+    token_ids: Vec<u32>,
+    top_k: Vec<TopLogit>,
+}
+
+/// What `lens run --json` prints: the first prompt's tokens, top logits and residual stream,
+/// and every prompt's top logits.
 #[derive(Serialize)]
 struct RunReport {
     model: String,
@@ -43,30 +52,29 @@ struct RunReport {
     str_tokens: Vec<String>,
     top_k: Vec<TopLogit>,
     resid_pre_last: Vec<ResidSummary>,
+    prompts: Vec<PromptTop>,
 }
 
 pub fn run(args: &RunArgs) -> candlelens::Result<()> {
     let model = args.input.load()?;
     let tokens = args.input.tokens(&model)?;
-    let filter = HookFilter::suffix("hook_resid_pre")?;
-    let (logits, cache) = model.run_with_cache(&tokens, Some(filter))?;
-    let last = tokens.max_len() - 1;
-    let row: Vec<f32> = logits.i((0, last))?.to_dtype(DType::F32)?.to_vec1()?;
-    let mut order: Vec<usize> = (0..row.len()).collect();
-    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
-    let token_ids = tokens.row(0)?.to_vec();
-    let str_tokens = model.ids_to_str_tokens(&token_ids)?;
-    let mut top_k = Vec::new();
-    for &i in order.iter().take(args.top_k) {
-        top_k.push(TopLogit {
-            id: i as u32,
-            token: model.ids_to_str_tokens(&[i as u32])?.remove(0),
-            logit: row[i],
+    // only the logits printed: each prompt's last real position
+    let mut rec = ActivationCache::recorder(HookFilter::suffix("hook_resid_pre")?);
+    let last_logits = model.forward_with(&tokens, LogitsAt::Last, &mut rec)?;
+    let mut prompts = Vec::with_capacity(tokens.batch());
+    for b in 0..tokens.batch() {
+        prompts.push(PromptTop {
+            token_ids: tokens.row(b)?.to_vec(),
+            top_k: top_logits(&model, &last_logits.i(b)?, args.top_k)?,
         });
     }
+    let last = tokens.last_positions()[0];
+    let token_ids = tokens.row(0)?.to_vec();
+    let str_tokens = model.ids_to_str_tokens(&token_ids)?;
+    let top_k = top_logits(&model, &last_logits.i(0)?, args.top_k)?;
     let mut resid_pre_last = Vec::new();
     for l in 0..model.cfg.n_layers {
-        let v: Vec<f32> = cache
+        let v: Vec<f32> = rec
             .at(HookPoint::ResidPre(l))?
             .i((0, last))?
             .to_dtype(DType::F32)?
@@ -84,6 +92,7 @@ pub fn run(args: &RunArgs) -> candlelens::Result<()> {
         str_tokens,
         top_k,
         resid_pre_last,
+        prompts,
     };
     if args.json {
         emit_json(&report, true);
@@ -120,4 +129,21 @@ pub fn run(args: &RunArgs) -> candlelens::Result<()> {
     }
     emit(&o);
     Ok(())
+}
+
+/// The `k` most likely next tokens of a logits row `[d_vocab]`, most likely first.
+fn top_logits(
+    model: &HookedTransformer,
+    row: &Tensor,
+    k: usize,
+) -> candlelens::Result<Vec<TopLogit>> {
+    Ok(model
+        .top_tokens(row, k)?
+        .into_iter()
+        .map(|t| TopLogit {
+            id: t.id,
+            token: t.token,
+            logit: t.logit,
+        })
+        .collect())
 }

@@ -91,7 +91,7 @@ impl Block<'_> {
         let kind = cfg.layer_attention[l];
         let (q, k) = match &cfg.positional {
             Positional::Rotary(r) => {
-                let (cos, sin) = ctx.rope(kind, offset, p)?;
+                let (cos, sin) = ctx.rope(kind, offset, p, b)?;
                 let q = rotate(&q, &cos, &sin, r.dim, r.interleaved)?;
                 let k = rotate(&k, &cos, &sin, r.dim, r.interleaved)?;
                 (
@@ -135,12 +135,12 @@ impl Block<'_> {
         sink: &mut dyn HookSink,
     ) -> Result<Tensor> {
         let (l, cfg) = (self.layer, self.cfg);
-        let (p, t) = (qt.dim(2)?, kt.dim(2)?);
+        let (b, p, t) = (qt.dim(0)?, qt.dim(2)?, kt.dim(2)?);
         let mut scores = (qt.matmul(&kt.t()?)? * cfg.attn_scale)?;
         if let Some(cap) = cfg.attn_softcap {
             scores = ((scores / cap)?.tanh()? * cap)?;
         }
-        let mask = ctx.mask(cfg.layer_attention[l], offset, p, t)?;
+        let mask = ctx.mask(cfg.layer_attention[l], offset, p, t, b)?;
         let scores = hook(sink, HookPoint::AttnScores(l), scores.broadcast_add(&mask)?)?;
         let pattern = hook(sink, HookPoint::Pattern(l), softmax(&scores, self.dtype)?)?;
         // z: [b, p, h, dh]
@@ -164,8 +164,8 @@ impl Block<'_> {
         sink: &mut dyn HookSink,
     ) -> Result<Option<Tensor>> {
         let (l, cfg) = (self.layer, self.cfg);
-        let (p, t) = (q.dim(1)?, k.dim(1)?);
-        let mask = ctx.mask(cfg.layer_attention[l], offset, p, t)?;
+        let (b, p, t) = (q.dim(0)?, q.dim(1)?, k.dim(1)?);
+        let mask = ctx.mask(cfg.layer_attention[l], offset, p, t, b)?;
         let inp = AttnInputs {
             q,
             k,

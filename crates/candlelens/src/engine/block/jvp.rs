@@ -150,12 +150,13 @@ impl Block<'_> {
         }
         let kind = cfg.layer_attention[self.layer];
         if let Positional::Rotary(r) = &cfg.positional {
-            let (cos, sin) = ctx.rope(kind, offset, p)?;
+            let (cos, sin) = ctx.rope(kind, offset, p, 1)?;
+            let (dcos, dsin) = ctx.rope(kind, offset, p, n)?;
             // rotary is linear in its input: the tangents rotate like the values
             q = rotate(&q, &cos, &sin, r.dim, r.interleaved)?;
-            dq = rotate(&dq, &cos, &sin, r.dim, r.interleaved)?;
+            dq = rotate(&dq, &dcos, &dsin, r.dim, r.interleaved)?;
             k = rotate(&k, &cos, &sin, r.dim, r.interleaved)?;
-            dk = rotate(&dk, &cos, &sin, r.dim, r.interleaved)?;
+            dk = rotate(&dk, &dcos, &dsin, r.dim, r.interleaved)?;
         }
         let (k, v, dk, dv) = match past {
             Some(past) => {
@@ -186,7 +187,7 @@ impl Block<'_> {
             ds = ds.broadcast_mul(&(1.0 - th.sqr()?)?)?;
             s = (th * cap)?;
         }
-        let mask = ctx.mask(kind, offset, p, t)?;
+        let mask = ctx.mask(kind, offset, p, t, 1)?;
         let a = candle_nn::ops::softmax_last_dim(&s.broadcast_add(&mask)?.to_dtype(DType::F32)?)?;
         let da = softmax_jvp(&a, &ds.to_dtype(DType::F32)?)?.to_dtype(dt)?;
         let a = a.to_dtype(dt)?;

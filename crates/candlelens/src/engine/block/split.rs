@@ -132,9 +132,9 @@ impl Block<'_> {
             q = self.norm_spec().head_rms(&q, qn)?;
             k = self.norm_spec().head_rms(&k, kn)?;
         }
-        let p = resid_pre.dim(1)?;
+        let (b, p) = (resid_pre.dim(0)?, resid_pre.dim(1)?);
         if let Positional::Rotary(r) = &cfg.positional {
-            let (cos, sin) = ctx.rope(cfg.layer_attention[self.layer], 0, p)?;
+            let (cos, sin) = ctx.rope(cfg.layer_attention[self.layer], 0, p, b)?;
             q = rotate(&q, &cos, &sin, r.dim, r.interleaved)?;
             k = rotate(&k, &cos, &sin, r.dim, r.interleaved)?;
         }

@@ -19,6 +19,7 @@ use crate::engine::weights::Weights;
 use crate::error::{LensError, Result};
 
 pub mod generate;
+mod text;
 pub mod weight_views;
 
 /// A transformer with hook points, weights in the canonical layout, and its tokenizer.
@@ -79,138 +80,6 @@ impl HookedTransformer {
     /// The tokenizer.
     pub fn tokenizer(&self) -> &LensTokenizer {
         &self.tokenizer
-    }
-
-    // ----- tokens --------------------------------------------------------------------------
-
-    /// Tokenizes one or more prompts into a right-padded batch. `prepend_bos: None` follows the
-    /// model's tokenizer default (Gemma: yes; SmolLM2: no; GPT-2 as in TransformerLens: yes).
-    ///
-    /// # Errors
-    /// [`LensError::EmptyPrompt`], [`LensError::PromptTooLong`].
-    pub fn to_tokens<P: crate::engine::text::tokens::Prompts>(
-        &self,
-        prompts: P,
-        prepend_bos: Option<bool>,
-    ) -> Result<Tokens> {
-        let rows = prompts
-            .prompts()
-            .iter()
-            .map(|p| self.tokenizer.encode_with_bos(p, prepend_bos))
-            .collect::<Result<Vec<_>>>()?;
-        let t = Tokens::new(rows, self.cfg.pad_token_id)?;
-        self.check_tokens(&t)?;
-        Ok(t)
-    }
-
-    /// Token ids as they would be fed to the model, from ids the caller has.
-    ///
-    /// # Errors
-    /// [`LensError::EmptyPrompt`], [`LensError::TokenOutOfRange`], [`LensError::PromptTooLong`].
-    pub fn tokens_from_ids(&self, ids: Vec<u32>) -> Result<Tokens> {
-        let t = Tokens::new(vec![ids], self.cfg.pad_token_id)?;
-        self.check_tokens(&t)?;
-        Ok(t)
-    }
-
-    pub(crate) fn check_tokens(&self, t: &Tokens) -> Result<()> {
-        if t.max_len() > self.cfg.n_ctx {
-            return Err(LensError::PromptTooLong {
-                len: t.max_len(),
-                n_ctx: self.cfg.n_ctx,
-            });
-        }
-        for row in t.rows() {
-            if let Some(&id) = row.iter().find(|&&id| id as usize >= self.cfg.d_vocab) {
-                return Err(LensError::TokenOutOfRange {
-                    id,
-                    d_vocab: self.cfg.d_vocab,
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// Each token of `text` as a string (`["<bos>", "Is", " Paris", ...]`).
-    ///
-    /// # Errors
-    /// [`LensError::NoBosToken`] when BOS is asked for (by `prepend_bos` or the model's default)
-    /// and the model has none; [`LensError::Tokenizer`] only if the tokenizer itself fails.
-    pub fn to_str_tokens(&self, text: &str, prepend_bos: Option<bool>) -> Result<Vec<String>> {
-        let ids = self.tokenizer.encode_with_bos(text, prepend_bos)?;
-        self.tokenizer.str_tokens(&ids)
-    }
-
-    /// The strings of given ids.
-    ///
-    /// # Errors
-    /// [`LensError::Tokenizer`] only if the tokenizer's decoder fails. Ids are not checked: one
-    /// outside the vocabulary decodes to an empty string.
-    pub fn ids_to_str_tokens(&self, ids: &[u32]) -> Result<Vec<String>> {
-        self.tokenizer.str_tokens(ids)
-    }
-
-    /// The id of a string that must be exactly one token (no BOS).
-    ///
-    /// # Errors
-    /// [`LensError::NotSingleToken`] naming the pieces.
-    pub fn to_single_token(&self, text: &str) -> Result<u32> {
-        let ids = self.tokenizer.encode(text)?;
-        if ids.len() != 1 {
-            return Err(LensError::NotSingleToken {
-                text: text.to_string(),
-                n: ids.len(),
-                tokens: self.tokenizer.str_tokens(&ids)?,
-            });
-        }
-        Ok(ids[0])
-    }
-
-    /// `(correct, incorrect)` token ids of answer pairs given as strings, e.g.
-    /// `[(" Peb", " Rachel")]` — the pairs a logit-difference metric reads
-    /// ([`crate::metrics::logit_diff_metric`]). Each string must be one token.
-    ///
-    /// # Errors
-    /// [`LensError::NotSingleToken`] naming the answer and its pieces.
-    pub fn answer_pairs(&self, pairs: &[(&str, &str)]) -> Result<Vec<(u32, u32)>> {
-        pairs
-            .iter()
-            .map(|(c, i)| Ok((self.to_single_token(c)?, self.to_single_token(i)?)))
-            .collect()
-    }
-
-    /// Position labels `"{token}_{pos}"` for prompt `b` of a batch (the sources' axis labels,
-    /// e.g. `Peb_26`; the token is trimmed of surrounding spaces and shows `·` when blank).
-    /// Padding positions are left out.
-    ///
-    /// # Errors
-    /// [`LensError::OutOfRange`] for a prompt index outside the batch; tokenizer errors.
-    pub fn position_labels(&self, tokens: &Tokens, b: usize) -> Result<Vec<String>> {
-        if b >= tokens.batch() {
-            return Err(LensError::OutOfRange {
-                what: "prompt".into(),
-                index: b,
-                len: tokens.batch(),
-            });
-        }
-        Ok(self
-            .ids_to_str_tokens(tokens.row(b)?)?
-            .iter()
-            .enumerate()
-            .map(|(p, t)| {
-                let t = t.trim();
-                format!("{}_{p}", if t.is_empty() { "·" } else { t })
-            })
-            .collect())
-    }
-
-    /// Decodes ids to text.
-    ///
-    /// # Errors
-    /// [`LensError::Tokenizer`] only if the tokenizer's decoder fails. Ids are not checked: ones
-    /// outside the vocabulary are left out of the text.
-    pub fn to_string(&self, ids: &[u32]) -> Result<String> {
-        self.tokenizer.decode(ids)
     }
 
     // ----- forward -------------------------------------------------------------------------
@@ -321,14 +190,14 @@ impl HookedTransformer {
     pub fn loss_sum(logits: &Tensor, tokens: &Tokens) -> Result<(f64, usize)> {
         let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
         let (mut sum, mut n) = (0f64, 0usize);
-        for (b, row) in tokens.rows().iter().enumerate() {
+        for ((b, row), start) in tokens.rows().iter().enumerate().zip(tokens.offsets()) {
             if row.len() < 2 {
                 continue;
             }
             let lp = logp.i(b)?;
             let targets = Tensor::new(&row[1..], logits.device())?;
             let picked = lp
-                .narrow(0, 0, row.len() - 1)?
+                .narrow(0, start, row.len() - 1)?
                 .gather(&targets.unsqueeze(1)?, 1)?
                 .to_dtype(DType::F32)?
                 .sum_all()?
@@ -350,7 +219,7 @@ impl HookedTransformer {
         sink: &mut dyn HookSink,
     ) -> Result<Tensor> {
         self.check_tokens(tokens)?;
-        let ctx = self.context(tokens.max_len())?;
+        let ctx = self.context_for(tokens)?;
         let mut x = self.embed(tokens, sink)?;
         for l in 0..self.cfg.n_layers {
             x = self.run_block(l, x, &ctx, sink)?;
@@ -377,7 +246,7 @@ impl HookedTransformer {
             });
         }
         self.check_tokens(tokens)?;
-        let ctx = self.context(tokens.max_len())?;
+        let ctx = self.context_for(tokens)?;
         let mut x = self.embed(tokens, sink)?;
         for l in 0..stop_at_layer {
             x = self.run_block(l, x, &ctx, sink)?;
@@ -393,7 +262,8 @@ impl HookedTransformer {
     /// error, or [`LensError::HookShape`] when it returns a tensor of another shape). Ids are not
     /// checked here: one `>= d_vocab` gives a raw [`LensError::Candle`].
     pub fn embed(&self, tokens: &Tokens, sink: &mut dyn HookSink) -> Result<Tensor> {
-        self.embed_ids(&tokens.to_tensor(&self.device)?, 0, sink)
+        let ids = tokens.to_tensor(&self.device)?;
+        self.embed_at(&ids, &tokens.position_ids(), sink)
     }
 
     /// Embeds ids `[batch, pos]` standing at positions `offset..offset + pos`.
@@ -409,6 +279,21 @@ impl HookedTransformer {
         sink: &mut dyn HookSink,
     ) -> Result<Tensor> {
         let (b, p) = ids.dims2()?;
+        self.embed_at(ids, &vec![(offset..offset + p).collect(); b], sink)
+    }
+
+    /// Embeds ids `[batch, pos]` whose prompt `r`'s token `j` stands at position
+    /// `positions[r][j]` (learned positions per prompt, for left-padded batches).
+    ///
+    /// # Errors
+    /// As [`Self::embed_ids`].
+    pub fn embed_at(
+        &self,
+        ids: &Tensor,
+        positions: &[Vec<usize>],
+        sink: &mut dyn HookSink,
+    ) -> Result<Tensor> {
+        let (b, p) = ids.dims2()?;
         let mut x = self
             .weights
             .w_e
@@ -421,13 +306,27 @@ impl HookedTransformer {
         }
         x = hook(sink, HookPoint::Embed, x)?;
         if let Some(wpos) = &self.weights.w_pos {
-            if offset + p > wpos.dim(0)? {
+            let n_pos = wpos.dim(0)?;
+            let flat: Vec<u32> = positions.iter().flatten().map(|&q| q as u32).collect();
+            if let Some(&last) = flat.iter().max().filter(|&&q| q as usize >= n_pos) {
                 return Err(LensError::PromptTooLong {
-                    len: offset + p,
-                    n_ctx: wpos.dim(0)?,
+                    len: last as usize + 1,
+                    n_ctx: n_pos,
                 });
             }
-            let pos = wpos.narrow(0, offset, p)?.unsqueeze(0)?.repeat((b, 1, 1))?;
+            if flat.len() != b * p {
+                return Err(LensError::mismatch(
+                    "positions and ids",
+                    format!(
+                        "{} positions for {b} × {p} ids; give one per id",
+                        flat.len()
+                    ),
+                ));
+            }
+            let idx = Tensor::from_vec(flat, b * p, ids.device())?;
+            let pos = wpos
+                .index_select(&idx, 0)?
+                .reshape((b, p, self.cfg.d_model))?;
             let pos = hook(sink, HookPoint::PosEmbed, pos)?;
             x = (x + pos)?;
         }
@@ -520,6 +419,15 @@ impl HookedTransformer {
     /// and the rotary tables (`seq` is not checked against `n_ctx`).
     pub fn context(&self, seq: usize) -> Result<ForwardCtx> {
         ForwardCtx::new(&self.cfg, seq, self.dtype, &self.device)
+    }
+
+    /// Rotary tables and masks for a run of `tokens`: shared by the batch, or per prompt when
+    /// the batch is padded on the left (see [`ForwardCtx::with_offsets`]).
+    ///
+    /// # Errors
+    /// As [`Self::context`] (`batch × seq × seq` masks with leading pads).
+    pub fn context_for(&self, tokens: &Tokens) -> Result<ForwardCtx> {
+        ForwardCtx::for_tokens(&self.cfg, tokens, self.dtype, &self.device)
     }
 
     /// One transformer block: `resid_pre [batch, pos, d_model]` -> `resid_post`.

@@ -51,7 +51,8 @@ pub fn hook(sink: &mut dyn HookSink, hp: HookPoint, x: Tensor) -> Result<Tensor>
 ///
 /// # Errors
 /// A raw [`crate::LensError::Candle`] when a tensor is not 4-D or (off the f32 CPU path) the shapes
-/// do not line up. Not checked on the f32 CPU path: `k` and `v` must have `q`'s batch and `d_head`.
+/// do not line up; [`crate::LensError::Mismatch`] on the f32 CPU path when `k` does not have
+/// `q`'s batch and `d_head`.
 pub fn attention_products(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     attention::attention_products(q, k, v)
 }

@@ -65,28 +65,96 @@ pub(crate) fn rope_tables(
     dtype: DType,
     dev: &Device,
 ) -> Result<(Tensor, Tensor)> {
-    let f = inv_freq(dim, base, scaling);
-    let mut cos = Vec::with_capacity(seq * f.len());
-    let mut sin = Vec::with_capacity(seq * f.len());
-    for p in 0..seq {
-        for &w in &f {
-            let a = p as f32 * w;
-            cos.push(a.cos());
-            sin.push(a.sin());
-        }
-    }
-    let shape = (seq, f.len());
+    let (cos, sin) = angles(&inv_freq(dim, base, scaling), 0..seq);
+    let shape = (seq, dim / 2);
     Ok((
         Tensor::from_vec(cos, shape, dev)?.to_dtype(dtype)?,
         Tensor::from_vec(sin, shape, dev)?.to_dtype(dtype)?,
     ))
 }
 
+/// `(cos, sin)` `[batch, seq, dim / 2]` of each prompt's own positions (`positions[b][j]`, the
+/// position id of padded index `j` of prompt `b`: left-padded batches).
+///
+/// # Errors
+/// None: only candle's allocation failure on `dev`.
+pub(crate) fn rope_tables_per_prompt(
+    dim: usize,
+    base: f64,
+    scaling: Option<&RopeScaling>,
+    positions: &[Vec<usize>],
+    dtype: DType,
+    dev: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let f = inv_freq(dim, base, scaling);
+    let (cos, sin): (Vec<Vec<f32>>, Vec<Vec<f32>>) = positions
+        .iter()
+        .map(|row| angles(&f, row.iter().copied()))
+        .unzip();
+    let seq = positions.first().map_or(0, Vec::len);
+    let shape = (positions.len(), seq, dim / 2);
+    Ok((
+        Tensor::from_vec(cos.concat(), shape, dev)?.to_dtype(dtype)?,
+        Tensor::from_vec(sin.concat(), shape, dev)?.to_dtype(dtype)?,
+    ))
+}
+
+/// `cos` and `sin` of `p · f` for each position `p` and inverse frequency `f`, row-major.
+fn angles(f: &[f32], positions: impl Iterator<Item = usize>) -> (Vec<f32>, Vec<f32>) {
+    let (mut cos, mut sin) = (Vec::new(), Vec::new());
+    for p in positions {
+        for &w in f {
+            let a = p as f32 * w;
+            cos.push(a.cos());
+            sin.push(a.sin());
+        }
+    }
+    (cos, sin)
+}
+
+/// Rotary on `x [batch, heads, pos, d]` from candle's differentiable ops (runs with gradients
+/// off the CPU): halves or adjacent pairs, with tables `[pos, d / 2]` shared by the batch or
+/// `[batch, pos, d / 2]` per prompt.
+fn composed(x: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool) -> Result<Tensor> {
+    use candle_core::D;
+    let (b, h, t, d) = x.dims4()?;
+    // tables as [batch or 1, 1, pos, d / 2]
+    let table = |c: &Tensor| -> Result<Tensor> {
+        Ok(match c.rank() {
+            2 => c.narrow(0, 0, t)?.unsqueeze(0)?.unsqueeze(0)?,
+            _ => c.narrow(1, 0, t)?.unsqueeze(1)?,
+        })
+    };
+    let (cos, sin) = (table(cos)?, table(sin)?);
+    if interleaved {
+        let x = x.reshape((b, h, t, d / 2, 2))?;
+        let (x0, x1) = (x.narrow(D::Minus1, 0, 1)?, x.narrow(D::Minus1, 1, 1)?);
+        let (c, s) = (cos.unsqueeze(D::Minus1)?, sin.unsqueeze(D::Minus1)?);
+        let y0 = (x0.broadcast_mul(&c)? - x1.broadcast_mul(&s)?)?;
+        let y1 = (x0.broadcast_mul(&s)? + x1.broadcast_mul(&c)?)?;
+        return Ok(Tensor::cat(&[y0, y1], D::Minus1)?.flatten_from(D::Minus2)?);
+    }
+    let (cos, sin) = (
+        Tensor::cat(&[&cos, &cos], D::Minus1)?,
+        Tensor::cat(&[&sin, &sin], D::Minus1)?,
+    );
+    let half = d / 2;
+    let rotated = Tensor::cat(
+        &[
+            &x.narrow(D::Minus1, half, d - half)?.neg()?,
+            &x.narrow(D::Minus1, 0, half)?,
+        ],
+        D::Minus1,
+    )?;
+    Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
+}
+
 /// Rotary on `x [batch, pos, heads, d_head]` with the `(cos, sin)` rows of its positions: the
 /// first `dim` dims of each head rotate, as two halves (HF / NeoX) or as adjacent pairs
-/// (`interleaved`, GPT-J); the rest pass through. candle's fused kernels where nothing is
-/// tracked; in a run with gradients the same kernels with a written-out backward on the CPU,
-/// candle's composed ops elsewhere.
+/// (`interleaved`, GPT-J); the rest pass through. The tables are `[pos, d / 2]`, or `[batch,
+/// pos, d / 2]` for a batch whose prompts count positions of their own (left padding).
+/// candle's fused kernels where nothing is tracked; in a run with gradients the same kernels
+/// with a written-out backward on the CPU, composed ops elsewhere.
 ///
 /// # Errors
 /// A raw [`crate::LensError::Candle`] when `x` is not 4-D, `dim` is odd or above `d_head`, or
@@ -112,8 +180,7 @@ pub(crate) fn rotate(
         let out = match (interleaved, tracked) {
             (true, false) => candle_nn::rotary_emb::rope_i(&bhtd, cos, sin)?,
             (true, true) if grad_op => apply(&bhtd, Rope::new(cos, sin, true))?,
-            (true, true) => candle_nn::rotary_emb::rope_i_slow(&bhtd, cos, sin)?,
-            (false, _) => candle_nn::rotary_emb::rope_slow(&bhtd, cos, sin)?,
+            (_, _) => composed(&bhtd, cos, sin, interleaved)?,
         };
         Ok(out.transpose(1, 2)?.contiguous()?)
     };
@@ -171,7 +238,35 @@ impl Rope {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::ops::custom::testing::same_as;
+    use crate::engine::ops::custom::testing::{max_abs, same_as};
+
+    #[test]
+    fn per_prompt_tables_and_the_composed_rotation_agree_with_the_kernels() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (2, 5, 3, 8), &dev).unwrap();
+        let positions = vec![vec![0, 1, 2, 3, 4], vec![0, 0, 0, 1, 2]];
+        let (c, s) =
+            rope_tables_per_prompt(8, 10_000.0, None, &positions, DType::F32, &dev).unwrap();
+        for interleaved in [false, true] {
+            let fused = rotate(&x, &c, &s, 8, interleaved).unwrap();
+            let slow = composed(
+                &x.transpose(1, 2).unwrap().contiguous().unwrap(),
+                &c,
+                &s,
+                interleaved,
+            )
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap();
+            assert!(max_abs((&fused - &slow).unwrap()) < 1e-5);
+            // prompt 1's padded index 4 has position 2: the shared table's row 2 rotates it
+            let (c2, s2) = rope_tables(8, 10_000.0, None, 5, DType::F32, &dev).unwrap();
+            let at = |t: &Tensor| t.narrow(0, 1, 1).unwrap().narrow(1, 4, 1).unwrap();
+            let row2 = |t: &Tensor| t.narrow(0, 2, 1).unwrap();
+            let want = rotate(&at(&x), &row2(&c2), &row2(&s2), 8, interleaved).unwrap();
+            assert!(max_abs((&at(&fused) - &want).unwrap()) < 1e-5);
+        }
+    }
 
     #[test]
     fn backward_is_the_composed_ops_gradient() {

@@ -1,30 +1,124 @@
-//! [`Tokens`]: a batch of prompts as token ids, right-padded, with each prompt's length.
+//! [`Tokens`]: a batch of prompts as token ids, padded to one length on the right
+//! (TransformerLens's default) or on the left (what generation and most batched tooling use),
+//! with each prompt's length.
 //!
-//! Right padding (TransformerLens's default) needs no attention mask beyond the causal one:
-//! a real token never attends to a later pad, so every real position computes exactly what it
-//! would alone. Readers of "the final position" use [`Tokens::last_positions`].
+//! Right padding needs no attention mask beyond the causal one: a real token never attends to a
+//! later pad. Left padding puts the pads first, so the forward masks them as keys and counts
+//! each prompt's positions from its first real token ([`Tokens::position_ids`]); either way
+//! every real position computes what it would alone. Positions handed out by [`Tokens`]
+//! ([`Tokens::last_positions`], [`Tokens::resolve_pos`]) are indices into the padded batch.
 
 use candle_core::{Device, Tensor};
 
 use crate::error::{LensError, Result};
 
-/// A batch of token-id sequences, right-padded to one length.
+/// Which side of a batch shorter prompts are padded on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Padding {
+    /// Pads after each prompt (TransformerLens's default).
+    #[default]
+    Right,
+    /// Pads before each prompt, so that every prompt ends at the last position (what
+    /// generation and most batched tooling use).
+    Left,
+}
+
+impl Padding {
+    /// Parses `left` or `right`.
+    ///
+    /// # Errors
+    /// [`LensError::UnknownChoice`] for anything else.
+    pub fn parse(s: &str) -> Result<Padding> {
+        match s {
+            "right" => Ok(Padding::Right),
+            "left" => Ok(Padding::Left),
+            other => Err(LensError::UnknownChoice {
+                what: "padding side".into(),
+                given: other.to_string(),
+                choices: "left or right".into(),
+            }),
+        }
+    }
+}
+
+/// A batch of token-id sequences, padded to one length on one side.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tokens {
     rows: Vec<Vec<u32>>,
     pad: u32,
+    padding: Padding,
 }
 
 impl Tokens {
-    /// A batch from id sequences; shorter rows are padded with `pad`.
+    /// A batch from id sequences; shorter rows are padded with `pad` on the right.
     ///
     /// # Errors
     /// [`LensError::EmptyPrompt`] if there are no rows or a row is empty.
     pub fn new(rows: Vec<Vec<u32>>, pad: u32) -> Result<Self> {
+        Tokens::with_padding(rows, pad, Padding::Right)
+    }
+
+    /// A batch from id sequences; shorter rows are padded with `pad` on the `padding` side.
+    ///
+    /// # Errors
+    /// [`LensError::EmptyPrompt`] if there are no rows or a row is empty.
+    pub fn with_padding(rows: Vec<Vec<u32>>, pad: u32, padding: Padding) -> Result<Self> {
         if rows.is_empty() || rows.iter().any(|r| r.is_empty()) {
             return Err(LensError::EmptyPrompt);
         }
-        Ok(Tokens { rows, pad })
+        Ok(Tokens { rows, pad, padding })
+    }
+
+    /// The side shorter prompts are padded on.
+    pub fn padding(&self) -> Padding {
+        self.padding
+    }
+
+    /// Each prompt's number of leading pads: its first real token's index (0 with right
+    /// padding).
+    pub fn offsets(&self) -> Vec<usize> {
+        let n = self.max_len();
+        match self.padding {
+            Padding::Right => vec![0; self.rows.len()],
+            Padding::Left => self.rows.iter().map(|r| n - r.len()).collect(),
+        }
+    }
+
+    /// Whether some prompt has pads before its tokens, so that the forward needs a mask on
+    /// its keys and positions of its own (left padding with prompts of different lengths).
+    pub fn has_leading_pads(&self) -> bool {
+        self.padding == Padding::Left && !self.is_rectangular()
+    }
+
+    /// Each prompt's position ids over the padded length: `j − offset` at its real tokens, 0 at
+    /// its pads (as HF computes them from the attention mask).
+    pub fn position_ids(&self) -> Vec<Vec<usize>> {
+        let n = self.max_len();
+        self.offsets()
+            .iter()
+            .map(|&o| (0..n).map(|j| j.saturating_sub(o)).collect())
+            .collect()
+    }
+
+    /// The attention mask `[batch, pos]`: `true` at real tokens, `false` at pads
+    /// (TransformerLens's `attention_mask`).
+    pub fn attention_mask(&self) -> Vec<Vec<bool>> {
+        let n = self.max_len();
+        self.offsets()
+            .iter()
+            .zip(&self.rows)
+            .map(|(&o, r)| (0..n).map(|j| j >= o && j < o + r.len()).collect())
+            .collect()
+    }
+
+    /// The padded positions of prompt `i`'s real tokens.
+    ///
+    /// # Errors
+    /// [`LensError::OutOfRange`] when the batch has no prompt `i`.
+    pub fn real_positions(&self, i: usize) -> Result<std::ops::Range<usize>> {
+        let len = self.row(i)?.len();
+        let o = self.offsets()[i];
+        Ok(o..o + len)
     }
 
     /// One prompt.
@@ -50,9 +144,13 @@ impl Tokens {
         self.rows.iter().map(Vec::len).collect()
     }
 
-    /// Each prompt's final real position (`len - 1`).
+    /// Each prompt's final real position in the padded batch (`offset + len − 1`).
     pub fn last_positions(&self) -> Vec<usize> {
-        self.rows.iter().map(|r| r.len() - 1).collect()
+        self.offsets()
+            .iter()
+            .zip(&self.rows)
+            .map(|(o, r)| o + r.len() - 1)
+            .collect()
     }
 
     /// The ids of prompt `i` (unpadded).
@@ -85,21 +183,20 @@ impl Tokens {
         self.rows.iter().all(|r| r.len() == self.max_len())
     }
 
-    /// `[batch, pos]` u32 tensor, right-padded.
+    /// The `[batch, pos]` u32 tensor, padded on this batch's side.
     ///
     /// # Errors
     /// None: only candle's allocation failure on `device`.
     pub fn to_tensor(&self, device: &Device) -> Result<Tensor> {
         let n = self.max_len();
-        let flat: Vec<u32> = self
-            .rows
-            .iter()
-            .flat_map(|r| {
-                r.iter()
-                    .copied()
-                    .chain(std::iter::repeat_n(self.pad, n - r.len()))
-            })
-            .collect();
+        let mut flat: Vec<u32> = Vec::with_capacity(self.batch() * n);
+        for r in &self.rows {
+            let pads = std::iter::repeat_n(self.pad, n - r.len());
+            match self.padding {
+                Padding::Right => flat.extend(r.iter().copied().chain(pads)),
+                Padding::Left => flat.extend(pads.chain(r.iter().copied())),
+            }
+        }
         Ok(Tensor::from_vec(flat, (self.batch(), n), device)?)
     }
 
@@ -119,18 +216,24 @@ impl Tokens {
         Ok(Tensor::stack(&rows, 0)?)
     }
 
-    /// Resolves a possibly negative position (`-1` = last) for prompt `i`.
+    /// The padded index of prompt `i`'s token `pos`, counted in its own tokens from its start
+    /// (`-1` = its last real token, `0` = its first).
     ///
     /// # Errors
     /// [`LensError::OutOfRange`] when the batch has no prompt `i`,
-    /// [`LensError::PositionOutOfRange`] when `pos` is outside it.
+    /// [`LensError::PositionOutOfRange`] when `pos` is outside the prompt.
     pub fn resolve_pos(&self, i: usize, pos: i64) -> Result<usize> {
-        let len = self.row(i)?.len();
-        let p = if pos < 0 { len as i64 + pos } else { pos };
-        if p < 0 || p >= len as i64 {
-            return Err(LensError::PositionOutOfRange { pos, len });
+        let real = self.real_positions(i)?;
+        let len = real.len();
+        let p = if pos < 0 {
+            (len as i64).checked_add(pos)
+        } else {
+            Some(pos)
+        };
+        match p {
+            Some(p) if p >= 0 && p < len as i64 => Ok(real.start + p as usize),
+            _ => Err(LensError::PositionOutOfRange { pos, len }),
         }
-        Ok(p as usize)
     }
 }
 
@@ -223,6 +326,25 @@ mod tests {
             t.resolve_pos(1, 1),
             Err(LensError::PositionOutOfRange { pos: 1, len: 1 })
         ));
+    }
+
+    #[test]
+    fn pads_left_with_positions_and_mask() {
+        let t = Tokens::with_padding(vec![vec![1, 2, 3], vec![4]], 9, Padding::Left).unwrap();
+        let ids: Vec<Vec<u32>> = t.to_tensor(&Device::Cpu).unwrap().to_vec2().unwrap();
+        assert_eq!(ids, vec![vec![1, 2, 3], vec![9, 9, 4]]);
+        assert_eq!(t.offsets(), vec![0, 2]);
+        assert_eq!(t.last_positions(), vec![2, 2]);
+        assert_eq!(t.position_ids(), vec![vec![0, 1, 2], vec![0, 0, 0]]);
+        assert_eq!(
+            t.attention_mask(),
+            vec![vec![true, true, true], vec![false, false, true]]
+        );
+        assert_eq!(t.resolve_pos(1, 0).unwrap(), 2);
+        assert_eq!(t.resolve_pos(1, -1).unwrap(), 2);
+        assert_eq!(t.real_positions(1).unwrap(), 2..3);
+        assert!(t.has_leading_pads());
+        assert!(Padding::parse("middle").is_err());
     }
 
     #[test]

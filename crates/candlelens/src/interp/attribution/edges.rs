@@ -103,7 +103,7 @@ fn edge_grad_run(
     let (b, p) = (tokens.batch(), tokens.max_len());
     let (h, d) = (cfg.n_heads, cfg.d_model);
     let (dt, dev) = (model.dtype(), model.device());
-    let ctx = model.context(p)?;
+    let ctx = model.context_for(tokens)?;
     let mut x = model.embed(tokens, &mut EmbedSink(embed))?;
     let mut taps: Vec<[Var; 4]> = Vec::with_capacity(cfg.n_layers);
     for l in 0..cfg.n_layers {

@@ -166,7 +166,7 @@ impl Patcher {
                 Ok((out, n_layers, cfg.n_heads))
             }
             PatchTarget::Q | PatchTarget::K | PatchTarget::V => {
-                let ctx = self.model.context(seq)?;
+                let ctx = self.model.context_for(&self.corrupt_tokens)?;
                 let cols = if target == PatchTarget::Q {
                     cfg.n_heads
                 } else {
@@ -324,7 +324,7 @@ impl Patcher {
         let b = self.corrupt_tokens.batch();
         let seq = self.corrupt_tokens.max_len();
         let s = seq - start;
-        let ctx = m.context(seq)?;
+        let ctx = m.context_for(&self.corrupt_tokens)?;
         injs.sort_by_key(|i| (i.layer, i.stage == Stage::Mid));
         let mut cells = Vec::new();
         let mut x: Option<Tensor> = None;

@@ -254,7 +254,7 @@ impl PathPatcher {
         let end = receivers.last_layer(n_layers);
         let receiver_layers = receivers.by_layer(m.cfg.n_heads);
         // (no attention runs in step 1: the context's tables go unused)
-        let ctx = m.context(p.corrupt_tokens.max_len())?;
+        let ctx = m.context_for(&p.corrupt_tokens)?;
         // step 1: the senders' clean outputs along the frozen network, joining at their layer
         let mut x: Option<Tensor> = None;
         let mut joined = 0usize;
@@ -373,7 +373,7 @@ impl PathPatcher {
             let last = self.corrupt_rows(HookPoint::ResidPost(m.cfg.n_layers - 1), Rows::Last)?;
             return Ok(last.squeeze(1)?.repeat((n_runs, 1))?);
         }
-        let ctx = m.context(seq)?;
+        let ctx = m.context_for(&p.corrupt_tokens)?;
         let mut x = self
             .corrupt_rows(HookPoint::ResidPre(first), Rows::From(p0))?
             .repeat((n_runs, 1, 1))?;
