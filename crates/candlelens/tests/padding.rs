@@ -207,3 +207,41 @@ fn lens_run_reads_each_prompt_at_its_own_last_token() {
     }
     let _ = std::fs::remove_file(&file);
 }
+
+#[test]
+fn token_positions_and_str_tokens_per_prompt() {
+    use candlelens::model::TokenMatch;
+    let m = model("smollm2-135m");
+    let prompts = [
+        "When Mary and John went to the store, John gave a drink to",
+        "Then John and Mary",
+    ];
+    for padding in [Padding::Right, Padding::Left] {
+        let t = m
+            .to_tokens_padded(prompts.as_slice(), None, padding)
+            .unwrap();
+        let strs = m.tokens_to_str_tokens(&t).unwrap();
+        assert_eq!(strs.len(), 2);
+        let first = m
+            .get_token_position(" John", &t, TokenMatch::First)
+            .unwrap();
+        let last = m.get_token_position(" John", &t, TokenMatch::Last).unwrap();
+        for b in 0..2 {
+            let offset = t.offsets()[b];
+            assert_eq!(strs[b][first[b] - offset], " John");
+            assert_eq!(strs[b][last[b] - offset], " John");
+        }
+        assert!(
+            last[0] > first[0],
+            "{padding:?}: two Johns in the first prompt"
+        );
+        let err = m
+            .get_token_position(" Paris", &t, TokenMatch::First)
+            .unwrap_err();
+        assert!(err.to_string().contains("prompt 0"), "{err}");
+    }
+    // a pad id outside the vocabulary is named, not a raw index error
+    let t = Tokens::with_padding(vec![vec![1, 2, 3], vec![4]], 1 << 30, Padding::Left).unwrap();
+    let err = m.forward(&t).unwrap_err();
+    assert!(matches!(err, LensError::TokenOutOfRange { .. }), "{err}");
+}

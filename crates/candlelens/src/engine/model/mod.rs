@@ -20,6 +20,8 @@ use crate::error::{LensError, Result};
 
 pub mod generate;
 mod text;
+
+pub use text::TokenMatch;
 pub mod weight_views;
 
 /// A transformer with hook points, weights in the canonical layout, and its tokenizer.

@@ -6,6 +6,15 @@ use crate::engine::model::HookedTransformer;
 use crate::engine::text::tokens::{Padding, Tokens};
 use crate::error::{LensError, Result};
 
+/// Which occurrence of a token [`HookedTransformer::get_token_position`] finds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenMatch {
+    /// The first occurrence.
+    First,
+    /// The last occurrence.
+    Last,
+}
+
 impl HookedTransformer {
     /// Tokenizes one or more prompts into a right-padded batch. `prepend_bos: None` follows the
     /// model's tokenizer default (Gemma: yes; SmolLM2: no; GPT-2 as in TransformerLens: yes).
@@ -67,7 +76,60 @@ impl HookedTransformer {
                 });
             }
         }
+        if !t.is_rectangular() && t.pad_id() as usize >= self.cfg.d_vocab {
+            return Err(LensError::TokenOutOfRange {
+                id: t.pad_id(),
+                d_vocab: self.cfg.d_vocab,
+            });
+        }
         Ok(())
+    }
+
+    /// Each prompt's tokens as strings, unpadded (TransformerLens's `to_str_tokens` of a batch).
+    ///
+    /// # Errors
+    /// [`LensError::Tokenizer`] only if the tokenizer's decoder fails.
+    pub fn tokens_to_str_tokens(&self, tokens: &Tokens) -> Result<Vec<Vec<String>>> {
+        tokens
+            .rows()
+            .iter()
+            .map(|r| self.ids_to_str_tokens(r))
+            .collect()
+    }
+
+    /// The padded position of `needle` (one token) in each prompt of `tokens`: its first or last
+    /// occurrence (TransformerLens's `get_token_position`, `mode="first"` / `"last"`).
+    ///
+    /// # Errors
+    /// [`LensError::NotSingleToken`] when `needle` is not one token; [`LensError::BadData`]
+    /// naming the first prompt that does not contain it.
+    pub fn get_token_position(
+        &self,
+        needle: &str,
+        tokens: &Tokens,
+        mode: TokenMatch,
+    ) -> Result<Vec<usize>> {
+        let id = self.to_single_token(needle)?;
+        let offsets = tokens.offsets();
+        tokens
+            .rows()
+            .iter()
+            .zip(offsets)
+            .enumerate()
+            .map(|(b, (row, o))| {
+                let found = match mode {
+                    TokenMatch::First => row.iter().position(|&t| t == id),
+                    TokenMatch::Last => row.iter().rposition(|&t| t == id),
+                };
+                found.map(|j| o + j).ok_or_else(|| LensError::BadData {
+                    what: format!("prompt {b}"),
+                    detail: format!(
+                        "does not contain the token {needle:?} (id {id}); its tokens are {:?}",
+                        self.ids_to_str_tokens(row).unwrap_or_default()
+                    ),
+                })
+            })
+            .collect()
     }
 
     /// Each token of `text` as a string (`["<bos>", "Is", " Paris", ...]`).
