@@ -42,7 +42,7 @@ pub use block::{ForwardCtx, PastKv};
 pub use cache::ActivationCache;
 pub use config::ModelConfig;
 pub use error::{LensError, Result};
-pub use hooks::{HookAudit, HookFilter, HookPoint, Hooks};
+pub use hooks::{HookAudit, HookContext, HookFilter, HookPoint, Hooks};
 pub use load::LoadOptions;
 pub use model::{HookedTransformer, LogitsAt};
 pub use tokens::{Prompts, Tokens};
@@ -56,7 +56,7 @@ pub mod prelude {
     // `Result` is left out on purpose: a one-argument alias in scope breaks code that writes
     // `Result<T, E>` (notebook cells, evcxr's generated code). Write `candlelens::Result`.
     pub use crate::engine::hooks::{
-        layer_from_module_name, HookAudit, HookFilter, HookPoint, Hooks,
+        layer_from_module_name, HookAudit, HookContext, HookFilter, HookPoint, Hooks,
     };
     pub use crate::engine::model::generate::GenerateOptions;
     pub use crate::engine::model::{HookedTransformer, LogitsAt};

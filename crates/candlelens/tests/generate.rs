@@ -75,6 +75,7 @@ fn sampling_is_seeded_and_text_decodes() {
         max_new_tokens: 8,
         temperature: 0.8,
         top_k: Some(20),
+        top_p: Some(0.9),
         seed: 7,
         stop_at_eos: false,
     };
@@ -97,4 +98,153 @@ fn sampling_is_seeded_and_text_decodes() {
         .unwrap_err();
     assert!(matches!(err, LensError::BadParameter { .. }), "{err}");
     assert!(err.to_string().contains("new tokens fit"), "{err}");
+    for bad in [
+        GenerateOptions {
+            top_p: Some(0.0),
+            ..Default::default()
+        },
+        GenerateOptions {
+            top_k: Some(0),
+            ..Default::default()
+        },
+        GenerateOptions {
+            temperature: f64::NAN,
+            ..Default::default()
+        },
+    ] {
+        let err = m.generate("hi", &bad).unwrap_err();
+        assert!(matches!(err, LensError::BadParameter { .. }), "{err}");
+    }
+}
+
+/// Prompts of different lengths generated as one (left-padded) batch continue as each does
+/// alone, greedy and sampled; a prompt's sample does not depend on its place in the batch.
+#[test]
+fn a_batch_generates_what_each_prompt_generates_alone() {
+    let prompts = [
+        "The pet of this family is",
+        "Hi",
+        "Is Paris the capital of France?",
+    ];
+    let sampled = GenerateOptions {
+        max_new_tokens: 6,
+        temperature: 0.9,
+        top_k: Some(40),
+        top_p: Some(0.95),
+        seed: 11,
+        stop_at_eos: false,
+    };
+    let greedy = GenerateOptions {
+        max_new_tokens: 6,
+        stop_at_eos: false,
+        ..Default::default()
+    };
+    for family in ["gpt2", "llama", "gemma2", "neox", "qwen3_moe"] {
+        let m = tiny(family);
+        for opts in [&greedy, &sampled] {
+            let batch = m.to_tokens(prompts.as_slice(), None).unwrap();
+            let together = m.generate_tokens(&batch, opts).unwrap();
+            for (i, p) in prompts.iter().enumerate() {
+                let alone = m
+                    .generate_tokens(&m.to_tokens(*p, None).unwrap(), opts)
+                    .unwrap();
+                assert_eq!(
+                    together[i], alone[0],
+                    "{family} prompt {i} (t = {})",
+                    opts.temperature
+                );
+            }
+            let reversed: Vec<&str> = prompts.iter().rev().copied().collect();
+            let swapped = m
+                .generate_tokens(&m.to_tokens(reversed.as_slice(), None).unwrap(), opts)
+                .unwrap();
+            assert_eq!(
+                swapped[2], together[0],
+                "{family}: the place in the batch matters"
+            );
+        }
+    }
+}
+
+/// A hook fires on the prompt pass and on every new token: steering the residual stream at
+/// every position while generating gives what re-running the whole steered sequence each step
+/// gives, and the hook sees each step's position.
+#[test]
+fn hooks_steer_generation_and_see_each_position() {
+    for family in ["gpt2", "llama", "gemma3"] {
+        let m = tiny(family);
+        let d = m.cfg.d_model;
+        let v = Tensor::randn(0f32, 50., d, m.device()).unwrap();
+        let steer = |v: Tensor| move |act: &Tensor, _: &HookPoint| Ok(Some(act.broadcast_add(&v)?));
+        let tokens = m.to_tokens("The pet of this family is", None).unwrap();
+        let opts = GenerateOptions {
+            max_new_tokens: 5,
+            stop_at_eos: false,
+            ..Default::default()
+        };
+        let mut seen = Vec::new();
+        let mut hooks = Hooks::new();
+        hooks
+            .add("blocks.1.hook_resid_pre", steer(v.clone()))
+            .unwrap();
+        hooks
+            .add_with_context("blocks.0.hook_resid_pre", |act, _, ctx| {
+                seen.push((ctx.start(), act.dim(1)?, ctx.position(0, act.dim(1)? - 1)));
+                Ok(None)
+            })
+            .unwrap();
+        let cached = m
+            .generate_tokens_with(&tokens, &opts, &mut hooks)
+            .unwrap()
+            .remove(0);
+        drop(hooks);
+        // the same hook on the whole sequence, re-run each step
+        let mut seq = tokens.row(0).unwrap().to_vec();
+        let mut naive = Vec::new();
+        for _ in 0..opts.max_new_tokens {
+            let mut hooks = Hooks::new();
+            hooks
+                .add("blocks.1.hook_resid_pre", steer(v.clone()))
+                .unwrap();
+            let t = m.tokens_from_ids(seq.clone()).unwrap();
+            let logits = m.run_with_hooks(&t, &mut hooks).unwrap();
+            let row = to_vec(&logits.i((0, seq.len() - 1)).unwrap());
+            let next = row
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .unwrap()
+                .0 as u32;
+            seq.push(next);
+            naive.push(next);
+        }
+        assert_eq!(cached, naive, "{family}");
+        let plain = m.generate_tokens(&tokens, &opts).unwrap().remove(0);
+        assert_ne!(cached, plain, "{family}: the steering changes nothing");
+        let n = tokens.max_len();
+        assert_eq!(seen[0], (0, n, Some(n - 1)), "{family}: the prompt pass");
+        for (k, s) in seen.iter().enumerate().skip(1) {
+            assert_eq!(*s, (n + k - 1, 1, Some(n + k - 1)), "{family}: step {k}");
+        }
+    }
+}
+
+#[test]
+fn a_hook_the_model_never_fires_is_refused_before_generating() {
+    // a rotary model has no learned positions; a 2-layer model has no block 5
+    let m = tiny("llama");
+    let tokens = m.to_tokens("The pet", None).unwrap();
+    for (name, not_on_model) in [("hook_pos_embed", true), ("blocks.5.hook_resid_pre", false)] {
+        let mut hooks = Hooks::new();
+        hooks.add(name, |_, _| Ok(None)).unwrap();
+        let err = m
+            .generate_tokens_with(&tokens, &GenerateOptions::default(), &mut hooks)
+            .unwrap_err();
+        let typed = if not_on_model {
+            matches!(err, LensError::HookNotOnModel { .. })
+        } else {
+            matches!(err, LensError::LayerOutOfRange { .. })
+        };
+        assert!(typed, "{name}: {err}");
+    }
 }

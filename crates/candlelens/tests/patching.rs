@@ -247,3 +247,73 @@ fn patching_errors_are_typed() {
         PatchTarget::ResidPre
     );
 }
+
+#[test]
+fn a_patchers_hooks_apply_to_every_run() {
+    // zero-ablate block 0's MLP in every run; each cell = a hand-built run with the ablation
+    // and the clean (ablated) activation patched in
+    for family in ["gpt2", "llama"] {
+        let m = tiny(family);
+        let (clean, corrupt) = pair(&m);
+        let ablate = || {
+            let mut h = Hooks::new();
+            h.add("blocks.0.hook_mlp_out", |a, _| Ok(Some(a.zeros_like()?)))
+                .unwrap();
+            h
+        };
+        let mut p = Patcher::with_hooks(
+            &m,
+            &clean,
+            &corrupt,
+            metrics::logit_diff_metric(&[(5, 9)]),
+            ablate(),
+        )
+        .unwrap();
+        p.progress = false;
+        let plain =
+            Patcher::new(&m, &clean, &corrupt, metrics::logit_diff_metric(&[(5, 9)])).unwrap();
+        // the ablation changes the metric: the hooks ran
+        assert!(
+            (p.clean_metric() - plain.clean_metric()).abs() > 1e-4,
+            "{family}"
+        );
+        let metric = metrics::logit_diff_metric(&[(5, 9)]);
+        let hooked_metric = |tokens: &Tokens, patch: Option<(usize, usize)>| -> f32 {
+            let mut h = ablate();
+            if let Some((l, pos)) = patch {
+                let name = format!("blocks.{l}.hook_resid_pre");
+                let src = p
+                    .clean_cache()
+                    .get(&name)
+                    .unwrap()
+                    .narrow(1, pos, 1)
+                    .unwrap();
+                h.add(&name, move |a, _| {
+                    let (b, _, d) = a.dims3()?;
+                    Ok(Some(a.slice_assign(&[0..b, pos..pos + 1, 0..d], &src)?))
+                })
+                .unwrap();
+            }
+            let logits = m.run_with_hooks(tokens, &mut h).unwrap();
+            metric(&m.gather_last(&logits, tokens).unwrap()).unwrap()
+        };
+        assert!((hooked_metric(&clean, None) - p.clean_metric()).abs() < 1e-5);
+        assert!((hooked_metric(&corrupt, None) - p.corrupted_metric()).abs() < 1e-5);
+        let grid = p.sweep(PatchTarget::ResidPre).unwrap();
+        let (lo, hi) = (p.corrupted_metric(), p.clean_metric());
+        for (l, pos) in [(0, 1), (1, clean.max_len() - 1), (1, 2)] {
+            let want = (hooked_metric(&corrupt, Some((l, pos))) - lo) / (hi - lo);
+            let got = grid.values[l][pos];
+            assert!(
+                (got - want).abs() < 1e-4,
+                "{family} ({l},{pos}): {got} vs {want}"
+            );
+        }
+        // path patching cannot honour a patcher's own hooks: a typed error, not a silent drop
+        let path = PathPatcher::from_patcher(p);
+        assert!(matches!(
+            path.patch(&[(0, 0)], &Receivers::Logits),
+            Err(LensError::Unsupported { .. })
+        ));
+    }
+}

@@ -15,9 +15,11 @@ use crate::engine::config::ModelConfig;
 use crate::error::{did_you_mean, LensError, Result};
 
 pub mod cache;
+mod context;
 mod user;
 
 pub use cache::ActivationCache;
+pub use context::HookContext;
 pub use user::{HookAudit, Hooks};
 
 /// The part of a block (or of the model) a hook sits in. Layer-indexed points carry the layer.
@@ -322,7 +324,8 @@ impl FromStr for HookPoint {
 /// Something the forward pass calls at every hook point.
 ///
 /// `wants` is asked first so that nothing is copied or computed (e.g. `hook_result`) for
-/// points no one reads.
+/// points no one reads. `begin` is told, before a run (or each step of one, in generation),
+/// which prompts it holds and which positions its activations cover.
 pub trait HookSink {
     /// Whether this sink reads or replaces the activation at `point`.
     fn wants(&self, point: &HookPoint) -> bool;
@@ -331,6 +334,17 @@ pub trait HookSink {
     /// # Errors
     /// Whatever the user's hook returns.
     fn visit(&mut self, point: &HookPoint, act: Tensor) -> Result<Tensor>;
+    /// Where the run that follows is: its prompts and positions. Sinks that do not need it
+    /// ignore it.
+    fn begin(&mut self, _ctx: &HookContext) {}
+    /// Checks, before a run, that every point this sink names is one `cfg`'s model fires.
+    ///
+    /// # Errors
+    /// [`LensError::HookNotOnModel`] / [`LensError::LayerOutOfRange`] for a named point the
+    /// model never fires.
+    fn check(&self, _cfg: &ModelConfig) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A sink that does nothing: the plain forward pass.
@@ -436,6 +450,14 @@ pub(crate) struct Chain<'s, A: HookSink + ?Sized, B: HookSink + ?Sized>(
 impl<A: HookSink + ?Sized, B: HookSink + ?Sized> HookSink for Chain<'_, A, B> {
     fn wants(&self, point: &HookPoint) -> bool {
         self.0.wants(point) || self.1.wants(point)
+    }
+    fn begin(&mut self, ctx: &HookContext) {
+        self.0.begin(ctx);
+        self.1.begin(ctx);
+    }
+    fn check(&self, cfg: &ModelConfig) -> Result<()> {
+        self.0.check(cfg)?;
+        self.1.check(cfg)
     }
     fn visit(&mut self, point: &HookPoint, act: Tensor) -> Result<Tensor> {
         let act = if self.0.wants(point) {

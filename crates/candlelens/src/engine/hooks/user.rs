@@ -6,12 +6,14 @@ use std::fmt;
 
 use candle_core::Tensor;
 
-use crate::engine::hooks::{HookFilter, HookPoint, HookSink};
+use crate::engine::config::ModelConfig;
+use crate::engine::hooks::{HookContext, HookFilter, HookPoint, HookSink};
 use crate::error::{LensError, Result};
 
-/// A user hook: reads the activation at a point, returns `None` to leave it or `Some` to
-/// replace it (same shape).
-pub type HookFn<'a> = Box<dyn FnMut(&Tensor, &HookPoint) -> Result<Option<Tensor>> + 'a>;
+/// A user hook: reads the activation at a point (and where the run is), returns `None` to leave
+/// it or `Some` to replace it (same shape).
+pub type HookFn<'a> =
+    Box<dyn FnMut(&Tensor, &HookPoint, &HookContext) -> Result<Option<Tensor>> + 'a>;
 
 /// A set of user hooks for [`crate::HookedTransformer::run_with_hooks`].
 ///
@@ -32,6 +34,7 @@ pub type HookFn<'a> = Box<dyn FnMut(&Tensor, &HookPoint) -> Result<Option<Tensor
 pub struct Hooks<'a> {
     hooks: Vec<(HookFilter, HookFn<'a>)>,
     audit: Audit,
+    ctx: HookContext,
 }
 
 /// What the hooks did in the last run: the raw counts behind [`HookAudit`].
@@ -151,9 +154,41 @@ impl<'a> Hooks<'a> {
     ///
     /// # Errors
     /// [`LensError::UnknownHook`] if the name does not parse.
-    pub fn add<F>(&mut self, name: &str, f: F) -> Result<&mut Self>
+    pub fn add<F>(&mut self, name: &str, mut f: F) -> Result<&mut Self>
     where
         F: FnMut(&Tensor, &HookPoint) -> Result<Option<Tensor>> + 'a,
+    {
+        self.add_with_context(name, move |a, p, _| f(a, p))
+    }
+
+    /// Adds a hook at a TransformerLens-named point that also reads where the run is
+    /// ([`HookContext`]: which prompt each row is, and which of its positions each index of the
+    /// position axis holds — in generation, only the new position).
+    ///
+    /// ```no_run
+    /// # use candlelens::prelude::*;
+    /// # fn demo(model: &HookedTransformer, tokens: &Tokens) -> candlelens::Result<()> {
+    /// let mut hooks = Hooks::new();
+    /// // zero each prompt's own last token entering block 2, wherever its padding puts it
+    /// hooks.add_with_context("blocks.2.hook_resid_pre", |act, _, ctx| {
+    ///     let mut act = act.clone();
+    ///     for row in 0..ctx.batch() {
+    ///         if let Some(j) = ctx.index_of(row, -1) {
+    ///             let zero = act.narrow(0, row, 1)?.narrow(1, j, 1)?.zeros_like()?;
+    ///             act = act.slice_assign(&[row..row + 1, j..j + 1, 0..act.dim(2)?], &zero)?;
+    ///         }
+    ///     }
+    ///     Ok(Some(act))
+    /// })?;
+    /// model.run_with_hooks(tokens, &mut hooks)?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`LensError::UnknownHook`] if the name does not parse.
+    pub fn add_with_context<F>(&mut self, name: &str, f: F) -> Result<&mut Self>
+    where
+        F: FnMut(&Tensor, &HookPoint, &HookContext) -> Result<Option<Tensor>> + 'a,
     {
         let hp = HookPoint::parse(name)?;
         self.hooks.push((hp.into(), Box::new(f)));
@@ -161,9 +196,17 @@ impl<'a> Hooks<'a> {
     }
 
     /// Adds a hook on every point a filter selects.
-    pub fn add_filter<F>(&mut self, filter: HookFilter, f: F) -> &mut Self
+    pub fn add_filter<F>(&mut self, filter: HookFilter, mut f: F) -> &mut Self
     where
         F: FnMut(&Tensor, &HookPoint) -> Result<Option<Tensor>> + 'a,
+    {
+        self.add_filter_with_context(filter, move |a, p, _| f(a, p))
+    }
+
+    /// Adds a hook on every point a filter selects that also reads where the run is.
+    pub fn add_filter_with_context<F>(&mut self, filter: HookFilter, f: F) -> &mut Self
+    where
+        F: FnMut(&Tensor, &HookPoint, &HookContext) -> Result<Option<Tensor>> + 'a,
     {
         self.hooks.push((filter, Box::new(f)));
         self
@@ -193,6 +236,14 @@ impl HookSink for Hooks<'_> {
         self.hooks.iter().any(|(f, _)| f.matches(point))
     }
 
+    fn begin(&mut self, ctx: &HookContext) {
+        self.ctx = ctx.clone();
+    }
+
+    fn check(&self, cfg: &ModelConfig) -> Result<()> {
+        self.points().try_for_each(|hp| hp.check(cfg))
+    }
+
     fn visit(&mut self, point: &HookPoint, mut act: Tensor) -> Result<Tensor> {
         if self.audit.per_hook.len() != self.hooks.len() {
             self.audit.per_hook.resize(self.hooks.len(), 0);
@@ -204,7 +255,7 @@ impl HookSink for Hooks<'_> {
             self.audit.per_hook[i] += 1;
             let counts = self.audit.points.entry(*point).or_default();
             counts.0 += 1;
-            if let Some(new) = f(&act, point)? {
+            if let Some(new) = f(&act, point, &self.ctx)? {
                 counts.1 += 1;
                 if new.dims() != act.dims() {
                     return Err(LensError::HookShape {

@@ -11,7 +11,7 @@ use crate::engine::block::{Block, ForwardCtx};
 use crate::engine::config::ModelConfig;
 use crate::engine::hooks::cache::ActivationCache;
 use crate::engine::hooks::Hooks;
-use crate::engine::hooks::{Chain, HookFilter, HookPoint, HookSink, NoHooks};
+use crate::engine::hooks::{Chain, HookContext, HookFilter, HookPoint, HookSink, NoHooks};
 use crate::engine::ops::{hook, linear, NormSpec};
 use crate::engine::text::tokenizer::LensTokenizer;
 use crate::engine::text::tokens::Tokens;
@@ -111,9 +111,7 @@ impl HookedTransformer {
     /// Whatever a hook returns, [`LensError::HookShape`], [`LensError::LayerOutOfRange`],
     /// [`LensError::HookNotOnModel`] for a hook on a point the architecture does not have.
     pub fn run_with_hooks(&self, tokens: &Tokens, hooks: &mut Hooks) -> Result<Tensor> {
-        for hp in hooks.points() {
-            hp.check(&self.cfg)?;
-        }
+        hooks.check(&self.cfg)?;
         hooks.start_audit();
         self.forward_with(tokens, LogitsAt::All, hooks)
     }
@@ -150,9 +148,7 @@ impl HookedTransformer {
         filter: Option<HookFilter>,
         at: LogitsAt,
     ) -> Result<(Tensor, ActivationCache)> {
-        for hp in hooks.points() {
-            hp.check(&self.cfg)?;
-        }
+        hooks.check(&self.cfg)?;
         hooks.start_audit();
         if let Some(HookFilter::Points(ps)) = &filter {
             for hp in ps {
@@ -222,6 +218,7 @@ impl HookedTransformer {
     ) -> Result<Tensor> {
         self.check_tokens(tokens)?;
         let ctx = self.context_for(tokens)?;
+        sink.begin(&HookContext::of(tokens));
         let mut x = self.embed(tokens, sink)?;
         for l in 0..self.cfg.n_layers {
             x = self.run_block(l, x, &ctx, sink)?;
@@ -249,6 +246,7 @@ impl HookedTransformer {
         }
         self.check_tokens(tokens)?;
         let ctx = self.context_for(tokens)?;
+        sink.begin(&HookContext::of(tokens));
         let mut x = self.embed(tokens, sink)?;
         for l in 0..stop_at_layer {
             x = self.run_block(l, x, &ctx, sink)?;

@@ -19,13 +19,14 @@ mod naive;
 mod path;
 mod sweep;
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use candle_core::Tensor;
 
 use crate::engine::hooks::cache::ActivationCache;
-use crate::engine::hooks::{HookFilter, HookPoint};
-use crate::engine::model::HookedTransformer;
+use crate::engine::hooks::{HookFilter, HookPoint, Hooks};
+use crate::engine::model::{HookedTransformer, LogitsAt};
 use crate::engine::text::tokens::Tokens;
 use crate::error::{LensError, Result};
 use crate::interp::metrics::normalise;
@@ -280,6 +281,8 @@ pub struct Patcher {
     metric: Metric,
     clean_value: f32,
     corrupt_value: f32,
+    /// Hooks applied to every run: both cached runs and every patched one.
+    hooks: Option<RefCell<Hooks<'static>>>,
     /// Show progress on stderr.
     pub progress: bool,
 }
@@ -340,12 +343,51 @@ impl Patcher {
         corrupt: &Tokens,
         metric: Metric,
     ) -> Result<Self> {
+        Patcher::build(model, clean, corrupt, metric, None)
+    }
+
+    /// [`Self::new`] with `hooks` applied to every run — both cached runs and every patched
+    /// one — e.g. a component frozen or ablated while sweeping. A patched activation is the
+    /// clean run's (hooked) value; everything else runs through the hooks. With hooks,
+    /// [`Self::sweep`] runs one forward per cell ([`Self::naive_sweep`]), so that every hook
+    /// fires exactly where it would in a run of its own.
+    ///
+    /// # Errors
+    /// As [`Self::new`]; [`LensError::HookNotOnModel`] / [`LensError::LayerOutOfRange`] for a
+    /// hook at a point the model never fires.
+    pub fn with_hooks(
+        model: &Arc<HookedTransformer>,
+        clean: &Tokens,
+        corrupt: &Tokens,
+        metric: Metric,
+        hooks: Hooks<'static>,
+    ) -> Result<Self> {
+        Patcher::build(model, clean, corrupt, metric, Some(hooks))
+    }
+
+    fn build(
+        model: &Arc<HookedTransformer>,
+        clean: &Tokens,
+        corrupt: &Tokens,
+        metric: Metric,
+        hooks: Option<Hooks<'static>>,
+    ) -> Result<Self> {
         check_pair(clean, corrupt)?;
         let f = || Some(HookFilter::Predicate(Box::new(needed)));
-        let (cl, clean_cache) = model.run_with_cache(clean, f())?;
-        let (co, corrupt_cache) = model.run_with_cache(corrupt, f())?;
-        let clean_value = metric(&model.gather_last(&cl, clean)?)?;
-        let corrupt_value = metric(&model.gather_last(&co, corrupt)?)?;
+        let mut hooks = hooks;
+        let mut run = |tokens: &Tokens| -> Result<(Tensor, ActivationCache)> {
+            match hooks.as_mut() {
+                Some(h) => model.run_with_hooks_and_cache(tokens, h, f(), LogitsAt::Last),
+                None => {
+                    let (logits, cache) = model.run_with_cache(tokens, f())?;
+                    Ok((model.gather_last(&logits, tokens)?, cache))
+                }
+            }
+        };
+        let (cl, clean_cache) = run(clean)?;
+        let (co, corrupt_cache) = run(corrupt)?;
+        let clean_value = metric(&cl)?;
+        let corrupt_value = metric(&co)?;
         Ok(Patcher {
             model: Arc::clone(model),
             corrupt_tokens: corrupt.clone(),
@@ -354,6 +396,7 @@ impl Patcher {
             metric,
             clean_value,
             corrupt_value,
+            hooks: hooks.map(RefCell::new),
             progress: true,
         })
     }
@@ -388,6 +431,17 @@ impl Patcher {
     /// is worth reading on a clear effect.
     pub fn effect(&self) -> crate::interp::metrics::Effect {
         crate::interp::metrics::Effect::of(self.clean_value, self.corrupt_value)
+    }
+
+    /// Errors when this patcher has hooks of its own and `what` cannot honour them.
+    pub(crate) fn check_no_hooks(&self, what: &str) -> Result<()> {
+        if self.hooks.is_some() {
+            return Err(LensError::Unsupported {
+                what: format!("{what} with a patcher's own hooks"),
+                fix: "build the patcher with Patcher::new (no hooks), or apply the intervention with hooks on activation patching (Patcher::with_hooks + sweep)".into(),
+            });
+        }
+        Ok(())
     }
 
     /// Whether the corruption moves the metric at all; without that every normalised score is

@@ -4,8 +4,8 @@
 
 use std::time::Instant;
 
-use crate::engine::hooks::HookPoint;
-use crate::engine::hooks::Hooks;
+use crate::engine::hooks::{Chain, HookPoint, Hooks};
+use crate::engine::model::LogitsAt;
 use crate::error::Result;
 
 use super::{PatchGrid, PatchTarget, Patcher};
@@ -56,11 +56,22 @@ impl Patcher {
             }
             Ok(Some(act.slice_assign(&ranges, &src)?))
         });
-        let logits = self
-            .model
-            .run_with_hooks(&self.corrupt_tokens, &mut hooks)?;
-        let m = (self.metric)(&self.model.gather_last(&logits, &self.corrupt_tokens)?)?;
-        Ok(self.score(m))
+        let last = match &self.hooks {
+            // the patcher's hooks first, then the patch (the clean value, hooked already)
+            Some(extra) => {
+                let mut extra = extra.borrow_mut();
+                let mut both = Chain(&mut *extra, &mut hooks);
+                self.model
+                    .forward_with(&self.corrupt_tokens, LogitsAt::Last, &mut both)?
+            }
+            None => {
+                let logits = self
+                    .model
+                    .run_with_hooks(&self.corrupt_tokens, &mut hooks)?;
+                self.model.gather_last(&logits, &self.corrupt_tokens)?
+            }
+        };
+        Ok(self.score((self.metric)(&last)?))
     }
 
     /// The whole grid the naive way (one full forward per cell).

@@ -393,6 +393,10 @@ impl Patcher {
     /// [`LensError::NoEffect`] if the corruption does not move the metric (every normalised
     /// score would be `x / 0`); tensor errors, metric errors.
     pub fn sweep(&self, target: PatchTarget) -> Result<PatchGrid> {
+        if self.hooks.is_some() {
+            // every hook must fire where it would in a run of its own: one forward per cell
+            return self.naive_sweep(target);
+        }
         self.check_effect()?;
         let t0 = Instant::now();
         let (injs, rows, cols) = self.injections(target)?;

@@ -122,6 +122,7 @@ impl PathPatcher {
     /// or layers; tensor and metric errors.
     pub fn patch(&self, senders: &[Head], receivers: &Receivers) -> Result<f32> {
         self.patcher.check_effect()?;
+        self.patcher.check_no_hooks("path patching")?;
         self.check_senders(senders)?;
         let cfg = &self.patcher.model.cfg;
         receivers.check(cfg.n_layers, cfg.n_heads)?;
@@ -136,6 +137,7 @@ impl PathPatcher {
     /// As [`Self::patch`].
     pub fn grid(&self, receivers: &Receivers) -> Result<PatchGrid> {
         self.patcher.check_effect()?;
+        self.patcher.check_no_hooks("path patching")?;
         let cfg = &self.patcher.model.cfg;
         receivers.check(cfg.n_layers, cfg.n_heads)?;
         let t0 = Instant::now();

@@ -20,6 +20,7 @@ impl PathPatcher {
     pub fn naive(&self, senders: &[Head], receivers: &Receivers) -> Result<f32> {
         let p = &self.patcher;
         p.check_effect()?;
+        p.check_no_hooks("path patching")?;
         self.check_senders(senders)?;
         let cfg = &p.model.cfg;
         receivers.check(cfg.n_layers, cfg.n_heads)?;
