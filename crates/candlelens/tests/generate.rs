@@ -248,3 +248,62 @@ fn a_hook_the_model_never_fires_is_refused_before_generating() {
         assert!(typed, "{name}: {err}");
     }
 }
+
+#[test]
+fn lens_generate_prints_what_the_library_generates() {
+    let dir = fixture_path("tiny/llama");
+    let m = tiny("llama");
+    let lens = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_lens"))
+            .args([
+                "generate",
+                "--model",
+                dir.to_str().unwrap(),
+                "--tokens",
+                "1,5,9,17",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, stdout, stderr) = lens(&[
+        "--max-new-tokens",
+        "6",
+        "--ignore-eos",
+        "--temperature",
+        "0.9",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "3",
+        "--json",
+    ]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let opts = GenerateOptions {
+        max_new_tokens: 6,
+        temperature: 0.9,
+        top_p: Some(0.9),
+        seed: 3,
+        stop_at_eos: false,
+        ..Default::default()
+    };
+    let tokens = m.tokens_from_ids(vec![1, 5, 9, 17]).unwrap();
+    let new = m.generate_tokens(&tokens, &opts).unwrap().remove(0);
+    let mut want = vec![1u32, 5, 9, 17];
+    want.extend(&new);
+    let got: Vec<u32> = serde_json::from_value(v["token_ids"].clone()).unwrap();
+    assert_eq!(got, want);
+    assert_eq!(v["text"].as_str().unwrap(), m.to_string(&new).unwrap());
+    // bad options: a typed error naming the fix, not a panic
+    let (ok, _, stderr) = lens(&["--top-p", "2"]);
+    assert!(
+        !ok && stderr.contains("top_p") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+}

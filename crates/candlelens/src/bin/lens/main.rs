@@ -18,6 +18,7 @@ macro_rules! p {
 mod attribute;
 mod bench;
 mod common;
+mod generate;
 mod inspect;
 mod lre;
 mod models;
@@ -41,6 +42,8 @@ struct Cli {
 enum Cmd {
     /// Run a prompt: top-k next-token logits and the residual stream per layer.
     Run(run::RunArgs),
+    /// Continue a prompt (or a file of prompts, as one batch): greedy or sampled, KV cache.
+    Generate(generate::GenerateArgs),
     /// Architecture summary and every hook name with its shape.
     Inspect(inspect::InspectArgs),
     /// Activation patching: corrupted run, clean activations put in, layer x position grid.
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match &cli.cmd {
         Cmd::Run(a) => run::run(a),
+        Cmd::Generate(a) => generate::generate(a),
         Cmd::Inspect(a) => inspect::inspect(a),
         Cmd::Models => models::models(),
         Cmd::Bench(b) => bench::bench(b),
