@@ -650,3 +650,71 @@ fn a_topk_sae_learns_a_planted_dictionary_and_round_trips_through_saelens_format
         Err(LensError::TooFew { .. })
     ));
 }
+
+#[test]
+fn spliced_runs_take_hooks_and_fill_the_models_cache() {
+    let m = tiny("llama");
+    let t = m
+        .to_tokens(["The pet of this family is", "Is Paris"].as_slice(), None)
+        .unwrap();
+    let s = sae("standard");
+    // the model's cache in the same run: before the SAE as the plain run, at its point what
+    // goes on from it (the reconstruction, error term off)
+    let (logits, saes) = m
+        .run_with_saes(&t, &mut [Splice::new(&s).error_term(false)])
+        .unwrap();
+    let (logits2, saes2, cache) = m
+        .run_with_cache_with_saes(&t, &mut [Splice::new(&s).error_term(false)], None)
+        .unwrap();
+    assert_eq!(max_diff(&logits, &logits2), 0.0);
+    let out = "blocks.1.hook_resid_pre.hook_sae_output";
+    assert_eq!(
+        max_diff(saes.get(out).unwrap(), saes2.get(out).unwrap()),
+        0.0
+    );
+    assert_eq!(
+        max_diff(
+            cache.get("blocks.1.hook_resid_pre").unwrap(),
+            saes2.get(out).unwrap()
+        ),
+        0.0
+    );
+    let (_, plain) = m.run_with_cache(&t, None).unwrap();
+    let before = "blocks.0.hook_resid_post";
+    assert_eq!(
+        max_diff(cache.get(before).unwrap(), plain.get(before).unwrap()),
+        0.0
+    );
+    assert!(
+        max_diff(
+            cache.get("blocks.1.hook_resid_post").unwrap(),
+            plain.get("blocks.1.hook_resid_post").unwrap()
+        ) > 1e-3
+    );
+    // user hooks: at the SAE's point they act first, and the SAE reads what they return
+    let double = |h: &mut Hooks| {
+        h.add("blocks.1.hook_resid_pre", |a, _| Ok(Some((a * 2.0)?)))
+            .unwrap();
+    };
+    let mut hooks = Hooks::new();
+    double(&mut hooks);
+    let (hooked, saes3) = m
+        .run_with_hooks_with_saes(&t, &mut [Splice::new(&s)], &mut hooks)
+        .unwrap();
+    assert!(hooks.audit().all_fired());
+    let input = saes3.get("blocks.1.hook_resid_pre.hook_sae_input").unwrap();
+    let want = (plain.get("blocks.1.hook_resid_pre").unwrap() * 2.0).unwrap();
+    assert!(max_diff(input, &want) < 1e-5);
+    // error term on: the spliced model computes what the hooked model does
+    let mut hooks = Hooks::new();
+    double(&mut hooks);
+    let direct = m.run_with_hooks(&t, &mut hooks).unwrap();
+    assert!(max_diff(&hooked, &direct) < 1e-4);
+    // a hook on a point the model never fires is refused before the run
+    let mut bad = Hooks::new();
+    bad.add("hook_pos_embed", |_, _| Ok(None)).unwrap();
+    assert!(matches!(
+        m.run_with_hooks_with_saes(&t, &mut [Splice::new(&s)], &mut bad),
+        Err(LensError::HookNotOnModel { .. })
+    ));
+}

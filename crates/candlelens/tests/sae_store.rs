@@ -497,3 +497,49 @@ fn saes_on_hook_z_read_and_write_the_heads_flattened() {
         Err(LensError::Mismatch { .. })
     ));
 }
+
+#[test]
+fn a_store_gathered_with_hooks_holds_the_hooked_activations() {
+    let m = tiny("llama");
+    let t = contexts(&m, 5);
+    let ablate = |h: &mut Hooks| {
+        h.add("blocks.0.hook_mlp_out", |a, _| Ok(Some(a.zeros_like()?)))
+            .unwrap();
+    };
+    let mut hooks = Hooks::new();
+    ablate(&mut hooks);
+    let hp = HookPoint::ResidPre(1);
+    let store = m
+        .collect_activations_with_hooks(&t, hp, 2, &mut hooks)
+        .unwrap();
+    let mut hooks = Hooks::new();
+    ablate(&mut hooks);
+    let (_, cache) = m
+        .run_with_hooks_and_cache(
+            &t,
+            &mut hooks,
+            Some(HookFilter::Points(vec![hp])),
+            LogitsAt::All,
+        )
+        .unwrap();
+    let full = cache.at(hp).unwrap();
+    let p = full.dim(1).unwrap();
+    let full = full.reshape((full.dim(0).unwrap() * p, ())).unwrap();
+    let plain = m.collect_activations(&t, hp, 2).unwrap();
+    assert_eq!(store.index, plain.index);
+    for (r, &(c, pos)) in store.index.iter().enumerate() {
+        let a = to_vec(&store.acts.i(r).unwrap());
+        assert!(max_abs(&a, &to_vec(&full.i(c * p + pos).unwrap())) < 1e-5);
+        assert!(
+            max_abs(&a, &to_vec(&plain.acts.i(r).unwrap())) > 1e-4,
+            "row {r}: the hook did nothing"
+        );
+    }
+    // a hook past the block where the runs stop never fires, and the audit says so
+    let mut late = Hooks::new();
+    late.add("ln_final.hook_normalized", |_, _| Ok(None))
+        .unwrap();
+    m.collect_activations_with_hooks(&t, hp, 2, &mut late)
+        .unwrap();
+    assert!(!late.audit().all_fired());
+}

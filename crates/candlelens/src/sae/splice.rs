@@ -5,7 +5,8 @@
 
 use candle_core::Tensor;
 
-use crate::engine::hooks::{HookPoint, HookSink};
+use crate::engine::hooks::cache::ActivationCache;
+use crate::engine::hooks::{Chain, HookFilter, HookPoint, HookSink, Hooks, NoHooks};
 use crate::engine::model::{HookedTransformer, LogitsAt};
 use crate::engine::text::tokens::Tokens;
 use crate::error::{LensError, Result};
@@ -277,6 +278,57 @@ impl HookedTransformer {
         tokens: &Tokens,
         splices: &mut [Splice],
     ) -> Result<(Tensor, SaeCache)> {
+        self.run_spliced(tokens, splices, &mut NoHooks, &mut NoHooks)
+    }
+
+    /// [`Self::run_with_saes`] with user hooks (SAELens's `run_with_hooks_with_saes`). At an
+    /// SAE's point the hooks run first and the SAE reads what they return; everywhere else they
+    /// see the spliced run's activations.
+    ///
+    /// # Errors
+    /// As [`Self::run_with_saes`]; [`LensError::HookNotOnModel`] /
+    /// [`LensError::LayerOutOfRange`] for a hook at a point the model never fires; whatever a
+    /// hook returns.
+    pub fn run_with_hooks_with_saes(
+        &self,
+        tokens: &Tokens,
+        splices: &mut [Splice],
+        hooks: &mut Hooks,
+    ) -> Result<(Tensor, SaeCache)> {
+        hooks.check(&self.cfg)?;
+        hooks.start_audit();
+        self.run_spliced(tokens, splices, hooks, &mut NoHooks)
+    }
+
+    /// [`Self::run_with_saes`] that also fills the model's own cache (SAELens's
+    /// `run_with_cache_with_saes`): logits, the SAEs' activations and an [`ActivationCache`] of
+    /// what `filter` selects (`None`: every point but the opt-in ones). At an SAE's output
+    /// point the model's cache holds what goes on from it (the SAE's output, error term
+    /// included when on).
+    ///
+    /// # Errors
+    /// As [`Self::run_with_saes`]; [`LensError::HookNotOnModel`] /
+    /// [`LensError::LayerOutOfRange`] for a filter naming a point the model never fires.
+    pub fn run_with_cache_with_saes(
+        &self,
+        tokens: &Tokens,
+        splices: &mut [Splice],
+        filter: Option<HookFilter>,
+    ) -> Result<(Tensor, SaeCache, ActivationCache)> {
+        let mut cache = ActivationCache::recorder_for(filter, &self.cfg)?;
+        let (logits, saes) = self.run_spliced(tokens, splices, &mut NoHooks, &mut cache)?;
+        Ok((logits, saes, cache.finish(tokens.clone(), &self.cfg)))
+    }
+
+    /// The spliced run: at each point `before` (user hooks) acts first, then the SAEs, then
+    /// `after` (a cache) sees what goes on.
+    fn run_spliced(
+        &self,
+        tokens: &Tokens,
+        splices: &mut [Splice],
+        before: &mut dyn HookSink,
+        after: &mut dyn HookSink,
+    ) -> Result<(Tensor, SaeCache)> {
         for s in splices.iter() {
             s.sae.check_model(&self.cfg)?;
         }
@@ -286,7 +338,12 @@ impl HookedTransformer {
             pending: (0..n).map(|_| None).collect(),
             cache: SaeCache::default(),
         };
-        let logits = self.forward_with(tokens, LogitsAt::All, &mut sink)?;
+        let mut saes_then_after = Chain(&mut sink, after);
+        let logits = self.forward_with(
+            tokens,
+            LogitsAt::All,
+            &mut Chain(before, &mut saes_then_after),
+        )?;
         Ok((logits, sink.cache))
     }
 }

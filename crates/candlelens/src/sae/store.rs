@@ -6,7 +6,7 @@
 use candle_core::{DType, Device, Tensor};
 
 use crate::engine::hooks::cache::ActivationCache;
-use crate::engine::hooks::{HookFilter, HookPoint};
+use crate::engine::hooks::{Chain, HookFilter, HookPoint, HookSink, Hooks, NoHooks};
 use crate::engine::model::{HookedTransformer, LogitsAt};
 use crate::engine::text::tokens::Tokens;
 use crate::error::{LensError, Result};
@@ -178,6 +178,37 @@ impl HookedTransformer {
         hook: HookPoint,
         batch_size: usize,
     ) -> Result<ActivationStore> {
+        self.gather(tokens, hook, batch_size, &mut NoHooks)
+    }
+
+    /// [`Self::collect_activations`] with `hooks` applied in every run (e.g. a component
+    /// ablated, or a steering vector added, upstream of `hook`): the store holds the hooked
+    /// activations. Hooks downstream of `hook`'s block never run (each run stops there) and
+    /// show up in [`Hooks::audit`] as never fired.
+    ///
+    /// # Errors
+    /// As [`Self::collect_activations`]; [`LensError::HookNotOnModel`] /
+    /// [`LensError::LayerOutOfRange`] for a hook at a point the model never fires; whatever a
+    /// hook returns.
+    pub fn collect_activations_with_hooks(
+        &self,
+        tokens: &Tokens,
+        hook: HookPoint,
+        batch_size: usize,
+        hooks: &mut Hooks,
+    ) -> Result<ActivationStore> {
+        hooks.check(&self.cfg)?;
+        hooks.start_audit();
+        self.gather(tokens, hook, batch_size, hooks)
+    }
+
+    fn gather(
+        &self,
+        tokens: &Tokens,
+        hook: HookPoint,
+        batch_size: usize,
+        hooks: &mut dyn HookSink,
+    ) -> Result<ActivationStore> {
         hook.check(&self.cfg)?;
         if batch_size == 0 {
             return Err(LensError::bad_parameter(
@@ -199,16 +230,17 @@ impl HookedTransformer {
         for (k, chunk) in rows.chunks(batch_size).enumerate() {
             let batch = Tokens::new(chunk.to_vec(), tokens.pad_id())?;
             let mut rec = ActivationCache::recorder(HookFilter::Points(vec![hook]));
+            let mut sink = Chain(&mut *hooks, &mut rec);
             match hook {
                 HookPoint::Embed | HookPoint::PosEmbed => {
-                    self.run_until(&batch, 0, &mut rec)?;
+                    self.run_until(&batch, 0, &mut sink)?;
                 }
                 _ => match hook.layer() {
                     Some(l) => {
-                        self.run_until(&batch, l + 1, &mut rec)?;
+                        self.run_until(&batch, l + 1, &mut sink)?;
                     }
                     None => {
-                        self.forward_with(&batch, LogitsAt::Last, &mut rec)?;
+                        self.forward_with(&batch, LogitsAt::Last, &mut sink)?;
                     }
                 },
             }

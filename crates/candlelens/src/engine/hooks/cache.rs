@@ -56,6 +56,15 @@ impl ActivationCache {
         }
     }
 
+    /// A recorder of `filter` (`None`: every point but the opt-in ones) for a run of `cfg`'s
+    /// model, refusing named points the model never fires.
+    pub(crate) fn recorder_for(filter: Option<HookFilter>, cfg: &ModelConfig) -> Result<Self> {
+        if let Some(HookFilter::Points(ps)) = &filter {
+            ps.iter().try_for_each(|hp| hp.check(cfg))?;
+        }
+        Ok(ActivationCache::recorder(filter.unwrap_or(HookFilter::All)))
+    }
+
     pub(crate) fn finish(mut self, tokens: Tokens, cfg: &ModelConfig) -> Self {
         self.tokens = Some(tokens);
         self.origin = Some(Origin::of(cfg));

@@ -127,12 +127,7 @@ impl HookedTransformer {
         tokens: &Tokens,
         filter: Option<HookFilter>,
     ) -> Result<(Tensor, ActivationCache)> {
-        if let Some(HookFilter::Points(ps)) = &filter {
-            for hp in ps {
-                hp.check(&self.cfg)?;
-            }
-        }
-        let mut cache = ActivationCache::recorder(filter.unwrap_or(HookFilter::All));
+        let mut cache = ActivationCache::recorder_for(filter, &self.cfg)?;
         let logits = self.forward_with(tokens, LogitsAt::All, &mut cache)?;
         Ok((logits, cache.finish(tokens.clone(), &self.cfg)))
     }
@@ -150,12 +145,7 @@ impl HookedTransformer {
     ) -> Result<(Tensor, ActivationCache)> {
         hooks.check(&self.cfg)?;
         hooks.start_audit();
-        if let Some(HookFilter::Points(ps)) = &filter {
-            for hp in ps {
-                hp.check(&self.cfg)?;
-            }
-        }
-        let mut cache = ActivationCache::recorder(filter.unwrap_or(HookFilter::All));
+        let mut cache = ActivationCache::recorder_for(filter, &self.cfg)?;
         let logits = self.forward_with(tokens, at, &mut Chain(hooks, &mut cache))?;
         Ok((logits, cache.finish(tokens.clone(), &self.cfg)))
     }

@@ -207,8 +207,16 @@ impl AttributionPatcher {
     /// gradients). See the module docs for the formula.
     ///
     /// # Errors
-    /// [`LensError::NoEffect`] when the corruption does not move the metric; tensor errors.
+    /// [`LensError::NoEffect`] when the corruption does not move the metric;
+    /// [`LensError::Unsupported`] for a patcher with hooks of its own
+    /// ([`Self::with_hooks`]); tensor errors.
     pub fn edges(&self) -> Result<EdgeGraph> {
+        if self.hooks.is_some() {
+            return Err(LensError::Unsupported {
+                what: "edge attribution with an attribution patcher's own hooks".into(),
+                fix: "build it with AttributionPatcher::new (no hooks); node attribution (nodes, verify) honours hooks".into(),
+            });
+        }
         let cfg = &self.model.cfg;
         let (c, k) = (self.clean_value, self.corrupt_value);
         self.check_effect()?;

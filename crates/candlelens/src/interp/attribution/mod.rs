@@ -18,18 +18,22 @@
 //! The estimate is linear; patching is not. [`AttributionPatcher::verify`] runs the exact sweep on the
 //! same grid and reports, cell by cell, where the two disagree — which no other tool does.
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Tensor, Var};
 
 use crate::engine::hooks::cache::ActivationCache;
-use crate::engine::hooks::{HookFilter, HookPoint, HookSink};
+use crate::engine::hooks::{Chain, HookFilter, HookPoint, HookSink, Hooks};
 use crate::engine::model::HookedTransformer;
 use crate::engine::text::tokens::Tokens;
 use crate::error::{LensError, Result};
 use crate::interp::metrics::{normalise, GradMetric};
-use crate::interp::patching::{check_pair, grid_labels, node_point, PatchGrid, PatchTarget};
+use crate::interp::patching::{
+    check_pair, grid_labels, node_point, PatchGrid, PatchTarget, SharedHooks,
+};
 
 mod edge_graph;
 mod edges;
@@ -77,27 +81,40 @@ impl HookSink for GradSink {
 /// gradient `∂m/∂a`, and the logits of the `extra` final residuals unembedded with it.
 type GradRun = (f32, Vec<(HookPoint, Tensor, Tensor)>, Option<Tensor>);
 
-/// Each prompt's final residual `[batch, d_model]` of a run through `sink` (no unembedding).
+/// Each prompt's final residual `[batch, d_model]` of a run through `sink` (no unembedding),
+/// the user's `hooks` (when given) applied first.
 fn final_residual(
     model: &HookedTransformer,
     tokens: &Tokens,
+    hooks: Option<&SharedHooks>,
     sink: &mut dyn HookSink,
 ) -> Result<Tensor> {
-    let x = model.run_until(tokens, model.cfg.n_layers, sink)?;
+    let x = match hooks {
+        Some(h) => {
+            let mut h = h.borrow_mut();
+            model.run_until(tokens, model.cfg.n_layers, &mut Chain(&mut *h, sink))?
+        }
+        None => model.run_until(tokens, model.cfg.n_layers, sink)?,
+    };
     model.gather_last(&x, tokens)
 }
 
 /// The clean run, recording the node points, up to its final residual `[batch, d_model]`:
 /// its unembedding joins the corrupted run's (one pass over `W_U` for both).
-fn clean_pass(model: &HookedTransformer, tokens: &Tokens) -> Result<(Tensor, ActivationCache)> {
+fn clean_pass(
+    model: &HookedTransformer,
+    tokens: &Tokens,
+    hooks: Option<&SharedHooks>,
+) -> Result<(Tensor, ActivationCache)> {
     let mut rec = ActivationCache::recorder(HookFilter::Predicate(Box::new(recorded)));
-    let last = final_residual(model, tokens, &mut rec)?;
+    let last = final_residual(model, tokens, hooks, &mut rec)?;
     Ok((last, rec.finish(tokens.clone(), &model.cfg)))
 }
 
 fn run_with_grads(
     model: &HookedTransformer,
     tokens: &Tokens,
+    hooks: Option<&SharedHooks>,
     embed: Option<Tensor>,
     metric: &GradMetric,
     extra: Option<&Tensor>,
@@ -107,7 +124,7 @@ fn run_with_grads(
         leaf: None,
         acts: Vec::new(),
     };
-    let last = final_residual(model, tokens, &mut sink)?;
+    let last = final_residual(model, tokens, hooks, &mut sink)?;
     // the untracked extra rows ride along in the unembedding: one read of a large W_U
     let (rows, n_extra) = match extra {
         Some(e) => (Tensor::cat(&[e, &last], 0)?, e.dim(0)?),
@@ -165,6 +182,8 @@ pub struct AttributionPatcher {
     clean_value: f32,
     corrupt_value: f32,
     ig_steps: Option<usize>,
+    /// Hooks applied to every run (and to the exact check's).
+    hooks: Option<SharedHooks>,
     /// Wall time of the runs and backward passes.
     pub seconds: f64,
     /// That time in forwards of the clean batch (the first run, timed in the same call).
@@ -192,7 +211,30 @@ impl AttributionPatcher {
         corrupt: &Tokens,
         metric: GradMetric,
     ) -> Result<Self> {
-        Self::build(model, clean, corrupt, metric, None)
+        Self::build(model, clean, corrupt, metric, None, None)
+    }
+
+    /// [`Self::new`] (or, with `ig_steps`, [`Self::integrated_gradients`]) with `hooks`
+    /// applied to every run — clean, corrupted, each interpolation step, and the exact sweep
+    /// that [`Self::verify`] compares with ([`Patcher::with_hooks`](crate::interp::patching::Patcher::with_hooks)) — e.g. a component ablated
+    /// while attributing. A hook that replaces an activation with a constant cuts the gradient
+    /// through it, as the ablation cuts the component's effect. Edge attribution and path
+    /// patching, which wire their own runs, refuse such a patcher with a typed error.
+    ///
+    /// # Errors
+    /// As [`Self::new`] / [`Self::integrated_gradients`]; [`LensError::HookNotOnModel`] /
+    /// [`LensError::LayerOutOfRange`] for a hook at a point the model never fires.
+    pub fn with_hooks(
+        model: &Arc<HookedTransformer>,
+        clean: &Tokens,
+        corrupt: &Tokens,
+        metric: GradMetric,
+        hooks: Hooks<'static>,
+        ig_steps: Option<usize>,
+    ) -> Result<Self> {
+        hooks.check(&model.cfg)?;
+        let hooks = Rc::new(RefCell::new(hooks));
+        Self::build(model, clean, corrupt, metric, ig_steps, Some(hooks))
     }
 
     /// The integrated-gradients variant (EAP-IG): the gradient averaged over `steps` runs whose
@@ -208,14 +250,7 @@ impl AttributionPatcher {
         metric: GradMetric,
         steps: usize,
     ) -> Result<Self> {
-        if steps == 0 {
-            return Err(LensError::bad_parameter(
-                "ig_steps",
-                "0",
-                "use at least 1 interpolation step",
-            ));
-        }
-        Self::build(model, clean, corrupt, metric, Some(steps))
+        Self::build(model, clean, corrupt, metric, Some(steps), None)
     }
 
     fn build(
@@ -224,15 +259,24 @@ impl AttributionPatcher {
         corrupt: &Tokens,
         metric: GradMetric,
         ig_steps: Option<usize>,
+        hooks: Option<SharedHooks>,
     ) -> Result<Self> {
+        if ig_steps == Some(0) {
+            return Err(LensError::bad_parameter(
+                "ig_steps",
+                "0",
+                "use at least 1 interpolation step",
+            ));
+        }
         check_pair(clean, corrupt)?;
+        let h = hooks.as_ref();
         let start = Instant::now();
         let value_of = |logits: &Tensor| -> Result<f32> {
             Ok(scalar(&metric, logits)?
                 .to_dtype(DType::F32)?
                 .to_scalar::<f32>()?)
         };
-        let (clean_last, clean_cache) = clean_pass(model, clean)?;
+        let (clean_last, clean_cache) = clean_pass(model, clean, h)?;
         let forward = start.elapsed().as_secs_f64();
         let mut grads = ActivationCache::recorder(HookFilter::Predicate(Box::new(node_point)));
         let (clean_value, corrupt_value, corrupt_cache) = match ig_steps {
@@ -240,7 +284,7 @@ impl AttributionPatcher {
                 // the run with gradients is the corrupted run itself; the clean run's final
                 // residuals are unembedded with it
                 let (value, nodes, clean_logits) =
-                    run_with_grads(model, corrupt, None, &metric, Some(&clean_last))?;
+                    run_with_grads(model, corrupt, h, None, &metric, Some(&clean_last))?;
                 let clean_logits = clean_logits
                     .ok_or_else(|| LensError::Internal("clean logits missing".into()))?;
                 let mut cache =
@@ -253,7 +297,7 @@ impl AttributionPatcher {
             }
             Some(steps) => {
                 let clean_value = value_of(&model.unembed_residual(&clean_last)?)?;
-                let (corrupt_last, cache) = clean_pass(model, corrupt)?;
+                let (corrupt_last, cache) = clean_pass(model, corrupt, h)?;
                 let value = value_of(&model.unembed_residual(&corrupt_last)?)?;
                 let e_clean = clean_cache.at(HookPoint::Embed)?;
                 let e_corrupt = cache.at(HookPoint::Embed)?;
@@ -262,7 +306,8 @@ impl AttributionPatcher {
                 for step in 1..=steps {
                     let alpha = step as f64 / steps as f64;
                     let embed = (e_corrupt + (&delta * alpha)?)?;
-                    let (_, nodes, _) = run_with_grads(model, corrupt, Some(embed), &metric, None)?;
+                    let (_, nodes, _) =
+                        run_with_grads(model, corrupt, h, Some(embed), &metric, None)?;
                     if sums.is_empty() {
                         sums = nodes.into_iter().map(|(hp, _, g)| (hp, g)).collect();
                     } else {
@@ -290,6 +335,7 @@ impl AttributionPatcher {
             clean_value,
             corrupt_value,
             ig_steps,
+            hooks,
             seconds,
             forward_equivalents: seconds / forward.max(1e-9),
         })

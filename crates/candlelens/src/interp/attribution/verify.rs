@@ -23,14 +23,15 @@ pub(super) fn check_threshold(threshold: f32) -> Result<()> {
 }
 
 impl AttributionPatcher {
-    /// The exact counterpart of the estimates: a [`Patcher`] on the same prompts and metric
-    /// (progress off).
+    /// The exact counterpart of the estimates: a [`Patcher`] on the same prompts, metric and
+    /// hooks (progress off).
     pub(super) fn exact_patcher(&self) -> Result<Patcher> {
-        let mut patcher = Patcher::new(
+        let mut patcher = Patcher::with_shared_hooks(
             &self.model,
             &self.clean_tokens,
             &self.corrupt_tokens,
             float_metric(&self.metric),
+            self.hooks.clone(),
         )?;
         patcher.progress = false;
         Ok(patcher)

@@ -20,6 +20,7 @@ mod path;
 mod sweep;
 
 use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use candle_core::Tensor;
@@ -270,6 +271,10 @@ impl PatchGrid {
     }
 }
 
+/// User hooks that several runs (and tools) share: a patcher's, and the exact check of an
+/// attribution patcher built with the same hooks.
+pub(crate) type SharedHooks = Rc<RefCell<Hooks<'static>>>;
+
 /// Everything a sweep needs from the clean and corrupted runs. It shares the model (an [`Arc`]),
 /// so it owns all it holds and lives as long as the caller wants (across evcxr cells too): build
 /// it once, then sweep as many targets as needed.
@@ -282,7 +287,7 @@ pub struct Patcher {
     clean_value: f32,
     corrupt_value: f32,
     /// Hooks applied to every run: both cached runs and every patched one.
-    hooks: Option<RefCell<Hooks<'static>>>,
+    hooks: Option<SharedHooks>,
     /// Show progress on stderr.
     pub progress: bool,
 }
@@ -362,7 +367,13 @@ impl Patcher {
         metric: Metric,
         hooks: Hooks<'static>,
     ) -> Result<Self> {
-        Patcher::build(model, clean, corrupt, metric, Some(hooks))
+        Patcher::build(
+            model,
+            clean,
+            corrupt,
+            metric,
+            Some(Rc::new(RefCell::new(hooks))),
+        )
     }
 
     fn build(
@@ -370,14 +381,16 @@ impl Patcher {
         clean: &Tokens,
         corrupt: &Tokens,
         metric: Metric,
-        hooks: Option<Hooks<'static>>,
+        hooks: Option<SharedHooks>,
     ) -> Result<Self> {
         check_pair(clean, corrupt)?;
         let f = || Some(HookFilter::Predicate(Box::new(needed)));
-        let mut hooks = hooks;
-        let mut run = |tokens: &Tokens| -> Result<(Tensor, ActivationCache)> {
-            match hooks.as_mut() {
-                Some(h) => model.run_with_hooks_and_cache(tokens, h, f(), LogitsAt::Last),
+        let run = |tokens: &Tokens| -> Result<(Tensor, ActivationCache)> {
+            match &hooks {
+                Some(h) => {
+                    let mut h = h.borrow_mut();
+                    model.run_with_hooks_and_cache(tokens, &mut h, f(), LogitsAt::Last)
+                }
                 None => {
                     let (logits, cache) = model.run_with_cache(tokens, f())?;
                     Ok((model.gather_last(&logits, tokens)?, cache))
@@ -396,7 +409,7 @@ impl Patcher {
             metric,
             clean_value,
             corrupt_value,
-            hooks: hooks.map(RefCell::new),
+            hooks,
             progress: true,
         })
     }
@@ -431,6 +444,17 @@ impl Patcher {
     /// is worth reading on a clear effect.
     pub fn effect(&self) -> crate::interp::metrics::Effect {
         crate::interp::metrics::Effect::of(self.clean_value, self.corrupt_value)
+    }
+
+    /// [`Self::with_hooks`] on hooks another tool shares (attribution patching's exact check).
+    pub(crate) fn with_shared_hooks(
+        model: &Arc<HookedTransformer>,
+        clean: &Tokens,
+        corrupt: &Tokens,
+        metric: Metric,
+        hooks: Option<SharedHooks>,
+    ) -> Result<Self> {
+        Patcher::build(model, clean, corrupt, metric, hooks)
     }
 
     /// Errors when this patcher has hooks of its own and `what` cannot honour them.
