@@ -19,15 +19,23 @@ writes, for each family, crates/candlelens/tests/fixtures/tl/<family>/:
 * processed.safetensors: the same for plain HookedTransformer.from_pretrained (TL's defaults:
   fold_ln, center_writing_weights, center_unembed, fold_value_biases all True).
 * fold_ln.safetensors, center_writing_weights.safetensors, center_unembed.safetensors,
-  fold_value_biases.safetensors: from_pretrained with exactly one flag True (the flags passed are
-  in reference.json "flag_files"). To keep the fixtures small these hold ONLY the tensors that
-  differ from unprocessed.safetensors (any element differs); every other parameter is bit-identical
-  to unprocessed.safetensors. reference.json lists, per file, the names stored ("changed") and the
-  names equal to unprocessed ("unchanged").
-* reference.json: the config as TL sees it, the flags TL actually applied, the token ids used, and
-  for both the processed and the unprocessed model: logits at every position, ln_final.hook_scale,
-  blocks.0.hook_resid_pre, blocks.1.attn.hook_z at the last position, and direct logit attribution
-  of logit[A] - logit[B] at the last position per head / per component / accumulated.
+  fold_value_biases.safetensors: from_pretrained with exactly one flag True (reference.json
+  files.<name>.flags_passed holds the four flags exactly as passed). To keep the fixtures small
+  these hold only the parameters that differ from unprocessed.safetensors, and of those only
+  blocks.0.* and the non-block ones (later blocks go through the same code); every parameter not
+  listed in files.<name>.changed is bit-identical to unprocessed.safetensors, and
+  files.<name>.absent_vs_unprocessed lists those the flag removes (fold_ln turns LN/RMS into
+  LNPre/RMSPre, which have no parameters).
+* reference.json: the config as TL sees it (tl_config_unprocessed / tl_config_processed), what TL
+  did with each flag (flags_applied, warnings per file), the token ids (tokens, token_a, token_b),
+  and for both "processed" and "unprocessed": logits [pos][d_vocab], ln_final.hook_scale [pos],
+  blocks.0.hook_resid_pre [pos][d_model], blocks.1.attn.hook_z at the last position
+  [n_heads][d_head], logit_diff = logits[-1, A] - logits[-1, B], b_U_diff = b_U[A] - b_U[B], and
+  the direct logit attribution of that difference at the last position: dla_heads
+  (cache.stack_head_results), dla_components (cache.decompose_resid) and dla_accumulated
+  (cache.accumulated_resid(incl_mid=True)), all with layer=-1, pos_slice=-1, apply_ln=True,
+  projected on model.tokens_to_residual_directions(A) - ...(B) (= W_U[:, A] - W_U[:, B]).
+  Floats are rounded to 6 significant digits.
 
 Only parameters are saved (model.named_parameters()), not buffers (causal mask, IGNORE, rotary
 sin/cos tables). With GQA, TL stores the key/value parameters as `_W_K`, `_W_V`, `_b_K`, `_b_V`
@@ -45,6 +53,7 @@ written.
 """
 
 import argparse
+import importlib.metadata
 import json
 import logging
 import math
@@ -61,7 +70,6 @@ import transformers  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-import transformer_lens  # noqa: E402
 import transformer_lens.loading_from_pretrained as tl_loading  # noqa: E402
 from transformer_lens import HookedTransformer  # noqa: E402
 
@@ -260,6 +268,7 @@ def params(model):
 def save(tensors, path, meta):
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path),
               metadata={k: json.dumps(v) for k, v in meta.items()})
+    os.chmod(path, 0o644)  # safetensors writes 0600
 
 
 def analyse(model):
@@ -318,8 +327,7 @@ def run_family(family):
         "tl_official_name_used": official,
         "tiny_checkpoint": f"tests/fixtures/tiny/{family}",
         "versions": {
-            "transformer_lens": transformer_lens.__version__
-            if hasattr(transformer_lens, "__version__") else "3.9.0",
+            "transformer_lens": importlib.metadata.version("transformer-lens"),
             "transformers": transformers.__version__,
             "torch": torch.__version__,
         },

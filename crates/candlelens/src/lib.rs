@@ -43,7 +43,7 @@ pub use cache::ActivationCache;
 pub use config::ModelConfig;
 pub use error::{LensError, Result};
 pub use hooks::{HookAudit, HookContext, HookFilter, HookPoint, Hooks};
-pub use load::LoadOptions;
+pub use load::{LoadOptions, Processing};
 pub use model::{HookedTransformer, LogitsAt};
 pub use tokens::{Prompts, Tokens};
 
@@ -66,7 +66,7 @@ pub mod prelude {
     pub use crate::interp::metrics::{self, TokenGroups};
     pub use crate::interp::patching::{PatchGrid, PatchTarget, Patcher, PathPatcher, Receivers};
     pub use crate::interp::prompts::{PromptTest, TestPromptOptions};
-    pub use crate::load::LoadOptions;
+    pub use crate::load::{LoadOptions, Processing};
     pub use crate::viz::{AttentionView, Figure, Table};
     pub use candle_core::{DType, Device, IndexOp, Tensor, D};
 }

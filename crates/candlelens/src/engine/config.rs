@@ -209,6 +209,9 @@ pub struct ModelConfig {
     pub pad_token_id: u32,
     /// Whether `to_tokens` prepends BOS by default (follows the tokenizer's own default).
     pub default_prepend_bos: bool,
+    /// The TransformerLens weight processing applied on load (none by default; see
+    /// [`HookedTransformer::process_weights`](crate::HookedTransformer::process_weights)).
+    pub processing: Processing,
 }
 
 /// The size of a model: the part of its config every family reads from keys of its own.
@@ -278,6 +281,7 @@ impl ModelConfig {
             eos_token_id: None,
             pad_token_id: 0,
             default_prepend_bos: false,
+            processing: Processing::NONE,
         }
     }
 
@@ -370,5 +374,79 @@ impl ModelConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// Which of TransformerLens's weight-processing steps to apply on load
+/// (`LoadOptions::processing`,
+/// `HookedTransformer::process_weights`).
+///
+/// Candlelens loads without processing (the checkpoint's own weights, as Hugging Face runs
+/// them); TransformerLens's `from_pretrained` processes by default
+/// ([`Self::transformer_lens_defaults`]) and its `from_pretrained_no_processing` does not.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Processing {
+    /// Fold each norm's weight (and LayerNorm's bias) into the matrices that read it.
+    pub fold_ln: bool,
+    /// Centre the weights that write to the residual stream (LayerNorm models only).
+    pub center_writing_weights: bool,
+    /// Centre the unembedding over the vocabulary (not with a final-logit softcap).
+    pub center_unembed: bool,
+    /// Fold the value biases into the attention output bias.
+    pub fold_value_biases: bool,
+    /// Leave out, as TransformerLens does, a step this model cannot take or has nothing for
+    /// (centring writing weights under RMSNorm, centring the unembedding under a softcap,
+    /// folding value biases it does not have, folding a mixture of experts' norms) instead of
+    /// an error. `HookedTransformer::process_weights`
+    /// returns what was applied.
+    pub skip_inapplicable: bool,
+}
+
+impl Processing {
+    /// No processing: the checkpoint's weights as they are (the default).
+    pub const NONE: Processing = Processing {
+        fold_ln: false,
+        center_writing_weights: false,
+        center_unembed: false,
+        fold_value_biases: false,
+        skip_inapplicable: false,
+    };
+
+    /// TransformerLens's `from_pretrained` defaults: all four steps, each left out where
+    /// TransformerLens leaves it out (see [`Self::skip_inapplicable`]).
+    pub fn transformer_lens_defaults() -> Processing {
+        Processing {
+            fold_ln: true,
+            center_writing_weights: true,
+            center_unembed: true,
+            fold_value_biases: true,
+            skip_inapplicable: true,
+        }
+    }
+
+    /// Whether no step is asked for.
+    pub fn is_none(&self) -> bool {
+        !(self.fold_ln
+            || self.center_writing_weights
+            || self.center_unembed
+            || self.fold_value_biases)
+    }
+
+    /// The steps asked for, by TransformerLens's names (`"none"` for none).
+    pub fn describe(&self) -> String {
+        let names: Vec<&str> = [
+            ("fold_ln", self.fold_ln),
+            ("center_writing_weights", self.center_writing_weights),
+            ("center_unembed", self.center_unembed),
+            ("fold_value_biases", self.fold_value_biases),
+        ]
+        .into_iter()
+        .filter_map(|(name, on)| on.then_some(name))
+        .collect();
+        if names.is_empty() {
+            "none".into()
+        } else {
+            names.join(", ")
+        }
     }
 }

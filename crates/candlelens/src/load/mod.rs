@@ -4,6 +4,7 @@ pub mod arch;
 pub mod gguf;
 mod guard;
 pub mod hub;
+pub mod processing;
 pub mod registry;
 pub mod safetensors;
 pub mod verify;
@@ -16,15 +17,20 @@ use crate::engine::model::HookedTransformer;
 use crate::engine::text::tokenizer::LensTokenizer;
 use crate::error::{did_you_mean, LensError, Result};
 use crate::load::arch::{config_from_hf, load_weights, Family};
+pub use processing::Processing;
 use registry::Source;
 
-/// How to load: device and compute dtype.
+/// How to load: device, compute dtype and weight processing.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
     /// Where the weights live and the forward runs (CPU by default).
     pub device: Device,
     /// Compute dtype; f32 by default (bf16/f16 checkpoints are converted on load).
     pub dtype: DType,
+    /// TransformerLens's weight processing ([`Processing::NONE`] by default: the checkpoint's
+    /// own weights; [`Processing::transformer_lens_defaults`] for what TransformerLens's
+    /// `from_pretrained` does).
+    pub processing: Processing,
 }
 
 impl Default for LoadOptions {
@@ -32,6 +38,7 @@ impl Default for LoadOptions {
         LoadOptions {
             device: Device::Cpu,
             dtype: DType::F32,
+            processing: Processing::NONE,
         }
     }
 }
@@ -45,6 +52,7 @@ impl LoadOptions {
     /// or machine lacks.
     pub fn parse(device: &str, dtype: &str) -> Result<Self> {
         Ok(LoadOptions {
+            processing: Processing::NONE,
             device: parse_device(device)?,
             dtype: match dtype {
                 "f32" | "float32" => DType::F32,
@@ -255,11 +263,45 @@ impl HookedTransformer {
         Self::from_pretrained_with(name, &LoadOptions::default())
     }
 
-    /// [`Self::from_pretrained`] with a device and dtype.
+    /// [`Self::from_pretrained`], said explicitly: the checkpoint's weights as they are, with
+    /// no TransformerLens processing (TransformerLens's `from_pretrained_no_processing`; our
+    /// `from_pretrained` never processes unless [`LoadOptions::processing`] asks).
     ///
     /// # Errors
     /// As [`Self::from_pretrained`].
+    pub fn from_pretrained_no_processing(name: &str) -> Result<Self> {
+        Self::from_pretrained(name)
+    }
+
+    /// [`Self::from_pretrained`] with a device, dtype and weight processing.
+    ///
+    /// # Errors
+    /// As [`Self::from_pretrained`]; as [`Self::process_weights`] for processing the model
+    /// cannot take.
     pub fn from_pretrained_with(name: &str, opts: &LoadOptions) -> Result<Self> {
+        let mut model = Self::load_unprocessed(name, opts)?;
+        if !opts.processing.is_none() {
+            model.process_weights(opts.processing)?;
+        }
+        Ok(model)
+    }
+
+    /// TransformerLens's `process_weights_`: applies the steps `p` asks for to the loaded
+    /// weights (see [`processing`] for what each does) and returns the steps applied — with
+    /// [`Processing::skip_inapplicable`], those this model can take; `cfg.processing` records
+    /// every step applied so far. The next-token distribution is unchanged (tested against
+    /// TransformerLens 3.9's processed weights, logits and attributions).
+    ///
+    /// # Errors
+    /// [`LensError::Unsupported`] for a step the model cannot take or has nothing for (without
+    /// `skip_inapplicable`): centring writing weights under RMSNorm, centring the unembedding
+    /// under a final-logit softcap, folding value biases the model does not have, folding a
+    /// LayerNorm's bias into a gate or router that has none.
+    pub fn process_weights(&mut self, p: Processing) -> Result<Processing> {
+        processing::process(&mut self.cfg, &mut self.weights, p)
+    }
+
+    fn load_unprocessed(name: &str, opts: &LoadOptions) -> Result<Self> {
         let display = registry::lookup(name).map_or(name, |e| e.alias);
         match resolve(name)? {
             Resolved::Gguf(path) => {

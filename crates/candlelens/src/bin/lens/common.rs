@@ -35,12 +35,15 @@ pub struct Input {
     /// Compute dtype: f32 (default), bf16, f16.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
+    #[command(flatten)]
+    pub processing: ProcessingArgs,
 }
 
 impl Input {
-    /// Loads the model on the chosen device and dtype.
+    /// Loads the model on the chosen device and dtype, processed as the flags say.
     pub fn load(&self) -> candlelens::Result<HookedTransformer> {
-        let opts = LoadOptions::parse(&self.device, &self.dtype)?;
+        let mut opts = LoadOptions::parse(&self.device, &self.dtype)?;
+        opts.processing = self.processing.processing();
         HookedTransformer::from_pretrained_with(&self.model, &opts)
     }
 
@@ -57,6 +60,51 @@ impl Input {
             }
             (None, None, None) => Err(LensError::EmptyPrompt),
         }
+    }
+}
+
+/// TransformerLens's weight processing on load (none by default).
+#[derive(clap::Args)]
+pub struct ProcessingArgs {
+    /// Fold each norm's weight (and LayerNorm's bias) into the matrices that read it.
+    #[arg(long)]
+    pub fold_ln: bool,
+    /// Centre the weights that write to the residual stream (LayerNorm models).
+    #[arg(long)]
+    pub center_writing_weights: bool,
+    /// Centre the unembedding over the vocabulary.
+    #[arg(long)]
+    pub center_unembed: bool,
+    /// Fold the value biases into the attention output bias.
+    #[arg(long)]
+    pub fold_value_biases: bool,
+    /// TransformerLens's from_pretrained defaults: all four, each where TransformerLens applies it.
+    #[arg(long, conflicts_with_all = ["fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases"])]
+    pub tl_defaults: bool,
+}
+
+impl ProcessingArgs {
+    /// The processing the flags ask for.
+    pub fn processing(&self) -> Processing {
+        if self.tl_defaults {
+            return Processing::transformer_lens_defaults();
+        }
+        Processing {
+            fold_ln: self.fold_ln,
+            center_writing_weights: self.center_writing_weights,
+            center_unembed: self.center_unembed,
+            fold_value_biases: self.fold_value_biases,
+            skip_inapplicable: false,
+        }
+    }
+
+    /// Loads `model` on the CPU in f32, processed as the flags say.
+    pub fn load(&self, model: &str) -> candlelens::Result<HookedTransformer> {
+        let opts = LoadOptions {
+            processing: self.processing(),
+            ..Default::default()
+        };
+        HookedTransformer::from_pretrained_with(model, &opts)
     }
 }
 
@@ -124,13 +172,15 @@ pub struct PairArgs {
     pub answers: Vec<String>,
     #[command(flatten)]
     pub bos: BosArgs,
+    #[command(flatten)]
+    pub processing: ProcessingArgs,
 }
 
 impl PairArgs {
     /// The model (shared, for the patchers), the clean and corrupted prompts as tokens, and
     /// the checked answer pair.
     pub fn load(&self) -> candlelens::Result<Pair> {
-        let model = std::sync::Arc::new(HookedTransformer::from_pretrained(&self.model)?);
+        let model = std::sync::Arc::new(self.processing.load(&self.model)?);
         let clean = model.to_tokens(self.clean.as_str(), self.bos.flag())?;
         let corrupt = model.to_tokens(self.corrupt.as_str(), self.bos.flag())?;
         let pairs = answer_pair(&model, &self.answers)?;

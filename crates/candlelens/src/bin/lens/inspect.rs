@@ -5,7 +5,7 @@ use candlelens::prelude::*;
 use clap::Args;
 use serde::Serialize;
 
-use crate::common::{emit, emit_json};
+use crate::common::{emit, emit_json, ProcessingArgs};
 
 #[derive(Args)]
 pub struct InspectArgs {
@@ -15,6 +15,8 @@ pub struct InspectArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    processing: ProcessingArgs,
 }
 
 /// A hook point and its shape (`[batch, pos, d_model]`, ...).
@@ -33,7 +35,7 @@ struct InspectReport<'a> {
 }
 
 pub fn inspect(a: &InspectArgs) -> candlelens::Result<()> {
-    let model = HookedTransformer::from_pretrained(&a.model)?;
+    let model = a.processing.load(&a.model)?;
     let cfg = &model.cfg;
     let hooks = HookPoint::all_for(cfg);
     if a.json {
@@ -91,6 +93,7 @@ pub fn inspect(a: &InspectArgs) -> candlelens::Result<()> {
         })
         .collect();
     p!(o, "  layer attention {}", kinds.join(" "));
+    p!(o, "  weight processing: {}", cfg.processing.describe());
     let block = match candlelens::block::BlockKind::of(cfg) {
         candlelens::block::BlockKind::Sequential => "sequential (attention, then MLP)",
         candlelens::block::BlockKind::Parallel { own_ln2: false } => {

@@ -17,6 +17,8 @@ pub struct LreArgs {
     /// Alias, local folder, .gguf path, or hub repo id.
     #[arg(long)]
     model: String,
+    #[command(flatten)]
+    processing: crate::common::ProcessingArgs,
     /// Relation file: a [{subject, object}] list (data/data_sample.json) or the LRE paper's format.
     #[arg(long, default_value = "data/data_sample.json")]
     data: String,
@@ -75,7 +77,8 @@ struct EvalReport<'a> {
 }
 
 pub fn lre(a: &LreArgs) -> candlelens::Result<()> {
-    let opts = LoadOptions::parse(&a.device, &a.dtype)?;
+    let mut opts = LoadOptions::parse(&a.device, &a.dtype)?;
+    opts.processing = a.processing.processing();
     let model = HookedTransformer::from_pretrained_with(&a.model, &opts)?;
     let rel = Relation::from_file(&a.data)?;
     let template = rel.template(a.template.as_deref())?;

@@ -18,6 +18,7 @@ macro_rules! p {
 mod attribute;
 mod bench;
 mod common;
+mod dla;
 mod generate;
 mod inspect;
 mod lre;
@@ -42,6 +43,9 @@ struct Cli {
 enum Cmd {
     /// Run a prompt: top-k next-token logits and the residual stream per layer.
     Run(run::RunArgs),
+    /// Direct logit attribution of an answer pair's logit difference at the last position,
+    /// per component or per head.
+    Dla(dla::DlaArgs),
     /// Continue a prompt (or a file of prompts, as one batch): greedy or sampled, KV cache.
     Generate(generate::GenerateArgs),
     /// Architecture summary and every hook name with its shape.
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match &cli.cmd {
         Cmd::Run(a) => run::run(a),
+        Cmd::Dla(a) => dla::dla(a),
         Cmd::Generate(a) => generate::generate(a),
         Cmd::Inspect(a) => inspect::inspect(a),
         Cmd::Models => models::models(),

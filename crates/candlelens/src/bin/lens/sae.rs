@@ -7,13 +7,15 @@ use candlelens::sae::Sae;
 use clap::Args;
 use serde::Serialize;
 
-use crate::common::{emit, emit_json, BosArgs};
+use crate::common::{emit, emit_json, BosArgs, ProcessingArgs};
 
 #[derive(Args)]
 pub struct SaeArgs {
     /// Alias, local folder, .gguf path, or hub repo id.
     #[arg(long)]
     model: String,
+    #[command(flatten)]
+    processing: ProcessingArgs,
     /// The SAE: a folder in SAELens's format (cfg.json + sae_weights.safetensors) or Gemma
     /// Scope's (params.npz, with --hook), or RELEASE/ID of SAELens's release table
     /// (gemma-scope-2-270m-pt-res/layer_12_width_16k_l0_medium), downloaded from the hub.
@@ -71,7 +73,7 @@ pub fn sae(a: &SaeArgs) -> candlelens::Result<()> {
         (None, Some((release, id))) if !looks_like_path => Sae::from_pretrained(release, id)?,
         (None, _) => Sae::load(path)?,
     };
-    let model = HookedTransformer::from_pretrained(&a.model)?;
+    let model = a.processing.load(&a.model)?;
     let tokens = model.to_tokens(a.prompt.as_str(), a.bos.flag())?;
     let pos = tokens.resolve_pos(0, a.pos)?;
     let (_, cache) = model.run_with_saes(&tokens, &mut [Splice::new(&sae)])?;
