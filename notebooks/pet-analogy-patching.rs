@@ -32,6 +32,12 @@
 // `CANDLELENS_MODEL_SET=source` the notebook loads GPT-2 small and GPT-2 large from the hub, as the
 // source did. Every number the source printed is printed beside ours as `(source: …)`; they agree
 // only for the source's models.
+//
+// The source loaded its models with TransformerLens's `from_pretrained`, which processes the weights
+// by default (folds the norms' weights into the matrices that read them, centres the weights that
+// write to the residual and the unembedding, folds the value biases into `b_O`). So do we
+// (`Processing::transformer_lens_defaults()`): the probabilities are unchanged, the printed logits
+// carry TransformerLens's per-position offset, and the per-head attributions are TransformerLens's.
 
 // %%
 // :dep candlelens = { path = "../crates/candlelens", default-features = false }
@@ -41,9 +47,9 @@ use candlelens::analysis::LogitDiffRun;
 use candlelens::notebook::vs_source;
 
 // %%
-let small = notebook::load("gpt2", "gemma-3-270m")?;
+let small = notebook::load_processed("gpt2", "gemma-3-270m", Processing::transformer_lens_defaults())?;
 let bos = TestPromptOptions { prepend_bos: Some(true), ..Default::default() };
-let large = if notebook::use_source_models() { notebook::load("gpt2-large", "gemma-3-270m")? } else { small.clone() };
+let large = if notebook::use_source_models() { notebook::load_processed("gpt2-large", "gemma-3-270m", Processing::transformer_lens_defaults())? } else { small.clone() };
 if !notebook::use_source_models() { println!("the embedded model plays both GPT-2 small's and GPT-2 large's parts"); };
 
 // %% [markdown]

@@ -307,3 +307,54 @@ fn lens_generate_prints_what_the_library_generates() {
         "{stderr}"
     );
 }
+
+#[test]
+fn left_padded_batches_and_steered_generation_equal_hugging_face() {
+    // scripts/make-generation-reference.py: transformers' generate on a left-padded batch,
+    // plain and with a forward hook adding v to block 0's output at every position
+    let fx = read_fixture("reference/generation.json");
+    let families = fx["families"].as_object().unwrap();
+    assert!(families.len() >= 6, "{:?}", fx["skipped"]);
+    for (family, r) in families {
+        let m = tiny(family);
+        let lp = &r["left_padded"];
+        let rows: Vec<Vec<u32>> = lp["rows"].as_array().unwrap().iter().map(u32s).collect();
+        let pad = lp["pad_id"].as_u64().unwrap() as u32;
+        let tokens = Tokens::with_padding(rows, pad, candlelens::tokens::Padding::Left).unwrap();
+        let padded: Vec<Vec<u32>> = lp["padded"].as_array().unwrap().iter().map(u32s).collect();
+        let ours: Vec<Vec<u32>> = tokens.to_tensor(&Device::Cpu).unwrap().to_vec2().unwrap();
+        assert_eq!(ours, padded, "{family}: the padding itself");
+        let last = m.last_logits(&tokens).unwrap();
+        for (b, want) in lp["last_logits"].as_array().unwrap().iter().enumerate() {
+            let got = to_vec(&last.i(b).unwrap());
+            let d = got
+                .iter()
+                .zip(f32s(want))
+                .map(|(g, w)| (g - w).abs() / (1.0 + w.abs()))
+                .fold(0f32, f32::max);
+            assert!(d < 1e-4, "{family} prompt {b}: last logits differ by {d}");
+        }
+        let opts = GenerateOptions {
+            max_new_tokens: 8,
+            stop_at_eos: false,
+            ..Default::default()
+        };
+        let ids = |v: &serde_json::Value| -> Vec<Vec<u32>> {
+            v["new_ids"].as_array().unwrap().iter().map(u32s).collect()
+        };
+        assert_eq!(
+            m.generate_tokens(&tokens, &opts).unwrap(),
+            ids(&r["greedy"]),
+            "{family}: greedy"
+        );
+        let v = Tensor::new(f32s(&r["steered"]["v"]), m.device()).unwrap();
+        let mut hooks = Hooks::new();
+        hooks
+            .add("blocks.0.hook_resid_post", move |a, _| {
+                Ok(Some(a.broadcast_add(&v)?))
+            })
+            .unwrap();
+        let steered = m.generate_tokens_with(&tokens, &opts, &mut hooks).unwrap();
+        assert_eq!(steered, ids(&r["steered"]), "{family}: steered");
+    }
+}

@@ -54,11 +54,33 @@ pub fn vs_source(what: &str, ours: impl std::fmt::Display, source: &str) {
 /// # Errors
 /// Loading errors.
 pub fn load(source: &str, embedded: &str) -> Result<Arc<HookedTransformer>> {
+    load_processed(source, embedded, crate::load::Processing::NONE)
+}
+
+/// [`load`] with TransformerLens's weight processing (for a source that loaded its model with
+/// TransformerLens's `from_pretrained`, which processes by default:
+/// [`Processing::transformer_lens_defaults`](crate::load::Processing::transformer_lens_defaults));
+/// the summary says which steps applied.
+///
+/// # Errors
+/// Loading errors; as [`HookedTransformer::process_weights`].
+pub fn load_processed(
+    source: &str,
+    embedded: &str,
+    processing: crate::load::Processing,
+) -> Result<Arc<HookedTransformer>> {
     let name = pick_model(source, embedded);
     let device = std::env::var("CANDLELENS_DEVICE").unwrap_or_else(|_| "cpu".into());
     let dtype = std::env::var("CANDLELENS_DTYPE").unwrap_or_else(|_| "f32".into());
-    let model =
-        HookedTransformer::from_pretrained_with(name, &LoadOptions::parse(&device, &dtype)?)?;
+    let mut opts = LoadOptions::parse(&device, &dtype)?;
+    opts.processing = processing;
+    let model = HookedTransformer::from_pretrained_with(name, &opts)?;
+    if !processing.is_none() {
+        println!(
+            "weights processed as TransformerLens's: {}",
+            model.cfg.processing.describe()
+        );
+    }
     let c = &model.cfg;
     println!(
         "{}: {} layers, d_model {}, {} heads ({} kv), d_vocab {}, {:.0}M parameters",
