@@ -33,7 +33,7 @@ pub use engine::hooks::cache;
 pub use engine::model::generate;
 pub use engine::text::{tokenizer, tokens};
 pub use engine::{block, config, hooks, model, weights};
-pub use interp::{analysis, attribution, factored, metrics, patching, prompts};
+pub use interp::{analysis, attribution, factored, metrics, patching, prompts, readout};
 pub use load::arch;
 pub use studies::{binding, data, lre};
 pub use util::progress;
@@ -64,8 +64,11 @@ pub mod prelude {
     pub use crate::error::LensError;
     pub use crate::interp::attribution::AttributionPatcher;
     pub use crate::interp::metrics::{self, TokenGroups};
-    pub use crate::interp::patching::{PatchGrid, PatchTarget, Patcher, PathPatcher, Receivers};
+    pub use crate::interp::patching::{
+        PatchGrid, PatchOptions, PatchTarget, Patcher, PathPatcher, Receivers,
+    };
     pub use crate::interp::prompts::{PromptTest, TestPromptOptions};
+    pub use crate::interp::readout::{Alignment, Readout};
     pub use crate::load::{LoadOptions, Processing};
     pub use crate::viz::{AttentionView, Figure, Table};
     pub use candle_core::{DType, Device, IndexOp, Tensor, D};

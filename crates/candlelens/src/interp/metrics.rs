@@ -47,6 +47,41 @@ pub fn logit_diff_metric(pairs: &[(u32, u32)]) -> Metric {
     Box::new(move |l| Ok(mean(&logit_diff(l, &pairs)?)))
 }
 
+/// The mean next-token cross-entropy over every real position of `tokens`
+/// (TransformerLens's `loss`) as a patching metric: position `i` of a prompt predicts its
+/// token `i + 1`, pads are left out. It reads the logits at every position — build the
+/// patcher with [`Readout::All`](crate::interp::readout::Readout::All) — so the metric sees
+/// `[batch, pos, d_vocab]`. Patching normalises it like any metric (`1`: the clean loss back).
+/// Which prompts' tokens to score is the caller's choice: the clean prompts ask how much of
+/// the clean text's predictability a patch restores.
+pub fn loss_metric(tokens: &crate::engine::text::tokens::Tokens) -> Metric {
+    let tokens = tokens.clone();
+    Box::new(move |logits| {
+        let want = (tokens.batch(), tokens.max_len());
+        if logits.rank() != 3 || (logits.dim(0)?, logits.dim(1)?) != want {
+            return Err(LensError::mismatch(
+                "the loss metric",
+                format!(
+                    "it scores {} prompts of {} positions and got logits {:?}; build the patcher with Readout::All, on prompts of the lengths the metric was made from",
+                    want.0,
+                    want.1,
+                    logits.dims()
+                ),
+            ));
+        }
+        let (sum, n) = crate::engine::model::HookedTransformer::loss_sum(logits, &tokens)?;
+        if n == 0 {
+            return Err(LensError::too_few(
+                "tokens in the longest prompt for a next-token loss",
+                2,
+                tokens.max_len(),
+                "give prompts of at least two tokens",
+            ));
+        }
+        Ok((sum / n as f64) as f32)
+    })
+}
+
 /// A differentiable metric of final-position logits `[batch, d_vocab]`: a scalar tensor that
 /// attribution patching backpropagates through (see [`logit_diff_grad_metric`]). Shared
 /// ([`std::rc::Rc`]) so that the float [`Metric`] of the exact sweep can be made from it.

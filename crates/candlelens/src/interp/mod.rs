@@ -7,6 +7,8 @@
 //! - [`prompts`]: `test_prompt`, how the model ranks an answer.
 //! - [`patching`]: activation patching, an exact fast sweep and the one-forward-per-cell
 //!   reference.
+//! - [`readout`]: where a metric reads the logits, and how clean and corrupted positions
+//!   align when the prompts' lengths differ.
 //! - [`attribution`]: attribution patching (and its integrated-gradients variant) on every
 //!   node at once, checked against the exact sweep.
 
@@ -16,3 +18,4 @@ pub mod factored;
 pub mod metrics;
 pub mod patching;
 pub mod prompts;
+pub mod readout;

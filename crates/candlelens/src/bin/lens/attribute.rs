@@ -137,12 +137,16 @@ pub fn attribute(a: &AttributeArgs) -> candlelens::Result<()> {
     let (model, clean, corrupt, pairs) = a.pair.load()?;
     let target = PatchTarget::parse(&a.hook)?;
     let metric = metrics::logit_diff_grad_metric(&pairs);
-    let attr = match a.ig_steps {
-        Some(k) => AttributionPatcher::integrated_gradients(&model, &clean, &corrupt, metric, k)?,
-        None => AttributionPatcher::new(&model, &clean, &corrupt, metric)?,
-    };
+    let attr = AttributionPatcher::with_options(
+        &model,
+        &clean,
+        &corrupt,
+        metric,
+        a.pair.options(),
+        a.ig_steps,
+    )?;
     if a.edges {
-        let str_tokens = model.ids_to_str_tokens(clean.row(0)?)?;
+        let str_tokens = model.ids_to_str_tokens(a.pair.label_tokens(&clean, &corrupt).row(0)?)?;
         return attribute_edges(a, &model, &attr, str_tokens);
     }
     let verification = if a.verify {
@@ -154,7 +158,7 @@ pub fn attribute(a: &AttributeArgs) -> candlelens::Result<()> {
         Some(v) => v.estimate.clone(),
         None => attr.nodes(target)?,
     };
-    let str_tokens = model.ids_to_str_tokens(clean.row(0)?)?;
+    let str_tokens = model.ids_to_str_tokens(a.pair.label_tokens(&clean, &corrupt).row(0)?)?;
     if a.json {
         let report = Report {
             model: &model.cfg.name,

@@ -164,9 +164,13 @@ pub struct PairArgs {
     /// The clean prompt.
     #[arg(long)]
     pub clean: String,
-    /// The corrupted prompt (same number of tokens).
+    /// The corrupted prompt (the same number of tokens, unless --align-last).
     #[arg(long)]
     pub corrupt: String,
+    /// For prompts of different lengths: align the last K tokens of the clean and corrupted
+    /// prompts (patches elsewhere change nothing and score 0).
+    #[arg(long, value_name = "K")]
+    pub align_last: Option<usize>,
     /// Correct and incorrect answer (each one token, e.g. " Peb" " Rachel").
     #[arg(long, num_args = 2, value_names = ["CORRECT", "INCORRECT"])]
     pub answers: Vec<String>,
@@ -177,6 +181,27 @@ pub struct PairArgs {
 }
 
 impl PairArgs {
+    /// The patchers' options the flags ask for (the alignment).
+    pub fn options(&self) -> candlelens::patching::PatchOptions {
+        candlelens::patching::PatchOptions {
+            alignment: match self.align_last {
+                Some(k) => Alignment::LastK(k),
+                None => Alignment::Same,
+            },
+            ..Default::default()
+        }
+    }
+
+    /// The prompt whose tokens label a grid's positions: the clean one, or the corrupted one
+    /// when they differ in length (the grid is in the corrupted prompt's positions).
+    pub fn label_tokens<'t>(&self, clean: &'t Tokens, corrupt: &'t Tokens) -> &'t Tokens {
+        if clean.lengths() == corrupt.lengths() {
+            clean
+        } else {
+            corrupt
+        }
+    }
+
     /// The model (shared, for the patchers), the clean and corrupted prompts as tokens, and
     /// the checked answer pair.
     pub fn load(&self) -> candlelens::Result<Pair> {

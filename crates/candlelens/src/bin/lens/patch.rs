@@ -33,10 +33,11 @@ struct PatchReport<'a> {
 pub fn patch(a: &PatchArgs) -> candlelens::Result<()> {
     let (model, clean, corrupt, pairs) = a.pair.load()?;
     let target = PatchTarget::parse(&a.hook)?;
-    let mut p = Patcher::new(&model, &clean, &corrupt, metrics::logit_diff_metric(&pairs))?;
+    let metric = metrics::logit_diff_metric(&pairs);
+    let mut p = Patcher::with_options(&model, &clean, &corrupt, metric, a.pair.options())?;
     p.progress = !a.json;
     let grid = p.sweep(target)?;
-    let str_tokens = model.ids_to_str_tokens(clean.row(0)?)?;
+    let str_tokens = model.ids_to_str_tokens(a.pair.label_tokens(&clean, &corrupt).row(0)?)?;
     if a.json {
         let report = PatchReport {
             model: &model.cfg.name,

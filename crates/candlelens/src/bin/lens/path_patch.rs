@@ -71,7 +71,13 @@ pub fn path_patch(a: &PathPatchArgs) -> candlelens::Result<()> {
     let (model, clean, corrupt, pairs) = a.pair.load()?;
     let metric = metrics::logit_diff_metric(&pairs);
     let t0 = std::time::Instant::now();
-    let mut pp = PathPatcher::new(&model, &clean, &corrupt, metric)?;
+    let mut pp = PathPatcher::from_patcher(Patcher::with_options(
+        &model,
+        &clean,
+        &corrupt,
+        metric,
+        a.pair.options(),
+    )?);
     pp.freeze_mlps = a.freeze_mlps;
     let (score, grid) = if senders.is_empty() {
         (None, Some(pp.grid(&receivers)?))

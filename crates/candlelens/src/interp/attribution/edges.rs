@@ -32,6 +32,7 @@ use crate::engine::text::tokens::Tokens;
 use crate::error::{LensError, Result};
 use crate::interp::metrics::GradMetric;
 use crate::interp::patching::{PathPatcher, QkvInputs, Receiver, Receivers};
+use crate::interp::readout::{Alignment, Readout};
 
 use super::edge_graph::{
     Downstream, Edge, EdgeCheck, EdgeGraph, EdgeVerification, Input, Upstream,
@@ -208,13 +209,16 @@ impl AttributionPatcher {
     ///
     /// # Errors
     /// [`LensError::NoEffect`] when the corruption does not move the metric;
-    /// [`LensError::Unsupported`] for a patcher with hooks of its own
-    /// ([`Self::with_hooks`]); tensor errors.
+    /// [`LensError::Unsupported`] for a patcher with options of its own (hooks, a readout
+    /// other than the last token, an alignment: [`Self::with_options`]); tensor errors.
     pub fn edges(&self) -> Result<EdgeGraph> {
-        if self.hooks.is_some() {
+        if self.hooks.is_some()
+            || self.readout != Readout::Last
+            || self.alignment != Alignment::Same
+        {
             return Err(LensError::Unsupported {
-                what: "edge attribution with an attribution patcher's own hooks".into(),
-                fix: "build it with AttributionPatcher::new (no hooks); node attribution (nodes, verify) honours hooks".into(),
+                what: "edge attribution with an attribution patcher's own options (hooks, a readout other than the last token, an alignment)".into(),
+                fix: "build it with AttributionPatcher::new; node attribution (nodes, verify) honours those options".into(),
             });
         }
         let cfg = &self.model.cfg;

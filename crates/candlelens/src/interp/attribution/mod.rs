@@ -32,8 +32,9 @@ use crate::engine::text::tokens::Tokens;
 use crate::error::{LensError, Result};
 use crate::interp::metrics::{normalise, GradMetric};
 use crate::interp::patching::{
-    check_pair, grid_labels, node_point, PatchGrid, PatchTarget, SharedHooks,
+    check_batches, grid_labels, node_point, PatchGrid, PatchOptions, PatchTarget, SharedHooks,
 };
+use crate::interp::readout::{Alignment, ReadRows, Readout};
 
 mod edge_graph;
 mod edges;
@@ -81,11 +82,12 @@ impl HookSink for GradSink {
 /// gradient `∂m/∂a`, and the logits of the `extra` final residuals unembedded with it.
 type GradRun = (f32, Vec<(HookPoint, Tensor, Tensor)>, Option<Tensor>);
 
-/// Each prompt's final residual `[batch, d_model]` of a run through `sink` (no unembedding),
-/// the user's `hooks` (when given) applied first.
+/// The final residual at the rows the metric reads, `[batch · k, d_model]`, of a run through
+/// `sink` (no unembedding), the user's `hooks` (when given) applied first.
 fn final_residual(
     model: &HookedTransformer,
     tokens: &Tokens,
+    read: &ReadRows,
     hooks: Option<&SharedHooks>,
     sink: &mut dyn HookSink,
 ) -> Result<Tensor> {
@@ -96,24 +98,28 @@ fn final_residual(
         }
         None => model.run_until(tokens, model.cfg.n_layers, sink)?,
     };
-    model.gather_last(&x, tokens)
+    read.gather(&x)
 }
 
-/// The clean run, recording the node points, up to its final residual `[batch, d_model]`:
-/// its unembedding joins the corrupted run's (one pass over `W_U` for both).
+/// The clean run, recording the node points, up to its final residual at the rows the metric
+/// reads, `[batch · k, d_model]`: its unembedding joins the corrupted run's (one pass over
+/// `W_U` for both).
 fn clean_pass(
     model: &HookedTransformer,
     tokens: &Tokens,
+    read: &ReadRows,
     hooks: Option<&SharedHooks>,
 ) -> Result<(Tensor, ActivationCache)> {
     let mut rec = ActivationCache::recorder(HookFilter::Predicate(Box::new(recorded)));
-    let last = final_residual(model, tokens, hooks, &mut rec)?;
+    let last = final_residual(model, tokens, read, hooks, &mut rec)?;
     Ok((last, rec.finish(tokens.clone(), &model.cfg)))
 }
 
+#[allow(clippy::too_many_arguments)] // the run's parts: model, prompts, readout, hooks, ...
 fn run_with_grads(
     model: &HookedTransformer,
     tokens: &Tokens,
+    read: &ReadRows,
     hooks: Option<&SharedHooks>,
     embed: Option<Tensor>,
     metric: &GradMetric,
@@ -124,7 +130,8 @@ fn run_with_grads(
         leaf: None,
         acts: Vec::new(),
     };
-    let last = final_residual(model, tokens, hooks, &mut sink)?;
+    let last = final_residual(model, tokens, read, hooks, &mut sink)?;
+    let last_rows = last.dim(0)?;
     // the untracked extra rows ride along in the unembedding: one read of a large W_U
     let (rows, n_extra) = match extra {
         Some(e) => (Tensor::cat(&[e, &last], 0)?, e.dim(0)?),
@@ -135,7 +142,7 @@ fn run_with_grads(
         0 => None,
         n => Some(logits.narrow(0, 0, n)?.detach()),
     };
-    let m = scalar(metric, &logits.narrow(0, n_extra, tokens.batch())?)?;
+    let m = scalar(metric, &read.shape(&logits.narrow(0, n_extra, last_rows)?)?)?;
     let grads = m.backward()?;
     let value = m.to_dtype(DType::F32)?.to_scalar::<f32>()?;
     let out = sink
@@ -184,6 +191,10 @@ pub struct AttributionPatcher {
     ig_steps: Option<usize>,
     /// Hooks applied to every run (and to the exact check's).
     hooks: Option<SharedHooks>,
+    /// Where the metric reads the logits.
+    readout: Readout,
+    /// How clean positions map onto corrupted ones.
+    alignment: Alignment,
     /// Wall time of the runs and backward passes.
     pub seconds: f64,
     /// That time in forwards of the clean batch (the first run, timed in the same call).
@@ -211,7 +222,7 @@ impl AttributionPatcher {
         corrupt: &Tokens,
         metric: GradMetric,
     ) -> Result<Self> {
-        Self::build(model, clean, corrupt, metric, None, None)
+        Self::with_options(model, clean, corrupt, metric, PatchOptions::default(), None)
     }
 
     /// [`Self::new`] (or, with `ig_steps`, [`Self::integrated_gradients`]) with `hooks`
@@ -232,9 +243,48 @@ impl AttributionPatcher {
         hooks: Hooks<'static>,
         ig_steps: Option<usize>,
     ) -> Result<Self> {
-        hooks.check(&model.cfg)?;
-        let hooks = Rc::new(RefCell::new(hooks));
-        Self::build(model, clean, corrupt, metric, ig_steps, Some(hooks))
+        let opts = PatchOptions {
+            hooks: Some(hooks),
+            ..Default::default()
+        };
+        Self::with_options(model, clean, corrupt, metric, opts, ig_steps)
+    }
+
+    /// [`Self::new`] (or, with `ig_steps`, [`Self::integrated_gradients`]) with
+    /// [`PatchOptions`], as [`Patcher::with_options`](crate::interp::patching::Patcher::with_options):
+    /// hooks on every run, a metric that reads the logits at any positions, and clean and
+    /// corrupted prompts of different lengths (the estimate at a corrupted position uses the
+    /// clean activation at its aligned position; integrated gradients interpolate the aligned
+    /// embeddings). The exact check ([`Self::verify`]) runs with the same options.
+    ///
+    /// # Errors
+    /// As [`Patcher::with_options`](crate::interp::patching::Patcher::with_options) and
+    /// [`Self::integrated_gradients`].
+    pub fn with_options(
+        model: &Arc<HookedTransformer>,
+        clean: &Tokens,
+        corrupt: &Tokens,
+        metric: GradMetric,
+        opts: PatchOptions,
+        ig_steps: Option<usize>,
+    ) -> Result<Self> {
+        let hooks = match opts.hooks {
+            Some(h) => {
+                h.check(&model.cfg)?;
+                Some(Rc::new(RefCell::new(h)))
+            }
+            None => None,
+        };
+        Self::build(
+            model,
+            clean,
+            corrupt,
+            metric,
+            ig_steps,
+            hooks,
+            opts.readout,
+            opts.alignment,
+        )
     }
 
     /// The integrated-gradients variant (EAP-IG): the gradient averaged over `steps` runs whose
@@ -250,9 +300,17 @@ impl AttributionPatcher {
         metric: GradMetric,
         steps: usize,
     ) -> Result<Self> {
-        Self::build(model, clean, corrupt, metric, Some(steps), None)
+        Self::with_options(
+            model,
+            clean,
+            corrupt,
+            metric,
+            PatchOptions::default(),
+            Some(steps),
+        )
     }
 
+    #[allow(clippy::too_many_arguments)] // with_options's parts, unpacked
     fn build(
         model: &Arc<HookedTransformer>,
         clean: &Tokens,
@@ -260,6 +318,8 @@ impl AttributionPatcher {
         metric: GradMetric,
         ig_steps: Option<usize>,
         hooks: Option<SharedHooks>,
+        readout: Readout,
+        alignment: Alignment,
     ) -> Result<Self> {
         if ig_steps == Some(0) {
             return Err(LensError::bad_parameter(
@@ -268,23 +328,32 @@ impl AttributionPatcher {
                 "use at least 1 interpolation step",
             ));
         }
-        check_pair(clean, corrupt)?;
+        check_batches(clean, corrupt)?;
+        let map = alignment.map(clean, corrupt)?;
+        let (read_clean, read) = (readout.rows(clean)?, readout.rows(corrupt)?);
+        let align = |clean_cache: ActivationCache, corrupt_cache: &ActivationCache| {
+            if alignment == Alignment::Same {
+                Ok(clean_cache)
+            } else {
+                Alignment::aligned_cache(&map, &clean_cache, corrupt_cache, corrupt, &model.cfg)
+            }
+        };
         let h = hooks.as_ref();
         let start = Instant::now();
-        let value_of = |logits: &Tensor| -> Result<f32> {
-            Ok(scalar(&metric, logits)?
+        let value_of = |read: &ReadRows, logits: &Tensor| -> Result<f32> {
+            Ok(scalar(&metric, &read.shape(logits)?)?
                 .to_dtype(DType::F32)?
                 .to_scalar::<f32>()?)
         };
-        let (clean_last, clean_cache) = clean_pass(model, clean, h)?;
+        let (clean_last, clean_cache) = clean_pass(model, clean, &read_clean, h)?;
         let forward = start.elapsed().as_secs_f64();
         let mut grads = ActivationCache::recorder(HookFilter::Predicate(Box::new(node_point)));
-        let (clean_value, corrupt_value, corrupt_cache) = match ig_steps {
+        let (clean_value, corrupt_value, clean_cache, corrupt_cache) = match ig_steps {
             None => {
                 // the run with gradients is the corrupted run itself; the clean run's final
                 // residuals are unembedded with it
                 let (value, nodes, clean_logits) =
-                    run_with_grads(model, corrupt, h, None, &metric, Some(&clean_last))?;
+                    run_with_grads(model, corrupt, &read, h, None, &metric, Some(&clean_last))?;
                 let clean_logits = clean_logits
                     .ok_or_else(|| LensError::Internal("clean logits missing".into()))?;
                 let mut cache =
@@ -293,12 +362,20 @@ impl AttributionPatcher {
                     cache.insert(hp, a);
                     grads.insert(hp, g);
                 }
-                (value_of(&clean_logits)?, value, cache)
+                let cache = cache.finish(corrupt.clone(), &model.cfg);
+                let clean_cache = align(clean_cache, &cache)?;
+                (
+                    value_of(&read_clean, &clean_logits)?,
+                    value,
+                    clean_cache,
+                    cache,
+                )
             }
             Some(steps) => {
-                let clean_value = value_of(&model.unembed_residual(&clean_last)?)?;
-                let (corrupt_last, cache) = clean_pass(model, corrupt, h)?;
-                let value = value_of(&model.unembed_residual(&corrupt_last)?)?;
+                let clean_value = value_of(&read_clean, &model.unembed_residual(&clean_last)?)?;
+                let (corrupt_last, cache) = clean_pass(model, corrupt, &read, h)?;
+                let value = value_of(&read, &model.unembed_residual(&corrupt_last)?)?;
+                let clean_cache = align(clean_cache, &cache)?;
                 let e_clean = clean_cache.at(HookPoint::Embed)?;
                 let e_corrupt = cache.at(HookPoint::Embed)?;
                 let delta = (e_clean - e_corrupt)?;
@@ -307,7 +384,7 @@ impl AttributionPatcher {
                     let alpha = step as f64 / steps as f64;
                     let embed = (e_corrupt + (&delta * alpha)?)?;
                     let (_, nodes, _) =
-                        run_with_grads(model, corrupt, h, Some(embed), &metric, None)?;
+                        run_with_grads(model, corrupt, &read, h, Some(embed), &metric, None)?;
                     if sums.is_empty() {
                         sums = nodes.into_iter().map(|(hp, _, g)| (hp, g)).collect();
                     } else {
@@ -320,7 +397,7 @@ impl AttributionPatcher {
                 for (hp, s) in sums {
                     grads.insert(hp, (s / steps as f64)?);
                 }
-                (clean_value, value, cache)
+                (clean_value, value, clean_cache, cache)
             }
         };
         let seconds = start.elapsed().as_secs_f64();
@@ -336,6 +413,8 @@ impl AttributionPatcher {
             corrupt_value,
             ig_steps,
             hooks,
+            readout,
+            alignment,
             seconds,
             forward_equivalents: seconds / forward.max(1e-9),
         })

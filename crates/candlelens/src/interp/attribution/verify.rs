@@ -23,8 +23,8 @@ pub(super) fn check_threshold(threshold: f32) -> Result<()> {
 }
 
 impl AttributionPatcher {
-    /// The exact counterpart of the estimates: a [`Patcher`] on the same prompts, metric and
-    /// hooks (progress off).
+    /// The exact counterpart of the estimates: a [`Patcher`] on the same prompts, metric,
+    /// hooks, readout and alignment (progress off).
     pub(super) fn exact_patcher(&self) -> Result<Patcher> {
         let mut patcher = Patcher::with_shared_hooks(
             &self.model,
@@ -32,6 +32,8 @@ impl AttributionPatcher {
             &self.corrupt_tokens,
             float_metric(&self.metric),
             self.hooks.clone(),
+            &self.readout,
+            &self.alignment,
         )?;
         patcher.progress = false;
         Ok(patcher)

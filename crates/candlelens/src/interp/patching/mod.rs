@@ -15,6 +15,7 @@
 //!
 //! [`Patcher::naive`] is the one-forward-per-cell method, kept as the reference.
 
+mod grid;
 mod naive;
 mod path;
 mod sweep;
@@ -31,9 +32,13 @@ use crate::engine::model::{HookedTransformer, LogitsAt};
 use crate::engine::text::tokens::Tokens;
 use crate::error::{LensError, Result};
 use crate::interp::metrics::normalise;
+use crate::interp::readout::ReadRows;
 
 pub use crate::engine::block::QkvInputs;
 pub use crate::interp::metrics::Metric;
+pub use crate::interp::readout::{Alignment, Readout};
+pub use grid::PatchGrid;
+pub(crate) use grid::{grid_labels, CellMetric};
 pub use path::{Head, PathPatcher, Receiver, Receivers};
 
 /// What a sweep patches.
@@ -149,128 +154,6 @@ impl serde::Serialize for PatchTarget {
     }
 }
 
-/// A sweep's result: normalised scores `(patched - corrupted) / (clean - corrupted)`.
-///
-/// Serializes as `lens patch --json` prints it: `{"hook", "grid", "row_labels", "col_labels",
-/// "clean_diff", "corrupt_diff", "seconds", "forward_equivalents", "naive_forwards"}`.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct PatchGrid {
-    /// What was patched.
-    #[serde(rename = "hook")]
-    pub target: PatchTarget,
-    /// `[rows][cols]`: layer × position, layer × head, or head × position.
-    #[serde(rename = "grid")]
-    pub values: Vec<Vec<f32>>,
-    /// One label per row: the layer (`"3"`), or the head (`"L3H5"`) for
-    /// [`PatchTarget::HeadsByPos`].
-    pub row_labels: Vec<String>,
-    /// One label per column: the position (`"12"`), or the head (`"H5"`) for
-    /// [`PatchTarget::HeadsAllPos`].
-    pub col_labels: Vec<String>,
-    /// The metric on the clean run.
-    #[serde(rename = "clean_diff")]
-    pub clean: f32,
-    /// The metric on the corrupted run.
-    #[serde(rename = "corrupt_diff")]
-    pub corrupted: f32,
-    /// Wall time of the sweep.
-    pub seconds: f64,
-    /// Block evaluations of the sweep, in full forwards (layers × positions × batch).
-    pub forward_equivalents: f64,
-    /// How many full forwards the one-forward-per-cell method runs.
-    pub naive_forwards: usize,
-}
-
-/// A grid cell `(row, col)` and the metric its patched run scored.
-type CellMetric = ((usize, usize), f32);
-
-impl PatchGrid {
-    /// The grid as a heatmap; `col_labels` (e.g. `"Peb_26"`) replace the numeric columns.
-    pub fn figure(&self, title: &str, col_labels: Option<Vec<String>>) -> crate::viz::Figure {
-        let (x, y) = match self.target {
-            PatchTarget::K | PatchTarget::V => ("KV head", "Layer"),
-            t if t.by_head() => ("Head", "Layer"),
-            PatchTarget::HeadsByPos => ("Position", "Head"),
-            _ => ("Position", "Layer"),
-        };
-        crate::viz::Figure::heatmap(
-            self.values.clone(),
-            col_labels.unwrap_or_else(|| self.col_labels.clone()),
-            self.row_labels.clone(),
-            title,
-        )
-        .axes(x, y)
-    }
-
-    /// The `k` heads with the largest score (`descending`) or the most negative (`!descending`),
-    /// as `(layer, head)`, for a grid by layer × head ([`PatchTarget::HeadsAllPos`], as path
-    /// patching's grids are).
-    ///
-    /// # Errors
-    /// [`LensError::Unsupported`] for a grid of another target.
-    pub fn top_heads(&self, k: usize, descending: bool) -> Result<Vec<(usize, usize)>> {
-        if !self.target.by_head() {
-            return Err(LensError::Unsupported {
-                what: format!("top_heads of a {} grid", self.target.name()),
-                fix: "it reads layer x head grids (PatchTarget::HeadsAllPos, path patching); use strongest() for others".into(),
-            });
-        }
-        let mut cells = self.cells();
-        cells.sort_by(|a, b| {
-            if descending {
-                b.2.total_cmp(&a.2)
-            } else {
-                a.2.total_cmp(&b.2)
-            }
-        });
-        Ok(cells.into_iter().take(k).map(|(l, h, _)| (l, h)).collect())
-    }
-
-    /// Every cell as `(row, col, score)`.
-    fn cells(&self) -> Vec<(usize, usize, f32)> {
-        self.values
-            .iter()
-            .enumerate()
-            .flat_map(|(r, row)| row.iter().enumerate().map(move |(c, &v)| (r, c, v)))
-            .collect()
-    }
-
-    /// The `k` cells with the largest absolute score: `(row label, col label, score)`.
-    pub fn strongest(&self, k: usize) -> Vec<(String, String, f32)> {
-        let mut cells = self.cells();
-        cells.sort_by(|a, b| b.2.abs().total_cmp(&a.2.abs()));
-        cells
-            .into_iter()
-            .take(k)
-            .map(|(r, c, v)| (self.row_labels[r].clone(), self.col_labels[c].clone(), v))
-            .collect()
-    }
-
-    /// Two lines a reader wants under the figure: the five strongest cells (positions named by
-    /// `labels`, e.g. [`HookedTransformer::position_labels`], where given) and the sweep's cost
-    /// against one forward per cell.
-    pub fn summary(&self, labels: Option<&[String]>) -> String {
-        let name = |col: &str| -> String {
-            col.parse::<usize>()
-                .ok()
-                .and_then(|i| labels.and_then(|l| l.get(i)))
-                .map_or_else(|| col.to_string(), String::clone)
-        };
-        let strongest: Vec<String> = self
-            .strongest(5)
-            .iter()
-            .map(|(row, col, v)| format!("layer {row} at {}: {v:+.2}", name(col)))
-            .collect();
-        format!(
-            "strongest cells: {}\nsweep {:.1} s, {:.0} forward-equivalents instead of {} (exact: tests hold it equal to one forward per cell)",
-            strongest.join("; "),
-            self.seconds,
-            self.forward_equivalents,
-            self.naive_forwards
-        )
-    }
-}
-
 /// User hooks that several runs (and tools) share: a patcher's, and the exact check of an
 /// attribution patcher built with the same hooks.
 pub(crate) type SharedHooks = Rc<RefCell<Hooks<'static>>>;
@@ -281,6 +164,7 @@ pub(crate) type SharedHooks = Rc<RefCell<Hooks<'static>>>;
 pub struct Patcher {
     model: Arc<HookedTransformer>,
     corrupt_tokens: Tokens,
+    /// The clean run's activations, in the corrupted run's positions.
     clean: ActivationCache,
     corrupt: ActivationCache,
     metric: Metric,
@@ -288,8 +172,26 @@ pub struct Patcher {
     corrupt_value: f32,
     /// Hooks applied to every run: both cached runs and every patched one.
     hooks: Option<SharedHooks>,
+    /// The rows of the corrupted run the metric reads.
+    read: ReadRows,
+    /// Whether the clean positions are mapped onto the corrupted ones (not `Alignment::Same`).
+    aligned: bool,
     /// Show progress on stderr.
     pub progress: bool,
+}
+
+/// How a [`Patcher`] runs beyond its prompts and metric.
+#[derive(Default)]
+pub struct PatchOptions {
+    /// Hooks applied to every run, both cached runs and every patched one (see
+    /// [`Patcher::with_hooks`]).
+    pub hooks: Option<Hooks<'static>>,
+    /// Where the metric reads the logits (each prompt's last token by default; any positions,
+    /// or every position for a loss).
+    pub readout: Readout,
+    /// Which clean position each corrupted position takes its patch from (the same position
+    /// by default; the last `k` tokens or explicit pairs for prompts of different lengths).
+    pub alignment: Alignment,
 }
 
 /// The activations of the nodes patching and attribution patching change: the residual stream
@@ -311,20 +213,15 @@ pub(crate) fn node_point(hp: &HookPoint) -> bool {
     )
 }
 
-/// Errors unless the clean and corrupted prompts line up token for token, as patching one
-/// into the other needs.
-///
-/// # Errors
-/// [`LensError::Mismatch`] naming both prompts' lengths when the batches or lengths differ.
-pub(crate) fn check_pair(clean: &Tokens, corrupt: &Tokens) -> Result<()> {
-    if clean.batch() != corrupt.batch() || clean.lengths() != corrupt.lengths() {
+/// Errors unless the clean and corrupted batches hold the same number of prompts.
+pub(crate) fn check_batches(clean: &Tokens, corrupt: &Tokens) -> Result<()> {
+    if clean.batch() != corrupt.batch() {
         return Err(LensError::mismatch(
             "clean and corrupted prompts",
             format!(
-                "they must have the same number of tokens (clean {:?}, corrupted {:?}); \
-                 pick corruptions that keep the token count",
-                clean.lengths(),
-                corrupt.lengths()
+                "{} clean prompts and {} corrupted ones; give one corruption per clean prompt",
+                clean.batch(),
+                corrupt.batch()
             ),
         ));
     }
@@ -348,7 +245,7 @@ impl Patcher {
         corrupt: &Tokens,
         metric: Metric,
     ) -> Result<Self> {
-        Patcher::build(model, clean, corrupt, metric, None)
+        Patcher::with_options(model, clean, corrupt, metric, PatchOptions::default())
     }
 
     /// [`Self::new`] with `hooks` applied to every run — both cached runs and every patched
@@ -367,12 +264,40 @@ impl Patcher {
         metric: Metric,
         hooks: Hooks<'static>,
     ) -> Result<Self> {
+        let opts = PatchOptions {
+            hooks: Some(hooks),
+            ..Default::default()
+        };
+        Patcher::with_options(model, clean, corrupt, metric, opts)
+    }
+
+    /// [`Self::new`] with [`PatchOptions`]: hooks on every run, a metric that reads the logits
+    /// at any positions (`Readout`: each prompt's own positions, a span, or every position for
+    /// a loss), and clean and corrupted prompts of different lengths (`Alignment`: a patch at a
+    /// corrupted position puts in the clean activation at its aligned position; positions with
+    /// none are left alone and score 0). The grid stays in the corrupted prompt's positions, and
+    /// the fast sweep stays exact.
+    ///
+    /// # Errors
+    /// As [`Self::new`]; [`LensError::Mismatch`] for batches of different sizes, prompts of
+    /// different lengths under `Alignment::Same`, or a readout or alignment that does not fit
+    /// the prompts; as [`Self::with_hooks`] for bad hooks.
+    pub fn with_options(
+        model: &Arc<HookedTransformer>,
+        clean: &Tokens,
+        corrupt: &Tokens,
+        metric: Metric,
+        opts: PatchOptions,
+    ) -> Result<Self> {
+        let hooks = opts.hooks.map(|h| Rc::new(RefCell::new(h)));
         Patcher::build(
             model,
             clean,
             corrupt,
             metric,
-            Some(Rc::new(RefCell::new(hooks))),
+            hooks,
+            &opts.readout,
+            &opts.alignment,
         )
     }
 
@@ -382,25 +307,31 @@ impl Patcher {
         corrupt: &Tokens,
         metric: Metric,
         hooks: Option<SharedHooks>,
+        readout: &Readout,
+        alignment: &Alignment,
     ) -> Result<Self> {
-        check_pair(clean, corrupt)?;
+        check_batches(clean, corrupt)?;
+        let map = alignment.map(clean, corrupt)?;
         let f = || Some(HookFilter::Predicate(Box::new(needed)));
-        let run = |tokens: &Tokens| -> Result<(Tensor, ActivationCache)> {
-            match &hooks {
+        let run = |tokens: &Tokens| -> Result<(f32, ActivationCache)> {
+            let read = readout.rows(tokens)?;
+            let (logits, cache) = match &hooks {
                 Some(h) => {
                     let mut h = h.borrow_mut();
-                    model.run_with_hooks_and_cache(tokens, &mut h, f(), LogitsAt::Last)
+                    model.run_with_hooks_and_cache(tokens, &mut h, f(), LogitsAt::All)?
                 }
-                None => {
-                    let (logits, cache) = model.run_with_cache(tokens, f())?;
-                    Ok((model.gather_last(&logits, tokens)?, cache))
-                }
-            }
+                None => model.run_with_cache(tokens, f())?,
+            };
+            Ok((metric(&read.shape(&read.gather(&logits)?)?)?, cache))
         };
-        let (cl, clean_cache) = run(clean)?;
-        let (co, corrupt_cache) = run(corrupt)?;
-        let clean_value = metric(&cl)?;
-        let corrupt_value = metric(&co)?;
+        let (clean_value, clean_cache) = run(clean)?;
+        let (corrupt_value, corrupt_cache) = run(corrupt)?;
+        let aligned = *alignment != Alignment::Same;
+        let clean_cache = if aligned {
+            Alignment::aligned_cache(&map, &clean_cache, &corrupt_cache, corrupt, &model.cfg)?
+        } else {
+            clean_cache
+        };
         Ok(Patcher {
             model: Arc::clone(model),
             corrupt_tokens: corrupt.clone(),
@@ -410,8 +341,15 @@ impl Patcher {
             clean_value,
             corrupt_value,
             hooks,
+            read: readout.rows(corrupt)?,
+            aligned,
             progress: true,
         })
+    }
+
+    /// The metric of a run of the corrupted prompts from its logits `[batch, pos, d_vocab]`.
+    pub(crate) fn metric_of(&self, logits: &Tensor) -> Result<f32> {
+        (self.metric)(&self.read.shape(&self.read.gather(logits)?)?)
     }
 
     /// The model the sweeps run.
@@ -453,8 +391,22 @@ impl Patcher {
         corrupt: &Tokens,
         metric: Metric,
         hooks: Option<SharedHooks>,
+        readout: &Readout,
+        alignment: &Alignment,
     ) -> Result<Self> {
-        Patcher::build(model, clean, corrupt, metric, hooks)
+        Patcher::build(model, clean, corrupt, metric, hooks, readout, alignment)
+    }
+
+    /// Errors for the attention-pattern target under an alignment: a pattern row reads every
+    /// position, so it has no one clean position to take.
+    pub(crate) fn check_aligned_target(&self, target: PatchTarget) -> Result<()> {
+        if self.aligned && target == PatchTarget::Pattern {
+            return Err(LensError::Unsupported {
+                what: "patching attention patterns between prompts of different lengths".into(),
+                fix: "patch the heads' outputs (heads_all_pos, heads_by_pos) or q / k / v instead, or use corruptions of the same length".into(),
+            });
+        }
+        Ok(())
     }
 
     /// Errors when this patcher has hooks of its own and `what` cannot honour them.
@@ -511,25 +463,4 @@ impl Patcher {
             naive_forwards: rows * cols,
         }
     }
-}
-
-/// A grid's labels: rows are layers, or `L{l}H{h}` heads for [`PatchTarget::HeadsByPos`];
-/// columns are positions, or `H{h}` heads for [`PatchTarget::HeadsAllPos`].
-pub(crate) fn grid_labels(
-    cfg: &crate::engine::config::ModelConfig,
-    target: PatchTarget,
-    rows: usize,
-    cols: usize,
-) -> (Vec<String>, Vec<String>) {
-    let row_labels = match target {
-        PatchTarget::HeadsByPos => (0..cfg.n_layers)
-            .flat_map(|l| (0..cfg.n_heads).map(move |h| format!("L{l}H{h}")))
-            .collect(),
-        _ => (0..rows).map(|l| l.to_string()).collect(),
-    };
-    let col_labels = match target {
-        t if t.by_head() => (0..cols).map(|h| format!("H{h}")).collect(),
-        _ => (0..cols).map(|p| p.to_string()).collect(),
-    };
-    (row_labels, col_labels)
 }

@@ -19,6 +19,7 @@ impl Patcher {
     /// Hook and tensor errors.
     pub fn naive(&self, target: PatchTarget, row: usize, col: usize) -> Result<f32> {
         self.check_effect()?;
+        self.check_aligned_target(target)?;
         let cfg = &self.model.cfg;
         let (hp, pos, head) = match target {
             PatchTarget::ResidPre => (HookPoint::ResidPre(row), Some(col), None),
@@ -56,22 +57,19 @@ impl Patcher {
             }
             Ok(Some(act.slice_assign(&ranges, &src)?))
         });
-        let last = match &self.hooks {
+        let logits = match &self.hooks {
             // the patcher's hooks first, then the patch (the clean value, hooked already)
             Some(extra) => {
                 let mut extra = extra.borrow_mut();
                 let mut both = Chain(&mut *extra, &mut hooks);
                 self.model
-                    .forward_with(&self.corrupt_tokens, LogitsAt::Last, &mut both)?
+                    .forward_with(&self.corrupt_tokens, LogitsAt::All, &mut both)?
             }
-            None => {
-                let logits = self
-                    .model
-                    .run_with_hooks(&self.corrupt_tokens, &mut hooks)?;
-                self.model.gather_last(&logits, &self.corrupt_tokens)?
-            }
+            None => self
+                .model
+                .run_with_hooks(&self.corrupt_tokens, &mut hooks)?,
         };
-        Ok(self.score((self.metric)(&last)?))
+        Ok(self.score(self.metric_of(&logits)?))
     }
 
     /// The whole grid the naive way (one full forward per cell).

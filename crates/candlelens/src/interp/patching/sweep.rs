@@ -293,24 +293,26 @@ impl Patcher {
         }))
     }
 
-    /// Each run's final residual `[runs * batch, d_model]` from `x [runs * batch, seq − start,
-    /// d_model]`, the residual after the last block from position `start` on (suffix
-    /// coordinates); prompts that end before `start` keep their corrupted final residual.
+    /// Each run's final residual at the rows the metric reads, `[runs · batch · k, d_model]`,
+    /// from `x [runs · batch, seq − start, d_model]`, the residual after the last block from
+    /// position `start` on (suffix coordinates); rows before `start` keep the corrupted final
+    /// residual.
     pub(super) fn finals(&self, x: &Tensor, start: usize) -> Result<Tensor> {
         let b = self.corrupt_tokens.batch();
         let runs = x.dim(0)? / b;
-        let last = self.corrupt_tokens.last_positions();
         let final_corrupt = self
             .corrupt
             .at(HookPoint::ResidPost(self.model.cfg.n_layers - 1))?;
-        let mut finals = Vec::with_capacity(runs * b);
+        let mut finals = Vec::with_capacity(runs * b * self.read.k());
         for r in 0..runs {
-            for (i, &lp) in last.iter().enumerate() {
-                finals.push(if lp >= start {
-                    x.i((r * b + i, lp - start))?
-                } else {
-                    final_corrupt.i((i, lp))?
-                });
+            for (i, rows) in self.read.idx.iter().enumerate() {
+                for &p in rows {
+                    finals.push(if p >= start {
+                        x.i((r * b + i, p - start))?
+                    } else {
+                        final_corrupt.i((i, p))?
+                    });
+                }
             }
         }
         Ok(Tensor::stack(&finals, 0)?)
@@ -380,11 +382,8 @@ impl Patcher {
         };
         let runs = x.dim(0)? / b;
         let logits = m.unembed_residual(&self.finals(&x, start)?)?;
-        let mut out = Vec::with_capacity(runs);
-        for (r, cell) in cells.into_iter().enumerate() {
-            out.push((cell, (self.metric)(&logits.narrow(0, r * b, b)?)?));
-        }
-        Ok((out, work))
+        let values = self.read.per_run(&logits, runs, &*self.metric)?;
+        Ok((cells.into_iter().zip(values).collect(), work))
     }
 
     /// The fast sweep over every layer and position (or head) of `target`.
@@ -398,6 +397,7 @@ impl Patcher {
             return self.naive_sweep(target);
         }
         self.check_effect()?;
+        self.check_aligned_target(target)?;
         let t0 = Instant::now();
         let (injs, rows, cols) = self.injections(target)?;
         let mut groups: BTreeMap<usize, Vec<Injection>> = BTreeMap::new();

@@ -60,12 +60,13 @@ pub struct PathPatcher {
     pub max_rows: usize,
 }
 
-/// The residual rows a path-patched run computes: each prompt's final position (logit
-/// receivers), or every position from the first one a sender changes (head receivers; the
+/// The residual rows a path-patched run computes: the positions the metric reads (logit
+/// receivers; attention is frozen, so each row computes on its own), or every position from the first one a sender changes (head receivers; the
 /// earlier ones are the corrupted run's).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Rows {
-    Last,
+    /// The rows the metric reads (`[batch, k, ·]`).
+    Read,
     From(usize),
 }
 
@@ -176,7 +177,7 @@ impl PathPatcher {
         for idx in order.chunks(chunk) {
             let group: Vec<&Vec<Head>> = idx.iter().map(|&i| &runs[i]).collect();
             let rows = match receivers {
-                Receivers::Logits => Rows::Last,
+                Receivers::Logits => Rows::Read,
                 Receivers::Heads(_) => Rows::From(self.first_changed(&group)?),
             };
             let (metrics, w) = self.run_chunk(&group, receivers, rows)?;
@@ -207,16 +208,26 @@ impl PathPatcher {
     }
 
     /// An activation of the corrupted run at the rows a path-patched run computes:
-    /// `[batch, 1 or pos, ·]`.
+    /// `[batch, k or pos, ·]` (k: the rows the metric reads).
     fn corrupt_rows(&self, hp: HookPoint, rows: Rows) -> Result<Tensor> {
         self.at_rows(self.patcher.corrupt.at(hp)?, rows)
     }
 
-    /// `t [batch, pos, ·]` at the rows a path-patched run computes: `[batch, 1 or pos, ·]`.
+    /// The corrupted run's final residual at the rows the metric reads, `[batch · k,
+    /// d_model]`.
+    fn corrupt_finals(&self) -> Result<Tensor> {
+        let p = &self.patcher;
+        p.read.gather(
+            p.corrupt
+                .at(HookPoint::ResidPost(p.model.cfg.n_layers - 1))?,
+        )
+    }
+
+    /// `t [batch, pos, ·]` at the rows a path-patched run computes: `[batch, k or pos, ·]` (k: the rows the metric reads).
     fn at_rows(&self, t: &Tensor, rows: Rows) -> Result<Tensor> {
         Ok(match rows {
             Rows::From(p0) => t.narrow(1, p0, t.dim(1)? - p0)?,
-            Rows::Last => self.patcher.corrupt_tokens.gather_last(t)?.unsqueeze(1)?,
+            Rows::Read => self.patcher.read.gather_rows(t)?,
         })
     }
 
@@ -317,27 +328,23 @@ impl PathPatcher {
         let finals = match receivers {
             Receivers::Logits => match x {
                 // [runs * batch, d_model]
+                // [runs * batch * k, d_model]
                 Some(x) => {
                     let rest = n_runs - joined;
-                    let x = x.squeeze(1)?;
+                    let x = x.flatten(0, 1)?;
                     if rest == 0 {
                         x
                     } else {
-                        let base = self
-                            .corrupt_rows(HookPoint::ResidPost(n_layers - 1), Rows::Last)?
-                            .squeeze(1)?;
+                        let base = self.corrupt_finals()?;
                         Tensor::cat(&[&x, &base.repeat((rest, 1))?], 0)?
                     }
                 }
-                None => self
-                    .corrupt_rows(HookPoint::ResidPost(n_layers - 1), Rows::Last)?
-                    .squeeze(1)?
-                    .repeat((n_runs, 1))?,
+                None => self.corrupt_finals()?.repeat((n_runs, 1))?,
             },
             Receivers::Heads(_) => {
                 let p0 = match rows {
                     Rows::From(p0) => p0,
-                    Rows::Last => 0,
+                    Rows::Read => 0,
                 };
                 let seq = p.corrupt_tokens.max_len();
                 work += ((n_layers - first_receiver)
@@ -348,11 +355,7 @@ impl PathPatcher {
             }
         };
         let logits = m.unembed_residual(&finals)?;
-        let b = p.corrupt_tokens.batch();
-        let metrics = (0..n_runs)
-            .map(|r| (p.metric)(&logits.narrow(0, r * b, b)?))
-            .collect::<Result<Vec<_>>>()?;
-        Ok((metrics, work))
+        Ok((p.read.per_run(&logits, n_runs, &*p.metric)?, work))
     }
 
     /// Step 3 for head receivers: the corrupted run from the first receiver layer and from
@@ -372,8 +375,7 @@ impl PathPatcher {
         let seq = p.corrupt_tokens.max_len();
         if p0 >= seq {
             // no sender changes anything
-            let last = self.corrupt_rows(HookPoint::ResidPost(m.cfg.n_layers - 1), Rows::Last)?;
-            return Ok(last.squeeze(1)?.repeat((n_runs, 1))?);
+            return Ok(self.corrupt_finals()?.repeat((n_runs, 1))?);
         }
         let ctx = m.context_for(&p.corrupt_tokens)?;
         let mut x = self

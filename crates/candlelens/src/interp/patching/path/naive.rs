@@ -58,7 +58,7 @@ impl PathPatcher {
             &p.corrupt_tokens,
             &mut hooks,
             Some(HookFilter::Points(points)),
-            LogitsAt::Last,
+            LogitsAt::All,
         )?;
         let logits = match receivers {
             Receivers::Logits => logits,
@@ -107,11 +107,10 @@ impl PathPatcher {
                         });
                     }
                 }
-                let all = p.model.run_with_hooks(&p.corrupt_tokens, &mut hooks)?;
-                p.model.gather_last(&all, &p.corrupt_tokens)?
+                p.model.run_with_hooks(&p.corrupt_tokens, &mut hooks)?
             }
         };
-        let value = (p.metric)(&logits)?;
+        let value = p.metric_of(&logits)?;
         Ok(p.score(value))
     }
 }
