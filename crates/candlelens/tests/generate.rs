@@ -189,7 +189,7 @@ fn hooks_steer_generation_and_see_each_position() {
             .unwrap();
         hooks
             .add_with_context("blocks.0.hook_resid_pre", |act, _, ctx| {
-                seen.push((ctx.start(), act.dim(1)?, ctx.position(0, act.dim(1)? - 1)));
+                seen.push((ctx.start(), act.dim(1)?, ctx.position(0, act.dim(1)? - 1)?));
                 Ok(None)
             })
             .unwrap();
@@ -357,4 +357,48 @@ fn left_padded_batches_and_steered_generation_equal_hugging_face() {
         let steered = m.generate_tokens_with(&tokens, &opts, &mut hooks).unwrap();
         assert_eq!(steered, ids(&r["steered"]), "{family}: steered");
     }
+}
+
+#[test]
+fn a_hook_asking_for_a_prompt_or_position_that_is_not_there_gets_a_typed_error() {
+    let m = tiny("llama");
+    let tokens = m
+        .to_tokens(["The pet of this family is", "Is Paris"].as_slice(), None)
+        .unwrap();
+    for (row, pos) in [(2usize, -1i64), (1, 40), (0, -100)] {
+        let mut hooks = Hooks::new();
+        hooks
+            .add_with_context("blocks.0.hook_resid_pre", move |_, _, ctx| {
+                ctx.index_of(row, pos)?;
+                Ok(None)
+            })
+            .unwrap();
+        let err = m.run_with_hooks(&tokens, &mut hooks).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LensError::Mismatch { .. } | LensError::PositionOutOfRange { .. }
+            ),
+            "({row}, {pos}): {err}"
+        );
+    }
+    // in generation, earlier positions are not on a step's axis: None, not an error
+    let mut nones = 0;
+    let mut hooks = Hooks::new();
+    hooks
+        .add_with_context("blocks.0.hook_resid_pre", |_, _, ctx| {
+            if ctx.start() > 0 && ctx.index_of(0, 0)?.is_none() {
+                nones += 1;
+            }
+            Ok(None)
+        })
+        .unwrap();
+    let opts = GenerateOptions {
+        max_new_tokens: 3,
+        stop_at_eos: false,
+        ..Default::default()
+    };
+    m.generate_tokens_with(&tokens, &opts, &mut hooks).unwrap();
+    drop(hooks);
+    assert_eq!(nones, 2);
 }

@@ -317,3 +317,68 @@ fn a_patchers_hooks_apply_to_every_run() {
         ));
     }
 }
+
+#[test]
+fn a_dataset_patched_in_batches_is_the_dataset_patched_at_once() {
+    for family in ["gpt2", "llama"] {
+        let m = tiny(family);
+        // four pairs of three lengths: two corruptions of the pet and Paris prompts
+        let (c1, k1) = corrupted_pair(&m, |n| n / 2);
+        let (c2, k2) = corrupted_pair(&m, |n| n / 3);
+        let cat = |a: &Tokens, b: &Tokens| {
+            let mut rows = a.rows().to_vec();
+            rows.extend(b.rows().iter().cloned());
+            Tokens::new(rows, a.pad_id()).unwrap()
+        };
+        let (clean, corrupt) = (cat(&c1, &c2), cat(&k1, &k2));
+        let make = |_: std::ops::Range<usize>| {
+            Ok((
+                metrics::logit_diff_metric(&[(5, 9)]),
+                candlelens::patching::PatchOptions::default(),
+            ))
+        };
+        for target in [PatchTarget::ResidPre, PatchTarget::HeadsAllPos] {
+            let all = Patcher::new(&m, &clean, &corrupt, metrics::logit_diff_metric(&[(5, 9)]))
+                .unwrap()
+                .sweep(target)
+                .unwrap();
+            for batch_size in [1, 3] {
+                let d =
+                    Patcher::sweep_dataset(&m, &clean, &corrupt, target, batch_size, make).unwrap();
+                assert_eq!(d.mean.values.len(), all.values.len());
+                let gap = (all.clean - all.corrupted).abs();
+                for (x, y) in d
+                    .mean
+                    .values
+                    .iter()
+                    .flatten()
+                    .zip(all.values.iter().flatten())
+                {
+                    assert!(
+                        (x - y).abs() <= 1e-4 * (1.0f32).max(1.0 / gap),
+                        "{family} {target:?} by {batch_size}: {x} vs {y}"
+                    );
+                }
+                assert!((d.mean.clean - all.clean).abs() < 1e-5);
+                // each batch's grid is its own patcher's
+                for (g, r) in d.per_batch.iter().zip(&d.batches) {
+                    let slice =
+                        |t: &Tokens| Tokens::new(t.rows()[r.clone()].to_vec(), t.pad_id()).unwrap();
+                    let own = Patcher::new(
+                        &m,
+                        &slice(&clean),
+                        &slice(&corrupt),
+                        metrics::logit_diff_metric(&[(5, 9)]),
+                    )
+                    .unwrap()
+                    .sweep(target)
+                    .unwrap();
+                    assert_eq!(g.values, own.values, "{family} {target:?} {r:?}");
+                }
+            }
+        }
+        assert!(
+            Patcher::sweep_dataset(&m, &clean, &corrupt, PatchTarget::ResidPre, 0, make).is_err()
+        );
+    }
+}

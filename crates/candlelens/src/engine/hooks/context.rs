@@ -60,22 +60,45 @@ impl HookContext {
         self.start
     }
 
+    /// Prompt `row`'s leading pads and length so far.
+    fn prompt(&self, row: usize) -> Result<(usize, usize)> {
+        match (self.offsets.get(row), self.lengths.get(row)) {
+            (Some(&o), Some(&len)) => Ok((o, len)),
+            _ => Err(LensError::mismatch(
+                "hook context",
+                format!(
+                    "prompt {row} asked for in a batch of {}; rows go 0..{}",
+                    self.batch(),
+                    self.batch()
+                ),
+            )),
+        }
+    }
+
     /// The position within prompt `row`'s own tokens of index `j` of the activation's position
-    /// axis, or `None` at a pad (or past the batch).
-    pub fn position(&self, row: usize, j: usize) -> Option<usize> {
-        let (&o, &len) = (self.offsets.get(row)?, self.lengths.get(row)?);
+    /// axis, or `None` at a pad.
+    ///
+    /// # Errors
+    /// [`LensError::Mismatch`] for a row past the batch.
+    pub fn position(&self, row: usize, j: usize) -> Result<Option<usize>> {
+        let (o, len) = self.prompt(row)?;
         let padded = self.start + j;
-        (padded >= o && padded < o + len).then(|| padded - o)
+        Ok((padded >= o && padded < o + len).then(|| padded - o))
     }
 
     /// The index on the activation's position axis of prompt `row`'s token `pos` (counted in
-    /// its own tokens, `-1` = its last), or `None` when the activation does not cover it.
-    pub fn index_of(&self, row: usize, pos: i64) -> Option<usize> {
-        let (&o, &len) = (self.offsets.get(row)?, self.lengths.get(row)?);
+    /// its own tokens, `-1` = its last), or `None` when the activation does not cover it (an
+    /// earlier position during generation).
+    ///
+    /// # Errors
+    /// [`LensError::Mismatch`] for a row past the batch; [`LensError::PositionOutOfRange`]
+    /// for a position past the prompt's end (or before its start).
+    pub fn index_of(&self, row: usize, pos: i64) -> Result<Option<usize>> {
+        let (o, len) = self.prompt(row)?;
         let p = if pos < 0 { len as i64 + pos } else { pos };
         if p < 0 || p >= len as i64 {
-            return None;
+            return Err(LensError::PositionOutOfRange { pos, len });
         }
-        (o + p as usize).checked_sub(self.start)
+        Ok((o + p as usize).checked_sub(self.start))
     }
 }

@@ -173,7 +173,7 @@ impl<'a> Hooks<'a> {
     /// hooks.add_with_context("blocks.2.hook_resid_pre", |act, _, ctx| {
     ///     let mut act = act.clone();
     ///     for row in 0..ctx.batch() {
-    ///         if let Some(j) = ctx.index_of(row, -1) {
+    ///         if let Some(j) = ctx.index_of(row, -1)? {
     ///             let zero = act.narrow(0, row, 1)?.narrow(1, j, 1)?.zeros_like()?;
     ///             act = act.slice_assign(&[row..row + 1, j..j + 1, 0..act.dim(2)?], &zero)?;
     ///         }

@@ -15,6 +15,7 @@
 //!
 //! [`Patcher::naive`] is the one-forward-per-cell method, kept as the reference.
 
+mod dataset;
 mod grid;
 mod naive;
 mod path;
@@ -37,6 +38,7 @@ use crate::interp::readout::ReadRows;
 pub use crate::engine::block::QkvInputs;
 pub use crate::interp::metrics::Metric;
 pub use crate::interp::readout::{Alignment, Readout};
+pub use dataset::DatasetGrid;
 pub use grid::PatchGrid;
 pub(crate) use grid::{grid_labels, CellMetric};
 pub use path::{Head, PathPatcher, Receiver, Receivers};
