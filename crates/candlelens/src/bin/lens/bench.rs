@@ -58,6 +58,19 @@ pub enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// What padding costs: the --prompts batch left-padded (per-prompt masks and positions)
+    /// and right-padded, against a batch of the same shape with no padding (the longest prompt
+    /// in every row), each prompt's last logits, medians over N runs each, interleaved.
+    Padding {
+        #[command(flatten)]
+        input: Input,
+        /// Timed runs.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// The LRE Jacobian estimator: seconds per training subject on the gender relation
     /// (data/data_sample.json, the source's template and split).
     Jacobian {
@@ -127,6 +140,7 @@ pub fn bench(cmd: &BenchCmd) -> candlelens::Result<()> {
             runs,
             json,
         } => cache(input, *last, *runs, *json),
+        BenchCmd::Padding { input, runs, json } => padding(input, *runs, *json),
         BenchCmd::Jacobian {
             model,
             layer,
@@ -263,6 +277,73 @@ fn forward(
         gemm_floor_ms: floor
             .then(|| gemm_floor_ms(&model, &tokens, last, runs))
             .transpose()?,
+    };
+    emit_json(&report, as_json);
+    Ok(())
+}
+
+/// What `lens bench padding` prints.
+#[derive(Serialize)]
+struct PaddingBench {
+    model: String,
+    batch: usize,
+    n_tokens: usize,
+    /// Prompt lengths of the padded batch.
+    lengths: Vec<usize>,
+    runs: usize,
+    /// The same shape, no pads: the baseline.
+    rectangular_ms: f64,
+    left_padded_ms: f64,
+    right_padded_ms: f64,
+    /// left / rectangular and right / rectangular.
+    left_ratio: f64,
+    right_ratio: f64,
+}
+
+fn padding(input: &Input, runs: usize, as_json: bool) -> candlelens::Result<()> {
+    use candlelens::tokens::Padding;
+    let model = input.load()?;
+    let tokens = input.tokens(&model)?;
+    let rows = tokens.rows().to_vec();
+    let longest = rows
+        .iter()
+        .max_by_key(|r| r.len())
+        .cloned()
+        .unwrap_or_default();
+    let pad = tokens.pad_id();
+    let batches = [
+        Tokens::with_padding(vec![longest; rows.len()], pad, Padding::Right)?,
+        Tokens::with_padding(rows.clone(), pad, Padding::Left)?,
+        Tokens::with_padding(rows, pad, Padding::Right)?,
+    ];
+    // interleave the three so that the machine's drift hits all alike
+    let mut ms: [Vec<f64>; 3] = Default::default();
+    for i in 0..=runs.max(1) {
+        for (t, out) in batches.iter().zip(ms.iter_mut()) {
+            let t0 = Instant::now();
+            touch(&model.last_logits(t)?)?;
+            if i > 0 {
+                out.push(t0.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let [mut r, mut l, mut rp] = ms;
+    let (r, l, rp) = (med(&mut r), med(&mut l), med(&mut rp));
+    let report = PaddingBench {
+        model: model.cfg.name.clone(),
+        batch: tokens.batch(),
+        n_tokens: tokens.max_len(),
+        lengths: tokens.lengths(),
+        runs: runs.max(1),
+        rectangular_ms: r,
+        left_padded_ms: l,
+        right_padded_ms: rp,
+        left_ratio: l / r,
+        right_ratio: rp / r,
     };
     emit_json(&report, as_json);
     Ok(())
