@@ -372,6 +372,106 @@ impl ModelConfig {
                     "must be even and at most d_head",
                 );
             }
+            for (field, base) in [
+                ("rope_theta", Some(r.base)),
+                ("rope_local_base_freq", r.local_base),
+            ] {
+                if let Some(b) = base {
+                    if !(b.is_finite() && b > 0.0) {
+                        return bad(
+                            field,
+                            b.to_string(),
+                            "the rotary base must be a positive number (10000 for most models)",
+                        );
+                    }
+                }
+            }
+            if let Some(sc) = &r.scaling {
+                let factors: Vec<(&str, f64)> = match sc {
+                    RopeScaling::Linear { factor } => vec![("rope_scaling.factor", *factor)],
+                    RopeScaling::Llama3 {
+                        factor,
+                        low_freq_factor,
+                        high_freq_factor,
+                        original_max_position_embeddings,
+                    } => vec![
+                        ("rope_scaling.factor", *factor),
+                        ("rope_scaling.low_freq_factor", *low_freq_factor),
+                        ("rope_scaling.high_freq_factor", *high_freq_factor),
+                        (
+                            "rope_scaling.original_max_position_embeddings",
+                            *original_max_position_embeddings,
+                        ),
+                    ],
+                };
+                for (field, v) in factors {
+                    if !(v.is_finite() && v > 0.0) {
+                        return bad(field, v.to_string(), "must be a positive number");
+                    }
+                }
+                if let RopeScaling::Llama3 {
+                    low_freq_factor,
+                    high_freq_factor,
+                    ..
+                } = sc
+                {
+                    if high_freq_factor <= low_freq_factor {
+                        return bad(
+                            "rope_scaling.high_freq_factor",
+                            high_freq_factor.to_string(),
+                            "must exceed low_freq_factor (the llama3 rule divides by their difference)",
+                        );
+                    }
+                }
+            }
+        }
+        if !(self.norm_eps.is_finite() && self.norm_eps >= 0.0) {
+            return bad(
+                "rms_norm_eps / layer_norm_eps",
+                self.norm_eps.to_string(),
+                "the norm epsilon must be a small non-negative number (1e-5, 1e-6)",
+            );
+        }
+        if !(self.attn_scale.is_finite() && self.attn_scale > 0.0) {
+            return bad(
+                "query_pre_attn_scalar / attention scale",
+                self.attn_scale.to_string(),
+                "the attention scale must be a positive number (query_pre_attn_scalar > 0)",
+            );
+        }
+        for (field, cap) in [
+            ("attn_logit_softcapping", self.attn_softcap),
+            ("final_logit_softcapping", self.final_softcap),
+        ] {
+            if let Some(c) = cap {
+                if !(c.is_finite() && c > 0.0) {
+                    return bad(
+                        field,
+                        c.to_string(),
+                        "a softcap must be positive (or null for none)",
+                    );
+                }
+            }
+        }
+        if let Some(e) = self.embed_scale {
+            if !(e.is_finite() && e > 0.0) {
+                return bad(
+                    "embedding scale",
+                    e.to_string(),
+                    "must be a positive number",
+                );
+            }
+        }
+        if self
+            .layer_attention
+            .iter()
+            .any(|k| matches!(k, AttentionKind::Local { window: 0 }))
+        {
+            return bad(
+                "sliding_window",
+                "0".into(),
+                "a sliding window must hold at least one token (or be null for global attention)",
+            );
         }
         Ok(())
     }

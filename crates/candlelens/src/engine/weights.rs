@@ -151,6 +151,20 @@ pub trait TensorSource {
     }
 }
 
+/// How many values of `t` are NaN or infinite (0 for a finite tensor, found with one sum).
+pub(crate) fn non_finite(t: &Tensor) -> Result<usize> {
+    let t = t.to_dtype(DType::F32)?;
+    if t.sum_all()?.to_scalar::<f32>()?.is_finite() {
+        return Ok(0);
+    }
+    // a sum can overflow on finite values; count exactly
+    Ok(t.flatten_all()?
+        .to_vec1::<f32>()?
+        .iter()
+        .filter(|x| !x.is_finite())
+        .count())
+}
+
 /// Checks a tensor's shape.
 pub(crate) fn expect_shape(name: &str, t: &Tensor, want: &[usize]) -> Result<()> {
     if t.dims() != want {
@@ -168,6 +182,83 @@ pub(crate) fn to_compute(t: Tensor, dtype: DType, device: &Device) -> Result<Ten
 }
 
 impl Weights {
+    /// Every tensor with its TransformerLens-style name (`embed.W_E`, `blocks.3.attn.W_Q`,
+    /// `blocks.3.ln1.w`, ...), in the checkpoint's layout.
+    pub fn named(&self) -> Vec<(String, &Tensor)> {
+        let mut out: Vec<(String, &Tensor)> = vec![("embed.W_E".into(), &self.w_e)];
+        fn opt<'a>(out: &mut Vec<(String, &'a Tensor)>, name: String, t: Option<&'a Tensor>) {
+            if let Some(t) = t {
+                out.push((name, t));
+            }
+        }
+        opt(&mut out, "pos_embed.W_pos".into(), self.w_pos.as_ref());
+        for (l, w) in self.layers.iter().enumerate() {
+            let n = |s: &str| format!("blocks.{l}.{s}");
+            for (name, norm) in [
+                ("ln1", &w.ln1),
+                ("ln1_post", &w.ln1_post),
+                ("ln2", &w.ln2),
+                ("ln2_post", &w.ln2_post),
+            ] {
+                if let Some(norm) = norm {
+                    out.push((n(&format!("{name}.w")), &norm.w));
+                    opt(&mut out, n(&format!("{name}.b")), norm.b.as_ref());
+                }
+            }
+            for (name, t) in [
+                ("attn.W_Q", &w.w_q),
+                ("attn.W_K", &w.w_k),
+                ("attn.W_V", &w.w_v),
+                ("attn.W_O", &w.w_o),
+                ("mlp.W_in", &w.w_in),
+                ("mlp.W_out", &w.w_out),
+            ] {
+                out.push((n(name), t));
+            }
+            for (name, t) in [
+                ("attn.b_Q", &w.b_q),
+                ("attn.b_K", &w.b_k),
+                ("attn.b_V", &w.b_v),
+                ("attn.b_O", &w.b_o),
+                ("attn.q_norm.w", &w.q_norm),
+                ("attn.k_norm.w", &w.k_norm),
+                ("mlp.router", &w.router),
+                ("mlp.shared_expert_gate", &w.shared_expert_gate),
+                ("mlp.b_in", &w.b_in),
+                ("mlp.W_gate", &w.w_gate),
+                ("mlp.b_out", &w.b_out),
+            ] {
+                opt(&mut out, n(name), t.as_ref());
+            }
+        }
+        out.push(("ln_final.w".into(), &self.ln_final.w));
+        opt(&mut out, "ln_final.b".into(), self.ln_final.b.as_ref());
+        out.push(("unembed.W_U".into(), &self.w_u));
+        opt(&mut out, "unembed.b_U".into(), self.b_u.as_ref());
+        out
+    }
+
+    /// Checks that every weight is a finite number: one NaN or infinite value in a checkpoint
+    /// turns every logit into NaN.
+    ///
+    /// # Errors
+    /// [`LensError::BadWeight`] naming the first tensor with such values and how many.
+    pub fn check_finite(&self) -> Result<()> {
+        for (name, t) in self.named() {
+            let n = non_finite(t)?;
+            if n > 0 {
+                return Err(LensError::BadWeight {
+                    name,
+                    problem: format!(
+                        "holds {n} NaN or infinite value(s) of {}: the checkpoint is damaged (download it again) or was saved from a model that diverged",
+                        t.elem_count()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Bytes held by the weights (shared tensors, like a tied unembedding, counted once).
     pub fn n_bytes(&self, cfg: &ModelConfig) -> usize {
         let t = |x: &Tensor| x.elem_count() * x.dtype().size_in_bytes();

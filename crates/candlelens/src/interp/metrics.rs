@@ -303,9 +303,12 @@ impl std::fmt::Display for Effect {
 /// `clean − corrupted`.
 ///
 /// # Errors
-/// [`LensError::NoEffect`] (with `fix`) when either value is not finite or `|clean −
-/// corrupted|` is below `1e-6` of their scale.
+/// [`LensError::Numerical`] when either value is not finite (the metric or the model
+/// produced NaN or infinity — not the prompts' fault); [`LensError::NoEffect`] (with `fix`)
+/// when `|clean − corrupted|` is below `1e-6` of their scale.
 pub fn require_effect(clean: f32, corrupted: f32, fix: &str) -> Result<()> {
+    check_metric_value(clean, "the clean run")?;
+    check_metric_value(corrupted, "the corrupted run")?;
     if Effect::of(clean, corrupted) == Effect::None {
         return Err(LensError::NoEffect {
             clean,
@@ -314,6 +317,22 @@ pub fn require_effect(clean: f32, corrupted: f32, fix: &str) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// Errors unless a metric's value on `run` is a number.
+///
+/// # Errors
+/// [`LensError::Numerical`] naming the run.
+pub fn check_metric_value(value: f32, run: &str) -> Result<()> {
+    if value.is_finite() {
+        return Ok(());
+    }
+    Err(LensError::Numerical {
+        what: format!("the metric on {run}"),
+        detail: format!(
+            "it is {value}; the metric divided by zero or read a NaN (the logits themselves are checked), so fix the metric"
+        ),
+    })
 }
 
 /// `(patched - corrupted) / (clean - corrupted)`: 0 = no recovery, 1 = clean performance.

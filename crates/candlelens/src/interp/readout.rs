@@ -130,7 +130,11 @@ impl ReadRows {
     ) -> Result<Vec<f32>> {
         let n = self.idx.len() * self.k();
         (0..n_runs)
-            .map(|r| metric(&self.shape(&logits.narrow(0, r * n, n)?)?))
+            .map(|r| {
+                let v = metric(&self.shape(&logits.narrow(0, r * n, n)?)?)?;
+                crate::interp::metrics::check_metric_value(v, "a patched run")?;
+                Ok(v)
+            })
             .collect()
     }
 

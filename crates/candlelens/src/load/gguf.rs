@@ -380,6 +380,10 @@ pub fn load(
 ) -> Result<(ModelConfig, crate::engine::weights::Weights, LensTokenizer)> {
     let mut f = GgufFile::open(path)?;
     let cfg = f.config(name)?;
+    crate::load::check_layers(
+        f.content.tensor_infos.keys().map(String::as_str),
+        cfg.n_layers,
+    )?;
     let tok = f.tokenizer()?;
     let family = f.family();
     let w = crate::load::arch::load_weights(family, &cfg, &mut f, dtype, device)?;

@@ -4,6 +4,8 @@ pub mod arch;
 pub mod gguf;
 mod guard;
 pub mod hub;
+mod layers;
+pub(crate) use layers::check_layers;
 pub mod processing;
 pub mod registry;
 pub mod safetensors;
@@ -407,6 +409,7 @@ fn load_folder(files: &FolderFiles, name: &str, opts: &LoadOptions) -> Result<Ho
     cfg.default_prepend_bos = adds_bos;
     let tok = LensTokenizer::new(tok.inner().clone(), cfg.bos_token_id, adds_bos);
     let mut src = safetensors::SafetensorsSource::open(&files.shards, opts.dtype)?;
+    check_layers(src.names().map(String::as_str), cfg.n_layers)?;
     let w = load_weights(family, &cfg, &mut src, opts.dtype, &opts.device)?;
     HookedTransformer::from_parts(cfg, w, tok, opts.device.clone())
 }

@@ -284,6 +284,20 @@ pub fn shard_paths(dir: &Path) -> Result<Vec<PathBuf>> {
             .collect();
         files.sort();
         files.dedup();
+        // a shard is a file of this folder: an index naming anything else is refused before
+        // it is opened (never a path out of the folder)
+        if let Some(bad) = files.iter().find(|f| {
+            let p = Path::new(f.as_str());
+            p.components().count() != 1
+                || p.file_name().and_then(|n| n.to_str()) != Some(f.as_str())
+        }) {
+            return Err(LensError::Json {
+                what: index.display().to_string(),
+                detail: format!(
+                    "its weight_map names the shard {bad:?}, which is not a file of the checkpoint folder; a shard index lists file names in its own folder (the index is damaged or hostile)"
+                ),
+            });
+        }
         return Ok(files.into_iter().map(|f| dir.join(f)).collect());
     }
     let single = dir.join("model.safetensors");

@@ -57,9 +57,22 @@ impl HookedTransformer {
     ) -> Result<Self> {
         cfg.validate()?;
         weights.validate(&cfg)?;
+        weights.check_finite()?;
+        let dtype = weights.w_e.dtype();
+        if dtype == DType::F16
+            && (cfg.architecture.starts_with("gemma2") || cfg.architecture.starts_with("gemma3"))
+        {
+            return Err(LensError::UnsupportedConfig {
+                field: "dtype".into(),
+                value: "f16".into(),
+                fix: format!(
+                    "{}'s residual stream grows past f16's largest value (65504), so every logit would be NaN; load it in bf16 (the same memory, f32's range) or f32 (--dtype bf16)",
+                    cfg.name
+                ),
+            });
+        }
         crate::engine::runtime::malloc::tune();
         crate::engine::runtime::threads::pin();
-        let dtype = weights.w_e.dtype();
         Ok(HookedTransformer {
             cfg,
             weights,
@@ -347,9 +360,30 @@ impl HookedTransformer {
             LogitsAt::All => n,
             LogitsAt::Last => self.gather_last(&n, tokens)?,
         };
-        let mut logits = linear(&n, &self.weights.w_u, self.weights.b_u.as_ref())?;
+        self.logits_of(&n)
+    }
+
+    /// The logits of final-normed residuals `[.., d_model]`: the unembedding, the final
+    /// softcap, and a check that every value is a number.
+    fn logits_of(&self, normed: &Tensor) -> Result<Tensor> {
+        let mut logits = linear(normed, &self.weights.w_u, self.weights.b_u.as_ref())?;
         if let Some(cap) = self.cfg.final_softcap {
             logits = ((logits / cap)?.tanh()? * cap)?;
+        }
+        let bad = crate::engine::weights::non_finite(&logits.detach())?;
+        if bad > 0 {
+            let cause = if self.dtype == DType::F16 {
+                "the f16 dtype: this model's activations leave f16's range (±65504); load it in bf16 or f32 (--dtype bf16)".to_string()
+            } else {
+                "a hook that returned them, or a config value that breaks the forward (the weights were checked at load)".to_string()
+            };
+            return Err(LensError::Numerical {
+                what: format!("the logits of {}", self.cfg.name),
+                detail: format!(
+                    "{bad} of {} values are NaN or infinite; likely cause: {cause}",
+                    logits.elem_count()
+                ),
+            });
         }
         Ok(logits)
     }
@@ -363,11 +397,7 @@ impl HookedTransformer {
         let n = self
             .norm_spec()
             .apply(&self.weights.ln_final, x, None, &mut NoHooks)?;
-        let mut logits = linear(&n, &self.weights.w_u, self.weights.b_u.as_ref())?;
-        if let Some(cap) = self.cfg.final_softcap {
-            logits = ((logits / cap)?.tanh()? * cap)?;
-        }
-        Ok(logits)
+        self.logits_of(&n)
     }
 
     /// Picks each prompt's final real position from `x [batch, pos, ...]` -> `[batch, ...]`.

@@ -351,7 +351,9 @@ impl Patcher {
 
     /// The metric of a run of the corrupted prompts from its logits `[batch, pos, d_vocab]`.
     pub(crate) fn metric_of(&self, logits: &Tensor) -> Result<f32> {
-        (self.metric)(&self.read.shape(&self.read.gather(logits)?)?)
+        let v = (self.metric)(&self.read.shape(&self.read.gather(logits)?)?)?;
+        crate::interp::metrics::check_metric_value(v, "a patched run")?;
+        Ok(v)
     }
 
     /// The model the sweeps run.

@@ -7,10 +7,13 @@ use serde_json::Value;
 use crate::engine::config::{Activation, Dims, RopeScaling};
 use crate::error::{LensError, Result};
 
-/// Reads a JSON field as f64/usize with a typed error.
+/// Reads a JSON field as f64/usize with a typed error. A field that is present but of the
+/// wrong type (`"rope_theta": "10000"`) is never taken for absent: the readers with defaults
+/// note it, and [`Json::finish`] turns the notes into an error naming every such field.
 pub(crate) struct Json<'a> {
     pub v: &'a Value,
     pub what: &'a str,
+    wrong: std::cell::RefCell<Vec<String>>,
 }
 
 /// The largest value a model dimension may take (layers and heads far below it; widths and
@@ -50,16 +53,66 @@ pub(crate) fn check_dim(field: &str, value: usize) -> Result<usize> {
     Ok(value)
 }
 
-impl Json<'_> {
+impl<'a> Json<'a> {
+    pub fn new(v: &'a Value, what: &'a str) -> Self {
+        Json {
+            v,
+            what,
+            wrong: Default::default(),
+        }
+    }
+
+    /// `key`'s value read by `f`; `None` when absent or null, and a note when present but not
+    /// what `f` reads (`expected` says what it should be).
+    fn typed<T>(&self, key: &str, expected: &str, f: impl Fn(&Value) -> Option<T>) -> Option<T> {
+        match self.v.get(key) {
+            None | Some(Value::Null) => None,
+            Some(x) => {
+                let got = f(x);
+                if got.is_none() {
+                    self.wrong
+                        .borrow_mut()
+                        .push(format!("'{key}' is {x}, expected {expected}"));
+                }
+                got
+            }
+        }
+    }
+
+    /// Errors if any field read with a default was present with the wrong type.
+    ///
+    /// # Errors
+    /// [`LensError::Json`] naming every such field.
+    pub fn finish(&self) -> Result<()> {
+        let wrong = self.wrong.borrow();
+        if wrong.is_empty() {
+            return Ok(());
+        }
+        Err(LensError::Json {
+            what: self.what.into(),
+            detail: format!(
+                "{}; fix the value (a number is written without quotes)",
+                wrong.join("; ")
+            ),
+        })
+    }
+
     pub fn usize(&self, key: &str) -> Result<usize> {
-        self.v
-            .get(key)
-            .and_then(Value::as_u64)
-            .map(|x| x as usize)
-            .ok_or_else(|| LensError::Json {
+        match self.v.get(key) {
+            None | Some(Value::Null) => Err(LensError::Json {
                 what: self.what.into(),
-                detail: format!("missing integer field '{key}'"),
-            })
+                detail: format!(
+                    "missing integer field '{key}'; add it (see the model's published config.json)"
+                ),
+            }),
+            Some(x) => x
+                .as_u64()
+                .map(|x| x as usize)
+                .ok_or_else(|| LensError::Json {
+                    what: self.what.into(),
+                    detail: format!("'{key}' is {x}, expected a non-negative integer"),
+                }),
+        }
     }
     /// A model dimension (layers, heads, widths, vocabulary): a positive integer below a bound
     /// no real checkpoint reaches, checked before anything divides by it or allocates from it.
@@ -74,30 +127,44 @@ impl Json<'_> {
         }
     }
     pub fn usize_or(&self, key: &str, default: usize) -> usize {
-        self.v
-            .get(key)
-            .and_then(Value::as_u64)
+        self.typed(key, "a non-negative integer", Value::as_u64)
             .map_or(default, |x| x as usize)
     }
     pub fn f64_or(&self, key: &str, default: f64) -> f64 {
-        self.v.get(key).and_then(Value::as_f64).unwrap_or(default)
+        self.opt_f64(key).unwrap_or(default)
     }
     pub fn opt_f64(&self, key: &str) -> Option<f64> {
-        self.v.get(key).and_then(Value::as_f64)
+        self.typed(key, "a number", Value::as_f64)
     }
     pub fn bool_or(&self, key: &str, default: bool) -> bool {
-        self.v.get(key).and_then(Value::as_bool).unwrap_or(default)
+        self.typed(key, "true or false", Value::as_bool)
+            .unwrap_or(default)
     }
-    pub fn str(&self, key: &str) -> Option<&str> {
-        self.v.get(key).and_then(Value::as_str)
+    pub fn str(&self, key: &str) -> Option<&'a str> {
+        let v: &'a Value = self.v;
+        match v.get(key) {
+            None | Some(Value::Null) => None,
+            Some(x) => {
+                let s = x.as_str();
+                if s.is_none() {
+                    self.wrong
+                        .borrow_mut()
+                        .push(format!("'{key}' is {x}, expected a string"));
+                }
+                s
+            }
+        }
     }
     pub fn opt_u32(&self, key: &str) -> Option<u32> {
         // eos_token_id may be a list; take the first
-        match self.v.get(key) {
-            Some(Value::Number(n)) => n.as_u64().map(|x| x as u32),
-            Some(Value::Array(a)) => a.first().and_then(Value::as_u64).map(|x| x as u32),
+        self.typed(key, "a token id (or a list of them)", |x| match x {
+            Value::Number(n) => n.as_u64().and_then(|x| u32::try_from(x).ok()),
+            Value::Array(a) => a
+                .first()
+                .and_then(Value::as_u64)
+                .and_then(|x| u32::try_from(x).ok()),
             _ => None,
-        }
+        })
     }
 }
 
@@ -117,9 +184,9 @@ pub(crate) fn hidden_act(j: &Json, key: &str, default: &str) -> Result<Activatio
 }
 
 fn rope_scaling_from(rs: &Value, what: &str) -> Result<Option<RopeScaling>> {
-    let r = Json { v: rs, what };
+    let r = Json::new(rs, what);
     let kind = r.str("rope_type").or(r.str("type")).unwrap_or("default");
-    match kind {
+    let scaling = match kind {
         "default" => Ok(None),
         "linear" => Ok(Some(RopeScaling::Linear {
             factor: r.f64_or("factor", 1.0),
@@ -135,7 +202,9 @@ fn rope_scaling_from(rs: &Value, what: &str) -> Result<Option<RopeScaling>> {
             value: other.into(),
             fix: "supported: default, linear, llama3".into(),
         }),
-    }
+    };
+    r.finish()?;
+    scaling
 }
 
 /// Rotary parameters from either config format: transformers 4 (`rope_theta`, `rope_scaling`,
@@ -150,14 +219,19 @@ pub(crate) fn rope_params(
             Some(g) => (g, rp.get("sliding_attention")),
             None => (rp, None),
         };
-        let base = global
-            .get("rope_theta")
-            .and_then(Value::as_f64)
-            .unwrap_or(default_base);
+        let g = Json::new(global, j.what);
+        let base = g.f64_or("rope_theta", default_base);
+        g.finish()?;
         let scaling = rope_scaling_from(global, j.what)?;
-        let local_base = local
-            .and_then(|l| l.get("rope_theta"))
-            .and_then(Value::as_f64);
+        let local_base = match local {
+            Some(l) => {
+                let l = Json::new(l, j.what);
+                let b = l.opt_f64("rope_theta");
+                l.finish()?;
+                b
+            }
+            None => None,
+        };
         return Ok((base, scaling, local_base));
     }
     let scaling = match j.v.get("rope_scaling").filter(|v| !v.is_null()) {

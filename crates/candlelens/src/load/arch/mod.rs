@@ -200,10 +200,7 @@ fn closest(arch: &str) -> &'static str {
 /// # Errors
 /// Unsupported architecture or field values, or missing fields.
 pub fn config_from_hf(v: &Value, name: &str) -> Result<(Family, ModelConfig)> {
-    let j = Json {
-        v,
-        what: "config.json",
-    };
+    let j = Json::new(v, "config.json");
     let model_type = j.str("model_type").ok_or_else(|| {
         let architectures = v
             .get("architectures")
@@ -218,13 +215,16 @@ pub fn config_from_hf(v: &Value, name: &str) -> Result<(Family, ModelConfig)> {
     })?;
     let family = Family::from_name(model_type)?;
     let cfg = match family {
-        Family::Gpt2 => gpt2::config(&j, name)?,
-        Family::GptJ => gptj::config(&j, name)?,
-        Family::GptNeoX => neox::config(&j, name)?,
-        Family::GptNeo => gpt_neo::config(&j, name)?,
-        Family::Phi => phi::config(&j, name)?,
-        _ => llama::config(family, &j, name)?,
+        Family::Gpt2 => gpt2::config(&j, name),
+        Family::GptJ => gptj::config(&j, name),
+        Family::GptNeoX => neox::config(&j, name),
+        Family::GptNeo => gpt_neo::config(&j, name),
+        Family::Phi => phi::config(&j, name),
+        _ => llama::config(family, &j, name),
     };
+    // a field of the wrong type is named before anything it caused downstream
+    j.finish()?;
+    let cfg = cfg?;
     cfg.validate()?;
     Ok((family, cfg))
 }
