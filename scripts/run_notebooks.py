@@ -26,6 +26,18 @@ REPORTS = ROOT / "reports"
 FAILURE = re.compile(r"(^|\n)\s*(Error:|error(\[E\d+\])?:)|panicked at")
 
 
+
+def write_whole(path, text):
+    """Writes a report whole or not at all: a temporary name of this process beside it, then
+    an atomic rename (a killed run leaves the previous report, never half of one)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
 def failures(nb):
     found = []
     for i, cell in enumerate(nb.cells):
@@ -85,9 +97,9 @@ def run(path: Path, report: str, env: dict):
     if missing:
         problems.append(f"missing outputs: {', '.join(missing)}")
     REPORTS.mkdir(exist_ok=True)
-    nbformat.write(nb, REPORTS / (report + ".ipynb"))
+    write_whole(REPORTS / (report + ".ipynb"), nbformat.writes(nb))
     html, _ = HTMLExporter().from_notebook_node(nb)
-    (REPORTS / (report + ".html")).write_text(html, encoding="utf-8")
+    write_whole(REPORTS / (report + ".html"), html)
     return seconds, problems
 
 

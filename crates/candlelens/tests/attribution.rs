@@ -430,7 +430,7 @@ fn lens_attribute_prints_the_estimate_and_the_exact_grid() {
         (&["--answers", " is", " is"][..], "both answers"),
         (
             &["--answers", " is", " of", "--ig-steps", "0"][..],
-            "ig_steps",
+            "--ig-steps",
         ),
         (
             &["--answers", " is", " of", "--hook", "resid_middle"][..],

@@ -255,3 +255,171 @@ fn a_shard_index_pointing_out_of_the_folder_is_refused_unread() {
     std::fs::remove_dir_all(&dir).unwrap();
     std::fs::remove_file(&secret).unwrap();
 }
+
+/// A copy of an SAE fixture folder with its cfg.json edited and its weights edited.
+fn damaged_sae(
+    name: &str,
+    tag: &str,
+    cfg: impl Fn(&mut Value),
+    weights: impl Fn(&mut std::collections::HashMap<String, Tensor>),
+) -> PathBuf {
+    let src = fixture_path(&format!("sae/{name}"));
+    let dir = std::env::temp_dir().join(format!(
+        "candlelens-hostile-sae-{name}-{tag}-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut c: Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("cfg.json")).unwrap()).unwrap();
+    cfg(&mut c);
+    std::fs::write(dir.join("cfg.json"), c.to_string()).unwrap();
+    let mut ts =
+        candle_core::safetensors::load(src.join("sae_weights.safetensors"), &Device::Cpu).unwrap();
+    weights(&mut ts);
+    candle_core::safetensors::save(&ts, dir.join("sae_weights.safetensors")).unwrap();
+    dir
+}
+
+#[test]
+fn sae_files_that_would_run_wrongly_are_refused() {
+    use candlelens::sae::Sae;
+    let keep = |_: &mut std::collections::HashMap<String, Tensor>| {};
+    // a JumpReLU SAE whose cfg.json lacks its architecture: not run as ReLU with the
+    // threshold dropped
+    let dir = damaged_sae(
+        "jumprelu",
+        "noarch",
+        |c| {
+            c.as_object_mut().unwrap().remove("architecture");
+        },
+        keep,
+    );
+    let err = Sae::load(&dir).expect_err("loaded without its threshold");
+    assert!(
+        err.to_string().contains("\"architecture\": \"jumprelu\""),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    // NaN thresholds: not L0 = 0 reported as a result
+    let dir = damaged_sae(
+        "jumprelu",
+        "nan",
+        |_| {},
+        |ts| {
+            let t = ts["threshold"].to_dtype(DType::F32).unwrap();
+            let mut v = t.to_vec1::<f32>().unwrap();
+            v[3] = f32::NAN;
+            ts.insert("threshold".into(), Tensor::new(v, &Device::Cpu).unwrap());
+        },
+    );
+    let err = Sae::load(&dir).expect_err("loaded NaN thresholds");
+    assert!(err.to_string().contains("threshold holds 1 NaN"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    // no features at all
+    let dir = damaged_sae(
+        "standard",
+        "empty",
+        |c| c["d_sae"] = 0.into(),
+        |ts| {
+            let d_in = ts["W_enc"].dim(0).unwrap();
+            ts.insert(
+                "W_enc".into(),
+                Tensor::zeros((d_in, 0), DType::F32, &Device::Cpu).unwrap(),
+            );
+            ts.insert(
+                "W_dec".into(),
+                Tensor::zeros((0, d_in), DType::F32, &Device::Cpu).unwrap(),
+            );
+            ts.insert(
+                "b_enc".into(),
+                Tensor::zeros(0, DType::F32, &Device::Cpu).unwrap(),
+            );
+        },
+    );
+    let err = Sae::load(&dir).expect_err("loaded an SAE without features");
+    assert!(matches!(err, LensError::BadData { .. }), "{err:?}");
+    assert!(err.to_string().contains("d_sae"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn cli_arguments_that_size_work_are_bounded_and_flags_that_cannot_apply_are_refused() {
+    let lens = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_lens"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let model = fixture_path("tiny/llama");
+    let model = model.to_str().unwrap();
+    for args in [
+        vec![
+            "bench",
+            "forward",
+            "--model",
+            model,
+            "--prompt",
+            "hi",
+            "--runs",
+            "18446744073709551615",
+        ],
+        vec![
+            "attribute",
+            "--model",
+            model,
+            "--clean",
+            "a b",
+            "--corrupt",
+            "a c",
+            "--answers",
+            " a",
+            " b",
+            "--ig-steps",
+            "18446744073709551615",
+        ],
+        vec!["lre", "--model", model, "--causality-rank", "0"],
+        vec!["run", "--model", model, "--tokens", "1,2", "--bos"],
+    ] {
+        let (ok, stderr) = lens(&args);
+        assert!(!ok, "{args:?} ran");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(stderr.contains("error"), "{args:?}: {stderr}");
+    }
+    // a mistyped SAE path is a missing folder, not an unknown release
+    let (ok, stderr) = lens(&[
+        "sae",
+        "--model",
+        model,
+        "--sae",
+        "my-saes/layer_3",
+        "--prompt",
+        "hi",
+    ]);
+    assert!(!ok && stderr.contains("neither an SAE folder"), "{stderr}");
+}
+
+#[test]
+fn a_bad_hub_timeout_is_an_error_not_the_default() {
+    // (the only test that sets this variable)
+    std::env::set_var(candlelens::load::hub::HUB_TIMEOUT_VAR, "soon");
+    let err = candlelens::load::hub::stall_timeout().unwrap_err();
+    std::env::remove_var(candlelens::load::hub::HUB_TIMEOUT_VAR);
+    assert!(err.to_string().contains("CANDLELENS_HUB_TIMEOUT"), "{err}");
+}
+
+#[test]
+fn a_path_that_does_not_exist_gets_no_score() {
+    let m = tiny("llama");
+    let (clean, corrupt) = corrupted_pair(&m, |n| n / 2);
+    let p = PathPatcher::new(&m, &clean, &corrupt, metrics::logit_diff_metric(&[(5, 9)])).unwrap();
+    let receivers = Receivers::parse(&["1.0:q"]).unwrap();
+    let err = p.patch(&[(1, 2)], &receivers).unwrap_err();
+    assert!(matches!(err, LensError::BadParameter { .. }), "{err:?}");
+    assert!(err.to_string().contains("no path"), "{err}");
+    // a sender before the receiver has one
+    p.patch(&[(0, 2)], &receivers).unwrap();
+}

@@ -22,13 +22,22 @@ pub const HUB_TIMEOUT_VAR: &str = "CANDLELENS_HUB_TIMEOUT";
 
 /// How long a download may go without receiving a byte before it is abandoned:
 /// `CANDLELENS_HUB_TIMEOUT` seconds, default 30.
-pub fn stall_timeout() -> Duration {
-    let secs = std::env::var(HUB_TIMEOUT_VAR)
-        .ok()
-        .and_then(|v| v.parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s > 0.0)
-        .unwrap_or(30.0);
-    Duration::from_secs_f64(secs)
+///
+/// # Errors
+/// [`LensError::BadParameter`] when the variable is set to anything but a positive number of
+/// seconds (at most a day).
+pub fn stall_timeout() -> Result<Duration> {
+    match std::env::var(HUB_TIMEOUT_VAR) {
+        Err(_) => Ok(Duration::from_secs(30)),
+        Ok(v) => match v.trim().parse::<f64>() {
+            Ok(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => Ok(Duration::from_secs_f64(s)),
+            _ => Err(LensError::bad_parameter(
+                HUB_TIMEOUT_VAR,
+                &v,
+                "set it to a number of seconds between 0 and 86400 (e.g. 60), or unset it for the default 30",
+            )),
+        },
+    }
 }
 
 /// A hub repository's files, fetched lazily.
@@ -121,7 +130,7 @@ impl HubRepo {
             .ok()
             .filter(|e| !e.is_empty())
             .unwrap_or_else(|| "https://huggingface.co".into());
-        Self::with(repo_id, revision, &endpoint, None, stall_timeout())
+        Self::with(repo_id, revision, &endpoint, None, stall_timeout()?)
     }
 
     fn with(

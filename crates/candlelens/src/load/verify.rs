@@ -52,13 +52,23 @@ fn stamp(path: &Path) -> Result<String> {
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos());
-    Ok(format!("{} {mtime}", meta.len()))
+    // the inode and the status-change time too: a rewrite that restores size and mtime
+    // (touch -r) still changes ctime, which no user call can set back
+    #[cfg(unix)]
+    let extra = {
+        use std::os::unix::fs::MetadataExt;
+        format!(" {} {} {}", meta.ino(), meta.ctime(), meta.ctime_nsec())
+    };
+    #[cfg(not(unix))]
+    let extra = String::new();
+    Ok(format!("{} {mtime}{extra}", meta.len()))
 }
 
 /// Checks an embedded model's file against its pinned sha256 (`want`, hex).
 ///
-/// A verdict cached by an earlier call is trusted while the file keeps its size and
-/// modification time; otherwise the file is hashed and, when it matches, the verdict is written
+/// A verdict cached by an earlier call is trusted while the file keeps its size, modification
+/// time, inode and status-change time (which a rewrite changes even when it restores the
+/// others); otherwise the file is hashed and, when it matches, the verdict is written
 /// (atomically; a read-only folder is fine).
 ///
 /// # Errors
@@ -154,6 +164,27 @@ mod tests {
         // a verdict claiming the right hash but for a different size
         std::fs::write(verdict_path(&p), format!("999 0 {want}")).unwrap();
         std::fs::write(&p, b"weightz").unwrap();
+        assert!(check_pinned(&p, &want, "m").is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_rewrite_that_restores_size_and_mtime_is_hashed_again() {
+        let dir = scratch("touch");
+        let p = dir.join("m.gguf");
+        std::fs::write(&p, b"weights").unwrap();
+        let want = sha256_file(&p).unwrap();
+        check_pinned(&p, &want, "m").unwrap();
+        let mtime = std::fs::metadata(&p).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        // the same size, then the old modification time put back (touch -r)
+        std::fs::write(&p, b"weightz").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
         assert!(check_pinned(&p, &want, "m").is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -179,6 +179,11 @@ impl Sae {
                 "W_dec has {r} rows but W_enc has {d_sae} features"
             )));
         }
+        if d_in == 0 || d_sae == 0 || d_out == 0 {
+            return Err(bad(format!(
+                "W_enc is [{d_in}, {d_sae}] and W_dec [{r}, {d_out}]: an SAE needs at least one input dimension and one feature (d_in, d_sae > 0)"
+            )));
+        }
         let vec_of = |t: &Tensor, n: usize, name: &str| -> Result<()> {
             if t.dims() != [n] {
                 return Err(bad(format!(
@@ -213,6 +218,29 @@ impl Sae {
         }
         if self.apply_b_dec_to_input && d_in != d_out {
             return Err(bad("apply_b_dec_to_input needs d_in = d_out".into()));
+        }
+        if self.threshold.is_some() && self.architecture != Architecture::JumpRelu {
+            return Err(bad(format!(
+                "the weights hold a threshold, but the config says {:?} (a cfg.json without 'architecture' means standard), so the threshold would be ignored; set \"architecture\": \"jumprelu\" in cfg.json",
+                self.architecture
+            )));
+        }
+        for (name, t) in [
+            ("W_enc", Some(&self.w_enc)),
+            ("b_enc", Some(&self.b_enc)),
+            ("W_dec", Some(&self.w_dec)),
+            ("b_dec", Some(&self.b_dec)),
+            ("threshold", self.threshold.as_ref()),
+            ("W_skip", self.w_skip.as_ref()),
+        ] {
+            if let Some(t) = t {
+                let n = crate::engine::weights::non_finite(t)?;
+                if n > 0 {
+                    return Err(bad(format!(
+                        "{name} holds {n} NaN or infinite value(s): the SAE file is damaged (download or save it again)"
+                    )));
+                }
+            }
         }
         Ok(())
     }

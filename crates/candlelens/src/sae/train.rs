@@ -288,21 +288,17 @@ impl Sae {
                 tensors.insert(name.to_string(), t.to_dtype(DType::F32)?.contiguous()?);
             }
         }
-        let tmp = dir.with_extension("partial");
-        let io = |e: std::io::Error, p: &Path| LensError::Io {
-            path: p.to_path_buf(),
-            source: e,
-        };
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(|e| io(e, &tmp))?;
-        }
-        std::fs::create_dir_all(&tmp).map_err(|e| io(e, &tmp))?;
         let text = serde_json::to_string_pretty(&cfg).map_err(|e| LensError::Json {
             what: "the SAE's cfg.json".into(),
             detail: e.to_string(),
         })?;
-        std::fs::write(tmp.join("cfg.json"), text).map_err(|e| io(e, &tmp))?;
-        candle_core::safetensors::save(&tensors, tmp.join("sae_weights.safetensors"))?;
-        std::fs::rename(&tmp, dir).map_err(|e| io(e, dir))
+        // the folder appears whole, under a temporary name of its own first; an existing
+        // folder is never replaced
+        crate::util::fs::write_atomically(dir, |tmp| {
+            std::fs::create_dir_all(tmp).map_err(|e| LensError::io(tmp, e))?;
+            std::fs::write(tmp.join("cfg.json"), &text).map_err(|e| LensError::io(tmp, e))?;
+            candle_core::safetensors::save(&tensors, tmp.join("sae_weights.safetensors"))?;
+            Ok(())
+        })
     }
 }

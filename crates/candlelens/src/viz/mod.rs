@@ -223,9 +223,23 @@ impl Figure {
             Some("html") => write(path, &html_page(&self.title, &self.to_html()?)),
             Some("png") => {
                 ensure_font();
-                let root = BitMapBackend::new(path, (self.width, self.height)).into_drawing_area();
-                chart::draw(&self.chart, &self.title, &root).map_err(draw_err)?;
-                root.present().map_err(|e| draw_err(e.to_string()))
+                // the PNG encoder picks the format by extension: the temporary keeps it
+                crate::util::fs::write_atomically(path, |tmp| {
+                    let tmp_png = tmp.with_extension("tmp.png");
+                    let drawn = (|| {
+                        let root = BitMapBackend::new(&tmp_png, (self.width, self.height))
+                            .into_drawing_area();
+                        chart::draw(&self.chart, &self.title, &root).map_err(draw_err)?;
+                        root.present().map_err(|e| draw_err(e.to_string()))
+                    })();
+                    let moved = drawn.and_then(|()| {
+                        std::fs::rename(&tmp_png, tmp).map_err(|e| LensError::io(tmp, e))
+                    });
+                    if moved.is_err() {
+                        let _ = std::fs::remove_file(&tmp_png);
+                    }
+                    moved
+                })
             }
             _ => Err(LensError::UnknownChoice {
                 what: "figure file type".into(),
@@ -249,11 +263,9 @@ pub(crate) fn display(mime: &str, body: &str) {
     println!("EVCXR_BEGIN_CONTENT {mime}\n{body}\nEVCXR_END_CONTENT");
 }
 
-/// Writes a file whole: to a temporary name first, then renamed into place.
+/// Writes a file whole or not at all ([`crate::util::fs::write_bytes`]).
 pub(crate) fn write(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension("partial");
-    std::fs::write(&tmp, text).map_err(|e| LensError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| LensError::io(path, e))
+    crate::util::fs::write_bytes(path, text.as_bytes())
 }
 
 /// A standalone HTML page around a fragment.

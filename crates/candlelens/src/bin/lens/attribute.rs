@@ -20,7 +20,7 @@ pub struct AttributeArgs {
     hook: String,
     /// Integrated gradients (EAP-IG) with this many interpolation steps instead of the
     /// gradient at the corrupted run.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::common::ig_steps_arg)]
     ig_steps: Option<usize>,
     /// Also run the exact patching sweep and report where the estimate is off.
     #[arg(long)]

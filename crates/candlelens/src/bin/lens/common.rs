@@ -24,8 +24,8 @@ pub struct Input {
     /// Which side a batch of prompts is padded on: right (default) or left.
     #[arg(long, default_value = "right", value_parser = ["left", "right"])]
     pub padding: String,
-    /// Comma-separated token ids (used as given; no BOS added).
-    #[arg(long, value_delimiter = ',')]
+    /// Comma-separated token ids (used as given; no BOS added, so --bos / --no-bos do not apply).
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["bos", "no_bos"])]
     pub tokens: Option<Vec<u32>>,
     #[command(flatten)]
     pub bos: BosArgs,
@@ -106,6 +106,33 @@ impl ProcessingArgs {
         };
         HookedTransformer::from_pretrained_with(model, &opts)
     }
+}
+
+/// A whole number from `lo` to `hi` (a clap value parser's body).
+fn bounded(s: &str, lo: usize, hi: usize) -> Result<usize, String> {
+    let n: usize = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a whole number; give {lo} to {hi}"))?;
+    if n < lo || n > hi {
+        return Err(format!("{n} is out of range; give {lo} to {hi}"));
+    }
+    Ok(n)
+}
+
+/// `--runs`: 1 to 10,000 timed runs.
+pub fn runs_arg(s: &str) -> Result<usize, String> {
+    bounded(s, 1, 10_000)
+}
+
+/// `--ig-steps`: 1 to the library's bound.
+pub fn ig_steps_arg(s: &str) -> Result<usize, String> {
+    bounded(s, 1, candlelens::attribution::MAX_IG_STEPS)
+}
+
+/// A count that must be at least 1 (`--causality-rank`, `--top-k`).
+pub fn positive_arg(s: &str) -> Result<usize, String> {
+    bounded(s, 1, 1 << 24)
 }
 
 /// One prompt per non-empty line of `path`.

@@ -42,7 +42,7 @@ pub struct LreArgs {
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Also run the causality test with a pseudo-inverse of this rank.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::common::positive_arg)]
     causality_rank: Option<usize>,
     /// Device: cpu (default), cuda, cuda:N, metal.
     #[arg(long, default_value = "cpu")]

@@ -21,7 +21,7 @@ pub struct RunArgs {
 }
 
 /// One of the top next-token logits.
-#[derive(Serialize)]
+#[derive(Clone, Serialize)]
 struct TopLogit {
     id: u32,
     token: String,
@@ -58,20 +58,29 @@ struct RunReport {
 pub fn run(args: &RunArgs) -> candlelens::Result<()> {
     let model = args.input.load()?;
     let tokens = args.input.tokens(&model)?;
-    // only the logits printed: each prompt's last real position
-    let mut rec = ActivationCache::recorder(HookFilter::suffix("hook_resid_pre")?);
-    let last_logits = model.forward_with(&tokens, LogitsAt::Last, &mut rec)?;
+    // only the logits printed: each prompt's last real position, CHUNK prompts per forward
+    // so that a file of thousands of prompts runs in bounded memory
+    const CHUNK: usize = 64;
     let mut prompts = Vec::with_capacity(tokens.batch());
-    for b in 0..tokens.batch() {
-        prompts.push(PromptTop {
-            token_ids: tokens.row(b)?.to_vec(),
-            top_k: top_logits(&model, &last_logits.i(b)?, args.top_k)?,
-        });
+    for rows in tokens.rows().chunks(CHUNK) {
+        let chunk = Tokens::with_padding(rows.to_vec(), tokens.pad_id(), tokens.padding())?;
+        let last_logits = model.last_logits(&chunk)?;
+        for (b, row) in rows.iter().enumerate() {
+            prompts.push(PromptTop {
+                token_ids: row.clone(),
+                top_k: top_logits(&model, &last_logits.i(b)?, args.top_k)?,
+            });
+        }
     }
-    let last = tokens.last_positions()[0];
+    // the first prompt's residual stream, from its own run (it computes what it does in the
+    // batch)
+    let first = model.tokens_from_ids(tokens.row(0)?.to_vec())?;
+    let mut rec = ActivationCache::recorder(HookFilter::suffix("hook_resid_pre")?);
+    model.forward_with(&first, LogitsAt::Last, &mut rec)?;
+    let last = first.max_len() - 1;
     let token_ids = tokens.row(0)?.to_vec();
     let str_tokens = model.ids_to_str_tokens(&token_ids)?;
-    let top_k = top_logits(&model, &last_logits.i(0)?, args.top_k)?;
+    let top_k = prompts[0].top_k.clone();
     let mut resid_pre_last = Vec::new();
     for l in 0..model.cfg.n_layers {
         let v: Vec<f32> = rec

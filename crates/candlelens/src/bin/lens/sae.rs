@@ -70,8 +70,30 @@ pub fn sae(a: &SaeArgs) -> candlelens::Result<()> {
     let looks_like_path = a.sae.starts_with(['.', '/', '~']) || path.exists();
     let sae = match (&a.hook, a.sae.split_once('/')) {
         (Some(h), _) => Sae::load_gemma_scope(path, h)?,
-        (None, Some((release, id))) if !looks_like_path => Sae::from_pretrained(release, id)?,
-        (None, _) => Sae::load(path)?,
+        (None, Some((release, id))) if !looks_like_path => {
+            Sae::from_pretrained(release, id).map_err(|e| match e {
+                // neither a folder nor a release: say both, in the CLI's terms
+                LensError::UnknownChoice { .. } => LensError::MissingFile {
+                    path: path.to_path_buf(),
+                    fix: format!(
+                        "--sae is neither an SAE folder (no such path) nor RELEASE/ID of SAELens's release table ({e}); check the path, or pass a folder with cfg.json and sae_weights.safetensors"
+                    ),
+                },
+                other => other,
+            })?
+        }
+        (None, _) => Sae::load(path).map_err(|e| match e {
+            // a Gemma Scope params.npz folder: the CLI's way to say the hook
+            LensError::MissingFile { path: p, .. }
+                if path.join("params.npz").exists() =>
+            {
+                LensError::MissingFile {
+                    path: p,
+                    fix: "this is a Gemma Scope folder (params.npz), whose file names no hook point: pass --hook, e.g. --hook blocks.12.hook_resid_post".into(),
+                }
+            }
+            other => other,
+        })?,
     };
     let model = a.processing.load(&a.model)?;
     let tokens = model.to_tokens(a.prompt.as_str(), a.bos.flag())?;

@@ -43,6 +43,9 @@ pub use edge_graph::{Downstream, Edge, EdgeCheck, EdgeGraph, EdgeVerification, I
 pub(crate) use verify::pearson;
 pub use verify::{Disagreement, Verification};
 
+/// The most integrated-gradients steps a patcher takes (each is a forward and a backward pass).
+pub const MAX_IG_STEPS: usize = 1024;
+
 fn recorded(hp: &HookPoint) -> bool {
     *hp == HookPoint::Embed || node_point(hp)
 }
@@ -321,11 +324,11 @@ impl AttributionPatcher {
         readout: Readout,
         alignment: Alignment,
     ) -> Result<Self> {
-        if ig_steps == Some(0) {
+        if let Some(k) = ig_steps.filter(|&k| k == 0 || k > MAX_IG_STEPS) {
             return Err(LensError::bad_parameter(
                 "ig_steps",
-                "0",
-                "use at least 1 interpolation step",
+                k,
+                &format!("use 1 to {MAX_IG_STEPS} interpolation steps (each is a forward and a backward pass; 5-50 is usual)"),
             ));
         }
         check_batches(clean, corrupt)?;

@@ -352,7 +352,8 @@ impl Causality {
 /// the model runs on. A control adds a random vector of the same norm (seeded).
 ///
 /// # Errors
-/// [`LensError::TooFew`] for fewer than two candidates or no training subject with some target answer; forward errors.
+/// [`LensError::BadParameter`] for a rank of 0 or above `d_model`; [`LensError::TooFew`] for
+/// fewer than two candidates or no training subject with some target answer; forward errors.
 pub fn causality(
     model: &HookedTransformer,
     op: &LreOperator,
@@ -360,6 +361,16 @@ pub fn causality(
     test: &LreStates,
     rank: usize,
 ) -> Result<Causality> {
+    if rank == 0 || rank > model.cfg.d_model {
+        return Err(LensError::bad_parameter(
+            "rank",
+            rank,
+            &format!(
+                "the edit's pseudo-inverse keeps between 1 and d_model = {} directions (the paper: 100)",
+                model.cfg.d_model
+            ),
+        ));
+    }
     let c = &test.candidates;
     let nc = c.objects.len();
     if nc < 2 {

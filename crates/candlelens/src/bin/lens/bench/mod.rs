@@ -40,7 +40,7 @@ pub enum BenchCmd {
         #[arg(long)]
         floor: bool,
         /// Timed runs.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 10, value_parser = crate::common::runs_arg)]
         runs: usize,
         /// Print JSON.
         #[arg(long)]
@@ -55,7 +55,7 @@ pub enum BenchCmd {
         #[arg(long)]
         last: bool,
         /// Timed runs.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 10, value_parser = crate::common::runs_arg)]
         runs: usize,
         /// Print JSON.
         #[arg(long)]
@@ -68,7 +68,7 @@ pub enum BenchCmd {
         #[command(flatten)]
         input: Input,
         /// Timed runs.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 10, value_parser = crate::common::runs_arg)]
         runs: usize,
         /// Print JSON.
         #[arg(long)]
@@ -102,7 +102,7 @@ pub enum BenchCmd {
         #[arg(long)]
         model: String,
         /// Timed runs.
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 5, value_parser = crate::common::runs_arg)]
         runs: usize,
         /// Also time the edge attribution pass (one split-input forward and backward).
         #[arg(long)]

@@ -120,13 +120,24 @@ impl PathPatcher {
     ///
     /// # Errors
     /// [`LensError::NoEffect`] if the corruption does not move the metric; out-of-range heads
-    /// or layers; tensor and metric errors.
+    /// or layers; [`LensError::BadParameter`] when no sender is in a layer before the last
+    /// receiver's (no path exists: a score would be a number for nothing); tensor and metric
+    /// errors.
     pub fn patch(&self, senders: &[Head], receivers: &Receivers) -> Result<f32> {
         self.patcher.check_effect()?;
         self.patcher.check_no_hooks("path patching")?;
         self.check_senders(senders)?;
         let cfg = &self.patcher.model.cfg;
         receivers.check(cfg.n_layers, cfg.n_heads)?;
+        let last = receivers.last_layer(cfg.n_layers);
+        if senders.iter().all(|s| s.0 >= last) {
+            let list: Vec<String> = senders.iter().map(|s| format!("{}.{}", s.0, s.1)).collect();
+            return Err(LensError::bad_parameter(
+                "senders",
+                list.join(" "),
+                &format!("no path leads from these heads to receivers in layers up to {last}: a sender must sit in an earlier layer than a receiver"),
+            ));
+        }
         let (m, _) = self.run_all(&[senders.to_vec()], receivers)?;
         Ok(self.patcher.score(m[0]))
     }
