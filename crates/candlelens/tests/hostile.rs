@@ -163,6 +163,59 @@ fn a_checkpoint_with_more_layers_than_its_config_is_refused() {
 }
 
 #[test]
+fn a_checkpoint_tensor_the_model_would_not_use_is_named() {
+    // a value head (a reward model's) and a Llama 3 GGUF's rotary factors under their names
+    for (family, extra) in [
+        ("llama", "v_head.weight"),
+        ("gpt2", "transformer.h.0.attn.c_fc.weight"),
+    ] {
+        let dir = damaged(family, "unused", |_| {});
+        let path = dir.join("model.safetensors");
+        let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+        tensors.insert(
+            extra.to_string(),
+            Tensor::zeros((4, 4), DType::F32, &Device::Cpu).unwrap(),
+        );
+        candle_core::safetensors::save(&tensors, &path).unwrap();
+        let err = load(&dir).err().expect("loaded with a tensor left unused");
+        assert!(matches!(err, LensError::BadWeight { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains(extra) && text.contains("not used"), "{text}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[test]
+fn an_npz_header_that_lies_about_its_shape_is_refused_before_allocating() {
+    let src = fixture_path("sae/gemma_scope/params.npz");
+    let dir = std::env::temp_dir().join(format!("candlelens-hostile-npz-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut bytes = std::fs::read(src).unwrap();
+    // W_enc's header says (64, 48); make it claim 4e17 bytes in the header's padding, the
+    // archive's byte counts untouched
+    let old = b"'shape': (64, 48), }";
+    let at = bytes
+        .windows(old.len())
+        .position(|w| w == old)
+        .expect("the fixture's W_enc header");
+    let new = b"'shape': (10000000000, 10000000), }";
+    assert!(bytes[at + old.len()..at + new.len()]
+        .iter()
+        .all(|&b| b == b' '));
+    bytes[at..at + new.len()].copy_from_slice(new);
+    std::fs::write(dir.join("params.npz"), &bytes).unwrap();
+    let err = candlelens::sae::Sae::load_gemma_scope(&dir, "blocks.1.hook_resid_post")
+        .expect_err("read a lying header");
+    assert!(matches!(err, LensError::CorruptFile { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("[10000000000, 10000000]") && text.contains("stores"),
+        "{text}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn a_nan_weight_is_named_at_load() {
     let dir = damaged("llama", "nan", |_| {});
     let path = dir.join("model.safetensors");

@@ -139,6 +139,13 @@ pub trait TensorSource {
     /// A human description for error messages.
     fn describe(&self) -> String;
 
+    /// The checkpoint's tensors (as the checkpoint names them) that no [`Self::get`] has
+    /// returned, sorted: after a family mapping has read a model, the ones it left unused.
+    /// Empty for a source that cannot list its tensors.
+    fn unread(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// The tensor, or an error naming it.
     ///
     /// # Errors

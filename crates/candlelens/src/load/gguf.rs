@@ -30,6 +30,8 @@ pub struct GgufFile {
     family: Family,
     n_heads: usize,
     n_kv_heads: usize,
+    /// The GGUF tensors read so far (what the family mapping used).
+    read: std::collections::HashSet<String>,
 }
 
 fn corrupt(path: &Path, detail: impl std::fmt::Display) -> LensError {
@@ -122,6 +124,7 @@ impl GgufFile {
             family,
             n_heads,
             n_kv_heads,
+            read: Default::default(),
         })
     }
 
@@ -334,7 +337,20 @@ impl TensorSource for GgufFile {
         if self.family.norm_plus_one() && g.contains("norm") {
             t = (t - 1.0)?;
         }
+        self.read.insert(g);
         Ok(Some(t))
+    }
+
+    fn unread(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .content
+            .tensor_infos
+            .keys()
+            .filter(|k| !self.read.contains(*k))
+            .cloned()
+            .collect();
+        out.sort();
+        out
     }
 
     fn describe(&self) -> String {

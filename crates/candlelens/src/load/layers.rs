@@ -1,5 +1,5 @@
-//! That a checkpoint and its config agree on the blocks: no tensor of a block past the config's
-//! `n_layers` is dropped without a word.
+//! That a checkpoint, its config and the family mapping agree: no tensor of a block past the
+//! config's `n_layers`, and no tensor the mapping did not read, is dropped without a word.
 
 use crate::error::{LensError, Result};
 
@@ -39,6 +39,52 @@ pub(crate) fn check_layers<'a>(
     Ok(())
 }
 
+/// Whether an unread tensor is one the reference implementation does not read either: causal
+/// masks and rotary tables stored as buffers (GPT-2, GPT-J, GPT-Neo, GPT-NeoX, older Llama
+/// saves), and a stored unembedding of a model whose config ties it to the embedding (HF ties
+/// them and ignores the copy).
+fn is_ignored_by_reference(name: &str, tied: bool) -> bool {
+    const BUFFERS: [&str; 5] = [
+        ".attn.bias",
+        ".attn.masked_bias",
+        ".attention.bias",
+        ".attention.masked_bias",
+        ".rotary_emb.inv_freq",
+    ];
+    BUFFERS.iter().any(|b| name.ends_with(b))
+        || (tied && matches!(name, "lm_head.weight" | "output.weight"))
+}
+
+/// Errors if the family mapping left checkpoint tensors unread (`unread`, as
+/// [`TensorSource::unread`](crate::engine::weights::TensorSource::unread) lists them): the model
+/// would run without them and give other numbers than the checkpoint's own implementation.
+///
+/// # Errors
+/// [`LensError::BadWeight`] naming the first unread tensor and how many there are.
+pub(crate) fn check_all_used(unread: &[String], arch: &str, tied: bool) -> Result<()> {
+    let left: Vec<&String> = unread
+        .iter()
+        .filter(|n| !is_ignored_by_reference(n, tied))
+        .collect();
+    let Some(first) = left.first() else {
+        return Ok(());
+    };
+    let shown: Vec<&str> = left.iter().take(8).map(|s| s.as_str()).collect();
+    let more = if left.len() > shown.len() {
+        format!(" and {} more", left.len() - shown.len())
+    } else {
+        String::new()
+    };
+    Err(LensError::BadWeight {
+        name: first.to_string(),
+        problem: format!(
+            "is not used by Candlelens's {arch} model, nor are {} other tensors of the checkpoint ({}{more}); the model would run without them and its numbers would not be the checkpoint's. The checkpoint is not a plain {arch} model (check model_type and architectures in config.json against the weights; a GGUF file may need its Hugging Face safetensors checkpoint instead), or it carries extra parts (a value head, a vision tower): remove them or load the matching checkpoint",
+            left.len() - 1,
+            shown.join(", ")
+        ),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,5 +106,31 @@ mod tests {
         assert_eq!(layer_of("transformer.h.11.attn.c_attn.weight"), Some(11));
         assert_eq!(layer_of("blk.5.attn_q.weight"), Some(5));
         assert_eq!(layer_of("transformer.wte.weight"), None);
+    }
+
+    #[test]
+    fn unread_tensors_are_named_unless_the_reference_ignores_them_too() {
+        let buffers = [
+            "transformer.h.0.attn.bias".to_string(),
+            "transformer.h.0.attn.masked_bias".into(),
+            "gpt_neox.layers.1.attention.bias".into(),
+            "model.layers.0.self_attn.rotary_emb.inv_freq".into(),
+        ];
+        assert!(check_all_used(&buffers, "gpt2", false).is_ok());
+        assert!(check_all_used(&["lm_head.weight".into()], "llama", true).is_ok());
+        let e = check_all_used(&["lm_head.weight".into()], "llama", false).unwrap_err();
+        assert!(e.to_string().contains("lm_head.weight"), "{e}");
+        let extra = [
+            "rope_freqs.weight".to_string(),
+            "transformer.h.0.attn.c_attn.bias".into(),
+            "v_head.weight".into(),
+        ];
+        let e = check_all_used(&extra, "llama", true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("rope_freqs.weight") && e.contains("2 other") && e.contains("v_head.weight"),
+            "{e}"
+        );
     }
 }

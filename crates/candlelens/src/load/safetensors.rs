@@ -7,7 +7,7 @@
 //! cache of the checkpoint files is not counted in the process's resident memory; peak RSS
 //! stays near the weight bytes in the compute dtype (see `lens bench load`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -32,6 +32,8 @@ pub struct SafetensorsSource {
     index: HashMap<String, Entry>,
     /// The dtype tensors are converted to as they are read.
     target: DType,
+    /// The tensors read so far (what the family mapping used).
+    read: HashSet<String>,
 }
 
 fn corrupt(path: &Path, detail: impl std::fmt::Display) -> LensError {
@@ -159,6 +161,7 @@ impl SafetensorsSource {
             files,
             index,
             target,
+            read: HashSet::new(),
         })
     }
 
@@ -247,7 +250,19 @@ impl TensorSource for SafetensorsSource {
                 t.to_dtype(self.target)?
             }
         };
+        self.read.insert(name.to_string());
         Ok(Some(t))
+    }
+
+    fn unread(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .index
+            .keys()
+            .filter(|k| !self.read.contains(*k))
+            .cloned()
+            .collect();
+        out.sort();
+        out
     }
 
     fn describe(&self) -> String {

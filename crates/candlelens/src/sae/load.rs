@@ -39,6 +39,7 @@ fn hook_point(name: &str) -> Result<HookPoint> {
 /// The weights of a folder's tensor file, by name, in f32 on the CPU.
 fn tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let out = if path.extension().and_then(|e| e.to_str()) == Some("npz") {
+        crate::util::npz::check(path)?;
         Tensor::read_npz(path)
             .map_err(|e| bad(path, format!("cannot read {}: {e}", path.display())))?
     } else {

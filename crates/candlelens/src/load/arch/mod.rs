@@ -242,7 +242,7 @@ pub fn load_weights(
 ) -> Result<Weights> {
     let ck = Checkpoint {
         cfg,
-        src,
+        src: &mut *src,
         dtype,
         dev,
     };
@@ -255,6 +255,7 @@ pub fn load_weights(
         _ => llama::weights(family, ck)?,
     };
     w.validate(cfg)?;
+    super::layers::check_all_used(&src.unread(), &cfg.architecture, cfg.tied_embeddings)?;
     Ok(w)
 }
 
