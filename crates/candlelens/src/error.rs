@@ -320,6 +320,21 @@ pub enum LensError {
         detail: String,
     },
 
+    /// A run would need more memory than the machine has available (or than
+    /// [`set_memory_limit`](crate::engine::runtime::memory::set_memory_limit) allows): refused
+    /// before it allocates.
+    #[error("{what} would need about {need} of memory beyond the weights, but {available} is available. {fix}")]
+    TooMuchMemory {
+        /// The run.
+        what: String,
+        /// Its estimate.
+        need: String,
+        /// What is available.
+        available: String,
+        /// What to change.
+        fix: String,
+    },
+
     /// Drawing a figure failed.
     #[error("drawing failed: {0}")]
     Drawing(String),

@@ -31,6 +31,7 @@ pub mod viz;
 // `candlelens::lre::Relation`, `candlelens::cache::ActivationCache`, ...).
 pub use engine::hooks::cache;
 pub use engine::model::generate;
+pub use engine::runtime::memory;
 pub use engine::text::{tokenizer, tokens};
 pub use engine::{block, config, hooks, model, weights};
 pub use interp::{analysis, attribution, factored, metrics, patching, prompts, readout};

@@ -204,6 +204,10 @@ impl HookedTransformer {
         metric: &GradMetric,
     ) -> Result<FeatureAttribution> {
         sae.check_model(&self.cfg)?;
+        self.ensure_fits(
+            tokens,
+            &crate::engine::runtime::memory::Workload::Gradients { split_heads: false },
+        )?;
         let mut sink = TapSink { sae, tap: None };
         let logits = self.forward_with(tokens, LogitsAt::Last, &mut sink)?;
         let m = crate::interp::attribution::scalar(metric, &logits)?;

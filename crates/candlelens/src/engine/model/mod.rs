@@ -13,6 +13,7 @@ use crate::engine::hooks::cache::ActivationCache;
 use crate::engine::hooks::Hooks;
 use crate::engine::hooks::{Chain, HookContext, HookFilter, HookPoint, HookSink, NoHooks};
 use crate::engine::ops::{hook, linear, NormSpec};
+use crate::engine::runtime::memory::Workload;
 use crate::engine::text::tokenizer::LensTokenizer;
 use crate::engine::text::tokens::Tokens;
 use crate::engine::weights::Weights;
@@ -141,6 +142,13 @@ impl HookedTransformer {
         filter: Option<HookFilter>,
     ) -> Result<(Tensor, ActivationCache)> {
         let mut cache = ActivationCache::recorder_for(filter, &self.cfg)?;
+        self.ensure_fits(
+            tokens,
+            &Workload::Cache {
+                wants: &|hp| cache.wants(hp),
+                all_logits: true,
+            },
+        )?;
         let logits = self.forward_with(tokens, LogitsAt::All, &mut cache)?;
         Ok((logits, cache.finish(tokens.clone(), &self.cfg)))
     }
@@ -159,6 +167,13 @@ impl HookedTransformer {
         hooks.check(&self.cfg)?;
         hooks.start_audit();
         let mut cache = ActivationCache::recorder_for(filter, &self.cfg)?;
+        self.ensure_fits(
+            tokens,
+            &Workload::Cache {
+                wants: &|hp| cache.wants(hp),
+                all_logits: at == LogitsAt::All,
+            },
+        )?;
         let logits = self.forward_with(tokens, at, &mut Chain(hooks, &mut cache))?;
         Ok((logits, cache.finish(tokens.clone(), &self.cfg)))
     }
@@ -220,6 +235,12 @@ impl HookedTransformer {
         sink: &mut dyn HookSink,
     ) -> Result<Tensor> {
         self.check_tokens(tokens)?;
+        self.ensure_fits(
+            tokens,
+            &Workload::Forward {
+                all_logits: at == LogitsAt::All,
+            },
+        )?;
         let ctx = self.context_for(tokens)?;
         sink.begin(&HookContext::of(tokens));
         let mut x = self.embed(tokens, sink)?;
@@ -227,6 +248,22 @@ impl HookedTransformer {
             x = self.run_block(l, x, &ctx, sink)?;
         }
         self.unembed(&x, tokens, at, sink)
+    }
+
+    /// Refuses a run of `workload` on `tokens` that would need more memory than is available
+    /// ([`memory::ensure_fits`](crate::engine::runtime::memory)), before it allocates.
+    ///
+    /// # Errors
+    /// [`LensError::TooMuchMemory`] with the estimate and the fix.
+    pub(crate) fn ensure_fits(&self, tokens: &Tokens, workload: &Workload) -> Result<()> {
+        crate::engine::runtime::memory::ensure_fits(
+            &self.cfg,
+            tokens.batch(),
+            tokens.max_len(),
+            !tokens.is_rectangular(),
+            self.dtype.size_in_bytes(),
+            workload,
+        )
     }
 
     /// The residual stream entering block `stop_at_layer`, `[batch, pos, d_model]`, from

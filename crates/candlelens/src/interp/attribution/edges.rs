@@ -154,6 +154,10 @@ impl AttributionPatcher {
     /// interpolation of this attribution.
     fn down_grads(&self) -> Result<DownGrads> {
         let model = &*self.model;
+        model.ensure_fits(
+            &self.corrupt_tokens,
+            &crate::engine::runtime::memory::Workload::Gradients { split_heads: true },
+        )?;
         match self.ig_steps {
             None => Ok(edge_grad_run(model, &self.corrupt_tokens, None, &self.metric)?.1),
             Some(steps) => {

@@ -28,6 +28,7 @@ use candle_core::{DType, Tensor, Var};
 use crate::engine::hooks::cache::ActivationCache;
 use crate::engine::hooks::{Chain, HookFilter, HookPoint, HookSink, Hooks};
 use crate::engine::model::HookedTransformer;
+use crate::engine::runtime::memory::Workload;
 use crate::engine::text::tokens::Tokens;
 use crate::error::{LensError, Result};
 use crate::interp::metrics::{normalise, GradMetric};
@@ -332,6 +333,9 @@ impl AttributionPatcher {
             ));
         }
         check_batches(clean, corrupt)?;
+        let grads = Workload::Gradients { split_heads: false };
+        model.ensure_fits(corrupt, &grads)?;
+        model.ensure_fits(clean, &grads)?;
         let map = alignment.map(clean, corrupt)?;
         let (read_clean, read) = (readout.rows(clean)?, readout.rows(corrupt)?);
         let align = |clean_cache: ActivationCache, corrupt_cache: &ActivationCache| {
