@@ -116,9 +116,11 @@ pub enum BenchCmd {
         /// Alias, local folder, .gguf path, or hub repo id.
         #[arg(long)]
         model: String,
-        /// Correct and incorrect answer.
-        #[arg(long, num_args = 2, default_values = [" Peb", " Rachel"])]
-        answers: Vec<String>,
+        /// Correct and incorrect answer (default: the first token of " Pebbles" and of
+        /// " Rachel" on the model's tokenizer — " Peb" and " Rachel" on GPT-2 and Gemma, as the
+        /// source reads them).
+        #[arg(long, num_args = 2)]
+        answers: Option<Vec<String>>,
         /// Time only this many naive cells and extrapolate (the output says so).
         #[arg(long)]
         sample: Option<usize>,
@@ -163,7 +165,7 @@ pub fn bench(cmd: &BenchCmd) -> candlelens::Result<()> {
             answers,
             sample,
             json,
-        } => patch(model, answers, *sample, *json),
+        } => patch(model, answers.as_deref(), *sample, *json),
     }
 }
 
@@ -468,6 +470,7 @@ const PET_SWAPPED: &str = "Mary is a human. Fido is a dog. The pet of this famil
 #[derive(Serialize)]
 struct PatchBench {
     model: String,
+    answers: Vec<String>,
     n_tokens: usize,
     cells: usize,
     fast_s: f64,
@@ -482,20 +485,39 @@ struct PatchBench {
     corrupt_diff: f32,
 }
 
+/// The first token of each of the pet prompt's names on `model`'s tokenizer: the answers the
+/// source's logit difference reads (" Peb" of " Pebbles" on GPT-2).
+fn first_tokens(model: &HookedTransformer) -> candlelens::Result<Vec<String>> {
+    [" Pebbles", " Rachel"]
+        .iter()
+        .map(|w| {
+            let ids = model.tokenizer().encode(w)?;
+            let first = ids.first().copied().ok_or_else(|| {
+                candlelens::LensError::Internal(format!("{w:?} encodes to no tokens"))
+            })?;
+            Ok(model.ids_to_str_tokens(&[first])?.remove(0))
+        })
+        .collect()
+}
+
 fn patch(
     model: &str,
-    answers: &[String],
+    answers: Option<&[String]>,
     sample: Option<usize>,
     as_json: bool,
 ) -> candlelens::Result<()> {
     let model = std::sync::Arc::new(HookedTransformer::from_pretrained(model)?);
     let clean = model.to_tokens(PET, None)?;
     let corrupt = model.to_tokens(PET_SWAPPED, None)?;
+    let answers = match answers {
+        Some(a) => a.to_vec(),
+        None => first_tokens(&model)?,
+    };
     let mut p = Patcher::new(
         &model,
         &clean,
         &corrupt,
-        candlelens::metrics::logit_diff_metric(&answer_pair(&model, answers)?),
+        candlelens::metrics::logit_diff_metric(&answer_pair(&model, &answers)?),
     )?;
     p.progress = !as_json;
     let fast = p.sweep(PatchTarget::ResidPre)?;
@@ -525,6 +547,7 @@ fn patch(
     };
     let report = PatchBench {
         model: model.cfg.name.clone(),
+        answers: answers.clone(),
         n_tokens: clean.max_len(),
         cells: fast.naive_forwards,
         fast_s: fast.seconds,
