@@ -104,8 +104,9 @@ impl HookedTransformer {
     ///
     /// # Errors
     /// [`LensError::PromptTooLong`] for a prompt longer than `n_ctx`,
-    /// [`LensError::TokenOutOfRange`] for an id `>= d_vocab`. The pad id is not checked: padding a
-    /// ragged batch with an id `>= d_vocab` gives a raw [`LensError::Candle`].
+    /// [`LensError::TokenOutOfRange`] for an id (or, in a ragged batch, the pad id) `>= d_vocab`,
+    /// [`LensError::TooMuchMemory`] for a batch whose estimated peak exceeds the memory available
+    /// ([`crate::memory`]), [`LensError::Numerical`] for non-finite logits.
     pub fn forward(&self, tokens: &Tokens) -> Result<Tensor> {
         self.forward_with(tokens, LogitsAt::All, &mut NoHooks)
     }

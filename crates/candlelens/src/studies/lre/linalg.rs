@@ -20,6 +20,14 @@ pub(crate) fn to_tensor(a: &Array2<f64>, device: &Device) -> Result<Tensor> {
 }
 
 fn svd(a: &Array2<f64>) -> Result<(Array2<f64>, Array1<f64>, Array2<f64>)> {
+    // linfa's SVD never converges on NaN: refuse it rather than loop
+    let bad = a.iter().filter(|v| !v.is_finite()).count();
+    if bad > 0 {
+        return Err(LensError::Numerical {
+            what: "the LRE's SVD".into(),
+            detail: format!("its {}×{} matrix holds {bad} NaN or infinite values, from the hidden states or the Jacobian; check the model's dtype (f16 overflows), its weights and any hook", a.nrows(), a.ncols()),
+        });
+    }
     let (u, s, vt) = a.svd(true, true).map_err(|e| LensError::Numerical {
         what: "SVD".into(),
         detail: e.to_string(),
@@ -109,6 +117,15 @@ pub fn singular_values(w: &Tensor) -> Result<Vec<f32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nan_matrix_is_a_numerical_error_not_an_endless_svd() {
+        let dev = Device::Cpu;
+        let w = Tensor::new(&[[1f32, f32::NAN], [0., 1.]], &dev).unwrap();
+        let e = low_rank_pinv(&w, 2).unwrap_err();
+        assert!(matches!(e, LensError::Numerical { .. }), "{e:?}");
+        assert!(e.to_string().contains("1 NaN or infinite"), "{e}");
+    }
 
     // The reference is numpy, as scikit-learn's LinearRegression computes it (centre, then
     // scipy/numpy lstsq): scripts/make-lre-reference.py prints these numbers.
