@@ -158,6 +158,16 @@ pub trait TensorSource {
     }
 }
 
+/// The names of `all` not in `read`, sorted: what [`TensorSource::unread`] lists.
+pub(crate) fn unread_of<'a>(
+    all: impl Iterator<Item = &'a String>,
+    read: &std::collections::HashSet<String>,
+) -> Vec<String> {
+    let mut out: Vec<String> = all.filter(|k| !read.contains(*k)).cloned().collect();
+    out.sort();
+    out
+}
+
 /// How many values of `t` are NaN or infinite (0 for a finite tensor, found with one sum).
 pub(crate) fn non_finite(t: &Tensor) -> Result<usize> {
     let t = t.to_dtype(DType::F32)?;

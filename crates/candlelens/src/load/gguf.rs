@@ -342,15 +342,7 @@ impl TensorSource for GgufFile {
     }
 
     fn unread(&self) -> Vec<String> {
-        let mut out: Vec<String> = self
-            .content
-            .tensor_infos
-            .keys()
-            .filter(|k| !self.read.contains(*k))
-            .cloned()
-            .collect();
-        out.sort();
-        out
+        crate::engine::weights::unread_of(self.content.tensor_infos.keys(), &self.read)
     }
 
     fn describe(&self) -> String {

@@ -255,14 +255,7 @@ impl TensorSource for SafetensorsSource {
     }
 
     fn unread(&self) -> Vec<String> {
-        let mut out: Vec<String> = self
-            .index
-            .keys()
-            .filter(|k| !self.read.contains(*k))
-            .cloned()
-            .collect();
-        out.sort();
-        out
+        crate::engine::weights::unread_of(self.index.keys(), &self.read)
     }
 
     fn describe(&self) -> String {

@@ -157,6 +157,18 @@ impl Sae {
     ///
     /// # Errors
     /// [`LensError::BadData`] naming the tensor that does not fit.
+    /// The SAE's tensors by their SAELens names (`None` where this SAE has none).
+    pub(crate) fn named_tensors(&self) -> [(&'static str, Option<&Tensor>); 6] {
+        [
+            ("W_enc", Some(&self.w_enc)),
+            ("b_enc", Some(&self.b_enc)),
+            ("W_dec", Some(&self.w_dec)),
+            ("b_dec", Some(&self.b_dec)),
+            ("threshold", self.threshold.as_ref()),
+            ("W_skip", self.w_skip.as_ref()),
+        ]
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
         let bad = |detail: String| LensError::BadData {
             what: format!("SAE {}", self.source),
@@ -225,14 +237,7 @@ impl Sae {
                 self.architecture
             )));
         }
-        for (name, t) in [
-            ("W_enc", Some(&self.w_enc)),
-            ("b_enc", Some(&self.b_enc)),
-            ("W_dec", Some(&self.w_dec)),
-            ("b_dec", Some(&self.b_dec)),
-            ("threshold", self.threshold.as_ref()),
-            ("W_skip", self.w_skip.as_ref()),
-        ] {
+        for (name, t) in self.named_tensors() {
             if let Some(t) = t {
                 let n = crate::engine::weights::non_finite(t)?;
                 if n > 0 {

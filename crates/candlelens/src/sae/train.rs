@@ -276,14 +276,7 @@ impl Sae {
             cfg["metadata"]["hook_name_out"] = o.to_string().into();
         }
         let mut tensors: HashMap<String, Tensor> = HashMap::new();
-        for (name, t) in [
-            ("W_enc", Some(&self.w_enc)),
-            ("b_enc", Some(&self.b_enc)),
-            ("W_dec", Some(&self.w_dec)),
-            ("b_dec", Some(&self.b_dec)),
-            ("threshold", self.threshold.as_ref()),
-            ("W_skip", self.w_skip.as_ref()),
-        ] {
+        for (name, t) in self.named_tensors() {
             if let Some(t) = t {
                 tensors.insert(name.to_string(), t.to_dtype(DType::F32)?.contiguous()?);
             }

@@ -252,11 +252,16 @@ impl HookedTransformer {
     }
 
     /// Refuses a run of `workload` on `tokens` that would need more memory than is available
-    /// ([`memory::ensure_fits`](crate::engine::runtime::memory)), before it allocates.
+    /// ([`memory::ensure_fits`](crate::engine::runtime::memory)), before it allocates. On a GPU
+    /// the device's own allocator reports what does not fit; the host's memory says nothing
+    /// about it, so only CPU runs are checked.
     ///
     /// # Errors
     /// [`LensError::TooMuchMemory`] with the estimate and the fix.
     pub(crate) fn ensure_fits(&self, tokens: &Tokens, workload: &Workload) -> Result<()> {
+        if !self.device.is_cpu() {
+            return Ok(());
+        }
         crate::engine::runtime::memory::ensure_fits(
             &self.cfg,
             tokens.batch(),
