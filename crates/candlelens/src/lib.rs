@@ -34,7 +34,7 @@ pub use engine::model::generate;
 pub use engine::runtime::memory;
 pub use engine::text::{tokenizer, tokens};
 pub use engine::{block, config, hooks, model, weights};
-pub use interp::{analysis, attribution, factored, metrics, patching, prompts, readout};
+pub use interp::{analysis, attribution, factored, metrics, patching, prompts, readout, steering};
 pub use load::arch;
 pub use studies::{binding, data, lre};
 pub use util::progress;
@@ -70,6 +70,7 @@ pub mod prelude {
     };
     pub use crate::interp::prompts::{PromptTest, TestPromptOptions};
     pub use crate::interp::readout::{Alignment, Readout};
+    pub use crate::interp::steering::{Steering, SteeringVector};
     pub use crate::load::{LoadOptions, Processing};
     pub use crate::viz::{AttentionView, Figure, Table};
     pub use candle_core::{DType, Device, IndexOp, Tensor, D};
@@ -95,6 +96,7 @@ mod guide {
         CachingAndHooks = "../../../docs/src/caching-and-hooks.md",
         Analysis = "../../../docs/src/analysis.md",
         Patching = "../../../docs/src/patching.md",
+        Steering = "../../../docs/src/steering.md",
         Circuits = "../../../docs/src/circuits.md",
         Saes = "../../../docs/src/saes.md",
         Lre = "../../../docs/src/lre.md",

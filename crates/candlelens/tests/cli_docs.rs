@@ -1,7 +1,7 @@
 //! The `lens` command lines of the book run as written on the embedded models: every line of
-//! the `sh` blocks of `docs/src/cli.md` and `docs/src/lre.md` that needs no placeholder (`...`,
+//! the `sh` blocks of `docs/src/cli.md`, `lre.md` and `steering.md` that needs no placeholder (`...`,
 //! a path of the reader's own, a hub model) or long benchmark, in a folder holding the
-//! `prompts.txt` they read and the repository's `data/`.
+//! prompt files they read and the repository's `data/`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -91,9 +91,11 @@ fn the_books_command_lines_run_as_written() {
         "The capital of France is\nOne, two, three,\n",
     )
     .unwrap();
+    std::fs::write(dir.join("happy.txt"), "I love this\nWhat a joyful day\n").unwrap();
+    std::fs::write(dir.join("sad.txt"), "I hate this\nWhat a miserable day\n").unwrap();
     #[cfg(unix)]
     std::os::unix::fs::symlink(repo().join("data"), dir.join("data")).unwrap();
-    let lines: Vec<String> = ["cli.md", "lre.md"]
+    let lines: Vec<String> = ["cli.md", "lre.md", "steering.md"]
         .iter()
         .flat_map(|p| command_lines(p))
         .filter(|l| runnable(l))

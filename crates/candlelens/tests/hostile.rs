@@ -209,7 +209,7 @@ fn an_npz_header_that_lies_about_its_shape_is_refused_before_allocating() {
     assert!(matches!(err, LensError::CorruptFile { .. }), "{err:?}");
     let text = err.to_string();
     assert!(
-        text.contains("[10000000000, 10000000]") && text.contains("stores"),
+        text.contains("[10000000000, 10000000]") && text.contains("bytes are stored"),
         "{text}"
     );
     std::fs::remove_dir_all(&dir).unwrap();

@@ -9,6 +9,8 @@
 //!   reference.
 //! - [`readout`]: where a metric reads the logits, and how clean and corrupted positions
 //!   align when the prompts' lengths differ.
+//! - [`steering`]: steering vectors (CAA's contrastive mean, ActAdd) added during runs and
+//!   generation, and the effect of their coefficient on a metric.
 //! - [`attribution`]: attribution patching (and its integrated-gradients variant) on every
 //!   node at once, checked against the exact sweep.
 
@@ -19,3 +21,4 @@ pub mod metrics;
 pub mod patching;
 pub mod prompts;
 pub mod readout;
+pub mod steering;

@@ -114,29 +114,45 @@ pub(crate) fn check(path: &Path) -> Result<()> {
                 format!("{name} claims {size} bytes but the file has {file_len}"),
             ));
         }
-        let (descr, shape, header) =
-            read_header(&mut entry).map_err(|e| bad(path, format!("{name}: {e}")))?;
-        let w = width(&descr).ok_or_else(|| {
-            bad(
-                path,
-                format!("{name} holds dtype {descr}, which is not a number type a tensor can hold"),
-            )
-        })?;
-        let need = shape
-            .iter()
-            .try_fold(w, |acc, &d| acc.checked_mul(d))
-            .and_then(|b| b.checked_add(header));
-        if need != Some(size) {
-            return Err(bad(
-                path,
-                format!(
-                    "{name} says it holds shape {shape:?} of {descr} ({} bytes with its header), but the archive stores {size} bytes for it; the file is damaged or was not written by numpy: download or save it again",
-                    need.map_or("more than 2^64".to_string(), |n| n.to_string())
-                ),
-            ));
-        }
+        read_header(&mut entry)
+            .and_then(|h| fits(h, size))
+            .map_err(|e| bad(path, format!("{name}: {e}")))?;
     }
     Ok(())
+}
+
+/// Errors unless an array's header (dtype, shape, header length) describes exactly `stored`
+/// bytes.
+fn fits(
+    (descr, shape, header): (String, Vec<u64>, u64),
+    stored: u64,
+) -> std::result::Result<(), String> {
+    let w = width(&descr)
+        .ok_or_else(|| format!("dtype {descr} is not a number type a tensor can hold"))?;
+    let need = shape
+        .iter()
+        .try_fold(w, |acc, &d| acc.checked_mul(d))
+        .and_then(|b| b.checked_add(header));
+    if need == Some(stored) {
+        return Ok(());
+    }
+    Err(format!(
+        "the header says shape {shape:?} of {descr} ({} bytes with the header), but {stored} bytes are stored; the file is damaged or was not written by numpy: download or save it again",
+        need.map_or("more than 2^64".to_string(), |n| n.to_string())
+    ))
+}
+
+/// Checks that the `.npy` at `path` holds exactly the bytes its header describes, before a
+/// reader allocates from that header.
+///
+/// # Errors
+/// [`LensError::MissingFile`]; [`LensError::CorruptFile`] naming what disagrees.
+pub(crate) fn check_npy(path: &Path) -> Result<()> {
+    let file = crate::util::fs::open(path, "the .npy file is missing")?;
+    let size = file.metadata().map_err(|e| LensError::io(path, e))?.len();
+    read_header(&mut BufReader::new(file))
+        .and_then(|h| fits(h, size))
+        .map_err(|e| bad(path, e))
 }
 
 #[cfg(test)]

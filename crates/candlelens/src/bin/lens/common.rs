@@ -136,7 +136,7 @@ pub fn positive_arg(s: &str) -> Result<usize, String> {
 }
 
 /// One prompt per non-empty line of `path`.
-fn read_prompts(path: &std::path::Path) -> candlelens::Result<Vec<String>> {
+pub fn read_prompts(path: &std::path::Path) -> candlelens::Result<Vec<String>> {
     let text = candlelens::util::fs::read_text(path, "pass a text file with one prompt per line")?;
     let prompts: Vec<String> = text
         .lines()

@@ -29,9 +29,44 @@ pub struct GenerateArgs {
     /// Keep going past the model's EOS token.
     #[arg(long)]
     ignore_eos: bool,
+    /// Add COEF times the vector of FILE.npy (float32 [d_model], as `lens steering-vector`
+    /// writes it) to blocks.L.hook_resid_pre at every position, prompt and generated tokens
+    /// alike: L:COEF:FILE.npy (repeatable).
+    #[arg(long, value_name = "L:COEF:FILE.npy")]
+    steer: Vec<String>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// `L:COEF:FILE.npy` of `--steer`: the layer, the coefficient and the vector's file.
+fn parse_steer(spec: &str) -> candlelens::Result<(usize, f64, &str)> {
+    let bad = |why: &str| {
+        LensError::bad_parameter(
+            "--steer",
+            spec,
+            &format!("{why}; write LAYER:COEF:FILE.npy, e.g. --steer 6:4.0:happy.npy"),
+        )
+    };
+    let mut parts = spec.splitn(3, ':');
+    let (Some(l), Some(c), Some(f)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(bad("it needs three parts"));
+    };
+    let layer = l
+        .trim()
+        .parse()
+        .map_err(|_| bad("the layer is not a whole number"))?;
+    let coef: f64 = c
+        .trim()
+        .parse()
+        .map_err(|_| bad("the coefficient is not a number"))?;
+    if !coef.is_finite() {
+        return Err(bad("the coefficient is not finite"));
+    }
+    if f.is_empty() {
+        return Err(bad("the file is missing"));
+    }
+    Ok((layer, coef, f))
 }
 
 /// One prompt's continuation: the prompt's ids, then the new ones; the new text.
@@ -63,7 +98,15 @@ pub fn generate(args: &GenerateArgs) -> candlelens::Result<()> {
         seed: args.seed,
         stop_at_eos: !args.ignore_eos,
     };
-    let new = model.generate_tokens(&tokens, &opts)?;
+    let mut steering = Steering::new();
+    for spec in &args.steer {
+        let (layer, coef, file) = parse_steer(spec)?;
+        let hook = format!("blocks.{layer}.hook_resid_pre");
+        let v = SteeringVector::load_npy(file, &hook, &model.cfg)?;
+        steering = steering.add(v, coef);
+    }
+    let mut hooks = steering.hooks(&model.cfg)?;
+    let new = model.generate_tokens_with(&tokens, &opts, &mut hooks)?;
     let mut prompts = Vec::with_capacity(new.len());
     for (prompt, new) in tokens.rows().iter().zip(new) {
         let text = model.to_string(&new)?;

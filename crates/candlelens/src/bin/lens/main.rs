@@ -27,6 +27,7 @@ mod patch;
 mod path_patch;
 mod run;
 mod sae;
+mod steering;
 
 #[derive(Parser)]
 #[command(
@@ -50,6 +51,10 @@ enum Cmd {
     Generate(generate::GenerateArgs),
     /// Architecture summary and every hook name with its shape.
     Inspect(inspect::InspectArgs),
+    /// A steering vector (CAA): the mean residual stream entering a block at each positive
+    /// prompt's last token minus the same over the negative prompts, written as .npy for
+    /// `lens generate --steer`.
+    SteeringVector(steering::SteeringVectorArgs),
     /// Activation patching: corrupted run, clean activations put in, layer x position grid.
     Patch(patch::PatchArgs),
     /// Attribution patching: every cell of a patching grid from one backward pass, optionally
@@ -77,6 +82,7 @@ fn main() -> ExitCode {
         Cmd::Dla(a) => dla::dla(a),
         Cmd::Generate(a) => generate::generate(a),
         Cmd::Inspect(a) => inspect::inspect(a),
+        Cmd::SteeringVector(a) => steering::steering_vector(a),
         Cmd::Models => models::models(),
         Cmd::Bench(b) => bench::bench(b),
         Cmd::Patch(a) => patch::patch(a),
