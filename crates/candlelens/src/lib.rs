@@ -34,7 +34,9 @@ pub use engine::model::generate;
 pub use engine::runtime::memory;
 pub use engine::text::{tokenizer, tokens};
 pub use engine::{block, config, hooks, model, weights};
-pub use interp::{analysis, attribution, factored, metrics, patching, prompts, readout, steering};
+pub use interp::{
+    analysis, attribution, factored, metrics, patching, probes, prompts, readout, steering,
+};
 pub use load::arch;
 pub use studies::{binding, data, lre};
 pub use util::progress;
@@ -97,6 +99,7 @@ mod guide {
         Analysis = "../../../docs/src/analysis.md",
         Patching = "../../../docs/src/patching.md",
         Steering = "../../../docs/src/steering.md",
+        Probes = "../../../docs/src/probes.md",
         Circuits = "../../../docs/src/circuits.md",
         Saes = "../../../docs/src/saes.md",
         Lre = "../../../docs/src/lre.md",

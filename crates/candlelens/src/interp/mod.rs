@@ -9,6 +9,7 @@
 //!   reference.
 //! - [`readout`]: where a metric reads the logits, and how clean and corrupted positions
 //!   align when the prompts' lengths differ.
+//! - [`probes`]: logistic and linear probes per layer on a seeded split, with a control.
 //! - [`steering`]: steering vectors (CAA's contrastive mean, ActAdd) added during runs and
 //!   generation, and the effect of their coefficient on a metric.
 //! - [`attribution`]: attribution patching (and its integrated-gradients variant) on every
@@ -19,6 +20,7 @@ pub mod attribution;
 pub mod factored;
 pub mod metrics;
 pub mod patching;
+pub mod probes;
 pub mod prompts;
 pub mod readout;
 pub mod steering;

@@ -130,6 +130,11 @@ pub fn ig_steps_arg(s: &str) -> Result<usize, String> {
     bounded(s, 1, candlelens::attribution::MAX_IG_STEPS)
 }
 
+/// `--batch-size`: 1 to 4096 prompts per forward.
+pub fn batch_arg(s: &str) -> Result<usize, String> {
+    bounded(s, 1, 4096)
+}
+
 /// A count that must be at least 1 (`--causality-rank`, `--top-k`).
 pub fn positive_arg(s: &str) -> Result<usize, String> {
     bounded(s, 1, 1 << 24)

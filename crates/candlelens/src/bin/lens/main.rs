@@ -25,6 +25,7 @@ mod lre;
 mod models;
 mod patch;
 mod path_patch;
+mod probe;
 mod run;
 mod sae;
 mod steering;
@@ -55,6 +56,9 @@ enum Cmd {
     /// prompt's last token minus the same over the negative prompts, written as .npy for
     /// `lens generate --steer`.
     SteeringVector(steering::SteeringVectorArgs),
+    /// Logistic probes per layer for a binary label of each text (JSONL), at its last token, on
+    /// Python's seeded split, with a shuffled-label control.
+    Probe(probe::ProbeArgs),
     /// Activation patching: corrupted run, clean activations put in, layer x position grid.
     Patch(patch::PatchArgs),
     /// Attribution patching: every cell of a patching grid from one backward pass, optionally
@@ -83,6 +87,7 @@ fn main() -> ExitCode {
         Cmd::Generate(a) => generate::generate(a),
         Cmd::Inspect(a) => inspect::inspect(a),
         Cmd::SteeringVector(a) => steering::steering_vector(a),
+        Cmd::Probe(a) => probe::probe(a),
         Cmd::Models => models::models(),
         Cmd::Bench(b) => bench::bench(b),
         Cmd::Patch(a) => patch::patch(a),
