@@ -29,7 +29,7 @@ pub struct GenerateArgs {
     /// Keep going past the model's EOS token.
     #[arg(long)]
     ignore_eos: bool,
-    /// Add COEF times the vector of FILE.npy (float32 [d_model], as `lens steering-vector`
+    /// Add COEF times the vector of FILE.npy (float32 `[d_model]`, as `lens steering-vector`
     /// writes it) to blocks.L.hook_resid_pre at every position, prompt and generated tokens
     /// alike: L:COEF:FILE.npy (repeatable).
     #[arg(long, value_name = "L:COEF:FILE.npy")]

@@ -22,7 +22,7 @@ pub struct SteeringVectorArgs {
     /// A file of negative prompts, one per line.
     #[arg(long)]
     negative: std::path::PathBuf,
-    /// Where to write the vector (float32 .npy, shape [d_model]).
+    /// Where to write the vector (float32 .npy, shape `[d_model]`).
     #[arg(long)]
     out: std::path::PathBuf,
     #[command(flatten)]
