@@ -36,11 +36,14 @@ pub struct Context {
 pub struct FeatureView {
     /// The feature.
     pub feature: usize,
-    /// The SAE (`source`) it belongs to.
+    /// What it belongs to: the SAE's `source`, or the hook point of a neuron (`"… (neurons)"`)
+    /// or of a direction (`"… (a direction)"`).
     pub sae: String,
     /// The top-activating contexts, strongest first.
     pub contexts: Vec<Context>,
-    /// Tokens whose logit the decoder direction raises most: `(token, W_dec[f] · W_U[:, t])`.
+    /// Tokens whose logit the direction it writes raises most: `(token, w · W_U[:, t])` with `w`
+    /// the SAE's decoder row, the neuron's `W_out` row or the direction itself (empty where it
+    /// does not write to the residual stream).
     pub promoted: Vec<(String, f32)>,
     /// Tokens it lowers most.
     pub suppressed: Vec<(String, f32)>,
@@ -94,7 +97,50 @@ impl FeatureView {
             .squeeze(2)?
             .to_dtype(DType::F32)?
             .to_vec2()?;
-        Self::assemble(model, sae, tokens, f, feature, k, window)
+        let write = Self::write_direction(model, sae, feature)?;
+        Self::assemble(
+            model,
+            sae.source.clone(),
+            write,
+            tokens,
+            f,
+            feature,
+            k,
+            window,
+        )
+    }
+
+    /// The residual-stream direction feature `feature` of `sae` writes, `[d_model]`: its
+    /// decoder row for SAEs writing into the residual stream or a block output, through `W_O`
+    /// for `attn.hook_z` SAEs; `None` for SAEs writing elsewhere.
+    fn write_direction(
+        model: &HookedTransformer,
+        sae: &Sae,
+        feature: usize,
+    ) -> Result<Option<Tensor>> {
+        let out = sae.output_hook();
+        let writes_resid = !matches!(
+            out,
+            HookPoint::Z(_)
+                | HookPoint::MlpPre(_)
+                | HookPoint::MlpPreLinear(_)
+                | HookPoint::MlpPost(_)
+        ) && sae.d_out() == model.cfg.d_model;
+        if !(writes_resid || matches!(out, HookPoint::Z(_))) {
+            return Ok(None);
+        }
+        let mut dir = sae
+            .w_dec
+            .i(feature)?
+            .to_dtype(model.dtype())?
+            .unsqueeze(0)?;
+        if let HookPoint::Z(l) = out {
+            // through the heads' output weights into the residual stream: Σ_h dir[h] · W_O[l, h]
+            let (h, dh) = (model.cfg.n_heads, model.cfg.d_head);
+            let w_o = model.W_O_at(l)?.reshape((h * dh, model.cfg.d_model))?;
+            dir = dir.matmul(&w_o.to_dtype(model.dtype())?)?;
+        }
+        Ok(Some(dir.squeeze(0)?))
     }
 
     /// [`Self::build`] from an [`ActivationStore`] gathered at the SAE's hook: the contexts are
@@ -116,16 +162,132 @@ impl FeatureView {
             .pop()
             .unwrap_or_default();
         let f = store.per_context(&acts)?;
-        let mut view = Self::assemble(model, sae, &store.tokens, f, feature, k, window)?;
+        let write = Self::write_direction(model, sae, feature)?;
+        let mut view = Self::assemble(
+            model,
+            sae.source.clone(),
+            write,
+            &store.tokens,
+            f,
+            feature,
+            k,
+            window,
+        )?;
         // the histogram counts the store's rows only (not the skipped BOS positions)
         view.activations = acts;
         Ok(view)
     }
 
-    /// The view from `f [batch][pos]`, the feature's activation at each position of `tokens`.
+    /// An MLP neuron's view — the SAE feature view for the model's own basis: its top
+    /// contexts over `store` (gathered at `blocks.{l}.mlp.hook_post`), the tokens its output
+    /// weights `W_out[l][neuron]` promote and suppress through `W_U`, its activations.
+    ///
+    /// # Errors
+    /// [`LensError::Mismatch`] when the store was not gathered at an `mlp.hook_post`;
+    /// [`LensError::OutOfRange`] for a neuron `>= d_mlp`.
+    pub fn neuron(
+        model: &HookedTransformer,
+        store: &ActivationStore,
+        neuron: usize,
+        k: usize,
+        window: usize,
+    ) -> Result<FeatureView> {
+        let HookPoint::MlpPost(l) = store.hook else {
+            return Err(LensError::mismatch(
+                "neuron view",
+                format!("the store holds {}; gather it at blocks.L.mlp.hook_post (collect_activations) to view neurons of layer L", store.hook),
+            ));
+        };
+        let d_mlp = store.acts.dim(1)?;
+        if neuron >= d_mlp {
+            return Err(LensError::OutOfRange {
+                what: "neuron".into(),
+                index: neuron,
+                len: d_mlp,
+            });
+        }
+        let acts: Vec<f32> = store.acts.narrow(1, neuron, 1)?.squeeze(1)?.to_vec1()?;
+        let write = model.weights.layers[l].w_out.t()?.i(neuron)?;
+        let f = store.per_context(&acts)?;
+        let mut view = Self::assemble(
+            model,
+            format!("{} (neurons)", store.hook),
+            Some(write),
+            &store.tokens,
+            f,
+            neuron,
+            k,
+            window,
+        )?;
+        view.activations = acts;
+        Ok(view)
+    }
+
+    /// A direction's view at any hook point: its projection `acts · direction` over `store`
+    /// (top contexts, activations) and, where the store's point lives in the residual stream
+    /// (`hook_resid_*`, `hook_attn_out`, `hook_mlp_out`, `hook_embed`), the tokens the direction
+    /// promotes and suppresses through `W_U` — a probe's direction or a steering vector.
+    ///
+    /// # Errors
+    /// [`LensError::Mismatch`] for a direction whose width is not the store's.
+    pub fn direction(
+        model: &HookedTransformer,
+        store: &ActivationStore,
+        direction: &Tensor,
+        k: usize,
+        window: usize,
+    ) -> Result<FeatureView> {
+        let d = store.acts.dim(1)?;
+        if direction.dims() != [d] {
+            return Err(LensError::mismatch(
+                "direction view",
+                format!(
+                    "a direction of shape {:?} for a store of width {d} at {}",
+                    direction.dims(),
+                    store.hook
+                ),
+            ));
+        }
+        let dir = direction
+            .to_dtype(DType::F32)?
+            .to_device(store.acts.device())?;
+        let acts: Vec<f32> = store
+            .acts
+            .matmul(&dir.unsqueeze(1)?)?
+            .squeeze(1)?
+            .to_vec1()?;
+        let in_resid = matches!(
+            store.hook,
+            HookPoint::Embed
+                | HookPoint::ResidPre(_)
+                | HookPoint::ResidMid(_)
+                | HookPoint::ResidPost(_)
+                | HookPoint::AttnOut(_)
+                | HookPoint::MlpOut(_)
+        ) && d == model.cfg.d_model;
+        let f = store.per_context(&acts)?;
+        let mut view = Self::assemble(
+            model,
+            format!("{} (a direction)", store.hook),
+            in_resid.then_some(dir),
+            &store.tokens,
+            f,
+            0,
+            k,
+            window,
+        )?;
+        view.activations = acts;
+        Ok(view)
+    }
+
+    /// The view from `f [batch][pos]`, the feature's activation at each position of `tokens`,
+    /// and `write`, the residual-stream direction it writes (`[d_model]`, for the tokens it
+    /// promotes and suppresses through `W_U`), if any.
+    #[allow(clippy::too_many_arguments)] // the view's parts: what, where, how many
     fn assemble(
         model: &HookedTransformer,
-        sae: &Sae,
+        of: String,
+        write: Option<Tensor>,
         tokens: &Tokens,
         f: Vec<Vec<f32>>,
         feature: usize,
@@ -157,55 +319,39 @@ impl FeatureView {
                 peak: p - lo,
             });
         }
-        // the decoder direction through the unembedding: [d_vocab]
-        let out = sae.output_hook();
-        let writes_resid = !matches!(
-            out,
-            HookPoint::Z(_)
-                | HookPoint::MlpPre(_)
-                | HookPoint::MlpPreLinear(_)
-                | HookPoint::MlpPost(_)
-        ) && sae.d_out() == model.cfg.d_model;
-        let (promoted, suppressed) = if writes_resid || matches!(out, HookPoint::Z(_)) {
-            let mut dir = sae
-                .w_dec
-                .i(feature)?
-                .to_dtype(model.dtype())?
-                .unsqueeze(0)?;
-            if let HookPoint::Z(l) = out {
-                // through the heads' output weights into the residual stream:
-                // Σ_h dir[h] · W_O[l, h]
-                let (h, dh) = (model.cfg.n_heads, model.cfg.d_head);
-                let w_o = model.W_O_at(l)?.reshape((h * dh, model.cfg.d_model))?;
-                dir = dir.matmul(&w_o.to_dtype(model.dtype())?)?;
-            }
-            let logits: Vec<f32> = crate::engine::ops::linear(&dir, &model.weights.w_u, None)?
+        let (promoted, suppressed) = match write {
+            Some(dir) => {
+                let logits: Vec<f32> = crate::engine::ops::linear(
+                    &dir.to_dtype(model.dtype())?.unsqueeze(0)?,
+                    &model.weights.w_u,
+                    None,
+                )?
                 .squeeze(0)?
                 .to_dtype(DType::F32)?
                 .to_vec1()?;
-            let name = |(i, v): (usize, f32)| -> Result<(String, f32)> {
-                let s = model
-                    .ids_to_str_tokens(&[i as u32])?
-                    .pop()
-                    .unwrap_or_default();
-                Ok((s, v))
-            };
-            (
-                extremes(&logits, k, true)
-                    .into_iter()
-                    .map(name)
-                    .collect::<Result<Vec<_>>>()?,
-                extremes(&logits, k, false)
-                    .into_iter()
-                    .map(name)
-                    .collect::<Result<Vec<_>>>()?,
-            )
-        } else {
-            (Vec::new(), Vec::new())
+                let name = |(i, v): (usize, f32)| -> Result<(String, f32)> {
+                    let s = model
+                        .ids_to_str_tokens(&[i as u32])?
+                        .pop()
+                        .unwrap_or_default();
+                    Ok((s, v))
+                };
+                (
+                    extremes(&logits, k, true)
+                        .into_iter()
+                        .map(name)
+                        .collect::<Result<Vec<_>>>()?,
+                    extremes(&logits, k, false)
+                        .into_iter()
+                        .map(name)
+                        .collect::<Result<Vec<_>>>()?,
+                )
+            }
+            None => (Vec::new(), Vec::new()),
         };
         Ok(FeatureView {
             feature,
-            sae: sae.source.clone(),
+            sae: of,
             contexts,
             promoted,
             suppressed,

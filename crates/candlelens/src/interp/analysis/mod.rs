@@ -11,6 +11,7 @@ use crate::engine::model::HookedTransformer;
 use crate::error::{LensError, Result};
 
 mod logit_diff;
+mod neurons;
 pub use logit_diff::LogitDiffRun;
 
 /// Which positions of a `[batch, pos, d_model]` activation a stack keeps.
