@@ -17,6 +17,7 @@
 // The tree follows the data flow: load -> run (engine) -> cache (engine::hooks) -> analyse
 // (interp, sae, studies) -> show (viz, notebook); util holds what several layers share.
 // ARCHITECTURE.md at the repository's root draws it.
+pub mod dataset;
 pub mod engine;
 pub mod error;
 pub mod interp;
@@ -100,6 +101,7 @@ mod guide {
         Patching = "../../../docs/src/patching.md",
         Steering = "../../../docs/src/steering.md",
         Probes = "../../../docs/src/probes.md",
+        Datasets = "../../../docs/src/datasets.md",
         Circuits = "../../../docs/src/circuits.md",
         Saes = "../../../docs/src/saes.md",
         Lre = "../../../docs/src/lre.md",

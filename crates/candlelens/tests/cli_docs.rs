@@ -1,5 +1,5 @@
 //! The `lens` command lines of the book run as written on the embedded models: every line of
-//! the `sh` blocks of `docs/src/cli.md`, `lre.md`, `steering.md` and `probes.md` that needs no placeholder (`...`,
+//! the `sh` blocks of `docs/src/cli.md`, `lre.md`, `steering.md`, `probes.md` and `datasets.md` that needs no placeholder (`...`,
 //! a path of the reader's own, a hub model) or long benchmark, in a folder holding the
 //! prompt files they read and the repository's `data/`.
 
@@ -95,11 +95,17 @@ fn the_books_command_lines_run_as_written() {
     std::fs::write(dir.join("sad.txt"), "I hate this\nWhat a miserable day\n").unwrap();
     #[cfg(unix)]
     std::os::unix::fs::symlink(repo().join("data"), dir.join("data")).unwrap();
-    let lines: Vec<String> = ["cli.md", "lre.md", "steering.md", "probes.md"]
-        .iter()
-        .flat_map(|p| command_lines(p))
-        .filter(|l| runnable(l))
-        .collect();
+    let lines: Vec<String> = [
+        "cli.md",
+        "lre.md",
+        "steering.md",
+        "probes.md",
+        "datasets.md",
+    ]
+    .iter()
+    .flat_map(|p| command_lines(p))
+    .filter(|l| runnable(l))
+    .collect();
     assert!(lines.len() >= 8, "{lines:?}");
     for line in &lines {
         let a = args(line);

@@ -29,6 +29,7 @@ mod probe;
 mod run;
 mod sae;
 mod steering;
+mod store;
 
 #[derive(Parser)]
 #[command(
@@ -59,6 +60,9 @@ enum Cmd {
     /// Logistic probes per layer for a binary label of each text (JSONL), at its last token, on
     /// Python's seeded split, with a shuffled-label control.
     Probe(probe::ProbeArgs),
+    /// A corpus's activations at hook points, written to disk as a resumable, shardable dataset
+    /// of safetensors shards with a manifest.
+    Store(store::StoreArgs),
     /// Activation patching: corrupted run, clean activations put in, layer x position grid.
     Patch(patch::PatchArgs),
     /// Attribution patching: every cell of a patching grid from one backward pass, optionally
@@ -88,6 +92,7 @@ fn main() -> ExitCode {
         Cmd::Inspect(a) => inspect::inspect(a),
         Cmd::SteeringVector(a) => steering::steering_vector(a),
         Cmd::Probe(a) => probe::probe(a),
+        Cmd::Store(a) => store::store(a),
         Cmd::Models => models::models(),
         Cmd::Bench(b) => bench::bench(b),
         Cmd::Patch(a) => patch::patch(a),
