@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::common::{answer_pair, emit_json, rss_mb, Input};
 
 mod batch;
+mod store;
 use batch::{cache, padding};
 
 #[derive(Subcommand)]
@@ -111,6 +112,26 @@ pub enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Writing an activation dataset (lens store) against the plain batched forward over the
+    /// same contexts of the embedded python-docs corpus, interleaved: tokens per second and
+    /// their ratio.
+    Store {
+        /// Alias, local folder, .gguf path, or hub repo id.
+        #[arg(long)]
+        model: String,
+        /// The hook stored (default: the last block's hook_resid_post, so both run every block).
+        #[arg(long)]
+        hook: Option<String>,
+        /// Tokens of contexts (128 per context).
+        #[arg(long, default_value_t = 8192)]
+        max_tokens: usize,
+        /// Timed runs of each.
+        #[arg(long, default_value_t = 3, value_parser = crate::common::runs_arg)]
+        runs: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// The fast patching sweep against the naive one-forward-per-cell loop, on the pet prompts.
     Patch {
         /// Alias, local folder, .gguf path, or hub repo id.
@@ -166,6 +187,13 @@ pub fn bench(cmd: &BenchCmd) -> candlelens::Result<()> {
             sample,
             json,
         } => patch(model, answers.as_deref(), *sample, *json),
+        BenchCmd::Store {
+            model,
+            hook,
+            max_tokens,
+            runs,
+            json,
+        } => store::store(model, hook.as_deref(), *max_tokens, *runs, *json),
     }
 }
 
