@@ -97,6 +97,13 @@ fn a_stored_dataset_reads_back_as_the_in_memory_store() {
             .collect();
         assert_eq!(ids, want);
     }
+    // as an in-memory store for the views: the same rows; other contexts are refused
+    let hp = hooks[0];
+    let back = ds.to_store(&hp.to_string(), &contexts).unwrap();
+    let store = m.collect_activations(&contexts, hp, 3).unwrap();
+    assert_eq!(back.index, store.index);
+    let fewer = Tokens::new(contexts.rows()[1..].to_vec(), 0).unwrap();
+    assert!(ds.to_store(&hp.to_string(), &fewer).is_err());
     // resume: a lost shard (and the manifest) is written again, nothing else is
     let before = files(&dir);
     std::fs::remove_file(dir.join("blocks.0.hook_mlp_out/shard-00001.safetensors")).unwrap();

@@ -30,6 +30,7 @@ pub use read::{ActivationDataset, ShardRows};
 pub use write::{store_activations, StoreOptions, StoreReport};
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 /// One stored hook point.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,4 +89,15 @@ pub struct Manifest {
 /// The relative path of hook `hook`'s file of shard `k`.
 pub(crate) fn shard_path(hook: &str, k: usize) -> String {
     format!("{hook}/shard-{k:05}.safetensors")
+}
+
+/// sha256 of `tokens`' ids (little-endian u32, row after row): the plan's `tokens_sha256`.
+pub(crate) fn tokens_sha256(tokens: &crate::engine::text::tokens::Tokens) -> String {
+    let mut h = Sha256::new();
+    for row in tokens.rows() {
+        for id in row {
+            h.update(id.to_le_bytes());
+        }
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }

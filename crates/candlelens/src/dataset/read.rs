@@ -181,6 +181,51 @@ impl ActivationDataset {
         Ok(Tensor::cat(&parts, 0)?)
     }
 
+    /// The rows of `hook` as an in-memory [`ActivationStore`](crate::sae::store::ActivationStore)
+    /// over `contexts` — the contexts the dataset was cut into (`Corpus::contexts` with the
+    /// plan's context size), checked against the plan's sha256 — for the feature, neuron and
+    /// direction views.
+    ///
+    /// # Errors
+    /// [`LensError::Mismatch`] for other contexts; as [`Self::activations`].
+    pub fn to_store(
+        &self,
+        hook: &str,
+        contexts: &crate::engine::text::tokens::Tokens,
+    ) -> Result<crate::sae::store::ActivationStore> {
+        if super::tokens_sha256(contexts) != self.manifest.plan.tokens_sha256 {
+            return Err(LensError::mismatch(
+                "dataset and contexts",
+                format!(
+                    "these {} contexts are not the {} the dataset was written from; cut the same corpus with Corpus::contexts(model, {}, ...)",
+                    contexts.batch(),
+                    self.manifest.plan.n_contexts,
+                    self.manifest.plan.context_size
+                ),
+            ));
+        }
+        let h = self.hook_index(hook)?;
+        let mut acts = Vec::new();
+        let mut index = Vec::new();
+        for s in self.shards(hook) {
+            let s = s?;
+            index.extend(
+                s.context_index
+                    .iter()
+                    .zip(&s.position)
+                    .map(|(&c, &p)| (c as usize, p as usize)),
+            );
+            acts.push(s.activations);
+        }
+        Ok(crate::sae::store::ActivationStore {
+            hook: crate::engine::hooks::HookPoint::parse(&self.manifest.plan.hooks[h].name)?,
+            acts: Tensor::cat(&acts, 0)?,
+            index,
+            tokens: contexts.clone(),
+            seconds: 0.0,
+        })
+    }
+
     /// Checks every file's sha256 against the manifest.
     ///
     /// # Errors

@@ -4,9 +4,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use sha2::{Digest, Sha256};
 
-use super::{shard_path, Manifest, Plan, ShardFile, StoredHook};
+use super::{shard_path, tokens_sha256, Manifest, Plan, ShardFile, StoredHook};
 use crate::engine::hooks::cache::ActivationCache;
 use crate::engine::hooks::{HookFilter, HookPoint};
 use crate::engine::model::{HookedTransformer, LogitsAt};
@@ -87,16 +86,6 @@ fn width(hp: &HookPoint, model: &HookedTransformer) -> Result<usize> {
         .filter(|d| **d != "batch" && **d != "pos")
         .map(|d| d.parse::<usize>().unwrap_or(1))
         .product())
-}
-
-fn tokens_sha256(tokens: &Tokens) -> String {
-    let mut h = Sha256::new();
-    for row in tokens.rows() {
-        for id in row {
-            h.update(id.to_le_bytes());
-        }
-    }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Writes `plan.json`, or checks that the folder's plan is this one.

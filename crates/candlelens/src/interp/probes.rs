@@ -18,6 +18,56 @@ use crate::error::{LensError, Result};
 use crate::util::pyrandom::PyRandom;
 use crate::viz::Figure;
 
+/// The texts and binary labels of a JSONL file: one `{"text": ..., "label": 0 or 1}` per line
+/// (empty lines skipped) — a probe's dataset.
+///
+/// # Errors
+/// [`LensError::MissingFile`]; [`LensError::BadData`] naming the line that is not JSON, has no
+/// text or a label other than 0 or 1; [`LensError::TooFew`] for a file without rows.
+pub fn read_labelled(path: impl AsRef<std::path::Path>) -> Result<(Vec<String>, Vec<bool>)> {
+    let path = path.as_ref();
+    let text = crate::util::fs::read_text(
+        path,
+        "pass a JSONL file with {\"text\": ..., \"label\": 0 or 1} per line",
+    )?;
+    let bad = |line: usize, detail: String| LensError::BadData {
+        what: format!("{} line {line}", path.display()),
+        detail,
+    };
+    let (mut texts, mut labels) = (Vec::new(), Vec::new());
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| {
+            bad(
+                i + 1,
+                format!("not JSON ({e}); write one {{\"text\": ..., \"label\": 0 or 1}} per line"),
+            )
+        })?;
+        let t = v["text"]
+            .as_str()
+            .ok_or_else(|| bad(i + 1, "no \"text\" string".into()))?;
+        let l = match v["label"].as_u64() {
+            Some(0) => false,
+            Some(1) => true,
+            _ => return Err(bad(i + 1, format!("label is {}, not 0 or 1", v["label"]))),
+        };
+        texts.push(t.to_string());
+        labels.push(l);
+    }
+    if texts.is_empty() {
+        return Err(LensError::TooFew {
+            what: format!("rows in {}", path.display()),
+            need: 2,
+            got: 0,
+            fix: "write one {\"text\": ..., \"label\": 0 or 1} per line".into(),
+        });
+    }
+    Ok((texts, labels))
+}
+
 /// Which rows train a probe and which test it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Split {
@@ -398,20 +448,13 @@ impl LayerProbes {
                     .collect(),
             ),
         ];
-        let mut f = Figure::line(
+        Figure::line(
             x,
             series,
             None,
             &format!("Logistic probes at {} per layer", self.hook),
-        );
-        if let crate::viz::Chart::Line {
-            x_title, y_title, ..
-        } = &mut f.chart
-        {
-            *x_title = "layer".into();
-            *y_title = "accuracy".into();
-        }
-        f
+        )
+        .axes("layer", "accuracy")
     }
 }
 

@@ -376,20 +376,13 @@ pub struct SteeringSweep {
 impl SteeringSweep {
     /// The metric against the coefficient, as a line.
     pub fn figure(&self) -> Figure {
-        let mut f = Figure::line(
+        Figure::line(
             self.coefs.iter().map(|&c| c as f32).collect(),
             vec![(self.metric.clone(), self.values.clone())],
             None,
             &format!("{} against the steering coefficient", self.metric),
-        );
-        if let crate::viz::Chart::Line {
-            x_title, y_title, ..
-        } = &mut f.chart
-        {
-            *x_title = "coefficient".into();
-            *y_title = self.metric.clone();
-        }
-        f
+        )
+        .axes("coefficient", &self.metric)
     }
 }
 

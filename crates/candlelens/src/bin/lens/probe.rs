@@ -2,7 +2,7 @@
 //! on Python's seeded split, with the shuffled-label control.
 
 use candlelens::prelude::*;
-use candlelens::probes::{probe_layers, ProbeOptions};
+use candlelens::probes::{probe_layers, read_labelled, ProbeOptions};
 use clap::Args;
 use serde::Serialize;
 
@@ -64,50 +64,6 @@ struct Report {
     control: Vec<LayerScore>,
 }
 
-/// The texts and labels of a JSONL file.
-fn read_data(path: &std::path::Path) -> candlelens::Result<(Vec<String>, Vec<bool>)> {
-    let text = candlelens::util::fs::read_text(
-        path,
-        "pass a JSONL file with {\"text\": ..., \"label\": 0 or 1} per line",
-    )?;
-    let bad = |line: usize, detail: String| LensError::BadData {
-        what: format!("{} line {line}", path.display()),
-        detail,
-    };
-    let (mut texts, mut labels) = (Vec::new(), Vec::new());
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| {
-            bad(
-                i + 1,
-                format!("not JSON ({e}); write one {{\"text\": ..., \"label\": 0 or 1}} per line"),
-            )
-        })?;
-        let t = v["text"]
-            .as_str()
-            .ok_or_else(|| bad(i + 1, "no \"text\" string".into()))?;
-        let l = match v["label"].as_u64() {
-            Some(0) => false,
-            Some(1) => true,
-            _ => return Err(bad(i + 1, format!("label is {}, not 0 or 1", v["label"]))),
-        };
-        texts.push(t.to_string());
-        labels.push(l);
-    }
-    if texts.is_empty() {
-        return Err(LensError::TooFew {
-            what: format!("rows in {}", path.display()),
-            need: 2,
-            got: 0,
-            fix: "write one {\"text\": ..., \"label\": 0 or 1} per line".into(),
-        });
-    }
-    Ok((texts, labels))
-}
-
 fn parse_layers(spec: &str, n_layers: usize) -> candlelens::Result<Vec<usize>> {
     if spec == "all" {
         return Ok((0..n_layers).collect());
@@ -133,7 +89,7 @@ pub fn probe(args: &ProbeArgs) -> candlelens::Result<()> {
             "give C > 0 (scikit-learn's default is 1.0)",
         ));
     }
-    let (texts, labels) = read_data(&args.data)?;
+    let (texts, labels) = read_labelled(&args.data)?;
     let model = args.processing.load(&args.model)?;
     let layers = parse_layers(&args.layers, model.cfg.n_layers)?;
     let tokens = model.to_tokens(texts, args.bos.flag())?;
