@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::{shard_path, tokens_sha256, Manifest, Plan, ShardFile, StoredHook};
 use crate::engine::hooks::cache::ActivationCache;
-use crate::engine::hooks::{HookFilter, HookPoint};
+use crate::engine::hooks::{HookAxis, HookFilter, HookPoint};
 use crate::engine::model::{HookedTransformer, LogitsAt};
 use crate::engine::text::tokens::Tokens;
 use crate::error::{LensError, Result};
@@ -64,27 +64,19 @@ pub struct StoreReport {
 /// one vector per position.
 fn width(hp: &HookPoint, model: &HookedTransformer) -> Result<usize> {
     hp.check(&model.cfg)?;
-    let shape = hp.shape(&model.cfg).unwrap_or_default();
-    let dims: Vec<&str> = shape
-        .split(']')
-        .next()
-        .unwrap_or("")
-        .trim_start_matches('[')
-        .split(", ")
-        .collect();
-    if dims
-        .iter()
-        .any(|d| d.contains("q_pos") || d.contains("k_pos"))
-    {
+    let axes = hp.axes(&model.cfg).unwrap_or_default();
+    if axes.contains(&HookAxis::KeyPos) {
         return Err(LensError::Unsupported {
             what: format!("storing {hp}"),
             fix: "attention patterns and scores hold a row per key position; store hook_z, hook_attn_out or the residual stream".into(),
         });
     }
-    Ok(dims
+    Ok(axes
         .iter()
-        .filter(|d| **d != "batch" && **d != "pos")
-        .map(|d| d.parse::<usize>().unwrap_or(1))
+        .map(|a| match a {
+            HookAxis::Size(n) => *n,
+            _ => 1,
+        })
         .product())
 }
 
@@ -179,16 +171,13 @@ fn run_batch(
             model.forward_with(&batch, LogitsAt::Last, &mut rec)?;
         }
     }
-    let bos = model.tokenizer().bos_token_id;
     let mut keep = Vec::new();
     let mut index = Vec::new();
     let p = batch.max_len();
-    for (i, row) in rows.iter().enumerate() {
-        let first = usize::from(bos.is_some() && row.first().copied() == bos);
-        for (pos, &id) in row.iter().enumerate().skip(first) {
-            keep.push((i * p + pos) as u32);
-            index.push((id, (first_context + i) as u32, pos as u32));
-        }
+    let bos = model.tokenizer().bos_token_id;
+    for (i, pos) in crate::sae::store::positions_without_bos(rows, bos) {
+        keep.push((i * p + pos) as u32);
+        index.push((rows[i][pos], (first_context + i) as u32, pos as u32));
     }
     let keep = Tensor::new(keep, &Device::Cpu)?;
     let acts = hooks

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use candle_core::{DType, Tensor};
 
-use crate::engine::hooks::{HookFilter, HookPoint, Hooks};
+use crate::engine::hooks::{HookAxis, HookFilter, HookPoint, Hooks};
 use crate::engine::model::{HookedTransformer, LogitsAt};
 use crate::engine::text::tokens::Tokens;
 use crate::error::{LensError, Result};
@@ -26,22 +26,12 @@ pub struct SteeringVector {
     vector: Tensor,
 }
 
-/// The activation at `hook` of each prompt of `tokens` at its last real token, `[batch, d]`.
+/// The activation at `hook` of each prompt of `tokens` at its last real token, `[batch, d]`,
+/// from one run of the batch.
 fn last_token_acts(model: &HookedTransformer, hook: HookPoint, tokens: &Tokens) -> Result<Tensor> {
-    let (_, cache) = model.run_with_hooks_and_cache(
-        tokens,
-        &mut Hooks::new(),
-        Some(HookFilter::Points(vec![hook])),
-        LogitsAt::Last,
-    )?;
-    let act = cache.at(hook)?;
-    let rows: Vec<Tensor> = tokens
-        .last_positions()
-        .iter()
-        .enumerate()
-        .map(|(b, &p)| Ok(act.get(b)?.get(p)?))
-        .collect::<Result<_>>()?;
-    Ok(Tensor::stack(&rows, 0)?.to_dtype(DType::F32)?)
+    let mut per_point =
+        crate::interp::probes::last_token_features(model, tokens, &[hook], tokens.batch().max(1))?;
+    Ok(per_point.remove(0))
 }
 
 /// The number of NaN or infinite values of `t`.
@@ -243,19 +233,10 @@ impl SteeringVector {
     /// Errors unless the vector's width is that of its hook point on a model with `cfg`.
     fn check(&self, cfg: &crate::engine::config::ModelConfig) -> Result<()> {
         self.hook.check(cfg)?;
-        let width = self.hook.shape(cfg).and_then(|s| {
-            let dims: Vec<&str> = s
-                .trim_start_matches('[')
-                .split(']')
-                .next()?
-                .split(", ")
-                .collect();
-            if dims.len() == 3 {
-                dims[2].parse::<usize>().ok()
-            } else {
-                None
-            }
-        });
+        let width = match self.hook.axes(cfg).as_deref() {
+            Some([HookAxis::Batch, HookAxis::Pos, HookAxis::Size(w)]) => Some(*w),
+            _ => None,
+        };
         let got = *self.vector.dims().last().unwrap_or(&0);
         match width {
             Some(w) if w == got => Ok(()),

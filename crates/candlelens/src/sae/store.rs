@@ -34,7 +34,7 @@ const CHUNK: usize = 2048;
 
 /// The positions of `rows` an SAE is read at: every real one but a leading BOS (the
 /// attention sink's, orders of magnitude larger than the rest), as `(row, pos)`.
-pub(super) fn positions_without_bos(
+pub(crate) fn positions_without_bos(
     rows: &[Vec<u32>],
     bos: Option<u32>,
 ) -> impl Iterator<Item = (usize, usize)> + '_ {

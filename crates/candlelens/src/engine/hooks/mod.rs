@@ -14,10 +14,12 @@ use candle_core::Tensor;
 use crate::engine::config::ModelConfig;
 use crate::error::{did_you_mean, LensError, Result};
 
+mod axes;
 pub mod cache;
 mod context;
 mod user;
 
+pub(crate) use axes::HookAxis;
 pub use cache::ActivationCache;
 pub use context::HookContext;
 pub use user::{HookAudit, Hooks};

@@ -17,7 +17,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::engine::config::ModelConfig;
-use crate::engine::hooks::HookPoint;
+use crate::engine::hooks::{HookAxis, HookPoint};
 use crate::error::{LensError, Result};
 
 /// What a run keeps while it computes.
@@ -69,20 +69,13 @@ pub fn available_memory() -> Option<u64> {
     }
 }
 
-/// The values a hook point of symbolic shape `shape` (as [`HookPoint::shape`] writes it) holds
-/// for `batch` prompts of `pos` tokens.
-fn values(shape: &str, batch: u64, pos: u64) -> u64 {
-    let dims = shape
-        .split(']')
-        .next()
-        .unwrap_or("")
-        .trim_start_matches('[');
-    dims.split(',')
-        .map(str::trim)
-        .map(|d| match d {
-            "batch" => batch,
-            "pos" | "q_pos" | "k_pos" => pos,
-            n => n.parse().unwrap_or(1),
+/// The values an activation with `axes` holds for `batch` prompts of `pos` tokens.
+fn values(axes: &[HookAxis], batch: u64, pos: u64) -> u64 {
+    axes.iter()
+        .map(|a| match a {
+            HookAxis::Batch => batch,
+            HookAxis::Pos | HookAxis::KeyPos => pos,
+            HookAxis::Size(n) => *n as u64,
         })
         .fold(1u64, u64::saturating_mul)
 }
@@ -114,7 +107,8 @@ pub fn estimate(
             let kept: u64 = HookPoint::all_for(cfg)
                 .iter()
                 .filter(|(hp, _)| wants(hp))
-                .map(|(_, shape)| values(shape, b, p))
+                .filter_map(|(hp, _)| hp.axes(cfg))
+                .map(|axes| values(&axes, b, p))
                 .fold(0, u64::saturating_add);
             masks + block + logits(*all_logits) + kept
         }
@@ -196,9 +190,10 @@ mod tests {
 
     #[test]
     fn hook_shapes_count_their_values() {
-        assert_eq!(values("[batch, pos, 576]", 2, 10), 11_520);
-        assert_eq!(values("[batch, 9, q_pos, k_pos]", 1, 100), 90_000);
-        assert_eq!(values("[batch, pos, 9, 576] (opt-in)", 1, 2), 10_368);
+        use HookAxis::*;
+        assert_eq!(values(&[Batch, Pos, Size(576)], 2, 10), 11_520);
+        assert_eq!(values(&[Batch, Size(9), Pos, KeyPos], 1, 100), 90_000);
+        assert_eq!(values(&[Batch, Pos, Size(9), Size(576)], 1, 2), 10_368);
     }
 
     #[test]
