@@ -223,13 +223,7 @@ impl LogisticProbe {
     }
 
     fn accuracy_matrix(&self, x: &Array2<f64>, labels: &[bool]) -> f64 {
-        let d = self.decision_matrix(x);
-        let right = d
-            .iter()
-            .zip(labels)
-            .filter(|(&z, &l)| (z > 0.0) == l)
-            .count();
-        right as f64 / labels.len().max(1) as f64
+        share_right(&self.decision_matrix(x), labels)
     }
 
     /// The share of rows whose label the probe predicts (`w · x + b > 0` for `true`).
@@ -244,8 +238,18 @@ impl LogisticProbe {
                 format!("{} labels for {} rows", labels.len(), d.len()),
             ));
         }
-        Ok(self.accuracy_matrix(&matrix(x)?, labels))
+        Ok(share_right(&d, labels))
     }
+}
+
+/// The share of `labels` that the decisions `w · x + b` predict (`> 0` for `true`).
+fn share_right(decisions: &[f64], labels: &[bool]) -> f64 {
+    let right = decisions
+        .iter()
+        .zip(labels)
+        .filter(|(&z, &l)| (z > 0.0) == l)
+        .count();
+    right as f64 / labels.len().max(1) as f64
 }
 
 /// A linear probe: `y ≈ w · x + b` by ordinary least squares.
