@@ -26,7 +26,8 @@
 // 1. **steer** the model with a contrastive vector and measure what it does to what the model
 //    says (Contrastive Activation Addition, Rimsky et al. 2024);
 // 2. **probe** every layer for a property whose answer we know — here, whether a statement about
-//    a capital city is true — against a shuffled-label control (Hewitt and Liang 2019);
+//    a capital city is true, and how many apples a basket holds — against a shuffled control
+//    (Hewitt and Liang 2019);
 // 3. use the probe's direction to **steer** the same property;
 // 4. cache a corpus's activations **on disk** and read them back, and look at what one MLP
 //    **neuron** responds to over it.
@@ -38,7 +39,7 @@
 // :dep candlelens = { path = "../crates/candlelens", default-features = false }
 use candlelens::dataset::{store_activations, ActivationDataset, StoreOptions};
 use candlelens::prelude::*;
-use candlelens::probes::{probe_layers, read_labelled, ProbeOptions};
+use candlelens::probes::{probe_layers, read_labelled, read_valued, regress_layers, ProbeOptions};
 use candlelens::sae::views::FeatureView;
 use candlelens::steering::{steering_sweep, target_probability};
 use candlelens::util::corpus::Corpus;
@@ -116,6 +117,26 @@ let (best_layer, best_acc, best_control) = probes
     .unwrap();
 let first = probes.layers.iter().find(|l| l.test_acc >= 0.9).map(|l| l.layer);
 println!("best held-out accuracy {best_acc:.2} at layer {best_layer} (control {best_control:.2}); first layer at >= 0.9: {first:?}");
+
+// %% [markdown]
+// A property can be a number as well as a label. `data/probes/apple_counts.jsonl` holds 60 texts
+// "The basket holds N apples" (N from 0 to 99); a ridge probe per layer (scikit-learn's
+// `Ridge(alpha=10)` optimum) predicts N from the residual stream at the last token ("apples"),
+// scored by held-out R², against the same probe on shuffled counts.
+
+// %%
+let (count_texts, counts) = read_valued("../data/probes/apple_counts.jsonl")?;
+let count_tokens = model.to_tokens(count_texts, None)?;
+let ridge_opts = ProbeOptions { alpha: 10.0, ..Default::default() };
+let counting = regress_layers(&model, &count_tokens, &counts, "resid_post", &layers, &ridge_opts)?;
+counting.figure().evcxr_display();
+
+// %%
+{
+    let best = counting.layers.iter().max_by(|a, b| a.test_r2.total_cmp(&b.test_r2)).unwrap();
+    println!("best held-out R² {:.2} at layer {} (control {:.2}); layer 0: {:.2}",
+             best.test_r2, best.layer, best.control_test_r2, counting.layers[0].test_r2);
+};
 
 // %% [markdown]
 // ## 3. The probe's direction as a steering vector

@@ -10,6 +10,11 @@ Hugging Face transformers (an embedded GGUF dequantized to f32, eager attention)
            last position with respect to blocks.L.hook_resid_post at the subject's last token,
            on the gender relation (data/data_sample.json, "{} students are typically", the
            source's seed-42 split): seconds per subject.
+  probe    --features DIR --runs N
+           scikit-learn's LogisticRegression(C) fitted per layer on the features, labels and
+           split `lens bench probe --features-out DIR` wrote: median milliseconds per layer at
+           scikit-learn's default tolerance and at the tolerance Candlelens's probe converges
+           to (tol=1e-10), with the held-out accuracy of each.
 
 Run with the reference venv (.venv-ref, see scripts/make-reference.py).
 """
@@ -129,6 +134,38 @@ def jacobian(a):
     return {"seconds_per_subject": total / n, "subjects": n, "layer": a.layer}
 
 
+def probe(a):
+    import numpy as np
+    import sklearn
+    from sklearn.linear_model import LogisticRegression
+
+    d = Path(a.features)
+    meta = json.loads((d / "meta.json").read_text())
+    y = np.array(meta["labels"], dtype=int)
+    train, test = meta["train"], meta["test"]
+    layers = []
+    for layer in meta["layers"]:
+        x = np.load(d / f"layer-{layer}.npy").astype(np.float64)
+        row = {"layer": layer}
+        for key, tol in (("", 1e-4), ("_tight", 1e-10)):
+            make = lambda: LogisticRegression(C=meta["C"], tol=tol, max_iter=100000)
+            make().fit(x[train], y[train])  # warm-up
+            times = []
+            for _ in range(a.runs):
+                t = time.perf_counter()
+                clf = make().fit(x[train], y[train])
+                times.append((time.perf_counter() - t) * 1e3)
+            row["fit_ms" + key] = statistics.median(times)
+            row["test_acc" + key] = float(clf.score(x[test], y[test]))
+        layers.append(row)
+    return {
+        "sklearn_version": sklearn.__version__,
+        "layers": layers,
+        "mean_fit_ms": statistics.mean(r["fit_ms"] for r in layers),
+        "mean_fit_ms_tight": statistics.mean(r["fit_ms_tight"] for r in layers),
+    }
+
+
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -143,11 +180,14 @@ def main():
     j.add_argument("--model", required=True, choices=sorted(FILES))
     j.add_argument("--layer", type=int, required=True)
     j.add_argument("--subjects", type=int, default=2)
-    for p in (f, j):
-        p.add_argument("--threads", type=int, default=os.cpu_count())
+    p = sub.add_parser("probe")
+    p.add_argument("--features", required=True)
+    p.add_argument("--runs", type=int, default=5)
+    for q in (f, j, p):
+        q.add_argument("--threads", type=int, default=os.cpu_count())
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    out = forward(a) if a.cmd == "forward" else jacobian(a)
+    out = {"forward": forward, "jacobian": jacobian, "probe": probe}[a.cmd](a)
     json.dump(out, sys.stdout)
     print()
 

@@ -379,6 +379,18 @@ pub enum LensError {
         source: std::io::Error,
     },
 
+    /// A file could not be written (a full disk, a size limit, no write permission); nothing
+    /// half-written is left at `path`.
+    #[error("cannot write {path}: {source}; {fix}")]
+    WriteFailed {
+        /// The file being written.
+        path: PathBuf,
+        /// The underlying I/O error.
+        source: std::io::Error,
+        /// What to do.
+        fix: String,
+    },
+
     /// A JSON document that does not parse.
     #[error("invalid JSON in {what}: {detail}")]
     Json {
@@ -441,6 +453,20 @@ impl LensError {
             value: value.to_string(),
             fix: fix.into(),
         }
+    }
+
+    /// [`LensError::WriteFailed`] with the fix the error's kind calls for.
+    pub(crate) fn write(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        use std::io::ErrorKind as K;
+        let fix = match source.kind() {
+            K::StorageFull | K::FileTooLarge | K::QuotaExceeded => {
+                "the disk is full (or the file is over this process's size limit): free space and run again — nothing half-written was left, and a resumable run keeps its complete files"
+            }
+            K::PermissionDenied | K::ReadOnlyFilesystem => "choose a folder you can write to",
+            _ => "check the folder and run again — nothing half-written was left",
+        };
+        let (path, fix) = (path.into(), fix.into());
+        LensError::WriteFailed { path, source, fix }
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

@@ -190,3 +190,125 @@ fn sharded_processes_write_the_single_runs_files() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+/// `lens store` of the tiny Llama over a plain-text corpus into `out`, under a shell whose
+/// file-size limit is `limit_kb` (`ulimit -f`) with SIGXFSZ `ignored` (a write past the limit
+/// fails with EFBIG, as on a full disk) or not (the kernel kills the process mid-write).
+fn lens_store_limited(
+    out: &std::path::Path,
+    corpus: &std::path::Path,
+    shard: &str,
+    limit: Option<(u64, bool)>,
+) -> std::process::Output {
+    let model = fixture_path("tiny/llama");
+    let cmd = format!(
+        "exec '{}' store --model '{}' --corpus '{}' --hook blocks.1.hook_resid_post --context 8 --batch 3 --contexts-per-shard 4 --shard {shard} --out '{}' --json",
+        env!("CARGO_BIN_EXE_lens"),
+        model.display(),
+        corpus.display(),
+        out.display()
+    );
+    let script = match limit {
+        Some((kb, true)) => format!("ulimit -f {kb}; trap '' XFSZ; {cmd}"),
+        Some((kb, false)) => format!("ulimit -f {kb}; {cmd}"),
+        None => cmd,
+    };
+    std::process::Command::new("bash")
+        .args(["-c", &script])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_full_disk_or_a_kill_mid_shard_leaves_nothing_that_reads_complete() {
+    let dir = tmp("limits");
+    std::fs::create_dir_all(&dir).unwrap();
+    // a plain-text corpus, one document per line
+    let text = corpus()
+        .documents
+        .iter()
+        .map(|d| d.text.clone())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let corpus_file = dir.join("corpus.txt");
+    std::fs::write(&corpus_file, text).unwrap();
+    let single = dir.join("single");
+    let out = lens_store_limited(&single, &corpus_file, "0/1", None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shard_bytes =
+        std::fs::metadata(single.join("blocks.1.hook_resid_post/shard-00000.safetensors"))
+            .unwrap()
+            .len();
+    let limit_kb = shard_bytes / 1024 / 2;
+    assert!(
+        limit_kb >= 2,
+        "shards of {shard_bytes} bytes are too small to cut in half"
+    );
+
+    // the disk fills up in the middle of the first shard: a typed error, no shard, no manifest
+    let full = dir.join("full");
+    let out = lens_store_limited(&full, &corpus_file, "0/1", Some((limit_kb, true)));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("cannot write") && err.contains("free space") && !err.contains("panicked"),
+        "{err}"
+    );
+    assert!(
+        files(&full).is_empty(),
+        "{:?}",
+        files(&full).iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
+    assert!(ActivationDataset::open(&full).is_err());
+    // with room again, the same command completes the dataset: the single run's bytes
+    let out = lens_store_limited(&full, &corpus_file, "0/1", None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(files(&full), files(&single));
+
+    // half the shards written by one process, then a run killed mid-shard (SIGXFSZ): a
+    // temporary is left, nothing that reads as a shard; the rerun keeps the complete shards,
+    // sweeps the dead process's temporary and writes the rest
+    let killed = dir.join("killed");
+    let out = lens_store_limited(&killed, &corpus_file, "1/2", None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let half = files(&killed);
+    let out = lens_store_limited(&killed, &corpus_file, "0/1", Some((limit_kb, false)));
+    assert!(!out.status.success());
+    let names: Vec<String> = files(&killed).into_iter().map(|f| f.0).collect();
+    assert!(names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+    assert_eq!(
+        files(&killed)
+            .into_iter()
+            .filter(|f| !f.0.ends_with(".tmp"))
+            .collect::<Vec<_>>(),
+        half
+    );
+    assert!(ActivationDataset::open(&killed).is_err());
+    let out = lens_store_limited(&killed, &corpus_file, "0/1", None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["files_kept"].as_u64(),
+        Some(half.len() as u64),
+        "{report}"
+    );
+    assert_eq!(files(&killed), files(&single));
+    ActivationDataset::open(&killed).unwrap().verify().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

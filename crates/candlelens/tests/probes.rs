@@ -1,13 +1,15 @@
 //! Probes against scikit-learn (scripts/make-probe-reference.py): Python's split and control
 //! shuffle, logistic probes (= LogisticRegression(C) on the same features: directions,
-//! intercepts, decisions and accuracies), linear probes (= LinearRegression: coefficients and
-//! held-out R²), our last-token features = HF hidden states, and `probe_layers` end to end.
+//! intercepts, decisions and accuracies), linear probes (= LinearRegression and Ridge(alpha):
+//! coefficients and R²), our last-token features = HF hidden states, and `probe_layers` /
+//! `regress_layers` end to end.
 
 mod common;
 
 use candlelens::prelude::*;
 use candlelens::probes::{
-    last_token_features, probe_layers, LinearProbe, LogisticProbe, ProbeOptions, Split,
+    last_token_features, probe_layers, read_valued, regress_layers, LinearProbe, LogisticProbe,
+    ProbeOptions, Split,
 };
 use common::*;
 
@@ -115,6 +117,34 @@ fn probes_equal_scikit_learn_on_the_same_features() {
             (r2 - want).abs() < 1e-3 * (1.0 + want.abs()),
             "layer {layer}: R² {r2} vs {want}"
         );
+        // ridge: scikit-learn's Ridge(alpha) optimum, R² on both sides
+        let alpha = fx["alpha"].as_f64().unwrap();
+        let (t_train, t_test) = (pick(&targets, &split.train), pick(&targets, &split.test));
+        let ridge = LinearProbe::fit_ridge(&train, &t_train, alpha).unwrap();
+        let rw: Vec<f64> = to_vec(&ridge.direction)
+            .into_iter()
+            .map(f64::from)
+            .collect();
+        assert!(
+            rel(&rw, &f64s(&l["ridge_coef"])) < 1e-5,
+            "layer {layer}: ridge direction"
+        );
+        let b = l["ridge_intercept"].as_f64().unwrap();
+        assert!((ridge.intercept - b).abs() < 1e-6 * (1.0 + b.abs()));
+        for (got, key) in [
+            (ridge.r2(&train, &t_train).unwrap(), "ridge_r2_train"),
+            (ridge.r2(&test, &t_test).unwrap(), "ridge_r2_test"),
+        ] {
+            let want = l[key].as_f64().unwrap();
+            assert!(
+                (got - want).abs() < 1e-6,
+                "layer {layer}: {key} {got} vs {want}"
+            );
+        }
+        // fewer rows than features: the dual form, still Ridge's unique optimum
+        let few = rows_of(&train, &(0..8).collect::<Vec<_>>());
+        let dual = LinearProbe::fit_ridge(&few, &t_train[..8], alpha).unwrap();
+        assert!(dual.r2(&few, &t_train[..8]).unwrap() > 0.5);
     }
 }
 
@@ -137,6 +167,7 @@ fn probe_layers_on_the_model_equals_the_reference() {
         test_fraction: fx["test_fraction"].as_f64().unwrap(),
         seed: fx["seed"].as_u64().unwrap(),
         c: fx["C"].as_f64().unwrap(),
+        alpha: fx["alpha"].as_f64().unwrap(),
         batch_size: 16,
     };
     let labels = bools(&fx["labels"]);
@@ -159,6 +190,22 @@ fn probe_layers_on_the_model_equals_the_reference() {
         }
     }
     assert!(probes.figure().to_svg().unwrap().contains("control"));
+    // ridge probes per layer on the model: scikit-learn's R² on HF's features, and its control
+    let targets = f64s(&fx["targets"]);
+    let reg = regress_layers(&m, &tokens, &targets, "resid_post", &[0, 1], &opts).unwrap();
+    assert_eq!(reg.control_targets, f64s(&fx["control_targets"]));
+    for (got, want) in reg.layers.iter().zip(fx["layers"].as_array().unwrap()) {
+        for (a, b) in [
+            (got.train_r2, "ridge_r2_train"),
+            (got.test_r2, "ridge_r2_test"),
+            (got.control_train_r2, "ridge_control_r2_train"),
+            (got.control_test_r2, "ridge_control_r2_test"),
+        ] {
+            let w = want[b].as_f64().unwrap();
+            assert!((a - w).abs() < 1e-3, "layer {}: {b} {a} vs {w}", got.layer);
+        }
+    }
+    assert!(reg.figure().to_svg().unwrap().contains("R²"));
 }
 
 #[test]
@@ -175,6 +222,15 @@ fn bad_probe_input_is_refused() {
     assert!(matches!(e, LensError::Numerical { .. }), "{e:?}");
     let e = LinearProbe::fit(&x.narrow(0, 0, 2).unwrap(), &[1.0, 2.0]).unwrap_err();
     assert!(matches!(e, LensError::TooFew { .. }), "{e:?}");
+    let e = LinearProbe::fit_ridge(&x, &[1.0, 2.0, 3.0], 0.0).unwrap_err();
+    assert!(matches!(e, LensError::BadParameter { .. }), "{e:?}");
+    let e = LinearProbe::fit_ridge(&x, &[1.0, f64::NAN, 3.0], 1.0).unwrap_err();
+    assert!(e.to_string().contains("target 1"), "{e}");
+    let e = LinearProbe::fit_ridge(&x, &[1.0, 2.0], 1.0).unwrap_err();
+    assert!(matches!(e, LensError::Mismatch { .. }), "{e:?}");
+    // a constant target: R² as scikit-learn's r2_score gives it, never NaN
+    let flat = LinearProbe::fit_ridge(&x, &[2.0, 2.0, 2.0], 1.0).unwrap();
+    assert_eq!(flat.r2(&x, &[2.0, 2.0, 2.0]).unwrap(), 1.0);
     assert!(Split::python(10, 0.0, 1).is_err());
     assert!(Split::python(10, 0.99, 1).is_err());
     assert!(Split::python(1, 0.5, 1).is_err());
@@ -267,22 +323,78 @@ fn lens_probe_equals_the_library_and_refuses_bad_data() {
     // a label other than 0/1, an empty file, a bad --layers: typed messages, no panic
     let dir = std::env::temp_dir().join(format!("candlelens-probe-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    // --target value: ridge probes, the library's R² to the last digit
+    let valued: String = (0..40)
+        .map(|i| {
+            let n = (i * 37) % 100;
+            format!("{{\"text\": \"The basket holds {n} apples\", \"value\": {n}}}\n")
+        })
+        .collect();
+    std::fs::write(dir.join("apples.jsonl"), valued).unwrap();
+    let out = lens(&[
+        "probe",
+        "--model",
+        "smollm2-135m",
+        "--data",
+        dir.join("apples.jsonl").to_str().unwrap(),
+        "--target",
+        "value",
+        "--layers",
+        "3",
+        "--alpha",
+        "10",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (texts, values) = read_valued(dir.join("apples.jsonl")).unwrap();
+    let tokens = m.to_tokens(texts, None).unwrap();
+    let opts = ProbeOptions {
+        alpha: 10.0,
+        ..Default::default()
+    };
+    let p = regress_layers(m, &tokens, &values, "resid_post", &[3], &opts).unwrap();
+    assert_eq!(r["target"], "value");
+    assert_eq!(
+        r["layers"][0]["test_r2"].as_f64(),
+        Some(p.layers[0].test_r2),
+        "{r}"
+    );
+    assert_eq!(
+        r["control"][0]["train_r2"].as_f64(),
+        Some(p.layers[0].control_train_r2)
+    );
+    assert!(r["layers"][0].get("test_acc").is_none(), "{r}");
     std::fs::write(dir.join("two.jsonl"), "{\"text\": \"a\", \"label\": 2}\n").unwrap();
     std::fs::write(dir.join("empty.jsonl"), "\n").unwrap();
     for (f, extra, says) in [
-        (dir.join("two.jsonl"), "all", "not 0 or 1"),
-        (dir.join("empty.jsonl"), "all", "rows in"),
-        (data.clone(), "x,1", "--layers"),
+        (
+            dir.join("two.jsonl"),
+            &["--layers", "all"][..],
+            "not 0 or 1",
+        ),
+        (
+            dir.join("two.jsonl"),
+            &["--target", "value"],
+            "not a finite number",
+        ),
+        (dir.join("empty.jsonl"), &["--layers", "all"], "rows in"),
+        (data.clone(), &["--layers", "x,1"], "--layers"),
+        (data.clone(), &["--alpha", "0"], "--alpha"),
     ] {
-        let out = lens(&[
+        let mut args = vec![
             "probe",
             "--model",
             "smollm2-135m",
             "--data",
             f.to_str().unwrap(),
-            "--layers",
-            extra,
-        ]);
+        ];
+        args.extend(extra);
+        let out = lens(&args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
             !out.status.success() && err.contains(says) && !err.contains("panicked"),

@@ -288,8 +288,8 @@ impl Sae {
         // the folder appears whole, under a temporary name of its own first; an existing
         // folder is never replaced
         crate::util::fs::write_atomically(dir, |tmp| {
-            std::fs::create_dir_all(tmp).map_err(|e| LensError::io(tmp, e))?;
-            std::fs::write(tmp.join("cfg.json"), &text).map_err(|e| LensError::io(tmp, e))?;
+            std::fs::create_dir_all(tmp).map_err(|e| LensError::write(dir, e))?;
+            std::fs::write(tmp.join("cfg.json"), &text).map_err(|e| LensError::write(dir, e))?;
             candle_core::safetensors::save(&tensors, tmp.join("sae_weights.safetensors"))?;
             Ok(())
         })

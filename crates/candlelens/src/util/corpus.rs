@@ -1,7 +1,8 @@
 //! Text corpora for reading a model over many contexts (training an SAE, finding where a
 //! feature fires): the embedded `python-docs` corpus that `scripts/fetch-models` writes, any
-//! JSONL file of `{"text": ...}` lines, or texts in memory; and the fixed-length token contexts
-//! SAELens's activation store cuts from them.
+//! JSONL file of `{"text": ...}` lines, a plain-text file (one document per line, paragraph or
+//! file, as Hugging Face `datasets`' text loader cuts it), or texts in memory; and the
+//! fixed-length token contexts SAELens's activation store cuts from them.
 
 use std::path::{Path, PathBuf};
 
@@ -26,6 +27,47 @@ pub struct Corpus {
     pub name: String,
     /// The documents, in order.
     pub documents: Vec<Document>,
+}
+
+/// How a plain-text file is cut into documents: Hugging Face `datasets`' `load_dataset("text",
+/// sample_by=...)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SampleBy {
+    /// One document per line (`datasets`' default).
+    #[default]
+    Line,
+    /// One document per paragraph: lines up to a blank line.
+    Paragraph,
+    /// The whole file, one document.
+    Document,
+}
+
+impl SampleBy {
+    /// `line`, `paragraph` or `document`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SampleBy::Line => "line",
+            SampleBy::Paragraph => "paragraph",
+            SampleBy::Document => "document",
+        }
+    }
+}
+
+impl std::str::FromStr for SampleBy {
+    type Err = LensError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "line" => Ok(SampleBy::Line),
+            "paragraph" => Ok(SampleBy::Paragraph),
+            "document" => Ok(SampleBy::Document),
+            other => Err(LensError::bad_parameter(
+                "sample_by",
+                other,
+                "give line, paragraph or document",
+            )),
+        }
+    }
 }
 
 /// Where `scripts/fetch-models python-docs` writes the embedded corpus.
@@ -83,6 +125,57 @@ impl Corpus {
             documents.push(d);
         }
         Self::from_documents(&path.display().to_string(), documents)
+    }
+
+    /// Reads a plain-text (UTF-8) file cut into documents by `sample_by`: each line, each
+    /// paragraph (lines up to a blank line, joined with their line breaks), or the whole file.
+    /// Blank documents are skipped; line ends (`\n` or `\r\n`) are not part of a line's text,
+    /// as in `datasets` (`keep_linebreaks=False`).
+    ///
+    /// # Errors
+    /// [`LensError::MissingFile`], [`LensError::Io`] (including a file that is not UTF-8);
+    /// [`LensError::BadData`] for a file with no text.
+    pub fn from_text_file(path: impl AsRef<Path>, sample_by: SampleBy) -> Result<Corpus> {
+        let path = path.as_ref();
+        let text = crate::util::fs::read_text(path, "Pass a UTF-8 text file")?;
+        let texts: Vec<String> = match sample_by {
+            SampleBy::Line => text.lines().map(str::to_string).collect(),
+            SampleBy::Paragraph => {
+                let mut out = vec![String::new()];
+                for line in text.lines() {
+                    if line.trim().is_empty() {
+                        out.push(String::new());
+                    } else {
+                        let p = out.last_mut().expect("one paragraph at least");
+                        if !p.is_empty() {
+                            p.push('\n');
+                        }
+                        p.push_str(line);
+                    }
+                }
+                out
+            }
+            SampleBy::Document => vec![text.clone()],
+        };
+        let texts: Vec<String> = texts.into_iter().filter(|t| !t.trim().is_empty()).collect();
+        // the cut is part of the name: a dataset's plan tells two cuts of one file apart
+        let name = format!("{} (text, by {})", path.display(), sample_by.name());
+        Self::from_texts(&name, &texts)
+    }
+
+    /// The corpus a command line names: `python-docs` (the embedded corpus), a `.jsonl` file
+    /// ([`Self::from_jsonl`]), or any other file as plain text ([`Self::from_text_file`]).
+    ///
+    /// # Errors
+    /// As those readers.
+    pub fn from_name(name: &str, sample_by: SampleBy) -> Result<Corpus> {
+        if name == "python-docs" {
+            Self::python_docs()
+        } else if name.ends_with(".jsonl") {
+            Self::from_jsonl(name)
+        } else {
+            Self::from_text_file(name, sample_by)
+        }
     }
 
     /// A corpus of texts in memory.
@@ -184,5 +277,34 @@ impl Corpus {
         }
         let t = Tokens::new(rows, model.cfg.pad_token_id)?;
         Ok(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texts(c: &Corpus) -> Vec<&str> {
+        c.documents.iter().map(|d| d.text.as_str()).collect()
+    }
+
+    #[test]
+    fn text_files_are_cut_as_datasets_cuts_them() {
+        let dir = std::env::temp_dir().join(format!("candlelens-corpus-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("a.txt");
+        std::fs::write(&f, "one\r\ntwo\n\n  \nthree\nfour\n").unwrap();
+        let by = |s: &str| Corpus::from_text_file(&f, s.parse().unwrap()).unwrap();
+        assert_eq!(texts(&by("line")), ["one", "two", "three", "four"]);
+        assert_eq!(texts(&by("paragraph")), ["one\ntwo", "three\nfour"]);
+        assert_eq!(texts(&by("document")), ["one\r\ntwo\n\n  \nthree\nfour\n"]);
+        assert!(by("line").name.ends_with("(text, by line)"));
+        assert!("sentence".parse::<SampleBy>().is_err());
+        std::fs::write(&f, "\n \n").unwrap();
+        let e = Corpus::from_text_file(&f, SampleBy::Line).unwrap_err();
+        assert!(matches!(e, LensError::BadData { .. }), "{e:?}");
+        std::fs::write(&f, [0xffu8, 0xfe, 0x00]).unwrap();
+        assert!(Corpus::from_text_file(&f, SampleBy::Line).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -89,7 +89,7 @@ pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) ->
     }
     std::fs::rename(&tmp, path).map_err(|e| {
         cleanup(&tmp);
-        LensError::io(path, e)
+        LensError::write(path, e)
     })
 }
 
@@ -99,7 +99,7 @@ pub fn write_atomically(path: &Path, write: impl FnOnce(&Path) -> Result<()>) ->
 /// As [`write_atomically`].
 pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomically(path, |tmp| {
-        std::fs::write(tmp, bytes).map_err(|e| LensError::io(tmp, e))
+        std::fs::write(tmp, bytes).map_err(|e| LensError::write(path, e))
     })
 }
 

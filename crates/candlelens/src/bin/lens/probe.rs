@@ -1,8 +1,8 @@
-//! `lens probe`: a logistic probe per layer for a binary label of each text, at its last token,
-//! on Python's seeded split, with the shuffled-label control.
+//! `lens probe`: a probe per layer — logistic for a binary label of each text, linear (ridge)
+//! for a real value — at its last token, on Python's seeded split, with the shuffled control.
 
 use candlelens::prelude::*;
-use candlelens::probes::{probe_layers, read_labelled, ProbeOptions};
+use candlelens::probes::{probe_layers, read_labelled, read_valued, regress_layers, ProbeOptions};
 use clap::Args;
 use serde::Serialize;
 
@@ -13,9 +13,14 @@ pub struct ProbeArgs {
     /// Alias, local folder, .gguf path, or hub repo id.
     #[arg(long)]
     model: String,
-    /// A JSONL file: {"text": ..., "label": 0 or 1} per line.
+    /// A JSONL file: {"text": ..., "label": 0 or 1} per line (--target label), or
+    /// {"text": ..., "value": x} (--target value).
     #[arg(long)]
     data: std::path::PathBuf,
+    /// What is probed: a binary label (logistic probes, accuracy) or a real value (ridge
+    /// probes, R²).
+    #[arg(long, default_value = "label", value_parser = ["label", "value"])]
+    target: String,
     /// The block hook point probed: resid_pre, resid_mid, resid_post, attn_out, mlp_out, ...
     #[arg(long, default_value = "resid_post")]
     hook: String,
@@ -31,9 +36,12 @@ pub struct ProbeArgs {
     /// The split's seed (Python's random.seed; the control shuffles with seed + 1).
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// scikit-learn's C: the inverse L2 strength.
+    /// The logistic probe's inverse L2 strength: scikit-learn's LogisticRegression(C).
     #[arg(long, default_value_t = 1.0)]
     l2: f64,
+    /// The linear probe's ridge strength: scikit-learn's Ridge(alpha).
+    #[arg(long, default_value_t = 1.0)]
+    alpha: f64,
     /// Texts per forward.
     #[arg(long, default_value_t = 32, value_parser = crate::common::batch_arg)]
     batch_size: usize,
@@ -49,14 +57,46 @@ pub struct ProbeArgs {
 #[derive(Serialize)]
 struct LayerScore {
     layer: usize,
-    train_acc: f64,
-    test_acc: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    train_acc: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    test_acc: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    train_r2: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    test_r2: Option<f64>,
+}
+
+impl LayerScore {
+    fn new(layer: usize, label: bool, train: f64, test: f64) -> Self {
+        let (acc, r2) = if label {
+            ((Some(train), Some(test)), (None, None))
+        } else {
+            ((None, None), (Some(train), Some(test)))
+        };
+        LayerScore {
+            layer,
+            train_acc: acc.0,
+            test_acc: acc.1,
+            train_r2: r2.0,
+            test_r2: r2.1,
+        }
+    }
+
+    fn test(&self) -> f64 {
+        self.test_acc.or(self.test_r2).unwrap_or(f64::NAN)
+    }
+
+    fn train(&self) -> f64 {
+        self.train_acc.or(self.train_r2).unwrap_or(f64::NAN)
+    }
 }
 
 #[derive(Serialize)]
 struct Report {
     model: String,
     hook: String,
+    target: String,
     n: usize,
     n_train: usize,
     n_test: usize,
@@ -82,14 +122,30 @@ fn parse_layers(spec: &str, n_layers: usize) -> candlelens::Result<Vec<usize>> {
 }
 
 pub fn probe(args: &ProbeArgs) -> candlelens::Result<()> {
-    if !(args.l2.is_finite() && args.l2 > 0.0) {
-        return Err(LensError::bad_parameter(
+    for (flag, v, fix) in [
+        (
             "--l2",
             args.l2,
             "give C > 0 (scikit-learn's default is 1.0)",
-        ));
+        ),
+        (
+            "--alpha",
+            args.alpha,
+            "give alpha > 0 (scikit-learn's default is 1.0)",
+        ),
+    ] {
+        if !(v.is_finite() && v > 0.0) {
+            return Err(LensError::bad_parameter(flag, v, fix));
+        }
     }
-    let (texts, labels) = read_labelled(&args.data)?;
+    let label = args.target == "label";
+    let (texts, labels, values) = if label {
+        let (t, l) = read_labelled(&args.data)?;
+        (t, l, Vec::new())
+    } else {
+        let (t, v) = read_valued(&args.data)?;
+        (t, Vec::new(), v)
+    };
     let model = args.processing.load(&args.model)?;
     let layers = parse_layers(&args.layers, model.cfg.n_layers)?;
     let tokens = model.to_tokens(texts, args.bos.flag())?;
@@ -97,45 +153,71 @@ pub fn probe(args: &ProbeArgs) -> candlelens::Result<()> {
         test_fraction: args.test_fraction,
         seed: args.seed,
         c: args.l2,
+        alpha: args.alpha,
         batch_size: args.batch_size,
     };
-    let p = probe_layers(&model, &tokens, &labels, &args.hook, &layers, &opts)?;
+    // (layer, train, test, control train, control test) per layer
+    let (hook, split, rows): (String, _, Vec<[f64; 4]>) = if label {
+        let p = probe_layers(&model, &tokens, &labels, &args.hook, &layers, &opts)?;
+        let rows = p
+            .layers
+            .iter()
+            .map(|l| {
+                [
+                    l.train_acc,
+                    l.test_acc,
+                    l.control_train_acc,
+                    l.control_test_acc,
+                ]
+            })
+            .collect();
+        (p.hook, p.split, rows)
+    } else {
+        let p = regress_layers(&model, &tokens, &values, &args.hook, &layers, &opts)?;
+        let rows = p
+            .layers
+            .iter()
+            .map(|l| [l.train_r2, l.test_r2, l.control_train_r2, l.control_test_r2])
+            .collect();
+        (p.hook, p.split, rows)
+    };
     let report = Report {
         model: model.cfg.name.clone(),
-        hook: p.hook.clone(),
-        n: labels.len(),
-        n_train: p.split.train.len(),
-        n_test: p.split.test.len(),
-        layers: p
-            .layers
+        hook,
+        target: args.target.clone(),
+        n: tokens.batch(),
+        n_train: split.train.len(),
+        n_test: split.test.len(),
+        layers: layers
             .iter()
-            .map(|l| LayerScore {
-                layer: l.layer,
-                train_acc: l.train_acc,
-                test_acc: l.test_acc,
-            })
+            .zip(&rows)
+            .map(|(&l, r)| LayerScore::new(l, label, r[0], r[1]))
             .collect(),
-        control: p
-            .layers
+        control: layers
             .iter()
-            .map(|l| LayerScore {
-                layer: l.layer,
-                train_acc: l.control_train_acc,
-                test_acc: l.control_test_acc,
-            })
+            .zip(&rows)
+            .map(|(&l, r)| LayerScore::new(l, label, r[2], r[3]))
             .collect(),
     };
     if args.json {
         emit_json(&report, true);
     } else {
+        let (kind, score) = if label {
+            ("logistic", "acc")
+        } else {
+            ("linear (ridge)", "R²")
+        };
         let mut o = format!(
-            "{} probes at {} ({} train / {} test):\nlayer  train  test   control test\n",
+            "{} {kind} probes at {} ({} train / {} test):\nlayer  train {score}  test {score}  control test {score}\n",
             report.model, report.hook, report.n_train, report.n_test
         );
         for (l, c) in report.layers.iter().zip(&report.control) {
             o.push_str(&format!(
-                "{:>5}  {:.3}  {:.3}  {:.3}\n",
-                l.layer, l.train_acc, l.test_acc, c.test_acc
+                "{:>5}  {:>9.3}  {:>8.3}  {:>16.3}\n",
+                l.layer,
+                l.train(),
+                l.test(),
+                c.test()
             ));
         }
         emit(&o);

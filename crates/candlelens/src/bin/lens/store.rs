@@ -3,7 +3,7 @@
 
 use candlelens::dataset::{store_activations, StoreOptions};
 use candlelens::prelude::*;
-use candlelens::util::corpus::Corpus;
+use candlelens::util::corpus::{Corpus, SampleBy};
 use clap::Args;
 
 use crate::common::{emit, emit_json, ProcessingArgs};
@@ -13,9 +13,14 @@ pub struct StoreArgs {
     /// Alias, local folder, .gguf path, or hub repo id.
     #[arg(long)]
     model: String,
-    /// python-docs (the embedded corpus), or a JSONL file of {"text": ...} lines.
+    /// python-docs (the embedded corpus), a JSONL file of {"text": ...} lines (.jsonl), or a
+    /// plain-text file cut by --sample-by.
     #[arg(long, default_value = "python-docs")]
     corpus: String,
+    /// How a plain-text corpus is cut into documents (as Hugging Face datasets' text loader):
+    /// line, paragraph (up to a blank line) or document (the whole file).
+    #[arg(long, default_value = "line")]
+    sample_by: SampleBy,
     /// A hook point to store (repeatable), e.g. blocks.6.hook_resid_pre.
     #[arg(long, required = true)]
     hook: Vec<String>,
@@ -66,11 +71,7 @@ pub fn store(args: &StoreArgs) -> candlelens::Result<()> {
         .iter()
         .map(|h| HookPoint::parse_for(h, &model.cfg))
         .collect::<candlelens::Result<Vec<_>>>()?;
-    let corpus = if args.corpus == "python-docs" {
-        Corpus::python_docs()?
-    } else {
-        Corpus::from_jsonl(&args.corpus)?
-    };
+    let corpus = Corpus::from_name(&args.corpus, args.sample_by)?;
     let opts = StoreOptions {
         context_size: args.context,
         batch_size: args.batch,
@@ -81,7 +82,20 @@ pub fn store(args: &StoreArgs) -> candlelens::Result<()> {
     };
     let report = store_activations(&model, &corpus, &hooks, &args.out, &opts)?;
     if args.json {
-        emit_json(&report, true);
+        #[derive(serde::Serialize)]
+        struct WithPeak<'a> {
+            #[serde(flatten)]
+            report: &'a candlelens::dataset::StoreReport,
+            /// The process's peak resident memory (Linux; 0 elsewhere), MB.
+            peak_rss_mb: f64,
+        }
+        emit_json(
+            &WithPeak {
+                report: &report,
+                peak_rss_mb: crate::common::rss_mb("VmHWM:"),
+            },
+            true,
+        );
     } else {
         emit(&format!(
             "{} file(s) written, {} kept, {} rows per hook, {} tokens in {:.1} s; {}",

@@ -4,14 +4,15 @@
 use std::time::Instant;
 
 use candle_core::{DType, IndexOp};
-use candlelens::patching::PatchTarget;
 use candlelens::prelude::*;
 use clap::Subcommand;
 use serde::Serialize;
 
-use crate::common::{answer_pair, emit_json, rss_mb, Input};
+use crate::common::{emit_json, rss_mb, Input};
 
 mod batch;
+mod patch;
+mod probe;
 mod store;
 use batch::{cache, padding};
 
@@ -128,6 +129,37 @@ pub enum BenchCmd {
         /// Timed runs of each.
         #[arg(long, default_value_t = 3, value_parser = crate::common::runs_arg)]
         runs: usize,
+        /// Also the peak memory: the peak RSS of a `lens store` process storing --max-tokens
+        /// against one storing 10 times as many (Linux).
+        #[arg(long)]
+        rss: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Training a logistic probe per layer (blocks.L.hook_resid_post at each text's last
+    /// token, Python's seed-42 split, 25 % held out): median milliseconds per layer. With
+    /// --features-out it writes the features, labels and split, which
+    /// `scripts/bench_hf.py probe` fits with scikit-learn for the ratio.
+    Probe {
+        /// Alias, local folder, .gguf path, or hub repo id.
+        #[arg(long)]
+        model: String,
+        /// A JSONL file: {"text": ..., "label": 0 or 1} per line.
+        #[arg(long)]
+        data: std::path::PathBuf,
+        /// Comma-separated layers (default: every layer).
+        #[arg(long, value_delimiter = ',')]
+        layers: Vec<usize>,
+        /// scikit-learn's C.
+        #[arg(long, default_value_t = 1.0)]
+        c: f64,
+        /// Timed fits per layer.
+        #[arg(long, default_value_t = 5, value_parser = crate::common::runs_arg)]
+        runs: usize,
+        /// A folder to write layer-L.npy and meta.json into.
+        #[arg(long)]
+        features_out: Option<std::path::PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -186,14 +218,32 @@ pub fn bench(cmd: &BenchCmd) -> candlelens::Result<()> {
             answers,
             sample,
             json,
-        } => patch(model, answers.as_deref(), *sample, *json),
+        } => patch::patch(model, answers.as_deref(), *sample, *json),
+        BenchCmd::Probe {
+            model,
+            data,
+            layers,
+            c,
+            runs,
+            features_out,
+            json,
+        } => probe::probe(
+            model,
+            data,
+            layers,
+            *c,
+            *runs,
+            features_out.as_deref(),
+            *json,
+        ),
         BenchCmd::Store {
             model,
             hook,
             max_tokens,
             runs,
+            rss,
             json,
-        } => store::store(model, hook.as_deref(), *max_tokens, *runs, *json),
+        } => store::store(model, hook.as_deref(), *max_tokens, *runs, *rss, *json),
     }
 }
 
@@ -217,7 +267,7 @@ struct ForwardBench {
 }
 
 /// The median and the minimum of `runs` timings (ms) of `f`, after one warm-up call.
-fn time_ms(
+pub(super) fn time_ms(
     runs: usize,
     mut f: impl FnMut() -> candlelens::Result<()>,
 ) -> candlelens::Result<Vec<f64>> {
@@ -486,108 +536,6 @@ fn load(model: &str, dtype: &str, as_json: bool) -> candlelens::Result<()> {
         peak_rss_mb: peak,
         rss_mb: rss_mb("VmRSS:"),
         peak_over_weights: peak / weight_mb,
-    };
-    emit_json(&report, as_json);
-    Ok(())
-}
-
-const PET: &str = "Mary is a human. Fido is a dog. The pet of this family is Fido. Rachel is a human. Pebbles is a cat. The pet of this family is";
-const PET_SWAPPED: &str = "Mary is a human. Fido is a dog. The pet of this family is Fido. Pebbles is a cat. Rachel is a human. The pet of this family is";
-
-/// What `lens bench patch` prints.
-#[derive(Serialize)]
-struct PatchBench {
-    model: String,
-    answers: Vec<String>,
-    n_tokens: usize,
-    cells: usize,
-    fast_s: f64,
-    naive_s: f64,
-    naive_estimated_from_sample: bool,
-    speedup: f64,
-    fast_forward_equivalents: f64,
-    naive_forwards: usize,
-    forward_ratio: f64,
-    max_abs_diff: Option<f32>,
-    clean_diff: f32,
-    corrupt_diff: f32,
-}
-
-/// The first token of each of the pet prompt's names on `model`'s tokenizer: the answers the
-/// source's logit difference reads (" Peb" of " Pebbles" on GPT-2).
-fn first_tokens(model: &HookedTransformer) -> candlelens::Result<Vec<String>> {
-    [" Pebbles", " Rachel"]
-        .iter()
-        .map(|w| {
-            let ids = model.tokenizer().encode(w)?;
-            let first = ids.first().copied().ok_or_else(|| {
-                candlelens::LensError::Internal(format!("{w:?} encodes to no tokens"))
-            })?;
-            Ok(model.ids_to_str_tokens(&[first])?.remove(0))
-        })
-        .collect()
-}
-
-fn patch(
-    model: &str,
-    answers: Option<&[String]>,
-    sample: Option<usize>,
-    as_json: bool,
-) -> candlelens::Result<()> {
-    let model = std::sync::Arc::new(HookedTransformer::from_pretrained(model)?);
-    let clean = model.to_tokens(PET, None)?;
-    let corrupt = model.to_tokens(PET_SWAPPED, None)?;
-    let answers = match answers {
-        Some(a) => a.to_vec(),
-        None => first_tokens(&model)?,
-    };
-    let mut p = Patcher::new(
-        &model,
-        &clean,
-        &corrupt,
-        candlelens::metrics::logit_diff_metric(&answer_pair(&model, &answers)?),
-    )?;
-    p.progress = !as_json;
-    let fast = p.sweep(PatchTarget::ResidPre)?;
-    let (naive_s, estimated, max_diff) = match sample {
-        None => {
-            let naive = p.naive_sweep(PatchTarget::ResidPre)?;
-            let d = fast
-                .values
-                .iter()
-                .flatten()
-                .zip(naive.values.iter().flatten())
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
-            (naive.seconds, false, Some(d))
-        }
-        Some(k) => {
-            let n_pos = clean.max_len();
-            let t0 = Instant::now();
-            let cells = k.max(1).min(fast.naive_forwards);
-            for i in 0..cells {
-                let cell = i * fast.naive_forwards / cells;
-                p.naive(PatchTarget::ResidPre, cell / n_pos, cell % n_pos)?;
-            }
-            let per = t0.elapsed().as_secs_f64() / cells as f64;
-            (per * fast.naive_forwards as f64, true, None)
-        }
-    };
-    let report = PatchBench {
-        model: model.cfg.name.clone(),
-        answers: answers.clone(),
-        n_tokens: clean.max_len(),
-        cells: fast.naive_forwards,
-        fast_s: fast.seconds,
-        naive_s,
-        naive_estimated_from_sample: estimated,
-        speedup: naive_s / fast.seconds,
-        fast_forward_equivalents: fast.forward_equivalents,
-        naive_forwards: fast.naive_forwards,
-        forward_ratio: fast.naive_forwards as f64 / fast.forward_equivalents,
-        max_abs_diff: max_diff,
-        clean_diff: fast.clean,
-        corrupt_diff: fast.corrupted,
     };
     emit_json(&report, as_json);
     Ok(())

@@ -1,5 +1,6 @@
 //! `lens bench store`: writing an activation dataset against the plain batched forward over the
-//! same contexts, interleaved, in tokens per second.
+//! same contexts, interleaved, in tokens per second; and with `--rss` the peak memory of a
+//! `lens store` process storing 10 times as many tokens against one storing the benchmark's.
 
 use std::time::Instant;
 
@@ -26,6 +27,85 @@ struct StoreBench {
     ratio: f64,
     /// Bytes written per run.
     bytes_written: u64,
+    /// With `--rss`: the peak memory of `lens store` over `tokens` and over 10 × `tokens`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rss: Option<RssBench>,
+}
+
+/// Peak resident memory of `lens store` storing 1× and 10× the tokens, each in a process of
+/// its own (the whole command: load, corpus, forward, writes).
+#[derive(Serialize)]
+struct RssBench {
+    /// Peak resident memory of `lens store --max-tokens tokens`, MB.
+    peak_mb_1x: f64,
+    /// Tokens of the second store.
+    tokens_10x: usize,
+    /// Peak resident memory of `lens store --max-tokens tokens_10x`, MB.
+    peak_mb_10x: f64,
+    /// `peak_mb_10x / peak_mb_1x`: 1 when memory is bounded by a shard, not by the dataset.
+    ratio: f64,
+}
+
+/// The peak RSS (MB) `lens store --json` reports for storing `max_tokens` of python-docs at
+/// `hook` into `dir`, run as a child process.
+fn peak_of_store(
+    model: &str,
+    hook: &str,
+    max_tokens: usize,
+    dir: &std::path::Path,
+) -> candlelens::Result<f64> {
+    let exe =
+        std::env::current_exe().map_err(|e| LensError::Custom(format!("lens itself: {e}")))?;
+    let out = std::process::Command::new(exe)
+        .args([
+            "store",
+            "--model",
+            model,
+            "--corpus",
+            "python-docs",
+            "--hook",
+            hook,
+        ])
+        .args([
+            "--context",
+            "128",
+            "--batch",
+            "16",
+            "--contexts-per-shard",
+            "64",
+        ])
+        .arg("--max-tokens")
+        .arg(max_tokens.to_string())
+        .arg("--out")
+        .arg(dir)
+        .arg("--json")
+        .output()
+        .map_err(|e| LensError::Custom(format!("running lens store: {e}")))?;
+    std::fs::remove_dir_all(dir).ok();
+    if !out.status.success() {
+        return Err(LensError::Custom(format!(
+            "lens store failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| LensError::Custom(format!("lens store's JSON: {e}")))?;
+    if v["tokens_run"].as_u64() != Some(max_tokens as u64) {
+        return Err(LensError::too_few(
+            "tokens in the python-docs corpus for --rss",
+            max_tokens,
+            v["tokens_run"].as_u64().unwrap_or(0) as usize,
+            "use a smaller --max-tokens",
+        ));
+    }
+    v["peak_rss_mb"]
+        .as_f64()
+        .filter(|&mb| mb > 0.0)
+        .ok_or_else(|| LensError::Unsupported {
+            what: "--rss".into(),
+            fix: "this system reports no peak memory (/proc/self/status VmHWM); run without --rss"
+                .into(),
+        })
 }
 
 fn folder_bytes(dir: &std::path::Path) -> u64 {
@@ -46,13 +126,14 @@ fn folder_bytes(dir: &std::path::Path) -> u64 {
 }
 
 pub(super) fn store(
-    model: &str,
+    model_arg: &str,
     hook: Option<&str>,
     max_tokens: usize,
     runs: usize,
+    rss: bool,
     as_json: bool,
 ) -> candlelens::Result<()> {
-    let model = HookedTransformer::from_pretrained(model)?;
+    let model = HookedTransformer::from_pretrained(model_arg)?;
     let hook = match hook {
         Some(h) => HookPoint::parse_for(h, &model.cfg)?,
         // the last block's output: the whole model runs in both
@@ -91,6 +172,20 @@ pub(super) fn store(
             fwd_s.push(f);
         }
     }
+    let rss = if rss {
+        let hook = hook.to_string();
+        let peak_mb_1x = peak_of_store(model_arg, &hook, tokens, &scratch.join("1x"))?;
+        let tokens_10x = 10 * tokens;
+        let peak_mb_10x = peak_of_store(model_arg, &hook, tokens_10x, &scratch.join("10x"))?;
+        Some(RssBench {
+            peak_mb_1x,
+            tokens_10x,
+            peak_mb_10x,
+            ratio: peak_mb_10x / peak_mb_1x,
+        })
+    } else {
+        None
+    };
     std::fs::remove_dir_all(&scratch).ok();
     let med = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -106,6 +201,7 @@ pub(super) fn store(
         forward_tokens_per_s: tokens as f64 / f,
         ratio: f / s,
         bytes_written: bytes,
+        rss,
     };
     emit_json(&report, as_json);
     Ok(())
