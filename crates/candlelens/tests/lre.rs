@@ -374,6 +374,8 @@ fn lens_lre_prints_the_documented_json() {
     for key in ["subject", "expected", "predicted", "model_top1"] {
         assert!(preds[0][key].is_string(), "{key}");
     }
+    assert!(preds.iter().all(|p| p["correct"].is_boolean()));
+    assert_eq!(v["read_at"], "subject-last");
     let agree = preds
         .iter()
         .filter(|p| p["predicted"] == p["model_top1"])
@@ -475,4 +477,105 @@ fn a_non_finite_beta_is_a_typed_error() {
     }
     let op = LreOperator::fit_jacobian(m, &states.items[..1], 3, 1.0).unwrap();
     assert!(lre::evaluate(m, &op.with_beta(f32::NAN), &states).is_err());
+}
+
+/// The source's evaluation (`lre.py` at be7929b: h at the prompt's last token, least-norm
+/// regression onto `W_U[object]`, the top token over the vocabulary, `startswith`) equals the
+/// same steps in Python with transformers and scikit-learn on the same GGUF
+/// (`scripts/make-lre-source-reference.py`), subject by subject — a near-tie (a top-two logit
+/// margin under 0.02) may fall either way.
+#[test]
+fn the_sources_evaluation_equals_its_code_rerun_in_python() {
+    let fx = common::read_fixture("reference/lre-source-method.json");
+    let m = model("gemma-3-270m");
+    let rel = relation();
+    let (train_s, test_s) = rel.split_like_source(42, 0.6);
+    let subjects: Vec<&str> = test_s.iter().map(|s| s.subject.as_str()).collect();
+    assert_eq!(serde_json::json!(subjects), fx["test_subjects"]);
+    for e in fx["evaluations"].as_array().unwrap() {
+        let (layer, template) = (
+            e["layer"].as_u64().unwrap() as usize,
+            e["template"].as_str().unwrap(),
+        );
+        let cands = Candidates::new(m, &rel.objects(), template).unwrap();
+        let train = LreStates::collect(m, &train_s, template, &cands)
+            .unwrap()
+            .read_at(ReadAt::PromptLast);
+        let test = LreStates::collect(m, &test_s, template, &cands)
+            .unwrap()
+            .read_at(ReadAt::PromptLast);
+        let op = LreOperator::fit_regression(m, &train, layer).unwrap();
+        let ours = lre::evaluate(m, &op, &test).unwrap();
+        for (p, r) in ours.predictions.iter().zip(e["rows"].as_array().unwrap()) {
+            assert_eq!(p.subject, r["subject"].as_str().unwrap());
+            let (want, margin) = (
+                r["predicted"].as_str().unwrap(),
+                r["margin"].as_f64().unwrap(),
+            );
+            assert!(
+                p.lre_vocab_top1.trim() == want || margin < 0.02,
+                "layer {layer} {template:?}, {}: {:?} vs Python's {want:?} (margin {margin})",
+                p.subject,
+                p.lre_vocab_top1
+            );
+            assert_eq!(p.correct, lre::source_match(&p.lre_vocab_top1, &p.expected));
+        }
+    }
+}
+
+/// The source's printed tables (data/lre-source/gemma3-270m.json): its held-out subjects are
+/// our split of its data file, its ✓ marks follow the rule `source_match` implements, its
+/// printed scores count them, and `compare` counts agreement subject by subject.
+#[test]
+fn the_sources_printed_tables_follow_our_split_and_rule() {
+    let table =
+        lre::SourceTable::from_file(fixture_path("../../../../data/lre-source/gemma3-270m.json"))
+            .unwrap();
+    let (_, test) = relation().split_like_source(42, 0.6);
+    let subjects: Vec<String> = test.iter().map(|s| s.subject.clone()).collect();
+    assert_eq!(table.test_subjects, subjects);
+    let source = lre::SourceNotebook::named("gemma3-270m").unwrap();
+    for e in &table.evaluations {
+        let marks = e.rows.iter().filter(|r| r.correct).count();
+        assert_eq!(e.printed_score, format!("{marks}/16"));
+        for r in &e.rows {
+            assert_eq!(r.correct, lre::source_match(&r.predicted, &r.expected));
+        }
+    }
+    let printed: Vec<&str> = table
+        .evaluations
+        .iter()
+        .filter(|e| e.template == lre::TEMPLATE)
+        .map(|e| e.printed_score.as_str())
+        .collect();
+    assert_eq!(printed.join(", "), source.held_out_counts);
+    let alt = table.find(source.alt_module, lre::ALT_TEMPLATE).unwrap();
+    assert_eq!(alt.printed_score, source.alt_count);
+    // compare: the source's own rows as "ours" agree everywhere; one word changed, one less
+    let eval = |rows: &[lre::SourceRow]| lre::LreEval {
+        layer: 15,
+        estimator: "regression".into(),
+        predictions: rows
+            .iter()
+            .map(|r| lre::Prediction {
+                subject: r.subject.clone(),
+                expected: r.expected.clone(),
+                predicted: r.predicted.clone(),
+                model_top1: r.predicted.clone(),
+                lre_vocab_top1: format!(" {}", r.predicted),
+                model_vocab_top1: r.predicted.clone(),
+                correct: r.correct,
+            })
+            .collect(),
+    };
+    let c = alt.compare(&eval(&alt.rows)).unwrap();
+    assert_eq!(
+        (c.agree, c.n, c.ours_correct, c.source_correct),
+        (16, 16, 14, 14)
+    );
+    let mut flipped = alt.rows.clone();
+    flipped[0].predicted = "men".into(); // nursing: women -> men
+    let c = alt.compare(&eval(&flipped)).unwrap();
+    assert_eq!((c.agree, c.ours_correct), (15, 13));
+    assert!(alt.compare(&eval(&alt.rows[1..])).is_err());
 }

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use candlelens::lre::{
-    self, Candidates, CausalityReport, LreOperator, LreReport, LreStates, Relation,
+    self, Candidates, CausalityReport, LreOperator, LreReport, LreStates, ReadAt, Relation,
 };
 use candlelens::prelude::*;
 use clap::Args;
@@ -25,10 +25,13 @@ pub struct LreArgs {
     /// Prompt template with one {} for the subject (default: the relation's first template).
     #[arg(long)]
     template: Option<String>,
-    /// Layer whose hook_resid_post at the subject's last token is h (default: every layer,
-    /// regression only).
+    /// Layer whose hook_resid_post is h (default: every layer, regression only).
     #[arg(long)]
     layer: Option<usize>,
+    /// Where h is read: the subject's last token (Hernandez et al.) or the prompt's last token
+    /// (what the source's printed numbers read).
+    #[arg(long, default_value = "subject-last", value_parser = ["subject-last", "prompt-last"])]
+    read_at: String,
     /// regression (the source's least-norm fit) or jacobian (Hernandez et al. 2023).
     #[arg(long, default_value = "regression")]
     method: String,
@@ -60,6 +63,7 @@ pub struct LreArgs {
 struct SweepReport<'a> {
     model: &'a str,
     template: &'a str,
+    read_at: &'a str,
     seconds_collect: f64,
     layers: Vec<LreReport<'a>>,
 }
@@ -69,6 +73,7 @@ struct SweepReport<'a> {
 struct EvalReport<'a> {
     model: &'a str,
     template: &'a str,
+    read_at: &'a str,
     seconds: f64,
     #[serde(flatten)]
     eval: LreReport<'a>,
@@ -85,8 +90,13 @@ pub fn lre(a: &LreArgs) -> candlelens::Result<()> {
     let (train, test) = rel.split_like_source(a.seed, 0.6);
     let cands = Candidates::new(&model, &rel.objects(), &template)?;
     let t0 = Instant::now();
-    let train = LreStates::collect(&model, &train, &template, &cands)?;
-    let test = LreStates::collect(&model, &test, &template, &cands)?;
+    let read_at = if a.read_at == "prompt-last" {
+        ReadAt::PromptLast
+    } else {
+        ReadAt::SubjectLast
+    };
+    let train = LreStates::collect(&model, &train, &template, &cands)?.read_at(read_at);
+    let test = LreStates::collect(&model, &test, &template, &cands)?.read_at(read_at);
     let collect_s = t0.elapsed().as_secs_f64();
     let op = match (a.method.as_str(), a.layer) {
         ("regression", None) => {
@@ -95,6 +105,7 @@ pub fn lre(a: &LreArgs) -> candlelens::Result<()> {
                 let report = SweepReport {
                     model: &model.cfg.name,
                     template: &template,
+                    read_at: &a.read_at,
                     seconds_collect: collect_s,
                     layers: sweep.iter().map(|e| e.report()).collect(),
                 };
@@ -103,19 +114,19 @@ pub fn lre(a: &LreArgs) -> candlelens::Result<()> {
                 let mut o = String::new();
                 p!(
                     o,
-                    "{} on {:?}: {} train / {} test subjects",
+                    "{} on {:?}, h at {}: {} train / {} test subjects",
                     model.cfg.name,
                     template,
+                    read_at,
                     train.len(),
                     test.len()
                 );
                 for e in &sweep {
-                    let (k, n) = e.correct();
+                    let ((s, n), (k, _)) = (e.source_count(), e.correct());
                     p!(
                         o,
-                        "layer {:>2}: faithfulness {k}/{n} ({:.1}%), faithful to the model {:.1}%",
+                        "layer {:>2}: the source's count {s}/{n}, over the candidates {k}/{n}, faithful to the model {:.1}%",
                         e.layer,
-                        100.0 * e.accuracy(),
                         100.0 * e.faithfulness()
                     );
                 }
@@ -151,6 +162,7 @@ pub fn lre(a: &LreArgs) -> candlelens::Result<()> {
         let report = EvalReport {
             model: &model.cfg.name,
             template: &template,
+            read_at: &a.read_at,
             seconds: t0.elapsed().as_secs_f64(),
             eval: eval.report(),
             causality: caus.as_ref().map(|c| c.report()),

@@ -25,6 +25,17 @@ pub struct Prediction {
     pub lre_vocab_top1: String,
     /// The model's top next token over the whole vocabulary.
     pub model_vocab_top1: String,
+    /// The source's test ([`source_match`]): `lre_vocab_top1`, stripped and lower-cased, starts
+    /// with the dataset's object.
+    pub correct: bool,
+}
+
+/// The source's correctness test (its `lre.py` `evaluate`): the predicted word, stripped and
+/// lower-cased, starts with the expected object, lower-cased (`" women"` does not count for
+/// `men`).
+pub fn source_match(predicted: &str, expected: &str) -> bool {
+    let object = expected.trim().to_lowercase();
+    !object.is_empty() && predicted.trim().to_lowercase().starts_with(&object)
 }
 
 /// An operator's predictions on a test set.
@@ -80,13 +91,7 @@ impl LreEval {
     /// whole vocabulary, stripped and lower-cased, starts with the dataset's object (its
     /// `lre.py` `evaluate`), `(k, n)`.
     pub fn source_count(&self) -> (usize, usize) {
-        (
-            self.count(|p| {
-                let object = p.expected.trim().to_lowercase();
-                !object.is_empty() && p.lre_vocab_top1.trim().to_lowercase().starts_with(&object)
-            }),
-            self.n(),
-        )
+        (self.count(|p| p.correct), self.n())
     }
 
     /// [`Self::correct`] as a fraction.
@@ -118,10 +123,7 @@ impl LreEval {
             self.layer, self.estimator
         );
         for p in &self.predictions {
-            let object = p.expected.trim().to_lowercase();
-            let hit =
-                !object.is_empty() && p.lre_vocab_top1.trim().to_lowercase().starts_with(&object);
-            let mark = if hit { "✓" } else { "✗" };
+            let mark = if p.correct { "✓" } else { "✗" };
             out += &format!(
                 "Subject: {:<20}| Expected: {:<11}| LRE Pred: {:<12}| {mark} | top candidate: {:<7}| Model: {}\n",
                 p.subject,
@@ -207,12 +209,14 @@ pub fn evaluate(model: &HookedTransformer, op: &LreOperator, test: &LreStates) -
     let c = &test.candidates;
     let mut predictions = Vec::with_capacity(test.len());
     for (i, s) in test.items.iter().enumerate() {
+        let lre_vocab_top1 = model.to_string(&[top[i]])?;
         predictions.push(Prediction {
             subject: s.sample.subject.clone(),
             expected: s.sample.object.clone(),
             predicted: c.objects[c.argmax(&rows[i])].clone(),
             model_top1: c.objects[s.model_candidate()].clone(),
-            lre_vocab_top1: model.to_string(&[top[i]])?,
+            correct: source_match(&lre_vocab_top1, &s.sample.object),
+            lre_vocab_top1,
             model_vocab_top1: model.to_string(&[s.model_top1])?,
         });
     }

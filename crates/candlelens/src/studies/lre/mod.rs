@@ -34,11 +34,14 @@ pub mod steps;
 
 pub use crate::util::pyrandom::PyRandom;
 pub use eval::{
-    causality, evaluate, layer_sweep, Causality, CausalityReport, Edit, LreEval, LreReport,
-    Prediction,
+    causality, evaluate, layer_sweep, source_match, Causality, CausalityReport, Edit, LreEval,
+    LreReport, Prediction,
 };
 pub use linalg::{least_norm_fit, low_rank_pinv, singular_values};
 pub use operator::{jacobian, Estimator, LreOperator, SubjectJacobian};
 pub use relation::{check_template, Relation, Sample};
-pub use sources::{SourceNotebook, SOURCE_NOTEBOOKS, SOURCE_VAR};
+pub use sources::{
+    SourceComparison, SourceEvaluation, SourceNotebook, SourceRow, SourceTable, ALT_TEMPLATE,
+    SOURCE_NOTEBOOKS, SOURCE_VAR, TEMPLATE,
+};
 pub use states::{subject_last_token, Candidates, LreStates, ReadAt, SubjectState};

@@ -2,6 +2,11 @@
 //! ran, the modules it tested and what it printed. One notebook (`notebooks/lre.rs`) reproduces
 //! any of them; `scripts/run-notebooks` runs it once per entry, writing `reports/lre-<name>.html`.
 
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::eval::{source_match, LreEval};
 use crate::error::{LensError, Result};
 
 /// One of the source's per-model notebooks.
@@ -24,7 +29,20 @@ pub struct SourceNotebook {
     pub n_layers: usize,
     /// The held-out counts it printed at the three modules (prompt's last token).
     pub held_out_counts: &'static str,
+    /// Its second template, [`ALT_TEMPLATE`], run at this module (the middle one).
+    pub alt_module: &'static str,
+    /// The held-out count it printed with the second template.
+    pub alt_count: &'static str,
+    /// Its per-subject tables, as `data/lre-source/<name>.json` holds them, when they were
+    /// transcribed ([`SourceTable`]).
+    pub table: Option<&'static str>,
 }
+
+/// The source's first template (its notebooks' `TEMPLATE`).
+pub const TEMPLATE: &str = "{} students are typically";
+
+/// The source's second template (its notebooks' `ALT_TEMPLATE`).
+pub const ALT_TEMPLATE: &str = "Most {} majors are";
 
 /// The environment variable that picks which of the source's notebooks `notebooks/lre.rs`
 /// reproduces.
@@ -41,6 +59,9 @@ pub const SOURCE_NOTEBOOKS: [SourceNotebook; 5] = [
         modules: ["transformer.h.3", "transformer.h.6", "transformer.h.9"],
         n_layers: 12,
         held_out_counts: "10/16, 6/16, 7/16",
+        alt_module: "transformer.h.6",
+        alt_count: "13/16",
+        table: None,
     },
     SourceNotebook {
         name: "gpt2-xl",
@@ -51,6 +72,9 @@ pub const SOURCE_NOTEBOOKS: [SourceNotebook; 5] = [
         modules: ["transformer.h.5", "transformer.h.15", "transformer.h.35"],
         n_layers: 48,
         held_out_counts: "11/16, 11/16, 14/16",
+        alt_module: "transformer.h.15",
+        alt_count: "11/16",
+        table: None,
     },
     SourceNotebook {
         name: "llama-3.2-1b",
@@ -61,6 +85,9 @@ pub const SOURCE_NOTEBOOKS: [SourceNotebook; 5] = [
         modules: ["model.layers.5", "model.layers.10", "model.layers.15"],
         n_layers: 16,
         held_out_counts: "14/16, 14/16, 15/16",
+        alt_module: "model.layers.15",
+        alt_count: "13/16",
+        table: None,
     },
     SourceNotebook {
         name: "qwen3-0.6b",
@@ -71,6 +98,9 @@ pub const SOURCE_NOTEBOOKS: [SourceNotebook; 5] = [
         modules: ["model.layers.5", "model.layers.15", "model.layers.25"],
         n_layers: 28,
         held_out_counts: "11/16, 13/16, 12/16",
+        alt_module: "model.layers.15",
+        alt_count: "10/16",
+        table: None,
     },
     SourceNotebook {
         name: "gemma3-270m",
@@ -81,6 +111,9 @@ pub const SOURCE_NOTEBOOKS: [SourceNotebook; 5] = [
         modules: ["model.layers.5", "model.layers.10", "model.layers.15"],
         n_layers: 18,
         held_out_counts: "11/16, 12/16, 10/16",
+        alt_module: "model.layers.15",
+        alt_count: "14/16",
+        table: Some("lre-source/gemma3-270m.json"),
     },
 ];
 
@@ -131,6 +164,138 @@ impl SourceNotebook {
                 .collect::<Vec<_>>()
                 .join(", "),
         )
+    }
+}
+
+/// One row of the source's printed table.
+#[derive(Clone, Debug, Deserialize)]
+pub struct SourceRow {
+    /// The held-out subject.
+    pub subject: String,
+    /// The dataset's object.
+    pub expected: String,
+    /// The word the source printed as `LRE Pred`.
+    pub predicted: String,
+    /// Its ✓ or ✗.
+    pub correct: bool,
+}
+
+/// One evaluation the source printed: a module, a template and a row per held-out subject.
+#[derive(Clone, Debug, Deserialize)]
+pub struct SourceEvaluation {
+    /// The module `h` was read from (`model.layers.5`).
+    pub module: String,
+    /// The template.
+    pub template: String,
+    /// The count it printed (`11/16`).
+    pub printed_score: String,
+    /// One per held-out subject, in its order.
+    pub rows: Vec<SourceRow>,
+}
+
+/// The source's per-subject tables of one notebook, transcribed from its printed outputs
+/// (`data/lre-source/<name>.json`).
+#[derive(Clone, Debug, Deserialize)]
+pub struct SourceTable {
+    /// The repository and commit the notebook was read at.
+    pub source: String,
+    /// The notebook's file.
+    pub notebook: String,
+    /// The held-out subjects, in the source's order.
+    pub test_subjects: Vec<String>,
+    /// Every evaluation it printed.
+    pub evaluations: Vec<SourceEvaluation>,
+}
+
+/// Our evaluation set beside the source's, subject by subject.
+#[derive(Clone, Debug)]
+pub struct SourceComparison {
+    /// Subjects whose predicted word is the source's.
+    pub agree: usize,
+    /// Subjects compared.
+    pub n: usize,
+    /// The source's count (its ✓).
+    pub source_correct: usize,
+    /// Ours, by the same rule.
+    pub ours_correct: usize,
+    /// The two tables side by side.
+    pub table: String,
+}
+
+impl SourceTable {
+    /// Reads a transcribed table.
+    ///
+    /// # Errors
+    /// [`LensError::MissingFile`], [`LensError::Json`].
+    pub fn from_file(path: impl AsRef<Path>) -> Result<SourceTable> {
+        let path = path.as_ref();
+        let text = crate::util::fs::read_text(path, "the source's tables are in data/lre-source/")?;
+        serde_json::from_str(&text).map_err(|e| LensError::Json {
+            what: path.display().to_string(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// The evaluation at `module` with `template`.
+    pub fn find(&self, module: &str, template: &str) -> Option<&SourceEvaluation> {
+        self.evaluations
+            .iter()
+            .find(|e| e.module == module && e.template == template)
+    }
+}
+
+impl SourceEvaluation {
+    /// Compares `ours` (the same subjects, `h` at the prompt's last token) with the source's
+    /// rows: the predicted word (our operator's top token over the vocabulary, stripped) against
+    /// the one it printed, and the two counts by its rule.
+    ///
+    /// # Errors
+    /// [`LensError::Mismatch`] when a source subject is not among ours (another split or data
+    /// file).
+    pub fn compare(&self, ours: &LreEval) -> Result<SourceComparison> {
+        let mut table = format!(
+            "{:<24}| {:<9}| {:<16}| {:<16}| same\n",
+            "Subject", "Expected", "source LRE Pred", "ours"
+        );
+        let (mut agree, mut source_correct, mut ours_correct) = (0, 0, 0);
+        for row in &self.rows {
+            let p = ours
+                .predictions
+                .iter()
+                .find(|p| p.subject == row.subject)
+                .ok_or_else(|| {
+                    LensError::mismatch(
+                        "the source's table",
+                        format!(
+                            "its subject {:?} is not among ours; use the source's data file and split (data/data_sample.json, seed 42)",
+                            row.subject
+                        ),
+                    )
+                })?;
+            let word = p.lre_vocab_top1.trim();
+            let same = word == row.predicted.trim();
+            let mark = |ok: bool| if ok { "✓" } else { "✗" };
+            agree += usize::from(same);
+            source_correct += usize::from(row.correct);
+            ours_correct += usize::from(source_match(word, &row.expected));
+            table += &format!(
+                "{:<24}| {:<9}| {:<14}{} | {:<14}{} | {}\n",
+                row.subject,
+                row.expected,
+                row.predicted,
+                mark(row.correct),
+                word,
+                mark(source_match(word, &row.expected)),
+                if same { "=" } else { "≠" }
+            );
+        }
+        Ok(SourceComparison {
+            agree,
+            n: self.rows.len(),
+            source_correct,
+            ours_correct,
+            table,
+        })
     }
 }
 

@@ -6,6 +6,8 @@ use std::fmt::Write;
 
 use super::eval::{evaluate, layer_sweep, Causality, LreEval};
 use super::operator::LreOperator;
+use super::relation::Relation;
+use super::sources::{SourceComparison, SourceTable};
 use super::states::{Candidates, LreStates, ReadAt};
 use crate::engine::hooks::layer_from_module_name;
 use crate::engine::model::HookedTransformer;
@@ -82,6 +84,65 @@ pub fn source_evaluation(
         println!();
     }
     Ok(counts)
+}
+
+/// The source's evaluation with one template at one layer, `h` at the prompt's last token, as
+/// its notebooks ran it: collects the states of `train` and `test` under `template`, fits the
+/// regression operator at `layer` and evaluates it on `test`.
+///
+/// # Errors
+/// As [`LreStates::collect`], [`LreOperator::fit_regression`] and [`evaluate`].
+pub fn source_run(
+    model: &HookedTransformer,
+    relation: &Relation,
+    template: &str,
+    layer: usize,
+) -> Result<LreEval> {
+    let (train, test) = relation.split_like_source(42, 0.6);
+    let cands = Candidates::new(model, &relation.objects(), template)?;
+    let train = LreStates::collect(model, &train, template, &cands)?.read_at(ReadAt::PromptLast);
+    let test = LreStates::collect(model, &test, template, &cands)?.read_at(ReadAt::PromptLast);
+    evaluate(
+        model,
+        &LreOperator::fit_regression(model, &train, layer)?,
+        &test,
+    )
+}
+
+/// Every evaluation of the source's transcribed `table` rerun on `model` ([`source_run`]) and
+/// compared with it subject by subject ([`SourceEvaluation::compare`](super::SourceEvaluation::compare)): prints each side-by-side
+/// table and a summary line, and returns the comparisons in the table's order.
+///
+/// # Errors
+/// As [`source_run`]; [`crate::LensError::UnknownHook`] for a module without a layer index;
+/// [`crate::LensError::Mismatch`] for subjects that are not the source's.
+pub fn versus_source_table(
+    model: &HookedTransformer,
+    relation: &Relation,
+    table: &SourceTable,
+    source_depth: usize,
+) -> Result<Vec<SourceComparison>> {
+    let mut out = Vec::new();
+    for e in &table.evaluations {
+        let layer = source_layers(model, &[e.module.as_str()], source_depth)?[0];
+        let ours = source_run(model, relation, &e.template, layer)?;
+        let c = e.compare(&ours)?;
+        println!(
+            "--- {} ({}, layer {layer}), {:?} ---\n{}predicted word the source's for {}/{} subjects; the source's count {} (printed {}), ours {}/{}\n",
+            e.module,
+            "blocks.{l}.hook_resid_post".replace("{l}", &layer.to_string()),
+            e.template,
+            c.table,
+            c.agree,
+            c.n,
+            c.source_correct,
+            e.printed_score,
+            c.ours_correct,
+            c.n
+        );
+        out.push(c);
+    }
+    Ok(out)
 }
 
 /// The source's count as a fraction.
