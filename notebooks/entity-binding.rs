@@ -223,10 +223,13 @@ println!("capital, subtracted: {capital_sub}");
 println!("fruit, subtracted (transfer): {fruit_sub}");
 println!("Accuracy: {}", fruit_sub.pair_accuracy);
 fn f4(x: f32) -> String { format!("{x:.4}") }
-let mut four = Table::new("The source's printed numbers", ["measurement", "source (Gemma 2 2B-it, n = 100)", "this model"]);
+// the source's 100 prompts were drawn unseeded; ours are seed 0's: the same recipe, other draws
+let mut four = Table::new("The source's printed numbers", ["measurement", "source (Gemma 2 2B-it, n = 100, unseeded prompts)", "this model (seed 0)"]);
 four.row(["capital: greedy accuracy, clean".to_string(), "0.9900".into(), f4(capital_clean.accuracy)]);
 four.row(["fruit: logit diff, clean".to_string(), "11.4252".into(), f4(fruit_clean.logit_diff)]);
+four.row(["capital: logit diff, clean".to_string(), "not printed".into(), f4(capital_clean.logit_diff)]);
 four.row(["capital: logit diff, Δ subtracted at E_1, A_1".to_string(), "2.8369".into(), f4(capital_sub.logit_diff)]);
+four.row(["capital: logit diff, change from clean".to_string(), "cannot be read (no clean value)".into(), f4(capital_sub.logit_diff - capital_clean.logit_diff)]);
 four.row(["fruit: two-way accuracy, capital's Δ subtracted".to_string(), "0.62".into(), f4(fruit_sub.pair_accuracy)]);
 four.row(["fruit: logit diff, capital's Δ subtracted".to_string(), "6.7398".into(), f4(fruit_sub.logit_diff)]);
 four.evcxr_display();

@@ -45,7 +45,9 @@ let model = notebook::load("gemma-2b-it", "gemma-3-270m")?;
 // %% [markdown]
 // ## Data and answer groups
 //
-// The source evaluated ten questions, then dropped one. `data/fk_samples.csv` is the nine it kept
+// The source generated its questions with an external API (a step not reproduced here: it needs the
+// API and its output is not seeded); what it evaluated is its final set. It evaluated ten
+// questions, then dropped one. `data/fk_samples.csv` is the nine it kept
 // (the file it saved); the tenth, "Is Paris the largest city in Europe?" (False), stood at index 5
 // of the ten (its `drop_idx = [5]`), so the ten are rebuilt here in the source's order.
 // `data/answer_map.json` holds its token groups; words that are not one token for this tokenizer are
@@ -176,7 +178,12 @@ for l in 1..model.cfg.n_layers {
 }
 vs_source("Summed increase in self-attention layer after layer 1", format!("{attn_up:.2}"), "-0.55");
 vs_source("Summed increase in MLP layer after layer 1", format!("{mlp_up:.2}"), "4.12");
-println!("MLP share of the total increase: {:.0}% (source: 92%)", 100.0 * mlp_up / (attn_up + mlp_up));
+// the source's "92% of total increase" follows from neither reading of its own −0.55 and 4.12
+// (4.12 / (4.12 − 0.55) = 115%, 4.12 / (4.12 + 0.55) = 88%) and it does not say which total it
+// means: our shares are printed by both definitions, the source's number only as a quotation
+println!("MLP share: {:.0}% of the net increase (MLP / (MLP + attention)), {:.0}% of the summed magnitudes (MLP / (|MLP| + |attention|)); \
+the source's own numbers give 115% and 88% by these definitions; it quotes 92% without saying which total — a different quantity, not compared",
+         100.0 * mlp_up / (attn_up + mlp_up), 100.0 * mlp_up.abs() / (attn_up.abs() + mlp_up.abs()));
 let x: Vec<f32> = (0..lens.values.len()).map(|i| i as f32 / 2.0).collect();
 Figure::line(x, vec![("group logit diff".into(), lens.values.clone())], Some(lens.labels.clone()),
     "Logit Difference From Accumulate Residual Stream").axes("layer", "logit diff").evcxr_display();

@@ -188,8 +188,9 @@ notebook::test_prompts(&large, &[
 // should give back the logit difference. What it leaves out is a constant: the final norm's bias and
 // the unembedding bias along that direction (GPT-2's LayerNorm has a bias; RMSNorm models have
 // none), computed from the weights below. The source printed its check from a run with two prompts
-// (the pet prompt and its sentence-swapped version: 0.8093 = (4.5368 − 2.9183) / 2), and its
-// calculated value differs by that bias term.
+// (the pet prompt and its sentence-swapped version, both scored " Peb" − " Rachel": 0.8093 =
+// (4.5368 − 2.9183) / 2), so that batch is run here for the like-for-like numbers: the gap between
+// the calculated and the original value should be minus the bias term.
 
 // %%
 let pet = LogitDiffRun::new(&large, &[PET], &[(" Peb", " Rachel")], Some(true))?;
@@ -197,10 +198,20 @@ vs_source("Average logit difference (large)", format!("{:.4}", pet.logit_diff), 
 let final_resid = pet.cache.accumulated_resid(None, false, Pos::Last)?;
 let calculated = *large.logit_attribution(&pet.cache, &final_resid, &pet.directions)?.values.last().expect("final_post");
 let bias = metrics::mean(&large.logit_diff_bias(&pet.pairs)?);
-vs_source("Calculated average logit diff", format!("{calculated:.4}"), "1.1993 (2-prompt run)");
-vs_source("Original logit difference", format!("{:.4}", pet.logit_diff), "0.8093 (2-prompt run)");
-println!("norm and unembedding bias along the direction: {bias:+.4}; calculated + bias = {:.4}; gap to the logit difference {:.2e}",
-    calculated + bias, (calculated + bias - pet.logit_diff).abs());
+println!("one prompt: calculated {calculated:.4}, bias along the direction {bias:+.4}, calculated + bias = {:.4} = the logit difference {:.4} (gap {:.2e})",
+    calculated + bias, pet.logit_diff, (calculated + bias - pet.logit_diff).abs());
+// the source's check ran on two prompts: the pet prompt and its sentence-swapped version
+{
+    const PET_SWAPPED: &str = "Mary is a human. Fido is a dog. The pet of this family is Fido. Pebbles is a cat. Rachel is a human. The pet of this family is";
+    let two = LogitDiffRun::new(&large, &[PET, PET_SWAPPED], &[(" Peb", " Rachel")], Some(true))?;
+    let resid = two.cache.accumulated_resid(None, false, Pos::Last)?;
+    let calc2 = *large.logit_attribution(&two.cache, &resid, &two.directions)?.values.last().expect("final_post");
+    let bias2 = metrics::mean(&large.logit_diff_bias(&two.pairs)?);
+    vs_source("Calculated average logit diff (2-prompt batch)", format!("{calc2:.4}"), "1.1993");
+    vs_source("Original logit difference (2-prompt batch)", format!("{:.4}", two.logit_diff), "0.8093");
+    vs_source("gap (original − calculated)", format!("{:+.4}", two.logit_diff - calc2), "−0.3900 (0.8093 − 1.1993)");
+    println!("bias term along the direction: {bias2:+.4} (the gap should equal it: difference {:.2e})", (two.logit_diff - calc2 - bias2).abs());
+};
 pet.logit_lens(&large)?.lens_figure("Logit Difference From Accumulate Residual Stream").evcxr_display();
 
 // %% [markdown]

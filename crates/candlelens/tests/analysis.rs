@@ -250,3 +250,25 @@ fn bad_parameters_are_typed_errors() {
         assert!(matches!(err, LensError::BadParameter { .. }), "{err}");
     }
 }
+
+/// One answer pair for a batch of prompts scores every prompt with it, in the logit difference
+/// and in every attribution alike (the directions were one for the whole batch, which the
+/// attributions refused).
+#[test]
+fn one_answer_pair_serves_a_whole_batch() {
+    use candlelens::analysis::LogitDiffRun;
+    let m = tiny("llama");
+    let rows = vec![vec![3, 4, 5, 6], vec![7, 8, 9, 10]];
+    let run = |pairs: Vec<(u32, u32)>| {
+        let t = Tokens::new(rows.clone(), m.cfg.pad_token_id).unwrap();
+        LogitDiffRun::from_tokens(&m, t, pairs).unwrap()
+    };
+    let (one, both) = (run(vec![(11, 12)]), run(vec![(11, 12), (11, 12)]));
+    assert_eq!(one.per_prompt, both.per_prompt);
+    let (a, b) = (one.logit_lens(&m).unwrap(), both.logit_lens(&m).unwrap());
+    assert_eq!(a.values, b.values);
+    assert_eq!(
+        one.per_layer(&m).unwrap().values,
+        both.per_layer(&m).unwrap().values
+    );
+}

@@ -61,6 +61,13 @@ impl LogitDiffRun {
         let (logits, cache) = model.run_with_cache(&tokens, None)?;
         let per_prompt =
             crate::interp::metrics::logit_diff(&model.gather_last(&logits, &tokens)?, &pairs)?;
+        // one pair for all prompts: one per prompt from here on, so that the attributions (one
+        // direction per prompt) take it as well
+        let pairs = if pairs.len() == 1 {
+            vec![pairs[0]; tokens.batch()]
+        } else {
+            pairs
+        };
         let directions = model.logit_diff_directions(&pairs)?;
         Ok(LogitDiffRun {
             tokens,
