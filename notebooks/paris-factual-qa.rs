@@ -72,7 +72,7 @@ let (false_ids, dropped_f) = metrics::resolve_group_lenient(&model, &false_words
 println!("True group: {} of {} words are single tokens; not: {dropped_t:?}", true_ids.len(), true_words.len());
 println!("False group: {} of {} words are single tokens; not: {dropped_f:?}", false_ids.len(), false_words.len());
 if true_ids.len() != false_ids.len() {
-    println!("note: the groups differ in size here, so the mean-over-group difference is not the source's (sum_T - sum_F) / 8");
+    println!("note: the groups differ in size here, so the mean-over-group difference is not the source's (sum_T - sum_F) / 8; both are printed below");
 }
 let mut q = Table::new("The source's ten questions", ["#", "question", "answer"]);
 for (i, (qq, l)) in questions.iter().zip(&labels).enumerate() { q.row([i.to_string(), format!("{qq:?}"), l.to_string()]); }
@@ -109,6 +109,16 @@ let pd = metrics::group_prob_diff(&last, &groups)?;
 }
 vs_source("Per prompt logit difference", format!("{ld:.3?}"), "[3.594, 2.368, 8.989, 5.64, 4.428, -1.19, 5.244, 3.644, 6.026, 0.829]");
 vs_source("Average logit difference", format!("{:.2}", metrics::mean(&ld)), "3.96");
+{
+    // the source's own definition: each group's logits summed and divided by its 8 words; with a
+    // word that is not one token here, its sum has fewer terms but is still divided by 8
+    let rows: Vec<Vec<f32>> = last.to_dtype(DType::F32)?.to_vec2()?;
+    let sum = |r: &[f32], ids: &[u32]| ids.iter().map(|&i| r[i as usize]).sum::<f32>();
+    let by_eight: Vec<f32> = rows.iter().zip(&groups).map(|(r, g)| (sum(r, &g.correct) - sum(r, &g.incorrect)) / 8.0).collect();
+    vs_source("Per prompt logit difference, the source's (sum_T − sum_F) / 8", format!("{by_eight:.3?}"),
+        "[3.594, 2.368, 8.989, 5.64, 4.428, -1.19, 5.244, 3.644, 6.026, 0.829]");
+    vs_source("Average logit difference, (sum_T − sum_F) / 8", format!("{:.2}", metrics::mean(&by_eight)), "3.96");
+};
 vs_source("Per prompt probability difference", format!("{pd:.3?}"), "[0.594, 0.205, 0.895, 0.994, 0.827, 0.409, 0.747, 0.988, 0.848, 0.89]");
 vs_source("Average probability difference", format!("{:.2}", metrics::mean(&pd)), "0.74");
 {
