@@ -579,3 +579,36 @@ fn the_sources_printed_tables_follow_our_split_and_rule() {
     assert_eq!((c.agree, c.ours_correct), (15, 13));
     assert!(alt.compare(&eval(&alt.rows[1..])).is_err());
 }
+
+/// LRE prompts are tokenized as the model's own (Hugging Face) tokenizer does it, as the source's
+/// `tokenizer(text)` and the paper's code do: no BOS for GPT-2 (whose `to_tokens` default
+/// follows TransformerLens and prepends one), Gemma's `<bos>`.
+#[test]
+fn lre_prompts_carry_bos_as_the_models_own_tokenizer_adds_it() {
+    let samples = [Sample {
+        subject: "nursing".into(),
+        object: "women".into(),
+    }];
+    // a trailing space: the objects' first tokens are "w" / "m" even for the tiny GPT-2's
+    // 300-token vocabulary
+    let template = "{} students are typically ";
+    let gpt2 = tiny("gpt2");
+    assert!(gpt2.cfg.default_prepend_bos && !gpt2.cfg.hf_prepends_bos);
+    let gemma = model("gemma-3-270m");
+    assert!(gemma.cfg.default_prepend_bos && gemma.cfg.hf_prepends_bos);
+    for (m, bos) in [(&gpt2, false), (&**gemma, true)] {
+        let cands =
+            Candidates::new(m, &["women".to_string(), "men".to_string()], template).unwrap();
+        let s = LreStates::collect(m, &samples, template, &cands).unwrap();
+        let ids = &s.items[0].ids;
+        let plain = m
+            .to_tokens("nursing students are typically ", Some(bos))
+            .unwrap();
+        assert_eq!(ids.as_slice(), plain.row(0).unwrap(), "{}", m.cfg.name);
+        // the subject's last token is read in the same tokenization
+        let word = m
+            .ids_to_str_tokens(&ids[..=s.items[0].subject_pos])
+            .unwrap();
+        assert!(word.concat().ends_with("nursing"), "{word:?}");
+    }
+}

@@ -207,8 +207,12 @@ pub struct ModelConfig {
     pub eos_token_id: Option<u32>,
     /// The padding id used when batching prompts of different lengths.
     pub pad_token_id: u32,
-    /// Whether `to_tokens` prepends BOS by default (follows the tokenizer's own default).
+    /// Whether `to_tokens` prepends BOS by default (follows the tokenizer's own default, but
+    /// for the GPT-2-style families, where it follows TransformerLens and prepends).
     pub default_prepend_bos: bool,
+    /// Whether the model's own (Hugging Face) tokenizer prepends BOS: what a script calling
+    /// `tokenizer(text)` runs — false for GPT-2, whose `default_prepend_bos` is true.
+    pub hf_prepends_bos: bool,
     /// The TransformerLens weight processing applied on load (none by default; see
     /// [`HookedTransformer::process_weights`](crate::HookedTransformer::process_weights)).
     pub processing: Processing,
@@ -281,6 +285,7 @@ impl ModelConfig {
             eos_token_id: None,
             pad_token_id: 0,
             default_prepend_bos: false,
+            hf_prepends_bos: false,
             processing: Processing::NONE,
         }
     }

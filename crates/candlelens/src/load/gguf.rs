@@ -205,6 +205,8 @@ impl GgufFile {
                 r.local_base = Some(10_000.0);
             }
         }
+        // a GGUF's tokenizer.ggml.add_bos_token is the model's own tokenizer's setting
+        cfg.hf_prepends_bos = cfg.default_prepend_bos;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -395,6 +395,9 @@ fn load_folder(files: &FolderFiles, name: &str, opts: &LoadOptions) -> Result<Ho
         .inner()
         .encode("a", true)
         .map_err(|e| LensError::Tokenizer(e.to_string()))?;
+    cfg.hf_prepends_bos = cfg
+        .bos_token_id
+        .is_some_and(|b| probe.get_ids().first() == Some(&b));
     let adds_bos = matches!(
         family,
         Family::Gpt2
@@ -403,9 +406,7 @@ fn load_folder(files: &FolderFiles, name: &str, opts: &LoadOptions) -> Result<Ho
             | Family::GptNeoX
             | Family::Phi
             | Family::Olmo2
-    ) || cfg
-        .bos_token_id
-        .is_some_and(|b| probe.get_ids().first() == Some(&b));
+    ) || cfg.hf_prepends_bos;
     cfg.default_prepend_bos = adds_bos;
     let tok = LensTokenizer::new(tok.inner().clone(), cfg.bos_token_id, adds_bos);
     let mut src = safetensors::SafetensorsSource::open(&files.shards, opts.dtype)?;

@@ -154,7 +154,9 @@ pub struct LreStates {
 impl LreStates {
     /// Runs each `template.replace("{}", subject)` once (batched), caching every layer's
     /// residual stream at the subject's last token and at the prompt's last token; `h` reads the
-    /// subject's ([`ReadAt::SubjectLast`]; switch with [`Self::read_at`]).
+    /// subject's ([`ReadAt::SubjectLast`]; switch with [`Self::read_at`]). Prompts are tokenized
+    /// as the model's own tokenizer does it (`ModelConfig::hf_prepends_bos`: Gemma's `<bos>`, no
+    /// BOS for GPT-2), as the source's and the paper's code tokenize them.
     ///
     /// # Errors
     /// Template, tokenizer and forward errors.
@@ -173,7 +175,7 @@ impl LreStates {
                 .map(|s| template.replace("{}", &s.subject))
                 .collect();
             let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
-            let tokens = model.to_tokens(refs.as_slice(), None)?;
+            let tokens = model.to_tokens(refs.as_slice(), Some(model.cfg.hf_prepends_bos))?;
             let mut cache = ActivationCache::recorder(HookFilter::Predicate(Box::new(|hp| {
                 matches!(hp, HookPoint::ResidPost(_))
             })));
@@ -286,7 +288,8 @@ impl LreStates {
     }
 }
 
-/// Position (in the model's input, BOS included by the model's default) of the token that holds
+/// Position (in the model's input, BOS included as the model's own tokenizer adds it,
+/// `ModelConfig::hf_prepends_bos`) of the token that holds
 /// the subject's last character in `template` filled with `subject`, from the tokenizer's
 /// offsets (robust to tokenizers that merge differently).
 ///
@@ -300,7 +303,9 @@ pub fn subject_last_token(
     let prompt = template.replace("{}", subject);
     let start = template.find("{}").unwrap_or(0);
     let end = start + subject.len();
-    let (_, offsets) = model.tokenizer().encode_with_offsets(&prompt, None)?;
+    let (_, offsets) = model
+        .tokenizer()
+        .encode_with_offsets(&prompt, Some(model.cfg.hf_prepends_bos))?;
     offsets
         .iter()
         .rposition(|&(s, e)| s < end && e > start)
