@@ -316,9 +316,9 @@ pub fn store_activations(
             tensors.insert("context_index".into(), ctx.clone());
             tensors.insert("position".into(), pos.clone());
             let path = dir.join(shard_path(&plan.hooks[h].name, k));
-            let bytes = safetensors::serialize(&tensors, None)
-                .map_err(|e| LensError::Internal(format!("serialising {}: {e}", path.display())))?;
-            crate::util::fs::write_bytes(&path, &bytes)?;
+            crate::util::fs::write_atomically(&path, |tmp| {
+                crate::util::fs::write_safetensors(&tensors, tmp, &path)
+            })?;
             report.files_written += 1;
         }
         report.rows_written += index.len();

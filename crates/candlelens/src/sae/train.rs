@@ -290,7 +290,11 @@ impl Sae {
         crate::util::fs::write_atomically(dir, |tmp| {
             std::fs::create_dir_all(tmp).map_err(|e| LensError::write(dir, e))?;
             std::fs::write(tmp.join("cfg.json"), &text).map_err(|e| LensError::write(dir, e))?;
-            candle_core::safetensors::save(&tensors, tmp.join("sae_weights.safetensors"))?;
+            crate::util::fs::write_safetensors(
+                &tensors,
+                &tmp.join("sae_weights.safetensors"),
+                dir,
+            )?;
             Ok(())
         })
     }

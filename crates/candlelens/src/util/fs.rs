@@ -103,6 +103,24 @@ pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
+/// Writes `tensors` as a safetensors file at `file`; a failing write is
+/// [`LensError::WriteFailed`] naming `reported` — the file or folder the caller is making, when
+/// `file` is a temporary of [`write_atomically`]. The file is serialised in memory and written
+/// with one `write`: safetensors' own `serialize_to_file` goes through a temporary of its own
+/// (`.tmpXXXXXX`), which a killed process would leave where no sweep looks for it.
+///
+/// # Errors
+/// [`LensError::WriteFailed`]; [`LensError::Internal`] for tensors safetensors cannot describe.
+pub fn write_safetensors(
+    tensors: &std::collections::HashMap<String, candle_core::Tensor>,
+    file: &Path,
+    reported: &Path,
+) -> Result<()> {
+    let bytes = safetensors::serialize(tensors, None)
+        .map_err(|e| LensError::Internal(format!("serialising {}: {e}", reported.display())))?;
+    std::fs::write(file, bytes).map_err(|e| LensError::write(reported, e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -229,8 +229,8 @@ impl SourceTable {
     /// [`LensError::MissingFile`], [`LensError::Json`].
     pub fn from_file(path: impl AsRef<Path>) -> Result<SourceTable> {
         let path = path.as_ref();
-        let text = crate::util::fs::read_text(path, "the source's tables are in data/lre-source/")?;
-        serde_json::from_str(&text).map_err(|e| LensError::Json {
+        let json = crate::util::fs::read_json(path, "the source's tables are in data/lre-source/")?;
+        serde_json::from_value(json).map_err(|e| LensError::Json {
             what: path.display().to_string(),
             detail: e.to_string(),
         })
@@ -273,11 +273,14 @@ impl SourceEvaluation {
                     )
                 })?;
             let word = p.lre_vocab_top1.trim();
-            let same = word == row.predicted.trim();
+            let (same, ours_ok) = (
+                word == row.predicted.trim(),
+                source_match(word, &row.expected),
+            );
             let mark = |ok: bool| if ok { "✓" } else { "✗" };
             agree += usize::from(same);
             source_correct += usize::from(row.correct);
-            ours_correct += usize::from(source_match(word, &row.expected));
+            ours_correct += usize::from(ours_ok);
             table += &format!(
                 "{:<24}| {:<9}| {:<14}{} | {:<14}{} | {}\n",
                 row.subject,
@@ -285,7 +288,7 @@ impl SourceEvaluation {
                 row.predicted,
                 mark(row.correct),
                 word,
-                mark(source_match(word, &row.expected)),
+                mark(ours_ok),
                 if same { "=" } else { "≠" }
             );
         }

@@ -86,6 +86,20 @@ pub fn source_evaluation(
     Ok(counts)
 }
 
+/// The source's train and test states under `template`: its split of `relation` (seed 42, 60 %
+/// train), `h` at the prompt's last token, every layer from one forward per prompt set.
+fn source_states(
+    model: &HookedTransformer,
+    relation: &Relation,
+    template: &str,
+) -> Result<(LreStates, LreStates)> {
+    let (train, test) = relation.split_like_source(42, 0.6);
+    let cands = Candidates::new(model, &relation.objects(), template)?;
+    let train = LreStates::collect(model, &train, template, &cands)?.read_at(ReadAt::PromptLast);
+    let test = LreStates::collect(model, &test, template, &cands)?.read_at(ReadAt::PromptLast);
+    Ok((train, test))
+}
+
 /// The source's evaluation with one template at one layer, `h` at the prompt's last token, as
 /// its notebooks ran it: collects the states of `train` and `test` under `template`, fits the
 /// regression operator at `layer` and evaluates it on `test`.
@@ -98,10 +112,7 @@ pub fn source_run(
     template: &str,
     layer: usize,
 ) -> Result<LreEval> {
-    let (train, test) = relation.split_like_source(42, 0.6);
-    let cands = Candidates::new(model, &relation.objects(), template)?;
-    let train = LreStates::collect(model, &train, template, &cands)?.read_at(ReadAt::PromptLast);
-    let test = LreStates::collect(model, &test, template, &cands)?.read_at(ReadAt::PromptLast);
+    let (train, test) = source_states(model, relation, template)?;
     evaluate(
         model,
         &LreOperator::fit_regression(model, &train, layer)?,
@@ -109,9 +120,10 @@ pub fn source_run(
     )
 }
 
-/// Every evaluation of the source's transcribed `table` rerun on `model` ([`source_run`]) and
-/// compared with it subject by subject ([`SourceEvaluation::compare`](super::SourceEvaluation::compare)): prints each side-by-side
-/// table and a summary line, and returns the comparisons in the table's order.
+/// Every evaluation of the source's transcribed `table` rerun on `model` ([`source_run`]; the
+/// states of each template collected once, every layer read from them) and compared with it
+/// subject by subject ([`SourceEvaluation::compare`](super::SourceEvaluation::compare)): prints
+/// each side-by-side table and a summary line, and returns the comparisons in the table's order.
 ///
 /// # Errors
 /// As [`source_run`]; [`crate::LensError::UnknownHook`] for a module without a layer index;
@@ -122,15 +134,26 @@ pub fn versus_source_table(
     table: &SourceTable,
     source_depth: usize,
 ) -> Result<Vec<SourceComparison>> {
+    let mut states: Vec<(&str, (LreStates, LreStates))> = Vec::new();
     let mut out = Vec::new();
     for e in &table.evaluations {
         let layer = source_layers(model, &[e.module.as_str()], source_depth)?[0];
-        let ours = source_run(model, relation, &e.template, layer)?;
+        if !states.iter().any(|(t, _)| *t == e.template) {
+            states.push((&e.template, source_states(model, relation, &e.template)?));
+        }
+        let (_, (train, test)) = states
+            .iter()
+            .find(|(t, _)| *t == e.template)
+            .expect("collected above");
+        let ours = evaluate(
+            model,
+            &LreOperator::fit_regression(model, train, layer)?,
+            test,
+        )?;
         let c = e.compare(&ours)?;
         println!(
-            "--- {} ({}, layer {layer}), {:?} ---\n{}predicted word the source's for {}/{} subjects; the source's count {} (printed {}), ours {}/{}\n",
+            "--- {} (blocks.{layer}.hook_resid_post), {:?} ---\n{}predicted word the source's for {}/{} subjects; the source's count {} (printed {}), ours {}/{}\n",
             e.module,
-            "blocks.{l}.hook_resid_post".replace("{l}", &layer.to_string()),
             e.template,
             c.table,
             c.agree,
